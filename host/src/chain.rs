@@ -1,0 +1,428 @@
+//! The priority chain: walk the configured steps in order until one answers, recording why each
+//! earlier step did not.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::stream::{self, BoxStream, StreamExt};
+use serde::Serialize;
+
+use crate::config::{Config, Step};
+use crate::error::{Error, Result};
+use crate::input::{self, ImageSource, ValidImage};
+use crate::plugin::{CallError, ModelInfo, Plugin, Roles, Runtime};
+use crate::types::{
+    Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, StepKind,
+};
+
+/// One image to embed, with an optional description from the caller (used by `description`
+/// steps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRequest {
+    /// Where the image comes from.
+    pub source: ImageSource,
+    /// The caller's own description of the image.
+    pub description: Option<String>,
+}
+
+impl ImageRequest {
+    /// A request for one image with no description.
+    pub fn new(source: ImageSource) -> Self {
+        ImageRequest { source, description: None }
+    }
+
+    /// Attach the caller's description.
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+}
+
+/// A plugin's state as `imbed plugins` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    /// The config key.
+    pub key: String,
+    /// The component file.
+    pub path: PathBuf,
+    /// HTTP origins granted.
+    pub http: Vec<String>,
+    /// Environment variables granted.
+    pub env: Vec<String>,
+    /// Read-only model directory granted (mounted at `/model`).
+    pub model_dir: Option<PathBuf>,
+    /// Memory cap in MiB.
+    pub memory_mb: u64,
+    /// Deadline per call in milliseconds.
+    pub timeout_ms: u128,
+    /// Loaded or not, and why.
+    pub health: PluginHealth,
+}
+
+/// Whether a plugin loaded.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum PluginHealth {
+    /// Loaded and answered `info`.
+    Ready {
+        /// The name the plugin reports.
+        name: String,
+        /// The plugin's version.
+        version: String,
+        /// What it exports.
+        roles: Roles,
+        /// Whether the compiled component came from the on-disk cache.
+        from_cache: bool,
+        /// Time to read, compile or load from cache, and instantiate, in milliseconds.
+        load_ms: f64,
+    },
+    /// Could not be loaded; its steps are skipped.
+    Failed {
+        /// The category.
+        kind: FailureKind,
+        /// What went wrong and what to do.
+        message: String,
+    },
+}
+
+enum Slot {
+    Ready(Arc<Plugin>),
+    Failed(CallError),
+}
+
+struct Inner {
+    config: Config,
+    plugins: BTreeMap<String, Slot>,
+    http: reqwest::Client,
+    // Declared last: dropped after the plugins that use its engine.
+    _runtime: Arc<Runtime>,
+}
+
+/// The embedding runtime: loaded plugins and the chain that uses them. Cheap to clone.
+#[derive(Clone)]
+pub struct Imbed {
+    inner: Arc<Inner>,
+}
+
+/// What one step produced.
+struct Found {
+    plugin: PluginId,
+    model: ModelInfo,
+    vector: Vec<f32>,
+    description: Option<Description>,
+}
+
+/// Why one step did not answer.
+struct StepError {
+    plugin: Option<String>,
+    error: CallError,
+}
+
+impl StepError {
+    fn of(plugin: &str, error: CallError) -> Self {
+        StepError { plugin: Some(plugin.to_string()), error }
+    }
+
+    fn not_applicable(message: impl Into<String>) -> Self {
+        StepError { plugin: None, error: CallError::new(FailureKind::NotApplicable, message) }
+    }
+}
+
+impl Imbed {
+    /// Start the engine and load every plugin the config lists. A plugin that fails to load
+    /// does not fail this call: its steps are skipped with the reason recorded.
+    pub async fn new(config: Config) -> Result<Imbed> {
+        let runtime = Arc::new(Runtime::new(config.cache_dir.clone()).map_err(Error::Engine)?);
+        let loads = config.plugins.iter().map(|(key, cfg)| {
+            let runtime = runtime.clone();
+            async move {
+                let slot = match runtime.load(key, cfg).await {
+                    Ok(p) => Slot::Ready(Arc::new(p)),
+                    Err(e) => {
+                        tracing::info!(plugin = key.as_str(), "plugin not loaded: {}", e.message);
+                        Slot::Failed(e)
+                    }
+                };
+                (key.clone(), slot)
+            }
+        });
+        let plugins = futures::future::join_all(loads).await.into_iter().collect();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .connect_timeout(config.input.download_timeout)
+            .user_agent(concat!("imbed/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Engine(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Imbed { inner: Arc::new(Inner { config, plugins, http, _runtime: runtime }) })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Every configured plugin and whether it loaded.
+    pub fn plugins(&self) -> Vec<PluginStatus> {
+        self.inner
+            .plugins
+            .iter()
+            .map(|(key, slot)| {
+                let cfg = &self.inner.config.plugins[key];
+                PluginStatus {
+                    key: key.clone(),
+                    path: cfg.path.clone(),
+                    http: cfg.grants.http.iter().map(|o| o.ascii_serialization()).collect(),
+                    env: cfg.grants.env.clone(),
+                    model_dir: cfg.grants.model_dir.clone(),
+                    memory_mb: cfg.memory_bytes >> 20,
+                    timeout_ms: cfg.timeout.as_millis(),
+                    health: match slot {
+                        Slot::Ready(p) => PluginHealth::Ready {
+                            name: p.id.name.clone(),
+                            version: p.id.version.clone(),
+                            roles: p.roles(),
+                            from_cache: p.from_cache,
+                            load_ms: p.load_time.as_secs_f64() * 1000.0,
+                        },
+                        Slot::Failed(e) => PluginHealth::Failed { kind: e.kind, message: e.message.clone() },
+                    },
+                }
+            })
+            .collect()
+    }
+
+    fn plugin(&self, key: &str) -> std::result::Result<&Arc<Plugin>, StepError> {
+        match self.inner.plugins.get(key) {
+            Some(Slot::Ready(p)) => Ok(p),
+            Some(Slot::Failed(e)) => Err(StepError::of(key, e.clone())),
+            None => Err(StepError::of(
+                key,
+                CallError::new(FailureKind::NotInstalled, format!("no plugin {key:?} is configured")),
+            )),
+        }
+    }
+
+    /// Read and validate an image without embedding it.
+    pub async fn load_image(&self, source: &ImageSource) -> Result<ValidImage> {
+        let limits = self.inner.config.input.clone();
+        let bytes = input::read_source(source, &limits, &self.inner.http).await?;
+        let label = source.label();
+        let validated = tokio::task::spawn_blocking(move || input::validate(bytes, &label, &limits))
+            .await
+            .map_err(|e| Error::Internal(format!("image validation panicked: {e}")))?;
+        Ok(validated?)
+    }
+
+    /// Embed one image: read and validate it, then walk the chain.
+    pub async fn embed_image(&self, request: ImageRequest) -> Result<Embedding> {
+        let image = self.load_image(&request.source).await?;
+        self.embed_valid_image(&image, request.description.as_deref()).await
+    }
+
+    /// Embed many images, at most `concurrency` at once. Results come in input order, each on
+    /// its own: one bad input does not stop the rest.
+    pub fn embed_images(
+        &self,
+        requests: Vec<ImageRequest>,
+        concurrency: usize,
+    ) -> BoxStream<'static, Result<Embedding>> {
+        let this = self.clone();
+        stream::iter(requests)
+            .map(move |r| {
+                let this = this.clone();
+                async move { this.embed_image(r).await }
+            })
+            .buffered(concurrency.max(1))
+            .boxed()
+    }
+
+    /// Walk the chain for an image that has already been validated.
+    pub async fn embed_valid_image(&self, image: &ValidImage, description: Option<&str>) -> Result<Embedding> {
+        let description = description.map(str::trim).filter(|d| !d.is_empty());
+        let mut attempts = Vec::new();
+        for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
+            let outcome = self.image_step(step, image, description).await;
+            if let Some(embedding) = self.accept(index, step.kind(), outcome, &mut attempts) {
+                return Ok(embedding);
+            }
+        }
+        Err(Error::Exhausted { attempts })
+    }
+
+    /// Embed a text query into the space of the chain's image results, walking the same chain
+    /// with each step's text side.
+    pub async fn embed_text(&self, text: &str) -> Result<Embedding> {
+        if text.trim().is_empty() {
+            return Err(Error::Usage("the text to embed is empty".into()));
+        }
+        let mut attempts = Vec::new();
+        for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
+            let outcome = self.text_step(step, text).await;
+            if let Some(embedding) = self.accept(index, step.kind(), outcome, &mut attempts) {
+                return Ok(embedding);
+            }
+        }
+        Err(Error::Exhausted { attempts })
+    }
+
+    /// Turn a step's outcome into the final embedding, or record why it is not one.
+    fn accept(
+        &self,
+        index: usize,
+        step_kind: StepKind,
+        outcome: std::result::Result<Found, StepError>,
+        attempts: &mut Vec<Attempt>,
+    ) -> Option<Embedding> {
+        let mut record = |plugin: Option<String>, e: CallError| {
+            tracing::debug!(step = index, %step_kind, "step did not answer: {}", e.message);
+            attempts.push(Attempt { step: index, step_kind, plugin, kind: e.kind, message: e.message });
+        };
+        match outcome {
+            Err(e) => {
+                record(e.plugin, e.error);
+                None
+            }
+            Ok(found) => {
+                if let Some(required) = &self.inner.config.chain.require_space {
+                    if &found.model.space != required {
+                        record(Some(found.plugin.key.clone()), space_mismatch(&found.model.space, required));
+                        return None;
+                    }
+                }
+                let dimensions = found.vector.len();
+                Some(Embedding {
+                    vector: found.vector,
+                    provenance: Provenance {
+                        step: index,
+                        step_kind,
+                        plugin: found.plugin,
+                        model: found.model.model,
+                        space: found.model.space,
+                        dimensions,
+                        description: found.description,
+                        degraded: index > 0,
+                        attempts: std::mem::take(attempts),
+                    },
+                })
+            }
+        }
+    }
+
+    /// With `require_space` set, refuse a step before doing its (possibly slow) work when its
+    /// model already says it answers in another space.
+    fn precheck(&self, key: &str, model: &ModelInfo) -> std::result::Result<(), StepError> {
+        match &self.inner.config.chain.require_space {
+            Some(required) if &model.space != required => {
+                Err(StepError::of(key, space_mismatch(&model.space, required)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn embed_one_text(
+        &self,
+        key: &str,
+        text: &str,
+        description: Description,
+    ) -> std::result::Result<Found, StepError> {
+        let plugin = self.plugin(key)?;
+        let model = plugin.text_model().await.map_err(|e| StepError::of(key, e))?;
+        self.precheck(key, &model)?;
+        let (model, mut vectors) =
+            plugin.embed_texts(&[text.to_string()]).await.map_err(|e| StepError::of(key, e))?;
+        Ok(Found { plugin: plugin.id.clone(), model, vector: vectors.remove(0), description: Some(description) })
+    }
+
+    async fn embed_one_image(&self, key: &str, image: &ValidImage) -> std::result::Result<Found, StepError> {
+        let plugin = self.plugin(key)?;
+        let model = plugin.image_model().await.map_err(|e| StepError::of(key, e))?;
+        self.precheck(key, &model)?;
+        let (model, mut vectors) =
+            plugin.embed_images(std::slice::from_ref(image)).await.map_err(|e| StepError::of(key, e))?;
+        Ok(Found { plugin: plugin.id.clone(), model, vector: vectors.remove(0), description: None })
+    }
+
+    async fn image_step(
+        &self,
+        step: &Step,
+        image: &ValidImage,
+        caller_description: Option<&str>,
+    ) -> std::result::Result<Found, StepError> {
+        match step {
+            Step::DescribeThenEmbed { describer, embedder, prompt } => {
+                let describe_with = self.plugin(describer)?;
+                // Check the embedder first: describing is the slow part, and is wasted when the
+                // embedder cannot answer or answers in the wrong space.
+                let text_plugin = self.plugin(embedder)?;
+                let model = text_plugin.text_model().await.map_err(|e| StepError::of(embedder, e))?;
+                self.precheck(embedder, &model)?;
+                let d = describe_with
+                    .describe(image, prompt.as_deref())
+                    .await
+                    .map_err(|e| StepError::of(describer, e))?;
+                let description = Description {
+                    text: d.text.clone(),
+                    source: DescriptionSource::Model,
+                    plugin: Some(describe_with.id.clone()),
+                    model: Some(d.model),
+                    structured: d.structured,
+                };
+                self.embed_one_text(embedder, &d.text, description).await
+            }
+            Step::ImageEmbed { plugin } | Step::Hash { plugin } => self.embed_one_image(plugin, image).await,
+            Step::Description { embedder } => match caller_description {
+                None => Err(StepError::not_applicable("no description was given with the image (--description)")),
+                Some(text) => {
+                    let description = Description {
+                        text: text.to_string(),
+                        source: DescriptionSource::Caller,
+                        plugin: None,
+                        model: None,
+                        structured: None,
+                    };
+                    self.embed_one_text(embedder, text, description).await
+                }
+            },
+        }
+    }
+
+    async fn text_step(&self, step: &Step, text: &str) -> std::result::Result<Found, StepError> {
+        let query = Description {
+            text: text.to_string(),
+            source: DescriptionSource::Query,
+            plugin: None,
+            model: None,
+            structured: None,
+        };
+        match step {
+            Step::DescribeThenEmbed { embedder, .. } | Step::Description { embedder } => {
+                self.embed_one_text(embedder, text, query).await
+            }
+            Step::ImageEmbed { plugin: key } | Step::Hash { plugin: key } => {
+                let plugin = self.plugin(key)?;
+                if !plugin.roles().text_embedder {
+                    return Err(StepError::not_applicable(format!("plugin {key:?} embeds images only, not text")));
+                }
+                if step.kind() == StepKind::ImageEmbed {
+                    // Text from an image embedder is only useful when it lands in the image space.
+                    let image_space = plugin.image_model().await.map_err(|e| StepError::of(key, e))?.space;
+                    let text_space = plugin.text_model().await.map_err(|e| StepError::of(key, e))?.space;
+                    if image_space != text_space {
+                        return Err(StepError::not_applicable(format!(
+                            "plugin {key:?} embeds text in {text_space:?}, not in its image space {image_space:?}"
+                        )));
+                    }
+                }
+                self.embed_one_text(key, text, query).await
+            }
+        }
+    }
+}
+
+fn space_mismatch(space: &str, required: &str) -> CallError {
+    CallError::new(
+        FailureKind::SpaceMismatch,
+        format!("answers in space {space:?}, but the config requires {required:?} ([chain] require_space)"),
+    )
+}

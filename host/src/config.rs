@@ -1,0 +1,792 @@
+//! Typed configuration: the TOML file is parsed into raw structs (unknown keys rejected with file
+//! and line), then validated into [`Config`], which the rest of the library uses.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::types::StepKind;
+
+/// The default configuration, compiled into the binary so `imbed` works without a config file.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
+
+/// A configuration problem, located in its file where possible.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file (or `<default>` for the embedded default).
+        file: String,
+        /// Line, from 1.
+        line: usize,
+        /// Column, from 1.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file parses but a value does not make sense.
+    #[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        /// The file.
+        file: String,
+        /// Line, from 1, when known.
+        line: Option<usize>,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// Where environment variables for `${NAME}` references in the config come from.
+///
+/// Lookup order: explicit values set with [`Env::set`], the process environment (unless
+/// [`Env::isolated`]), then a `.env` file, then imbed's built-in defaults (`IMBED_HOME`,
+/// `IMBED_CACHE`). The process environment is never modified.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    explicit: BTreeMap<String, String>,
+    dotenv: BTreeMap<String, String>,
+    isolated: bool,
+}
+
+impl Env {
+    /// The process environment plus `.env` in the current directory, if there is one.
+    pub fn from_process() -> Self {
+        let mut env = Env::default();
+        if let Ok(iter) = dotenvy::from_path_iter(".env") {
+            for (k, v) in iter.flatten() {
+                env.dotenv.insert(k, v);
+            }
+        }
+        env
+    }
+
+    /// Only explicitly set values (and built-in defaults): for tests and embedding applications
+    /// that must not depend on the environment they run in.
+    pub fn isolated() -> Self {
+        Env { isolated: true, ..Env::default() }
+    }
+
+    /// Set a value that wins over every other source.
+    pub fn set(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.explicit.insert(name.into(), value.into());
+        self
+    }
+
+    /// Look a variable up.
+    pub fn get(&self, name: &str) -> Option<String> {
+        if let Some(v) = self.explicit.get(name) {
+            return Some(v.clone());
+        }
+        if !self.isolated {
+            if let Ok(v) = std::env::var(name) {
+                return Some(v);
+            }
+        }
+        if let Some(v) = self.dotenv.get(name) {
+            return Some(v.clone());
+        }
+        match name {
+            "IMBED_HOME" => Some(default_data_dir(self).display().to_string()),
+            "IMBED_CACHE" => Some(default_cache_dir(self).display().to_string()),
+            _ => None,
+        }
+    }
+
+    fn home(&self) -> PathBuf {
+        let var = |n: &str| {
+            self.explicit
+                .get(n)
+                .cloned()
+                .or_else(|| (!self.isolated).then(|| std::env::var(n).ok()).flatten())
+        };
+        var("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+fn xdg(env: &Env, var: &str, fallback: &str) -> PathBuf {
+    let from_env = env.explicit.get(var).cloned().or_else(|| {
+        if env.isolated {
+            None
+        } else {
+            std::env::var(var).ok().filter(|v| !v.is_empty())
+        }
+    });
+    from_env.map(PathBuf::from).unwrap_or_else(|| env.home().join(fallback))
+}
+
+/// `$XDG_DATA_HOME/imbed`: installed plugins and model files.
+fn default_data_dir(env: &Env) -> PathBuf {
+    xdg(env, "XDG_DATA_HOME", ".local/share").join("imbed")
+}
+
+/// `$XDG_CACHE_HOME/imbed`: compiled plugins.
+fn default_cache_dir(env: &Env) -> PathBuf {
+    xdg(env, "XDG_CACHE_HOME", ".cache").join("imbed")
+}
+
+/// Limits applied to every input image before any plugin sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputLimits {
+    /// Largest encoded image accepted, in bytes.
+    pub max_bytes: u64,
+    /// Largest width × height accepted, checked from the header before decoding.
+    pub max_pixels: u64,
+    /// Largest width or height accepted.
+    pub max_side: u32,
+    /// Deadline for downloading an image from a URL.
+    pub download_timeout: Duration,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits {
+            max_bytes: 64 << 20,
+            max_pixels: 50_000_000,
+            max_side: 30_000,
+            download_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One step of the priority chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// A describer writes a description, a text embedder embeds it.
+    DescribeThenEmbed {
+        /// Config key of the describer plugin.
+        describer: String,
+        /// Config key of the text embedder plugin.
+        embedder: String,
+        /// Prompt for the describer; the plugin's own default when `None`.
+        prompt: Option<String>,
+    },
+    /// An image embedder embeds the image itself.
+    ImageEmbed {
+        /// Config key of the image embedder plugin.
+        plugin: String,
+    },
+    /// A text embedder embeds the caller's description; skipped when there is none.
+    Description {
+        /// Config key of the text embedder plugin.
+        embedder: String,
+    },
+    /// The last resort: a plugin (the hash plugin) embeds the image itself.
+    Hash {
+        /// Config key of the plugin.
+        plugin: String,
+    },
+}
+
+impl Step {
+    /// The kind of this step.
+    pub fn kind(&self) -> StepKind {
+        match self {
+            Step::DescribeThenEmbed { .. } => StepKind::DescribeThenEmbed,
+            Step::ImageEmbed { .. } => StepKind::ImageEmbed,
+            Step::Description { .. } => StepKind::Description,
+            Step::Hash { .. } => StepKind::Hash,
+        }
+    }
+
+    /// The config keys of the plugins this step uses.
+    pub fn plugins(&self) -> Vec<&str> {
+        match self {
+            Step::DescribeThenEmbed { describer, embedder, .. } => vec![describer, embedder],
+            Step::ImageEmbed { plugin } | Step::Hash { plugin } => vec![plugin],
+            Step::Description { embedder } => vec![embedder],
+        }
+    }
+}
+
+/// The priority chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainConfig {
+    /// When set, only results in this embedding space are accepted; a step that answers in
+    /// another space counts as failed and the chain moves on.
+    pub require_space: Option<String>,
+    /// The steps, tried in order.
+    pub steps: Vec<Step>,
+}
+
+/// What a plugin is allowed to reach. Everything not listed is denied.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Grants {
+    /// HTTP origins (`scheme://host[:port]`) the plugin may send requests to.
+    pub http: Vec<url::Origin>,
+    /// Environment variables passed through from the host's environment, by name.
+    pub env: Vec<String>,
+    /// A directory the plugin may read (not write), mounted at `/model`.
+    pub model_dir: Option<PathBuf>,
+}
+
+/// One plugin's section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    /// The component file.
+    pub path: PathBuf,
+    /// Memory cap for one instance, in bytes.
+    pub memory_bytes: u64,
+    /// Deadline for one call.
+    pub timeout: Duration,
+    /// How many idle instances to keep for reuse.
+    pub pool_size: usize,
+    /// What the plugin may reach.
+    pub grants: Grants,
+    /// The plugin's own settings, as strings (numbers and booleans in their TOML spelling,
+    /// arrays and tables as JSON).
+    pub settings: BTreeMap<String, String>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where this config came from (a path, or `<default>`).
+    pub source: String,
+    /// Where compiled plugins are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Limits on input images.
+    pub input: InputLimits,
+    /// The priority chain.
+    pub chain: ChainConfig,
+    /// Plugins by config key.
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    plugin_dir: Option<Spanned<String>>,
+    cache_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    input: RawInput,
+    chain: Spanned<RawChain>,
+    #[serde(default)]
+    plugins: BTreeMap<Spanned<String>, Spanned<RawPlugin>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    max_bytes: Option<u64>,
+    max_pixels: Option<u64>,
+    max_side: Option<u32>,
+    download_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChain {
+    require_space: Option<Spanned<String>>,
+    #[serde(default)]
+    steps: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    kind: Spanned<String>,
+    describer: Option<Spanned<String>>,
+    embedder: Option<Spanned<String>>,
+    plugin: Option<Spanned<String>>,
+    prompt: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    file: Spanned<String>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    grants: RawGrants,
+    #[serde(default)]
+    settings: BTreeMap<String, Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory_mb: Option<Spanned<u64>>,
+    timeout_ms: Option<Spanned<u64>>,
+    instances: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    #[serde(default)]
+    http: Vec<Spanned<String>>,
+    #[serde(default)]
+    env: Vec<Spanned<String>>,
+    model_dir: Option<Spanned<String>>,
+}
+
+/// Validation context: turns byte spans into line numbers and expands `${VAR}`.
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+    base: Option<&'a Path>,
+    env: &'a Env,
+}
+
+impl Ctx<'_> {
+    fn line(&self, span: std::ops::Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text[..end].bytes().filter(|&b| b == b'\n').count() + 1
+    }
+
+    fn err<T>(&self, span: Option<std::ops::Range<usize>>, message: impl Into<String>) -> Result<T, ConfigError> {
+        Err(ConfigError::Invalid {
+            file: self.file.to_string(),
+            line: span.map(|s| self.line(s)),
+            message: message.into(),
+        })
+    }
+
+    fn expand(&self, value: &Spanned<String>) -> Result<String, ConfigError> {
+        expand_vars(value.get_ref(), self.env)
+            .or_else(|message| self.err(Some(value.span()), message))
+    }
+
+    fn path(&self, value: &Spanned<String>) -> Result<PathBuf, ConfigError> {
+        let expanded = self.expand(value)?;
+        let expanded = match expanded.strip_prefix("~/") {
+            Some(rest) => self.env.home().join(rest),
+            None => PathBuf::from(expanded),
+        };
+        Ok(match self.base {
+            Some(base) if expanded.is_relative() => base.join(expanded),
+            _ => expanded,
+        })
+    }
+}
+
+/// Expands `${NAME}` and `${NAME:-default}` (the default may itself hold references); a `$` not
+/// followed by `{` is kept as it is.
+fn expand_vars(input: &str, env: &Env) -> Result<String, String> {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let mut depth = 1;
+        let mut end = None;
+        let bytes = after.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'$' && bytes.get(i + 1) == Some(&b'{') {
+                depth += 1;
+                i += 1;
+            } else if bytes[i] == b'}' {
+                depth -= 1;
+                if depth == 0 {
+                    end = Some(i);
+                    break;
+                }
+            }
+            i += 1;
+        }
+        let end = end.ok_or_else(|| format!("unclosed `${{` in {input:?}: write `${{NAME}}`"))?;
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("`${{{inner}}}` is not a variable reference: names use A-Z, 0-9 and _"));
+        }
+        match env.get(name).filter(|v| !v.is_empty()) {
+            Some(v) => out.push_str(&v),
+            None => match default {
+                Some(d) => out.push_str(&expand_vars(d, env)?),
+                None => {
+                    return Err(format!(
+                        "environment variable {name} is not set: set it, add it to .env, or write `${{{name}:-default}}`"
+                    ))
+                }
+            },
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn valid_plugin_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+impl Config {
+    /// Parse and validate a config from TOML text. `file` names it in errors; relative paths in
+    /// it resolve against `base` (the config file's folder), or the current directory when `None`.
+    pub fn from_toml_str(
+        text: &str,
+        file: &str,
+        base: Option<&Path>,
+        env: &Env,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| {
+                    let before = &text[..s.start.min(text.len())];
+                    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+                    (line, column)
+                })
+                .unwrap_or((1, 1));
+            ConfigError::Syntax {
+                file: file.to_string(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let ctx = Ctx { file, text, base, env };
+        validate(raw, &ctx)
+    }
+
+    /// Read and validate a config file.
+    pub fn load(path: &Path, env: &Env) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+        Config::from_toml_str(&text, &path.display().to_string(), base, env)
+    }
+
+    /// The embedded default config.
+    pub fn default_config(env: &Env) -> Result<Config, ConfigError> {
+        Config::from_toml_str(DEFAULT_CONFIG, "<default>", None, env)
+    }
+
+    /// Find the config the CLI uses: `explicit` if given, else `$IMBED_CONFIG`, else
+    /// `./imbed.toml`, else `$XDG_CONFIG_HOME/imbed/config.toml`, else the embedded default.
+    pub fn discover(explicit: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
+        if let Some(path) = explicit {
+            return Config::load(path, env);
+        }
+        if let Some(path) = env.get("IMBED_CONFIG").filter(|p| !p.is_empty()) {
+            return Config::load(Path::new(&path), env);
+        }
+        let local = Path::new("imbed.toml");
+        if local.is_file() {
+            return Config::load(local, env);
+        }
+        let user = xdg(env, "XDG_CONFIG_HOME", ".config").join("imbed/config.toml");
+        if user.is_file() {
+            return Config::load(&user, env);
+        }
+        Config::default_config(env)
+    }
+}
+
+fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
+    let plugin_dir = match &raw.plugin_dir {
+        Some(dir) => ctx.path(dir)?,
+        None => PathBuf::from(ctx.env.get("IMBED_HOME").unwrap_or_default()).join("plugins"),
+    };
+    let cache_dir = match &raw.cache_dir {
+        Some(dir) if dir.get_ref().is_empty() => None,
+        Some(dir) => Some(ctx.path(dir)?),
+        None => Some(PathBuf::from(ctx.env.get("IMBED_CACHE").unwrap_or_default())),
+    };
+
+    let defaults = InputLimits::default();
+    let input = InputLimits {
+        max_bytes: raw.input.max_bytes.unwrap_or(defaults.max_bytes),
+        max_pixels: raw.input.max_pixels.unwrap_or(defaults.max_pixels),
+        max_side: raw.input.max_side.unwrap_or(defaults.max_side),
+        download_timeout: raw
+            .input
+            .download_timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.download_timeout),
+    };
+    if input.max_bytes == 0 || input.max_pixels == 0 || input.max_side == 0 {
+        return ctx.err(None, "[input] limits must be greater than zero");
+    }
+
+    let mut plugins = BTreeMap::new();
+    for (key, section) in &raw.plugins {
+        let name = key.get_ref();
+        if !valid_plugin_key(name) {
+            return ctx.err(
+                Some(key.span()),
+                format!("plugin name {name:?} is not allowed: use lowercase letters, digits, - and _"),
+            );
+        }
+        plugins.insert(name.clone(), validate_plugin(name, section.get_ref(), &plugin_dir, ctx)?);
+    }
+
+    let chain = raw.chain.get_ref();
+    if chain.steps.is_empty() {
+        return ctx.err(
+            Some(raw.chain.span()),
+            "the chain has no steps: add at least one [[chain.steps]] table",
+        );
+    }
+    let mut steps = Vec::new();
+    for (index, step) in chain.steps.iter().enumerate() {
+        steps.push(validate_step(index, step, &plugins, ctx)?);
+    }
+    let require_space = match &chain.require_space {
+        Some(s) if s.get_ref().trim().is_empty() => {
+            return ctx.err(Some(s.span()), "require_space is empty: name a space or remove the key")
+        }
+        Some(s) => Some(ctx.expand(s)?),
+        None => None,
+    };
+
+    Ok(Config {
+        source: ctx.file.to_string(),
+        cache_dir,
+        input,
+        chain: ChainConfig { require_space, steps },
+        plugins,
+    })
+}
+
+fn validate_plugin(
+    name: &str,
+    raw: &RawPlugin,
+    plugin_dir: &Path,
+    ctx: &Ctx<'_>,
+) -> Result<PluginConfig, ConfigError> {
+    let file = PathBuf::from(ctx.expand(&raw.file)?);
+    let path = if file.is_absolute() { file } else { plugin_dir.join(file) };
+
+    let memory_mb = raw.limits.memory_mb.as_ref().map(|m| (*m.get_ref(), m.span())).unwrap_or((512, 0..0));
+    if !(1..=65_536).contains(&memory_mb.0) {
+        return ctx.err(Some(memory_mb.1), format!("plugin {name:?}: memory_mb must be from 1 to 65536"));
+    }
+    let timeout_ms = raw.limits.timeout_ms.as_ref().map(|t| (*t.get_ref(), t.span())).unwrap_or((30_000, 0..0));
+    if timeout_ms.0 == 0 {
+        return ctx.err(Some(timeout_ms.1), format!("plugin {name:?}: timeout_ms must be greater than zero"));
+    }
+    let pool_size = raw.limits.instances.as_ref().map(|i| *i.get_ref()).unwrap_or(2);
+
+    let mut http = Vec::new();
+    for origin in &raw.grants.http {
+        let text = ctx.expand(origin)?;
+        let parsed = url::Url::parse(&text).or_else(|e| {
+            ctx.err(Some(origin.span()), format!("plugin {name:?}: http grant {text:?} is not a URL ({e}): write it as http://host:port"))
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return ctx.err(
+                Some(origin.span()),
+                format!("plugin {name:?}: http grant {text:?} must be an http:// or https:// origin"),
+            );
+        }
+        if parsed.path() != "/" || parsed.query().is_some() {
+            return ctx.err(
+                Some(origin.span()),
+                format!("plugin {name:?}: http grant {text:?} has a path; grants are whole origins (scheme://host:port)"),
+            );
+        }
+        http.push(parsed.origin());
+    }
+    let mut env = Vec::new();
+    for var in &raw.grants.env {
+        let v = var.get_ref();
+        if v.is_empty() || v.contains('=') {
+            return ctx.err(Some(var.span()), format!("plugin {name:?}: {v:?} is not an environment variable name"));
+        }
+        env.push(v.clone());
+    }
+    let model_dir = raw.grants.model_dir.as_ref().map(|d| ctx.path(d)).transpose()?;
+
+    let mut settings = BTreeMap::new();
+    for (key, value) in &raw.settings {
+        let rendered = match value.get_ref() {
+            toml::Value::String(s) => expand_vars(s, ctx.env).or_else(|m| ctx.err(Some(value.span()), m))?,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Datetime(d) => d.to_string(),
+            other => serde_json::to_string(other).unwrap_or_default(),
+        };
+        settings.insert(key.clone(), rendered);
+    }
+
+    Ok(PluginConfig {
+        path,
+        memory_bytes: memory_mb.0 << 20,
+        timeout: Duration::from_millis(timeout_ms.0),
+        pool_size,
+        grants: Grants { http, env, model_dir },
+        settings,
+    })
+}
+
+fn validate_step(
+    index: usize,
+    raw: &Spanned<RawStep>,
+    plugins: &BTreeMap<String, PluginConfig>,
+    ctx: &Ctx<'_>,
+) -> Result<Step, ConfigError> {
+    let step = raw.get_ref();
+    let kind = step.kind.get_ref().as_str();
+    let reference = |field: &'static str, value: &Option<Spanned<String>>| -> Result<String, ConfigError> {
+        let value = match value {
+            Some(v) => v,
+            None => {
+                return ctx.err(Some(raw.span()), format!("step {index} ({kind}) needs `{field} = \"<plugin>\"`"))
+            }
+        };
+        let name = value.get_ref();
+        if !plugins.contains_key(name) {
+            return ctx.err(
+                Some(value.span()),
+                format!("step {index} names plugin {name:?}, which has no [plugins.{name}] section"),
+            );
+        }
+        Ok(name.clone())
+    };
+    let forbid = |field: &str, value: &Option<Spanned<String>>| -> Result<(), ConfigError> {
+        match value {
+            Some(v) => ctx.err(Some(v.span()), format!("`{field}` does not belong in a {kind} step")),
+            None => Ok(()),
+        }
+    };
+    Ok(match kind {
+        "describe-then-embed" => {
+            forbid("plugin", &step.plugin)?;
+            Step::DescribeThenEmbed {
+                describer: reference("describer", &step.describer)?,
+                embedder: reference("embedder", &step.embedder)?,
+                prompt: step.prompt.as_ref().map(|p| ctx.expand(p)).transpose()?,
+            }
+        }
+        "image-embed" | "hash" => {
+            forbid("describer", &step.describer)?;
+            forbid("embedder", &step.embedder)?;
+            forbid("prompt", &step.prompt)?;
+            let plugin = reference("plugin", &step.plugin)?;
+            if kind == "hash" { Step::Hash { plugin } } else { Step::ImageEmbed { plugin } }
+        }
+        "description" => {
+            forbid("describer", &step.describer)?;
+            forbid("plugin", &step.plugin)?;
+            forbid("prompt", &step.prompt)?;
+            Step::Description { embedder: reference("embedder", &step.embedder)? }
+        }
+        other => {
+            return ctx.err(
+                Some(step.kind.span()),
+                format!("unknown step kind {other:?}: use describe-then-embed, image-embed, description or hash"),
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[chain]
+[[chain.steps]]
+kind = "hash"
+plugin = "hash"
+
+[plugins.hash]
+file = "hash.wasm"
+"#;
+
+    #[test]
+    fn the_embedded_default_is_valid_and_follows_the_seed_chain() {
+        let cfg = Config::default_config(&Env::isolated().set("HOME", "/home/u")).unwrap();
+        let kinds: Vec<_> = cfg.chain.steps.iter().map(Step::kind).collect();
+        assert_eq!(
+            kinds,
+            [StepKind::DescribeThenEmbed, StepKind::ImageEmbed, StepKind::Description, StepKind::Hash]
+        );
+        let ollama = &cfg.plugins["ollama"];
+        assert_eq!(ollama.settings["base_url"], "http://localhost:11434");
+        assert_eq!(ollama.settings["vision_model"], "llava");
+        assert_eq!(ollama.settings["embed_model"], "nomic-embed-text");
+        assert_eq!(ollama.grants.http.len(), 1);
+        assert_eq!(cfg.plugins["hash"].path, Path::new("/home/u/.local/share/imbed/plugins/hash.wasm"));
+    }
+
+    #[test]
+    fn environment_overrides_the_seed_variables() {
+        let env = Env::isolated()
+            .set("OLLAMA_BASE_URL", "http://gpu-box:11434")
+            .set("OLLAMA_VISION_MODEL", "llama3.2-vision")
+            .set("OLLAMA_EMBED_MODEL", "mxbai-embed-large");
+        let cfg = Config::default_config(&env).unwrap();
+        let ollama = &cfg.plugins["ollama"];
+        assert_eq!(ollama.settings["base_url"], "http://gpu-box:11434");
+        assert_eq!(ollama.settings["vision_model"], "llama3.2-vision");
+        assert_eq!(ollama.settings["embed_model"], "mxbai-embed-large");
+        assert_eq!(ollama.grants.http[0].ascii_serialization(), "http://gpu-box:11434");
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_file_and_line() {
+        let text = MINIMAL.replace("file = \"hash.wasm\"", "file = \"hash.wasm\"\nmemroy_mb = 3");
+        let err = Config::from_toml_str(&text, "my.toml", None, &Env::isolated()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("my.toml:9:"), "{msg}");
+        assert!(msg.contains("memroy_mb"), "{msg}");
+    }
+
+    #[test]
+    fn a_step_naming_a_missing_plugin_is_reported_with_its_line() {
+        let text = MINIMAL.replace("plugin = \"hash\"", "plugin = \"clip\"");
+        let msg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated()).unwrap_err().to_string();
+        assert_eq!(msg, "c.toml:5: step 0 names plugin \"clip\", which has no [plugins.clip] section");
+    }
+
+    #[test]
+    fn unknown_step_kinds_and_misplaced_fields_are_errors() {
+        let text = MINIMAL.replace("kind = \"hash\"", "kind = \"magic\"");
+        let msg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated()).unwrap_err().to_string();
+        assert!(msg.contains("c.toml:4: unknown step kind \"magic\""), "{msg}");
+        let text = MINIMAL.replace("plugin = \"hash\"", "plugin = \"hash\"\nembedder = \"hash\"");
+        let msg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated()).unwrap_err().to_string();
+        assert!(msg.contains("`embedder` does not belong in a hash step"), "{msg}");
+    }
+
+    #[test]
+    fn http_grants_must_be_origins() {
+        let text = format!("{MINIMAL}[plugins.hash.grants]\nhttp = [\"http://h:1/api\"]\n");
+        let msg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated()).unwrap_err().to_string();
+        assert!(msg.contains("c.toml:10:") && msg.contains("has a path"), "{msg}");
+    }
+
+    #[test]
+    fn variables_expand_with_defaults_and_missing_ones_are_named() {
+        let env = Env::isolated().set("A", "x");
+        assert_eq!(expand_vars("${A}/${B:-y}/$z", &env).unwrap(), "x/y/$z");
+        let err = expand_vars("${NOPE}", &env).unwrap_err();
+        assert!(err.contains("NOPE is not set"), "{err}");
+        assert!(expand_vars("${A", &env).is_err());
+        assert_eq!(expand_vars("${NOPE:-${A}/p}", &env).unwrap(), "x/p");
+    }
+
+    #[test]
+    fn settings_render_as_strings() {
+        let text = format!("{MINIMAL}[plugins.hash.settings]\ndimensions = 128\nnormal = true\nname = \"${{A:-q}}\"\n");
+        let cfg = Config::from_toml_str(&text, "c.toml", Some(Path::new("/etc/imbed")), &Env::isolated()).unwrap();
+        let s = &cfg.plugins["hash"].settings;
+        assert_eq!((s["dimensions"].as_str(), s["normal"].as_str(), s["name"].as_str()), ("128", "true", "q"));
+    }
+}

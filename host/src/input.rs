@@ -1,0 +1,393 @@
+//! Reading images from where callers have them, and validating them before any plugin sees them.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use image::{ImageFormat, ImageReader};
+use sha2::{Digest, Sha256};
+
+use crate::config::InputLimits;
+
+/// Where an image comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImageSource {
+    /// A file.
+    Path(PathBuf),
+    /// An `http://` or `https://` URL, downloaded with the configured deadline and size cap.
+    Url(String),
+    /// Base64 text, raw or as a `data:` URI.
+    Base64(String),
+    /// Encoded image bytes (for example, read from stdin).
+    Bytes(Vec<u8>),
+}
+
+impl ImageSource {
+    /// A short label for messages and output: the path or URL, or the kind of inline data.
+    pub fn label(&self) -> String {
+        match self {
+            ImageSource::Path(p) => p.display().to_string(),
+            ImageSource::Url(u) => u.clone(),
+            ImageSource::Base64(_) => "<base64>".into(),
+            ImageSource::Bytes(_) => "<bytes>".into(),
+        }
+    }
+}
+
+/// Why an input could not be used. Each message says what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The URL could not be downloaded.
+    #[error("cannot download {url}: {message}")]
+    Download {
+        /// The URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The base64 text is not valid.
+    #[error("invalid base64 image: {0}")]
+    Base64(String),
+    /// The input has no bytes.
+    #[error("the image {0} is empty (0 bytes)")]
+    Empty(String),
+    /// The input is larger than the configured cap.
+    #[error("the image {label} is larger than {limit} bytes: shrink it or raise [input] max_bytes")]
+    TooManyBytes {
+        /// Which input.
+        label: String,
+        /// The cap.
+        limit: u64,
+    },
+    /// The bytes are not an image format imbed reads.
+    #[error("{label} is not an image imbed can read ({detail}): use PNG, JPEG, GIF, WebP or BMP")]
+    NotAnImage {
+        /// Which input.
+        label: String,
+        /// What was seen.
+        detail: String,
+    },
+    /// The image header announces more pixels than allowed; nothing was decoded.
+    #[error("the image {label} is {width}x{height} pixels, over the limit of {limit}: downscale it or raise [input] {key}")]
+    TooLarge {
+        /// Which input.
+        label: String,
+        /// Width from the header.
+        width: u32,
+        /// Height from the header.
+        height: u32,
+        /// The limit that was exceeded, as text.
+        limit: String,
+        /// The config key that sets it.
+        key: &'static str,
+    },
+    /// The image is truncated or corrupt.
+    #[error("the {format} image {label} is truncated or corrupt: {detail}")]
+    Corrupt {
+        /// Which input.
+        label: String,
+        /// The format from the header.
+        format: String,
+        /// The decoder's message.
+        detail: String,
+    },
+}
+
+/// An image that passed validation: what plugins receive.
+#[derive(Debug, Clone)]
+pub struct ValidImage {
+    /// PNG or JPEG bytes.
+    pub data: Arc<[u8]>,
+    /// `image/png` or `image/jpeg`.
+    pub mime_type: &'static str,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// SHA-256 of the bytes as the caller gave them, hex: the image's identity.
+    pub sha256: String,
+}
+
+/// Decode base64 image text: standard or URL-safe alphabet, with or without padding, whitespace
+/// ignored, optionally as a `data:<mime>;base64,` URI.
+pub fn decode_base64(text: &str) -> Result<Vec<u8>, InputError> {
+    let text = text.trim();
+    let payload = if let Some(rest) = text.strip_prefix("data:") {
+        let (meta, data) = rest
+            .split_once(',')
+            .ok_or_else(|| InputError::Base64("the data: URI has no comma before its data".into()))?;
+        if !meta.ends_with(";base64") {
+            return Err(InputError::Base64(format!(
+                "the data: URI is not base64-encoded (`data:{meta},...`): use `data:image/png;base64,...`"
+            )));
+        }
+        data
+    } else {
+        text
+    };
+    let cleaned: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    if cleaned.is_empty() {
+        return Err(InputError::Base64("no data after removing whitespace".into()));
+    }
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let engines = [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD];
+    let mut first_error = None;
+    for engine in engines {
+        match engine.decode(&cleaned) {
+            Ok(bytes) => return Ok(bytes),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(InputError::Base64(format!(
+        "{}: check the text was copied whole",
+        first_error.map(|e| e.to_string()).unwrap_or_default()
+    )))
+}
+
+/// Read the bytes of a source, enforcing the size cap and the download deadline.
+pub(crate) async fn read_source(
+    source: &ImageSource,
+    limits: &InputLimits,
+    http: &reqwest::Client,
+) -> Result<Vec<u8>, InputError> {
+    let label = source.label();
+    let too_many = || InputError::TooManyBytes { label: label.clone(), limit: limits.max_bytes };
+    match source {
+        ImageSource::Path(path) => {
+            let read = |source| InputError::Read { path: path.clone(), source };
+            let meta = tokio::fs::metadata(path).await.map_err(read)?;
+            if meta.is_dir() {
+                return Err(InputError::Read {
+                    path: path.clone(),
+                    source: std::io::Error::other("it is a directory, not an image file"),
+                });
+            }
+            if meta.len() > limits.max_bytes {
+                return Err(too_many());
+            }
+            tokio::fs::read(path).await.map_err(read)
+        }
+        ImageSource::Bytes(bytes) => {
+            if bytes.len() as u64 > limits.max_bytes {
+                return Err(too_many());
+            }
+            Ok(bytes.clone())
+        }
+        ImageSource::Base64(text) => {
+            // Base64 is 4/3 the size of its bytes: refuse before decoding a huge string.
+            if (text.len() as u64).saturating_mul(3) / 4 > limits.max_bytes + 3 {
+                return Err(too_many());
+            }
+            decode_base64(text)
+        }
+        ImageSource::Url(url) => download(url, limits, http).await,
+    }
+}
+
+async fn download(url: &str, limits: &InputLimits, http: &reqwest::Client) -> Result<Vec<u8>, InputError> {
+    let fail = |message: String| InputError::Download { url: url.to_string(), message };
+    let parsed = url::Url::parse(url).map_err(|e| fail(format!("not a valid URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(fail(format!("scheme {}: is not allowed; use http or https", parsed.scheme())));
+    }
+    let work = async {
+        let mut response = http.get(parsed).send().await.map_err(|e| fail(describe_reqwest(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(fail(format!("the server answered {status}")));
+        }
+        if response.content_length().is_some_and(|n| n > limits.max_bytes) {
+            return Err(InputError::TooManyBytes { label: url.to_string(), limit: limits.max_bytes });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| fail(describe_reqwest(&e)))? {
+            if (body.len() + chunk.len()) as u64 > limits.max_bytes {
+                return Err(InputError::TooManyBytes { label: url.to_string(), limit: limits.max_bytes });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    match tokio::time::timeout(limits.download_timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(fail(format!(
+            "no complete answer within {} ms: check the URL or raise [input] download_timeout_ms",
+            limits.download_timeout.as_millis()
+        ))),
+    }
+}
+
+pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
+    // reqwest's Display stops at the outermost layer; the cause (refused, DNS) is what helps.
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// Check an encoded image: a known format, within the pixel limits (read from the header before
+/// anything is decoded), and decodable to the end. Anything that is not PNG or JPEG is
+/// re-encoded to PNG, so plugins only ever see those two. CPU-bound: run it off the async threads.
+pub fn validate(bytes: Vec<u8>, label: &str, limits: &InputLimits) -> Result<ValidImage, InputError> {
+    if bytes.is_empty() {
+        return Err(InputError::Empty(label.to_string()));
+    }
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(InputError::TooManyBytes { label: label.to_string(), limit: limits.max_bytes });
+    }
+    let sha256 = hex(&Sha256::digest(&bytes));
+    let format = image::guess_format(&bytes).map_err(|_| InputError::NotAnImage {
+        label: label.to_string(),
+        detail: sniff(&bytes),
+    })?;
+    let format_name = format!("{format:?}").to_uppercase();
+    let corrupt = |detail: String| InputError::Corrupt {
+        label: label.to_string(),
+        format: format_name.clone(),
+        detail,
+    };
+    let (width, height) = ImageReader::with_format(Cursor::new(&bytes), format)
+        .into_dimensions()
+        .map_err(|e| match e {
+            image::ImageError::Unsupported(_) => InputError::NotAnImage {
+                label: label.to_string(),
+                detail: format!("{format_name} is not supported"),
+            },
+            other => corrupt(other.to_string()),
+        })?;
+    if width == 0 || height == 0 {
+        return Err(corrupt(format!("the header says {width}x{height} pixels")));
+    }
+    if width > limits.max_side || height > limits.max_side {
+        return Err(InputError::TooLarge {
+            label: label.to_string(),
+            width,
+            height,
+            limit: format!("{} pixels per side", limits.max_side),
+            key: "max_side",
+        });
+    }
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(InputError::TooLarge {
+            label: label.to_string(),
+            width,
+            height,
+            limit: format!("{} pixels", limits.max_pixels),
+            key: "max_pixels",
+        });
+    }
+
+    let mut reader = ImageReader::with_format(Cursor::new(&bytes), format);
+    let mut decode_limits = image::Limits::default();
+    decode_limits.max_image_width = Some(limits.max_side);
+    decode_limits.max_image_height = Some(limits.max_side);
+    // RGBA16 is the widest layout the decoders produce.
+    decode_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(1 << 20));
+    reader.limits(decode_limits);
+    let decoded = reader.decode().map_err(|e| corrupt(e.to_string()))?;
+
+    let (data, mime_type): (Arc<[u8]>, _) = match format {
+        ImageFormat::Png => (bytes.into(), "image/png"),
+        ImageFormat::Jpeg => (bytes.into(), "image/jpeg"),
+        _ => {
+            let mut out = Vec::new();
+            decoded
+                .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+                .map_err(|e| corrupt(format!("cannot re-encode as PNG: {e}")))?;
+            (out.into(), "image/png")
+        }
+    };
+    Ok(ValidImage { data, mime_type, width: decoded.width(), height: decoded.height(), sha256 })
+}
+
+fn sniff(bytes: &[u8]) -> String {
+    let head = &bytes[..bytes.len().min(512)];
+    let text = String::from_utf8_lossy(head).to_lowercase();
+    if text.trim_start().starts_with("<!doctype html") || text.contains("<html") {
+        "it looks like an HTML page".into()
+    } else if head.iter().all(|b| b.is_ascii() && (!b.is_ascii_control() || b.is_ascii_whitespace())) {
+        "it looks like text".into()
+    } else {
+        format!("{} bytes of unknown data", bytes.len())
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_png_passes_unchanged() {
+        let bytes = png(20, 10);
+        let v = validate(bytes.clone(), "a.png", &InputLimits::default()).unwrap();
+        assert_eq!((v.width, v.height, v.mime_type), (20, 10, "image/png"));
+        assert_eq!(&*v.data, &bytes[..]);
+    }
+
+    #[test]
+    fn other_formats_are_reencoded_as_png() {
+        let img = image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]));
+        let mut bmp = Vec::new();
+        img.write_to(&mut Cursor::new(&mut bmp), ImageFormat::Bmp).unwrap();
+        let v = validate(bmp, "a.bmp", &InputLimits::default()).unwrap();
+        assert_eq!(v.mime_type, "image/png");
+        assert_eq!(image::guess_format(&v.data).unwrap(), ImageFormat::Png);
+    }
+
+    #[test]
+    fn truncated_empty_and_text_inputs_are_clear_errors() {
+        let mut bytes = png(64, 64);
+        bytes.truncate(bytes.len() / 2);
+        let e = validate(bytes, "t.png", &InputLimits::default()).unwrap_err();
+        assert!(matches!(e, InputError::Corrupt { .. }), "{e}");
+        assert!(matches!(validate(vec![], "e", &InputLimits::default()), Err(InputError::Empty(_))));
+        let e = validate(b"<html><body>404</body></html>".to_vec(), "u", &InputLimits::default()).unwrap_err();
+        assert!(e.to_string().contains("HTML page"), "{e}");
+    }
+
+    #[test]
+    fn pixel_limits_are_checked_before_decoding() {
+        let limits = InputLimits { max_pixels: 100, ..InputLimits::default() };
+        let e = validate(png(20, 10), "big.png", &limits).unwrap_err();
+        assert!(e.to_string().contains("20x10 pixels, over the limit of 100 pixels"), "{e}");
+    }
+
+    #[test]
+    fn base64_variants_decode_and_garbage_is_named() {
+        let raw = b"\x89PNG hello";
+        let std = base64::engine::general_purpose::STANDARD.encode(raw);
+        assert_eq!(decode_base64(&std).unwrap(), raw);
+        assert_eq!(decode_base64(&format!("data:image/png;base64,{std}")).unwrap(), raw);
+        assert_eq!(decode_base64(std.trim_end_matches('=')).unwrap(), raw);
+        assert!(matches!(decode_base64("not base64!!"), Err(InputError::Base64(_))));
+        assert!(matches!(decode_base64("data:image/png,abc"), Err(InputError::Base64(_))));
+    }
+}

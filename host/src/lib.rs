@@ -1,0 +1,41 @@
+//! imbed turns images into embedding vectors through sandboxed WebAssembly plugins.
+//!
+//! A [`Config`] lists plugins (WebAssembly components implementing the `imbed:plugin` WIT
+//! contract), what each may reach, and a priority chain of steps. [`Imbed`] loads the plugins
+//! and walks the chain until a step answers; every [`Embedding`] says which step, plugin, model
+//! and embedding space produced it, and why the steps before it did not answer.
+//!
+//! ```no_run
+//! # async fn demo() -> imbed::Result<()> {
+//! use imbed::{Config, Env, ImageRequest, ImageSource, Imbed};
+//!
+//! let config = Config::discover(None, &Env::from_process())?;
+//! let imbed = Imbed::new(config).await?;
+//! let e = imbed.embed_image(ImageRequest::new(ImageSource::Path("cat.jpg".into()))).await?;
+//! println!("{} dims in {} (degraded: {})", e.vector.len(), e.provenance.space, e.provenance.degraded);
+//! # Ok(()) }
+//! ```
+//!
+//! Synchronous code uses [`BlockingImbed`], which also works when called from inside a running
+//! tokio runtime.
+#![deny(missing_docs)]
+
+mod bindings;
+pub mod blocking;
+mod chain;
+pub mod config;
+pub mod error;
+pub mod input;
+mod plugin;
+pub mod types;
+
+pub use blocking::BlockingImbed;
+pub use chain::{ImageRequest, Imbed, PluginHealth, PluginStatus};
+pub use config::{Config, ConfigError, Env};
+pub use error::{Error, Result};
+pub use input::{ImageSource, InputError, ValidImage};
+pub use plugin::Roles;
+pub use types::{
+    Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, StepKind,
+    StructuredDescription,
+};

@@ -1,0 +1,192 @@
+//! The host's own domain types. Generated WIT types never leave the `plugin` module: they are
+//! converted into these at the boundary.
+
+use serde::{Deserialize, Serialize};
+
+/// An embedding vector together with where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Embedding {
+    /// The vector, L2-normalised by the host.
+    pub vector: Vec<f32>,
+    /// Which step, plugin, model and embedding space produced it, and what failed before.
+    pub provenance: Provenance,
+}
+
+impl Embedding {
+    /// Cosine similarity with another embedding of the same space, or `None` when the spaces
+    /// differ: vectors from different spaces are never compared.
+    pub fn similarity(&self, other: &Embedding) -> Option<f32> {
+        if self.provenance.space != other.provenance.space
+            || self.vector.len() != other.vector.len()
+        {
+            return None;
+        }
+        Some(self.vector.iter().zip(&other.vector).map(|(a, b)| a * b).sum())
+    }
+}
+
+/// The kind of a chain step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum StepKind {
+    /// A describer writes a description; a text embedder embeds it.
+    DescribeThenEmbed,
+    /// An image embedder embeds the image directly.
+    ImageEmbed,
+    /// A text embedder embeds the description the caller supplied.
+    Description,
+    /// The last resort: the hash plugin.
+    Hash,
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StepKind::DescribeThenEmbed => "describe-then-embed",
+            StepKind::ImageEmbed => "image-embed",
+            StepKind::Description => "description",
+            StepKind::Hash => "hash",
+        })
+    }
+}
+
+/// A plugin as it names itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginId {
+    /// The name under which the config lists the plugin (`[plugins.<key>]`).
+    pub key: String,
+    /// The name the plugin reports for itself.
+    pub name: String,
+    /// The plugin's own version.
+    pub version: String,
+}
+
+/// Where a vector came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Index of the answering step in the chain, from 0.
+    pub step: usize,
+    /// Kind of the answering step.
+    pub step_kind: StepKind,
+    /// The plugin that produced the vector.
+    pub plugin: PluginId,
+    /// The model that produced the vector.
+    pub model: String,
+    /// The embedding space; vectors are comparable exactly when these are equal.
+    pub space: String,
+    /// Length of the vector.
+    pub dimensions: usize,
+    /// The text that was embedded, when the vector was made from text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<Description>,
+    /// True when a step before this one was tried and did not answer: the result may be
+    /// upgraded later, once a better step answers again.
+    pub degraded: bool,
+    /// The steps tried before this one, and why each did not answer.
+    pub attempts: Vec<Attempt>,
+}
+
+/// Where a description came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DescriptionSource {
+    /// A describer plugin wrote it.
+    Model,
+    /// The caller supplied it.
+    Caller,
+    /// The text was the input itself (`embed-text`).
+    Query,
+}
+
+/// A text that was embedded, with its origin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    /// The text.
+    pub text: String,
+    /// Who wrote it.
+    pub source: DescriptionSource,
+    /// The describer plugin, when a model wrote it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginId>,
+    /// The vision model, when a model wrote it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Structured fields, when the describer was asked for them and answered with them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub structured: Option<StructuredDescription>,
+}
+
+/// Fields a describer extracted from an image.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StructuredDescription {
+    /// Objects seen.
+    pub objects: Vec<String>,
+    /// Text visible in the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visible_text: Option<String>,
+    /// Keywords for the scene.
+    pub tags: Vec<String>,
+}
+
+/// Why a step did not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The plugin's backend is unreachable or refuses work.
+    Unavailable,
+    /// The model is missing.
+    ModelNotFound,
+    /// The plugin could not process this input.
+    BadInput,
+    /// The plugin or its backend ran past the deadline.
+    Timeout,
+    /// The plugin reported some other failure.
+    Other,
+    /// The plugin file is missing or failed to load.
+    NotInstalled,
+    /// The plugin crashed (a trap: panic, unreachable, a failed host call).
+    Trap,
+    /// The plugin exceeded its memory cap.
+    MemoryExceeded,
+    /// The plugin returned output that breaks the contract (wrong length, NaN, wrong count).
+    Malformed,
+    /// The step answered in another embedding space than the config requires.
+    SpaceMismatch,
+    /// The step does not apply to this input (no caller description, no text side).
+    NotApplicable,
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        f.write_str(s.as_ref().and_then(|v| v.as_str()).unwrap_or("other"))
+    }
+}
+
+/// One step that was tried and did not answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Index of the step in the chain.
+    pub step: usize,
+    /// Kind of the step.
+    pub step_kind: StepKind,
+    /// The config key of the plugin that failed, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// What went wrong, as a category.
+    pub kind: FailureKind,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step {} ({}", self.step, self.step_kind)?;
+        if let Some(p) = &self.plugin {
+            write!(f, ", plugin {p:?}")?;
+        }
+        write!(f, "): {}: {}", self.kind, self.message)
+    }
+}
