@@ -27,7 +27,10 @@ impl BlockingImbed {
             .build()
             .map_err(|e| Error::Engine(format!("cannot start a tokio runtime: {e}")))?;
         let imbed = run_on(&runtime, Imbed::new(config))??;
-        Ok(BlockingImbed { imbed, runtime: Some(runtime) })
+        Ok(BlockingImbed {
+            imbed,
+            runtime: Some(runtime),
+        })
     }
 
     fn run<F>(&self, future: F) -> Result<F::Output>
@@ -35,7 +38,10 @@ impl BlockingImbed {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let runtime = self.runtime.as_ref().ok_or_else(|| Error::Internal("runtime is gone".into()))?;
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| Error::Internal("runtime is gone".into()))?;
         run_on(runtime, future)
     }
 
@@ -74,7 +80,8 @@ where
     runtime.spawn(async move {
         let _ = tx.send(future.await);
     });
-    rx.recv().map_err(|_| Error::Internal("the embedding task panicked".into()))
+    rx.recv()
+        .map_err(|_| Error::Internal("the embedding task panicked".into()))
 }
 
 impl Drop for BlockingImbed {

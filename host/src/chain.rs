@@ -29,7 +29,10 @@ pub struct ImageRequest {
 impl ImageRequest {
     /// A request for one image with no description.
     pub fn new(source: ImageSource) -> Self {
-        ImageRequest { source, description: None }
+        ImageRequest {
+            source,
+            description: None,
+        }
     }
 
     /// Attach the caller's description.
@@ -121,11 +124,17 @@ struct StepError {
 
 impl StepError {
     fn of(plugin: &str, error: CallError) -> Self {
-        StepError { plugin: Some(plugin.to_string()), error }
+        StepError {
+            plugin: Some(plugin.to_string()),
+            error,
+        }
     }
 
     fn not_applicable(message: impl Into<String>) -> Self {
-        StepError { plugin: None, error: CallError::new(FailureKind::NotApplicable, message) }
+        StepError {
+            plugin: None,
+            error: CallError::new(FailureKind::NotApplicable, message),
+        }
     }
 }
 
@@ -154,7 +163,14 @@ impl Imbed {
             .user_agent(concat!("imbed/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Engine(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Imbed { inner: Arc::new(Inner { config, plugins, http, _runtime: runtime }) })
+        Ok(Imbed {
+            inner: Arc::new(Inner {
+                config,
+                plugins,
+                http,
+                _runtime: runtime,
+            }),
+        })
     }
 
     /// The configuration in use.
@@ -172,7 +188,12 @@ impl Imbed {
                 PluginStatus {
                     key: key.clone(),
                     path: cfg.path.clone(),
-                    http: cfg.grants.http.iter().map(|o| o.ascii_serialization()).collect(),
+                    http: cfg
+                        .grants
+                        .http
+                        .iter()
+                        .map(|o| o.ascii_serialization())
+                        .collect(),
                     env: cfg.grants.env.clone(),
                     model_dir: cfg.grants.model_dir.clone(),
                     memory_mb: cfg.memory_bytes >> 20,
@@ -185,7 +206,10 @@ impl Imbed {
                             from_cache: p.from_cache,
                             load_ms: p.load_time.as_secs_f64() * 1000.0,
                         },
-                        Slot::Failed(e) => PluginHealth::Failed { kind: e.kind, message: e.message.clone() },
+                        Slot::Failed(e) => PluginHealth::Failed {
+                            kind: e.kind,
+                            message: e.message.clone(),
+                        },
                     },
                 }
             })
@@ -198,7 +222,10 @@ impl Imbed {
             Some(Slot::Failed(e)) => Err(StepError::of(key, e.clone())),
             None => Err(StepError::of(
                 key,
-                CallError::new(FailureKind::NotInstalled, format!("no plugin {key:?} is configured")),
+                CallError::new(
+                    FailureKind::NotInstalled,
+                    format!("no plugin {key:?} is configured"),
+                ),
             )),
         }
     }
@@ -208,16 +235,18 @@ impl Imbed {
         let limits = self.inner.config.input.clone();
         let bytes = input::read_source(source, &limits, &self.inner.http).await?;
         let label = source.label();
-        let validated = tokio::task::spawn_blocking(move || input::validate(bytes, &label, &limits))
-            .await
-            .map_err(|e| Error::Internal(format!("image validation panicked: {e}")))?;
+        let validated =
+            tokio::task::spawn_blocking(move || input::validate(bytes, &label, &limits))
+                .await
+                .map_err(|e| Error::Internal(format!("image validation panicked: {e}")))?;
         Ok(validated?)
     }
 
     /// Embed one image: read and validate it, then walk the chain.
     pub async fn embed_image(&self, request: ImageRequest) -> Result<Embedding> {
         let image = self.load_image(&request.source).await?;
-        self.embed_valid_image(&image, request.description.as_deref()).await
+        self.embed_valid_image(&image, request.description.as_deref())
+            .await
     }
 
     /// Embed many images, at most `concurrency` at once. Results come in input order, each on
@@ -238,7 +267,11 @@ impl Imbed {
     }
 
     /// Walk the chain for an image that has already been validated.
-    pub async fn embed_valid_image(&self, image: &ValidImage, description: Option<&str>) -> Result<Embedding> {
+    pub async fn embed_valid_image(
+        &self,
+        image: &ValidImage,
+        description: Option<&str>,
+    ) -> Result<Embedding> {
         let description = description.map(str::trim).filter(|d| !d.is_empty());
         let mut attempts = Vec::new();
         for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
@@ -276,7 +309,13 @@ impl Imbed {
     ) -> Option<Embedding> {
         let mut record = |plugin: Option<String>, e: CallError| {
             tracing::debug!(step = index, %step_kind, "step did not answer: {}", e.message);
-            attempts.push(Attempt { step: index, step_kind, plugin, kind: e.kind, message: e.message });
+            attempts.push(Attempt {
+                step: index,
+                step_kind,
+                plugin,
+                kind: e.kind,
+                message: e.message,
+            });
         };
         match outcome {
             Err(e) => {
@@ -286,7 +325,10 @@ impl Imbed {
             Ok(found) => {
                 if let Some(required) = &self.inner.config.chain.require_space {
                     if &found.model.space != required {
-                        record(Some(found.plugin.key.clone()), space_mismatch(&found.model.space, required));
+                        record(
+                            Some(found.plugin.key.clone()),
+                            space_mismatch(&found.model.space, required),
+                        );
                         return None;
                     }
                 }
@@ -327,20 +369,44 @@ impl Imbed {
         description: Description,
     ) -> std::result::Result<Found, StepError> {
         let plugin = self.plugin(key)?;
-        let model = plugin.text_model().await.map_err(|e| StepError::of(key, e))?;
+        let model = plugin
+            .text_model()
+            .await
+            .map_err(|e| StepError::of(key, e))?;
         self.precheck(key, &model)?;
-        let (model, mut vectors) =
-            plugin.embed_texts(&[text.to_string()]).await.map_err(|e| StepError::of(key, e))?;
-        Ok(Found { plugin: plugin.id.clone(), model, vector: vectors.remove(0), description: Some(description) })
+        let (model, mut vectors) = plugin
+            .embed_texts(&[text.to_string()])
+            .await
+            .map_err(|e| StepError::of(key, e))?;
+        Ok(Found {
+            plugin: plugin.id.clone(),
+            model,
+            vector: vectors.remove(0),
+            description: Some(description),
+        })
     }
 
-    async fn embed_one_image(&self, key: &str, image: &ValidImage) -> std::result::Result<Found, StepError> {
+    async fn embed_one_image(
+        &self,
+        key: &str,
+        image: &ValidImage,
+    ) -> std::result::Result<Found, StepError> {
         let plugin = self.plugin(key)?;
-        let model = plugin.image_model().await.map_err(|e| StepError::of(key, e))?;
+        let model = plugin
+            .image_model()
+            .await
+            .map_err(|e| StepError::of(key, e))?;
         self.precheck(key, &model)?;
-        let (model, mut vectors) =
-            plugin.embed_images(std::slice::from_ref(image)).await.map_err(|e| StepError::of(key, e))?;
-        Ok(Found { plugin: plugin.id.clone(), model, vector: vectors.remove(0), description: None })
+        let (model, mut vectors) = plugin
+            .embed_images(std::slice::from_ref(image))
+            .await
+            .map_err(|e| StepError::of(key, e))?;
+        Ok(Found {
+            plugin: plugin.id.clone(),
+            model,
+            vector: vectors.remove(0),
+            description: None,
+        })
     }
 
     async fn image_step(
@@ -350,12 +416,19 @@ impl Imbed {
         caller_description: Option<&str>,
     ) -> std::result::Result<Found, StepError> {
         match step {
-            Step::DescribeThenEmbed { describer, embedder, prompt } => {
+            Step::DescribeThenEmbed {
+                describer,
+                embedder,
+                prompt,
+            } => {
                 let describe_with = self.plugin(describer)?;
                 // Check the embedder first: describing is the slow part, and is wasted when the
                 // embedder cannot answer or answers in the wrong space.
                 let text_plugin = self.plugin(embedder)?;
-                let model = text_plugin.text_model().await.map_err(|e| StepError::of(embedder, e))?;
+                let model = text_plugin
+                    .text_model()
+                    .await
+                    .map_err(|e| StepError::of(embedder, e))?;
                 self.precheck(embedder, &model)?;
                 let d = describe_with
                     .describe(image, prompt.as_deref())
@@ -370,9 +443,13 @@ impl Imbed {
                 };
                 self.embed_one_text(embedder, &d.text, description).await
             }
-            Step::ImageEmbed { plugin } | Step::Hash { plugin } => self.embed_one_image(plugin, image).await,
+            Step::ImageEmbed { plugin } | Step::Hash { plugin } => {
+                self.embed_one_image(plugin, image).await
+            }
             Step::Description { embedder } => match caller_description {
-                None => Err(StepError::not_applicable("no description was given with the image (--description)")),
+                None => Err(StepError::not_applicable(
+                    "no description was given with the image (--description)",
+                )),
                 Some(text) => {
                     let description = Description {
                         text: text.to_string(),
@@ -402,12 +479,22 @@ impl Imbed {
             Step::ImageEmbed { plugin: key } | Step::Hash { plugin: key } => {
                 let plugin = self.plugin(key)?;
                 if !plugin.roles().text_embedder {
-                    return Err(StepError::not_applicable(format!("plugin {key:?} embeds images only, not text")));
+                    return Err(StepError::not_applicable(format!(
+                        "plugin {key:?} embeds images only, not text"
+                    )));
                 }
                 if step.kind() == StepKind::ImageEmbed {
                     // Text from an image embedder is only useful when it lands in the image space.
-                    let image_space = plugin.image_model().await.map_err(|e| StepError::of(key, e))?.space;
-                    let text_space = plugin.text_model().await.map_err(|e| StepError::of(key, e))?.space;
+                    let image_space = plugin
+                        .image_model()
+                        .await
+                        .map_err(|e| StepError::of(key, e))?
+                        .space;
+                    let text_space = plugin
+                        .text_model()
+                        .await
+                        .map_err(|e| StepError::of(key, e))?
+                        .space;
                     if image_space != text_space {
                         return Err(StepError::not_applicable(format!(
                             "plugin {key:?} embeds text in {text_space:?}, not in its image space {image_space:?}"

@@ -76,7 +76,10 @@ impl Env {
     /// Only explicitly set values (and built-in defaults): for tests and embedding applications
     /// that must not depend on the environment they run in.
     pub fn isolated() -> Self {
-        Env { isolated: true, ..Env::default() }
+        Env {
+            isolated: true,
+            ..Env::default()
+        }
     }
 
     /// Set a value that wins over every other source.
@@ -112,7 +115,9 @@ impl Env {
                 .cloned()
                 .or_else(|| (!self.isolated).then(|| std::env::var(n).ok()).flatten())
         };
-        var("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+        var("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
     }
 }
 
@@ -124,7 +129,9 @@ fn xdg(env: &Env, var: &str, fallback: &str) -> PathBuf {
             std::env::var(var).ok().filter(|v| !v.is_empty())
         }
     });
-    from_env.map(PathBuf::from).unwrap_or_else(|| env.home().join(fallback))
+    from_env
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env.home().join(fallback))
 }
 
 /// `$XDG_DATA_HOME/imbed`: installed plugins and model files.
@@ -205,7 +212,11 @@ impl Step {
     /// The config keys of the plugins this step uses.
     pub fn plugins(&self) -> Vec<&str> {
         match self {
-            Step::DescribeThenEmbed { describer, embedder, .. } => vec![describer, embedder],
+            Step::DescribeThenEmbed {
+                describer,
+                embedder,
+                ..
+            } => vec![describer, embedder],
             Step::ImageEmbed { plugin } | Step::Hash { plugin } => vec![plugin],
             Step::Description { embedder } => vec![embedder],
         }
@@ -349,7 +360,11 @@ impl Ctx<'_> {
         self.text[..end].bytes().filter(|&b| b == b'\n').count() + 1
     }
 
-    fn err<T>(&self, span: Option<std::ops::Range<usize>>, message: impl Into<String>) -> Result<T, ConfigError> {
+    fn err<T>(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        message: impl Into<String>,
+    ) -> Result<T, ConfigError> {
         Err(ConfigError::Invalid {
             file: self.file.to_string(),
             line: span.map(|s| self.line(s)),
@@ -407,7 +422,9 @@ fn expand_vars(input: &str, env: &Env) -> Result<String, String> {
             None => (inner, None),
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("`${{{inner}}}` is not a variable reference: names use A-Z, 0-9 and _"));
+            return Err(format!(
+                "`${{{inner}}}` is not a variable reference: names use A-Z, 0-9 and _"
+            ));
         }
         match env.get(name).filter(|v| !v.is_empty()) {
             Some(v) => out.push_str(&v),
@@ -458,14 +475,21 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
-        let ctx = Ctx { file, text, base, env };
+        let ctx = Ctx {
+            file,
+            text,
+            base,
+            env,
+        };
         validate(raw, &ctx)
     }
 
     /// Read and validate a config file.
     pub fn load(path: &Path, env: &Env) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let base = path.parent().filter(|p| !p.as_os_str().is_empty());
         Config::from_toml_str(&text, &path.display().to_string(), base, env)
     }
@@ -504,7 +528,9 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
     let cache_dir = match &raw.cache_dir {
         Some(dir) if dir.get_ref().is_empty() => None,
         Some(dir) => Some(ctx.path(dir)?),
-        None => Some(PathBuf::from(ctx.env.get("IMBED_CACHE").unwrap_or_default())),
+        None => Some(PathBuf::from(
+            ctx.env.get("IMBED_CACHE").unwrap_or_default(),
+        )),
     };
 
     let defaults = InputLimits::default();
@@ -528,10 +554,15 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         if !valid_plugin_key(name) {
             return ctx.err(
                 Some(key.span()),
-                format!("plugin name {name:?} is not allowed: use lowercase letters, digits, - and _"),
+                format!(
+                    "plugin name {name:?} is not allowed: use lowercase letters, digits, - and _"
+                ),
             );
         }
-        plugins.insert(name.clone(), validate_plugin(name, section.get_ref(), &plugin_dir, ctx)?);
+        plugins.insert(
+            name.clone(),
+            validate_plugin(name, section.get_ref(), &plugin_dir, ctx)?,
+        );
     }
 
     let chain = raw.chain.get_ref();
@@ -547,7 +578,10 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
     }
     let require_space = match &chain.require_space {
         Some(s) if s.get_ref().trim().is_empty() => {
-            return ctx.err(Some(s.span()), "require_space is empty: name a space or remove the key")
+            return ctx.err(
+                Some(s.span()),
+                "require_space is empty: name a space or remove the key",
+            )
         }
         Some(s) => Some(ctx.expand(s)?),
         None => None,
@@ -557,7 +591,10 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         source: ctx.file.to_string(),
         cache_dir,
         input,
-        chain: ChainConfig { require_space, steps },
+        chain: ChainConfig {
+            require_space,
+            steps,
+        },
         plugins,
     })
 }
@@ -569,17 +606,42 @@ fn validate_plugin(
     ctx: &Ctx<'_>,
 ) -> Result<PluginConfig, ConfigError> {
     let file = PathBuf::from(ctx.expand(&raw.file)?);
-    let path = if file.is_absolute() { file } else { plugin_dir.join(file) };
+    let path = if file.is_absolute() {
+        file
+    } else {
+        plugin_dir.join(file)
+    };
 
-    let memory_mb = raw.limits.memory_mb.as_ref().map(|m| (*m.get_ref(), m.span())).unwrap_or((512, 0..0));
+    let memory_mb = raw
+        .limits
+        .memory_mb
+        .as_ref()
+        .map(|m| (*m.get_ref(), m.span()))
+        .unwrap_or((512, 0..0));
     if !(1..=65_536).contains(&memory_mb.0) {
-        return ctx.err(Some(memory_mb.1), format!("plugin {name:?}: memory_mb must be from 1 to 65536"));
+        return ctx.err(
+            Some(memory_mb.1),
+            format!("plugin {name:?}: memory_mb must be from 1 to 65536"),
+        );
     }
-    let timeout_ms = raw.limits.timeout_ms.as_ref().map(|t| (*t.get_ref(), t.span())).unwrap_or((30_000, 0..0));
+    let timeout_ms = raw
+        .limits
+        .timeout_ms
+        .as_ref()
+        .map(|t| (*t.get_ref(), t.span()))
+        .unwrap_or((30_000, 0..0));
     if timeout_ms.0 == 0 {
-        return ctx.err(Some(timeout_ms.1), format!("plugin {name:?}: timeout_ms must be greater than zero"));
+        return ctx.err(
+            Some(timeout_ms.1),
+            format!("plugin {name:?}: timeout_ms must be greater than zero"),
+        );
     }
-    let pool_size = raw.limits.instances.as_ref().map(|i| *i.get_ref()).unwrap_or(2);
+    let pool_size = raw
+        .limits
+        .instances
+        .as_ref()
+        .map(|i| *i.get_ref())
+        .unwrap_or(2);
 
     let mut http = Vec::new();
     for origin in &raw.grants.http {
@@ -590,7 +652,9 @@ fn validate_plugin(
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
             return ctx.err(
                 Some(origin.span()),
-                format!("plugin {name:?}: http grant {text:?} must be an http:// or https:// origin"),
+                format!(
+                    "plugin {name:?}: http grant {text:?} must be an http:// or https:// origin"
+                ),
             );
         }
         if parsed.path() != "/" || parsed.query().is_some() {
@@ -605,16 +669,26 @@ fn validate_plugin(
     for var in &raw.grants.env {
         let v = var.get_ref();
         if v.is_empty() || v.contains('=') {
-            return ctx.err(Some(var.span()), format!("plugin {name:?}: {v:?} is not an environment variable name"));
+            return ctx.err(
+                Some(var.span()),
+                format!("plugin {name:?}: {v:?} is not an environment variable name"),
+            );
         }
         env.push(v.clone());
     }
-    let model_dir = raw.grants.model_dir.as_ref().map(|d| ctx.path(d)).transpose()?;
+    let model_dir = raw
+        .grants
+        .model_dir
+        .as_ref()
+        .map(|d| ctx.path(d))
+        .transpose()?;
 
     let mut settings = BTreeMap::new();
     for (key, value) in &raw.settings {
         let rendered = match value.get_ref() {
-            toml::Value::String(s) => expand_vars(s, ctx.env).or_else(|m| ctx.err(Some(value.span()), m))?,
+            toml::Value::String(s) => {
+                expand_vars(s, ctx.env).or_else(|m| ctx.err(Some(value.span()), m))?
+            }
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
@@ -629,7 +703,11 @@ fn validate_plugin(
         memory_bytes: memory_mb.0 << 20,
         timeout: Duration::from_millis(timeout_ms.0),
         pool_size,
-        grants: Grants { http, env, model_dir },
+        grants: Grants {
+            http,
+            env,
+            model_dir,
+        },
         settings,
     })
 }
@@ -642,25 +720,34 @@ fn validate_step(
 ) -> Result<Step, ConfigError> {
     let step = raw.get_ref();
     let kind = step.kind.get_ref().as_str();
-    let reference = |field: &'static str, value: &Option<Spanned<String>>| -> Result<String, ConfigError> {
-        let value = match value {
-            Some(v) => v,
-            None => {
-                return ctx.err(Some(raw.span()), format!("step {index} ({kind}) needs `{field} = \"<plugin>\"`"))
+    let reference =
+        |field: &'static str, value: &Option<Spanned<String>>| -> Result<String, ConfigError> {
+            let value = match value {
+                Some(v) => v,
+                None => {
+                    return ctx.err(
+                        Some(raw.span()),
+                        format!("step {index} ({kind}) needs `{field} = \"<plugin>\"`"),
+                    )
+                }
+            };
+            let name = value.get_ref();
+            if !plugins.contains_key(name) {
+                return ctx.err(
+                    Some(value.span()),
+                    format!(
+                        "step {index} names plugin {name:?}, which has no [plugins.{name}] section"
+                    ),
+                );
             }
+            Ok(name.clone())
         };
-        let name = value.get_ref();
-        if !plugins.contains_key(name) {
-            return ctx.err(
-                Some(value.span()),
-                format!("step {index} names plugin {name:?}, which has no [plugins.{name}] section"),
-            );
-        }
-        Ok(name.clone())
-    };
     let forbid = |field: &str, value: &Option<Spanned<String>>| -> Result<(), ConfigError> {
         match value {
-            Some(v) => ctx.err(Some(v.span()), format!("`{field}` does not belong in a {kind} step")),
+            Some(v) => ctx.err(
+                Some(v.span()),
+                format!("`{field}` does not belong in a {kind} step"),
+            ),
             None => Ok(()),
         }
     };
@@ -715,14 +802,22 @@ file = "hash.wasm"
         let kinds: Vec<_> = cfg.chain.steps.iter().map(Step::kind).collect();
         assert_eq!(
             kinds,
-            [StepKind::DescribeThenEmbed, StepKind::ImageEmbed, StepKind::Description, StepKind::Hash]
+            [
+                StepKind::DescribeThenEmbed,
+                StepKind::ImageEmbed,
+                StepKind::Description,
+                StepKind::Hash
+            ]
         );
         let ollama = &cfg.plugins["ollama"];
         assert_eq!(ollama.settings["base_url"], "http://localhost:11434");
         assert_eq!(ollama.settings["vision_model"], "llava");
         assert_eq!(ollama.settings["embed_model"], "nomic-embed-text");
         assert_eq!(ollama.grants.http.len(), 1);
-        assert_eq!(cfg.plugins["hash"].path, Path::new("/home/u/.local/share/imbed/plugins/hash.wasm"));
+        assert_eq!(
+            cfg.plugins["hash"].path,
+            Path::new("/home/u/.local/share/imbed/plugins/hash.wasm")
+        );
     }
 
     #[test]
@@ -736,12 +831,18 @@ file = "hash.wasm"
         assert_eq!(ollama.settings["base_url"], "http://gpu-box:11434");
         assert_eq!(ollama.settings["vision_model"], "llama3.2-vision");
         assert_eq!(ollama.settings["embed_model"], "mxbai-embed-large");
-        assert_eq!(ollama.grants.http[0].ascii_serialization(), "http://gpu-box:11434");
+        assert_eq!(
+            ollama.grants.http[0].ascii_serialization(),
+            "http://gpu-box:11434"
+        );
     }
 
     #[test]
     fn unknown_keys_are_reported_with_file_and_line() {
-        let text = MINIMAL.replace("file = \"hash.wasm\"", "file = \"hash.wasm\"\nmemroy_mb = 3");
+        let text = MINIMAL.replace(
+            "file = \"hash.wasm\"",
+            "file = \"hash.wasm\"\nmemroy_mb = 3",
+        );
         let err = Config::from_toml_str(&text, "my.toml", None, &Env::isolated()).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("my.toml:9:"), "{msg}");
@@ -751,25 +852,48 @@ file = "hash.wasm"
     #[test]
     fn a_step_naming_a_missing_plugin_is_reported_with_its_line() {
         let text = MINIMAL.replace("plugin = \"hash\"", "plugin = \"clip\"");
-        let msg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated()).unwrap_err().to_string();
-        assert_eq!(msg, "c.toml:5: step 0 names plugin \"clip\", which has no [plugins.clip] section");
+        let msg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "c.toml:5: step 0 names plugin \"clip\", which has no [plugins.clip] section"
+        );
     }
 
     #[test]
     fn unknown_step_kinds_and_misplaced_fields_are_errors() {
         let text = MINIMAL.replace("kind = \"hash\"", "kind = \"magic\"");
-        let msg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated()).unwrap_err().to_string();
-        assert!(msg.contains("c.toml:4: unknown step kind \"magic\""), "{msg}");
-        let text = MINIMAL.replace("plugin = \"hash\"", "plugin = \"hash\"\nembedder = \"hash\"");
-        let msg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated()).unwrap_err().to_string();
-        assert!(msg.contains("`embedder` does not belong in a hash step"), "{msg}");
+        let msg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("c.toml:4: unknown step kind \"magic\""),
+            "{msg}"
+        );
+        let text = MINIMAL.replace(
+            "plugin = \"hash\"",
+            "plugin = \"hash\"\nembedder = \"hash\"",
+        );
+        let msg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`embedder` does not belong in a hash step"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn http_grants_must_be_origins() {
         let text = format!("{MINIMAL}[plugins.hash.grants]\nhttp = [\"http://h:1/api\"]\n");
-        let msg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated()).unwrap_err().to_string();
-        assert!(msg.contains("c.toml:10:") && msg.contains("has a path"), "{msg}");
+        let msg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("c.toml:10:") && msg.contains("has a path"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -785,8 +909,21 @@ file = "hash.wasm"
     #[test]
     fn settings_render_as_strings() {
         let text = format!("{MINIMAL}[plugins.hash.settings]\ndimensions = 128\nnormal = true\nname = \"${{A:-q}}\"\n");
-        let cfg = Config::from_toml_str(&text, "c.toml", Some(Path::new("/etc/imbed")), &Env::isolated()).unwrap();
+        let cfg = Config::from_toml_str(
+            &text,
+            "c.toml",
+            Some(Path::new("/etc/imbed")),
+            &Env::isolated(),
+        )
+        .unwrap();
         let s = &cfg.plugins["hash"].settings;
-        assert_eq!((s["dimensions"].as_str(), s["normal"].as_str(), s["name"].as_str()), ("128", "true", "q"));
+        assert_eq!(
+            (
+                s["dimensions"].as_str(),
+                s["normal"].as_str(),
+                s["name"].as_str()
+            ),
+            ("128", "true", "q")
+        );
     }
 }

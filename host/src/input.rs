@@ -63,7 +63,9 @@ pub enum InputError {
     #[error("the image {0} is empty (0 bytes)")]
     Empty(String),
     /// The input is larger than the configured cap.
-    #[error("the image {label} is larger than {limit} bytes: shrink it or raise [input] max_bytes")]
+    #[error(
+        "the image {label} is larger than {limit} bytes: shrink it or raise [input] max_bytes"
+    )]
     TooManyBytes {
         /// Which input.
         label: String,
@@ -124,9 +126,9 @@ pub struct ValidImage {
 pub fn decode_base64(text: &str) -> Result<Vec<u8>, InputError> {
     let text = text.trim();
     let payload = if let Some(rest) = text.strip_prefix("data:") {
-        let (meta, data) = rest
-            .split_once(',')
-            .ok_or_else(|| InputError::Base64("the data: URI has no comma before its data".into()))?;
+        let (meta, data) = rest.split_once(',').ok_or_else(|| {
+            InputError::Base64("the data: URI has no comma before its data".into())
+        })?;
         if !meta.ends_with(";base64") {
             return Err(InputError::Base64(format!(
                 "the data: URI is not base64-encoded (`data:{meta},...`): use `data:image/png;base64,...`"
@@ -136,9 +138,14 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, InputError> {
     } else {
         text
     };
-    let cleaned: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let cleaned: String = payload
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
     if cleaned.is_empty() {
-        return Err(InputError::Base64("no data after removing whitespace".into()));
+        return Err(InputError::Base64(
+            "no data after removing whitespace".into(),
+        ));
     }
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     let engines = [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD];
@@ -164,10 +171,16 @@ pub(crate) async fn read_source(
     http: &reqwest::Client,
 ) -> Result<Vec<u8>, InputError> {
     let label = source.label();
-    let too_many = || InputError::TooManyBytes { label: label.clone(), limit: limits.max_bytes };
+    let too_many = || InputError::TooManyBytes {
+        label: label.clone(),
+        limit: limits.max_bytes,
+    };
     match source {
         ImageSource::Path(path) => {
-            let read = |source| InputError::Read { path: path.clone(), source };
+            let read = |source| InputError::Read {
+                path: path.clone(),
+                source,
+            };
             let meta = tokio::fs::metadata(path).await.map_err(read)?;
             if meta.is_dir() {
                 return Err(InputError::Read {
@@ -197,25 +210,52 @@ pub(crate) async fn read_source(
     }
 }
 
-async fn download(url: &str, limits: &InputLimits, http: &reqwest::Client) -> Result<Vec<u8>, InputError> {
-    let fail = |message: String| InputError::Download { url: url.to_string(), message };
+async fn download(
+    url: &str,
+    limits: &InputLimits,
+    http: &reqwest::Client,
+) -> Result<Vec<u8>, InputError> {
+    let fail = |message: String| InputError::Download {
+        url: url.to_string(),
+        message,
+    };
     let parsed = url::Url::parse(url).map_err(|e| fail(format!("not a valid URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(fail(format!("scheme {}: is not allowed; use http or https", parsed.scheme())));
+        return Err(fail(format!(
+            "scheme {}: is not allowed; use http or https",
+            parsed.scheme()
+        )));
     }
     let work = async {
-        let mut response = http.get(parsed).send().await.map_err(|e| fail(describe_reqwest(&e)))?;
+        let mut response = http
+            .get(parsed)
+            .send()
+            .await
+            .map_err(|e| fail(describe_reqwest(&e)))?;
         let status = response.status();
         if !status.is_success() {
             return Err(fail(format!("the server answered {status}")));
         }
-        if response.content_length().is_some_and(|n| n > limits.max_bytes) {
-            return Err(InputError::TooManyBytes { label: url.to_string(), limit: limits.max_bytes });
+        if response
+            .content_length()
+            .is_some_and(|n| n > limits.max_bytes)
+        {
+            return Err(InputError::TooManyBytes {
+                label: url.to_string(),
+                limit: limits.max_bytes,
+            });
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| fail(describe_reqwest(&e)))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| fail(describe_reqwest(&e)))?
+        {
             if (body.len() + chunk.len()) as u64 > limits.max_bytes {
-                return Err(InputError::TooManyBytes { label: url.to_string(), limit: limits.max_bytes });
+                return Err(InputError::TooManyBytes {
+                    label: url.to_string(),
+                    limit: limits.max_bytes,
+                });
             }
             body.extend_from_slice(&chunk);
         }
@@ -245,12 +285,19 @@ pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
 /// Check an encoded image: a known format, within the pixel limits (read from the header before
 /// anything is decoded), and decodable to the end. Anything that is not PNG or JPEG is
 /// re-encoded to PNG, so plugins only ever see those two. CPU-bound: run it off the async threads.
-pub fn validate(bytes: Vec<u8>, label: &str, limits: &InputLimits) -> Result<ValidImage, InputError> {
+pub fn validate(
+    bytes: Vec<u8>,
+    label: &str,
+    limits: &InputLimits,
+) -> Result<ValidImage, InputError> {
     if bytes.is_empty() {
         return Err(InputError::Empty(label.to_string()));
     }
     if bytes.len() as u64 > limits.max_bytes {
-        return Err(InputError::TooManyBytes { label: label.to_string(), limit: limits.max_bytes });
+        return Err(InputError::TooManyBytes {
+            label: label.to_string(),
+            limit: limits.max_bytes,
+        });
     }
     let sha256 = hex(&Sha256::digest(&bytes));
     let format = image::guess_format(&bytes).map_err(|_| InputError::NotAnImage {
@@ -314,7 +361,13 @@ pub fn validate(bytes: Vec<u8>, label: &str, limits: &InputLimits) -> Result<Val
             (out.into(), "image/png")
         }
     };
-    Ok(ValidImage { data, mime_type, width: decoded.width(), height: decoded.height(), sha256 })
+    Ok(ValidImage {
+        data,
+        mime_type,
+        width: decoded.width(),
+        height: decoded.height(),
+        sha256,
+    })
 }
 
 fn sniff(bytes: &[u8]) -> String {
@@ -322,7 +375,10 @@ fn sniff(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(head).to_lowercase();
     if text.trim_start().starts_with("<!doctype html") || text.contains("<html") {
         "it looks like an HTML page".into()
-    } else if head.iter().all(|b| b.is_ascii() && (!b.is_ascii_control() || b.is_ascii_whitespace())) {
+    } else if head
+        .iter()
+        .all(|b| b.is_ascii() && (!b.is_ascii_control() || b.is_ascii_whitespace()))
+    {
         "it looks like text".into()
     } else {
         format!("{} bytes of unknown data", bytes.len())
@@ -340,7 +396,8 @@ mod tests {
     fn png(w: u32, h: u32) -> Vec<u8> {
         let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
         let mut out = Vec::new();
-        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .unwrap();
         out
     }
 
@@ -356,7 +413,8 @@ mod tests {
     fn other_formats_are_reencoded_as_png() {
         let img = image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]));
         let mut bmp = Vec::new();
-        img.write_to(&mut Cursor::new(&mut bmp), ImageFormat::Bmp).unwrap();
+        img.write_to(&mut Cursor::new(&mut bmp), ImageFormat::Bmp)
+            .unwrap();
         let v = validate(bmp, "a.bmp", &InputLimits::default()).unwrap();
         assert_eq!(v.mime_type, "image/png");
         assert_eq!(image::guess_format(&v.data).unwrap(), ImageFormat::Png);
@@ -368,16 +426,31 @@ mod tests {
         bytes.truncate(bytes.len() / 2);
         let e = validate(bytes, "t.png", &InputLimits::default()).unwrap_err();
         assert!(matches!(e, InputError::Corrupt { .. }), "{e}");
-        assert!(matches!(validate(vec![], "e", &InputLimits::default()), Err(InputError::Empty(_))));
-        let e = validate(b"<html><body>404</body></html>".to_vec(), "u", &InputLimits::default()).unwrap_err();
+        assert!(matches!(
+            validate(vec![], "e", &InputLimits::default()),
+            Err(InputError::Empty(_))
+        ));
+        let e = validate(
+            b"<html><body>404</body></html>".to_vec(),
+            "u",
+            &InputLimits::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("HTML page"), "{e}");
     }
 
     #[test]
     fn pixel_limits_are_checked_before_decoding() {
-        let limits = InputLimits { max_pixels: 100, ..InputLimits::default() };
+        let limits = InputLimits {
+            max_pixels: 100,
+            ..InputLimits::default()
+        };
         let e = validate(png(20, 10), "big.png", &limits).unwrap_err();
-        assert!(e.to_string().contains("20x10 pixels, over the limit of 100 pixels"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("20x10 pixels, over the limit of 100 pixels"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -385,9 +458,18 @@ mod tests {
         let raw = b"\x89PNG hello";
         let std = base64::engine::general_purpose::STANDARD.encode(raw);
         assert_eq!(decode_base64(&std).unwrap(), raw);
-        assert_eq!(decode_base64(&format!("data:image/png;base64,{std}")).unwrap(), raw);
+        assert_eq!(
+            decode_base64(&format!("data:image/png;base64,{std}")).unwrap(),
+            raw
+        );
         assert_eq!(decode_base64(std.trim_end_matches('=')).unwrap(), raw);
-        assert!(matches!(decode_base64("not base64!!"), Err(InputError::Base64(_))));
-        assert!(matches!(decode_base64("data:image/png,abc"), Err(InputError::Base64(_))));
+        assert!(matches!(
+            decode_base64("not base64!!"),
+            Err(InputError::Base64(_))
+        ));
+        assert!(matches!(
+            decode_base64("data:image/png,abc"),
+            Err(InputError::Base64(_))
+        ));
     }
 }

@@ -36,6 +36,6 @@ pub use error::{Error, Result};
 pub use input::{ImageSource, InputError, ValidImage};
 pub use plugin::Roles;
 pub use types::{
-    Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, StepKind,
-    StructuredDescription,
+    Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance,
+    StepKind, StructuredDescription,
 };

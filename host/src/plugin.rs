@@ -20,7 +20,9 @@ use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::bindings::{self, describer, embedder, host, http, image_embedder, plugin, types as wit};
+use crate::bindings::{
+    self, describer, embedder, host, http, image_embedder, plugin, types as wit,
+};
 use crate::config::PluginConfig;
 use crate::input::{describe_reqwest, hex, ValidImage};
 use crate::types::{FailureKind, PluginId, StructuredDescription};
@@ -43,7 +45,10 @@ pub(crate) struct CallError {
 
 impl CallError {
     pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        CallError { kind, message: message.into() }
+        CallError {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -69,7 +74,11 @@ pub(crate) struct ModelInfo {
 
 impl From<wit::ModelInfo> for ModelInfo {
     fn from(m: wit::ModelInfo) -> Self {
-        ModelInfo { model: m.model_id, dimensions: m.dimensions.map(|d| d as usize), space: m.space_id }
+        ModelInfo {
+            model: m.model_id,
+            dimensions: m.dimensions.map(|d| d as usize),
+            space: m.space_id,
+        }
     }
 }
 
@@ -124,7 +133,12 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_cap {
             self.exceeded = true;
             // An error (not `Ok(false)`) traps at once: a guest allocator that sees a failed
@@ -137,7 +151,12 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -160,7 +179,10 @@ pub(crate) struct PluginState {
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -190,18 +212,29 @@ impl host::Host for PluginState {
 }
 
 impl http::Host for PluginState {
-    async fn send(&mut self, req: http::Request) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
+    async fn send(
+        &mut self,
+        req: http::Request,
+    ) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
         let shared = self.shared.clone();
         Ok(shared.send(req, self.deadline).await)
     }
 }
 
 impl Shared {
-    async fn send(&self, req: http::Request, deadline: Instant) -> Result<http::Response, http::HttpError> {
+    async fn send(
+        &self,
+        req: http::Request,
+        deadline: Instant,
+    ) -> Result<http::Response, http::HttpError> {
         use http::HttpError as E;
-        let url = url::Url::parse(&req.url).map_err(|e| E::Invalid(format!("bad URL {:?}: {e}", req.url)))?;
+        let url = url::Url::parse(&req.url)
+            .map_err(|e| E::Invalid(format!("bad URL {:?}: {e}", req.url)))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(E::Denied(format!("scheme {}: is not allowed; only http and https", url.scheme())));
+            return Err(E::Denied(format!(
+                "scheme {}: is not allowed; only http and https",
+                url.scheme()
+            )));
         }
         let origin = url.origin();
         if !self.http_origins.contains(&origin) {
@@ -247,22 +280,37 @@ impl Shared {
             let headers = response
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect();
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await.map_err(map_err)? {
                 if body.len() + chunk.len() > HTTP_BODY_CAP {
-                    return Err(E::TooLarge(format!("response from {url} exceeds {} MiB", HTTP_BODY_CAP >> 20)));
+                    return Err(E::TooLarge(format!(
+                        "response from {url} exceeds {} MiB",
+                        HTTP_BODY_CAP >> 20
+                    )));
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(http::Response { status, headers, body })
+            Ok(http::Response {
+                status,
+                headers,
+                body,
+            })
         };
         // reqwest's timeout covers the body too, but a belt-and-braces bound keeps a slow
         // trickle from outliving the plugin's deadline.
         match tokio::time::timeout(timeout + Duration::from_millis(50), work).await {
             Ok(r) => r,
-            Err(_) => Err(E::Timeout(format!("{} {url}: no complete response in time", req.method))),
+            Err(_) => Err(E::Timeout(format!(
+                "{} {url}: no complete response in time",
+                req.method
+            ))),
         }
     }
 }
@@ -321,7 +369,13 @@ impl Runtime {
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
 
-        Ok(Runtime { engine, linker, cache_dir, client, stop_ticker: stop })
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir,
+            client,
+            stop_ticker: stop,
+        })
     }
 
     /// Compile a component, or load it from the cache when this exact file was compiled before
@@ -334,11 +388,19 @@ impl Runtime {
             dir.join("components").join(format!("{key}.cwasm"))
         });
         if let Some(path) = cache_file.as_ref().filter(|p| p.is_file()) {
+            // Read into memory rather than mapping the file: a mapped file that someone
+            // truncates (a cache cleaner, a second imbed) kills the process with SIGBUS.
             // SAFETY: the file was written by `Component::serialize` of an engine with the same
             // compatibility hash (it is in the name), into imbed's own cache directory.
-            match unsafe { Component::deserialize_file(&self.engine, path) } {
+            let loaded = std::fs::read(path)
+                .map_err(wasmtime::Error::from)
+                .and_then(|bytes| unsafe { Component::deserialize(&self.engine, bytes) });
+            match loaded {
                 Ok(c) => return Ok((c, true)),
-                Err(e) => tracing::warn!("ignoring unusable compile cache entry {}: {e:#}", path.display()),
+                Err(e) => tracing::warn!(
+                    "ignoring unusable compile cache entry {}: {e:#}",
+                    path.display()
+                ),
             }
         }
         let component = Component::new(&self.engine, bytes).map_err(|e| format!("{e:#}"))?;
@@ -351,7 +413,11 @@ impl Runtime {
     }
 
     /// Load one plugin: read, compile (or hit the cache), link, and ask it who it is.
-    pub(crate) async fn load(self: &Arc<Self>, key: &str, cfg: &PluginConfig) -> Result<Plugin, CallError> {
+    pub(crate) async fn load(
+        self: &Arc<Self>,
+        key: &str,
+        cfg: &PluginConfig,
+    ) -> Result<Plugin, CallError> {
         let not_installed = |m: String| CallError::new(FailureKind::NotInstalled, m);
         let started = Instant::now();
         let bytes = match tokio::fs::read(&cfg.path).await {
@@ -380,7 +446,10 @@ impl Runtime {
             .await
             .map_err(|e| not_installed(format!("compiling the plugin panicked: {e}")))?
             .map_err(|e| {
-                not_installed(format!("{} is not a valid WebAssembly component: {e}", cfg.path.display()))
+                not_installed(format!(
+                    "{} is not a valid WebAssembly component: {e}",
+                    cfg.path.display()
+                ))
             })?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             not_installed(format!(
@@ -407,7 +476,11 @@ impl Runtime {
         });
         let mut plugin = Plugin {
             key: key.to_string(),
-            id: PluginId { key: key.to_string(), name: key.to_string(), version: String::new() },
+            id: PluginId {
+                key: key.to_string(),
+                name: key.to_string(),
+                version: String::new(),
+            },
             config: cfg.clone(),
             runtime: self.clone(),
             pre,
@@ -471,7 +544,8 @@ struct Instance {
     store: Store<PluginState>,
     exports: Exports,
     stderr: MemoryOutputPipe,
-    _permit: OwnedSemaphorePermit,
+    /// Held while the instance is leased; an idle instance holds none.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// One loaded plugin.
@@ -523,11 +597,14 @@ impl Plugin {
 
     /// Lease an idle instance or make a new one, waiting while the plugin is at its limit.
     async fn checkout(&self) -> Result<Instance, CallError> {
-        let permit = self.permits.clone().acquire_owned().await.map_err(|_| {
-            CallError::new(FailureKind::Other, "the plugin is shutting down")
-        })?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CallError::new(FailureKind::Other, "the plugin is shutting down"))?;
         if let Some(mut inst) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            inst._permit = permit;
+            inst.permit = Some(permit);
             return Ok(inst);
         }
         self.instantiate(permit).await
@@ -545,17 +622,21 @@ impl Plugin {
             }
         }
         if let Some(dir) = &cfg.grants.model_dir {
-            wasi.preopened_dir(dir, "/model", FsPerms::ReadOnly).map_err(|e| {
-                CallError::new(
-                    FailureKind::ModelNotFound,
-                    format!("cannot open model directory {}: {e:#}", dir.display()),
-                )
-            })?;
+            wasi.preopened_dir(dir, "/model", FsPerms::ReadOnly)
+                .map_err(|e| {
+                    CallError::new(
+                        FailureKind::ModelNotFound,
+                        format!("cannot open model directory {}: {e:#}", dir.display()),
+                    )
+                })?;
         }
         let state = PluginState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: Limiter { memory_cap: cfg.memory_bytes as usize, exceeded: false },
+            limiter: Limiter {
+                memory_cap: cfg.memory_bytes as usize,
+                exceeded: false,
+            },
             shared: self.shared.clone(),
             deadline: Instant::now() + cfg.timeout,
         };
@@ -566,21 +647,36 @@ impl Plugin {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 // Yield to tokio at every tick so a busy guest cannot starve other tasks.
-                Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
             }
         });
         let budget = self.arm(&mut store);
-        let fail = |e: wasmtime::Error, store: &Store<PluginState>| self.classify_trap(e, store, &stderr);
-        let instance = match tokio::time::timeout(budget, self.pre.instantiate_async(&mut store)).await {
-            Ok(Ok(i)) => i,
-            Ok(Err(e)) => return Err(fail(e, &store)),
-            Err(_) => return Err(self.timeout_error("starting")),
-        };
+        let fail =
+            |e: wasmtime::Error, store: &Store<PluginState>| self.classify_trap(e, store, &stderr);
+        let instance =
+            match tokio::time::timeout(budget, self.pre.instantiate_async(&mut store)).await {
+                Ok(Ok(i)) => i,
+                Ok(Err(e)) => return Err(fail(e, &store)),
+                Err(_) => return Err(self.timeout_error("starting")),
+            };
         let load = |store: &mut Store<PluginState>| -> wasmtime::Result<Exports> {
             Ok(Exports {
                 plugin: self.indices.plugin.load(&mut *store, &instance)?,
-                describer: self.indices.describer.as_ref().map(|i| i.load(&mut *store, &instance)).transpose()?,
-                embedder: self.indices.embedder.as_ref().map(|i| i.load(&mut *store, &instance)).transpose()?,
+                describer: self
+                    .indices
+                    .describer
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, &instance))
+                    .transpose()?,
+                embedder: self
+                    .indices
+                    .embedder
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, &instance))
+                    .transpose()?,
                 image_embedder: self
                     .indices
                     .image_embedder
@@ -592,10 +688,18 @@ impl Plugin {
         let exports = load(&mut store).map_err(|e| {
             CallError::new(
                 FailureKind::NotInstalled,
-                format!("plugin {:?} exports functions of the wrong type: {e:#}", self.key),
+                format!(
+                    "plugin {:?} exports functions of the wrong type: {e:#}",
+                    self.key
+                ),
             )
         })?;
-        Ok(Instance { store, exports, stderr, _permit: permit })
+        Ok(Instance {
+            store,
+            exports,
+            stderr,
+            permit: Some(permit),
+        })
     }
 
     /// Set the deadline for the next call; returns the wall-clock budget.
@@ -619,7 +723,12 @@ impl Plugin {
         )
     }
 
-    fn classify_trap(&self, e: wasmtime::Error, store: &Store<PluginState>, stderr: &MemoryOutputPipe) -> CallError {
+    fn classify_trap(
+        &self,
+        e: wasmtime::Error,
+        store: &Store<PluginState>,
+        stderr: &MemoryOutputPipe,
+    ) -> CallError {
         if store.data().limiter.exceeded {
             return CallError::new(
                 FailureKind::MemoryExceeded,
@@ -631,7 +740,10 @@ impl Plugin {
                 ),
             );
         }
-        if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
+        if matches!(
+            e.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        ) {
             return self.timeout_error("running");
         }
         let trap = e
@@ -665,7 +777,8 @@ impl Plugin {
         }
     }
 
-    fn give_back(&self, inst: Instance) {
+    fn give_back(&self, mut inst: Instance) {
+        inst.permit = None;
         // An instance whose captured stderr is filling up is retired rather than reused: a full
         // pipe would make the guest's next write fail.
         if inst.stderr.contents().len() < STDERR_CAP / 2 {
@@ -686,44 +799,80 @@ impl Plugin {
     }
 
     pub(crate) async fn text_model(&self) -> Result<ModelInfo, CallError> {
-        if let Some(m) = self.text_model.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(m) = self
+            .text_model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             return Ok(m);
         }
-        let info: ModelInfo = guest_call!(self, embedder, "a text embedder", call_text_model())?.into();
+        let info: ModelInfo =
+            guest_call!(self, embedder, "a text embedder", call_text_model())?.into();
         check_model(&self.key, &info)?;
         *self.text_model.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.clone());
         Ok(info)
     }
 
     pub(crate) async fn image_model(&self) -> Result<ModelInfo, CallError> {
-        if let Some(m) = self.image_model.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(m) = self
+            .image_model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             return Ok(m);
         }
-        let info: ModelInfo =
-            guest_call!(self, image_embedder, "an image embedder", call_image_model())?.into();
+        let info: ModelInfo = guest_call!(
+            self,
+            image_embedder,
+            "an image embedder",
+            call_image_model()
+        )?
+        .into();
         check_model(&self.key, &info)?;
         *self.image_model.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.clone());
         Ok(info)
     }
 
-    pub(crate) async fn embed_texts(&self, texts: &[String]) -> Result<(ModelInfo, Vec<Vec<f32>>), CallError> {
+    pub(crate) async fn embed_texts(
+        &self,
+        texts: &[String],
+    ) -> Result<(ModelInfo, Vec<Vec<f32>>), CallError> {
         let model = self.text_model().await?;
         let vectors = guest_call!(self, embedder, "a text embedder", call_embed_texts(texts))?;
         let vectors = self.check_vectors(&model, texts.len(), vectors)?;
         Ok((model, vectors))
     }
 
-    pub(crate) async fn embed_images(&self, images: &[ValidImage]) -> Result<(ModelInfo, Vec<Vec<f32>>), CallError> {
+    pub(crate) async fn embed_images(
+        &self,
+        images: &[ValidImage],
+    ) -> Result<(ModelInfo, Vec<Vec<f32>>), CallError> {
         let model = self.image_model().await?;
         let wit_images: Vec<wit::Image> = images.iter().map(to_wit_image).collect();
-        let vectors = guest_call!(self, image_embedder, "an image embedder", call_embed_images(&wit_images))?;
+        let vectors = guest_call!(
+            self,
+            image_embedder,
+            "an image embedder",
+            call_embed_images(&wit_images)
+        )?;
         let vectors = self.check_vectors(&model, images.len(), vectors)?;
         Ok((model, vectors))
     }
 
-    pub(crate) async fn describe(&self, image: &ValidImage, prompt: Option<&str>) -> Result<PluginDescription, CallError> {
+    pub(crate) async fn describe(
+        &self,
+        image: &ValidImage,
+        prompt: Option<&str>,
+    ) -> Result<PluginDescription, CallError> {
         let wit_image = to_wit_image(image);
-        let d = guest_call!(self, describer, "a describer", call_describe(&wit_image, prompt))?;
+        let d = guest_call!(
+            self,
+            describer,
+            "a describer",
+            call_describe(&wit_image, prompt)
+        )?;
         let d = PluginDescription::from(d);
         if d.text.trim().is_empty() {
             return Err(CallError::new(
@@ -736,10 +885,20 @@ impl Plugin {
 
     /// Hold a batch of vectors to the contract: one per input, the promised length (or the
     /// length first seen in this space), finite, not all zero. Normalises them.
-    fn check_vectors(&self, model: &ModelInfo, expected: usize, mut vectors: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, CallError> {
-        let malformed = |m: String| CallError::new(FailureKind::Malformed, format!("plugin {:?} {m}", self.key));
+    fn check_vectors(
+        &self,
+        model: &ModelInfo,
+        expected: usize,
+        mut vectors: Vec<Vec<f32>>,
+    ) -> Result<Vec<Vec<f32>>, CallError> {
+        let malformed = |m: String| {
+            CallError::new(FailureKind::Malformed, format!("plugin {:?} {m}", self.key))
+        };
         if vectors.len() != expected {
-            return Err(malformed(format!("returned {} vectors for {expected} inputs", vectors.len())));
+            return Err(malformed(format!(
+                "returned {} vectors for {expected} inputs",
+                vectors.len()
+            )));
         }
         let dims = match model.dimensions {
             Some(d) => d,
@@ -762,13 +921,20 @@ impl Plugin {
                 )));
             }
             if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
-                return Err(malformed(format!("returned a vector containing {bad} (item {i})")));
+                return Err(malformed(format!(
+                    "returned a vector containing {bad} (item {i})"
+                )));
             }
-            let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+            let norm = v
+                .iter()
+                .map(|x| f64::from(*x) * f64::from(*x))
+                .sum::<f64>()
+                .sqrt();
             if norm == 0.0 {
                 return Err(malformed(format!("returned an all-zero vector (item {i})")));
             }
-            v.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
+            v.iter_mut()
+                .for_each(|x| *x = (f64::from(*x) / norm) as f32);
         }
         Ok(vectors)
     }
@@ -782,7 +948,10 @@ fn check_model(key: &str, info: &ModelInfo) -> Result<(), CallError> {
         ));
     }
     if info.dimensions == Some(0) {
-        return Err(CallError::new(FailureKind::Malformed, format!("plugin {key:?} reported 0 dimensions")));
+        return Err(CallError::new(
+            FailureKind::Malformed,
+            format!("plugin {key:?} reported 0 dimensions"),
+        ));
     }
     Ok(())
 }

@@ -21,7 +21,13 @@ impl Embedding {
         {
             return None;
         }
-        Some(self.vector.iter().zip(&other.vector).map(|(a, b)| a * b).sum())
+        Some(
+            self.vector
+                .iter()
+                .zip(&other.vector)
+                .map(|(a, b)| a * b)
+                .sum(),
+        )
     }
 }
 

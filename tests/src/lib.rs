@@ -1,1 +1,605 @@
+//! Test support for imbed and for plugin authors: builds the plugin components, writes configs
+//! with a builder, makes test images, and serves HTTP on 127.0.0.1.
+//!
+//! A plugin's own tests can use it as a dev-dependency: build a [`TestConfig`] naming the
+//! plugin's `.wasm`, then drive it through `imbed::Imbed` exactly as the CLI would.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use imbed::{Config, Env};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Where the wasm workspaces put their components.
+pub fn wasm_dir() -> PathBuf {
+    repo_root().join("target/wasm/wasm32-wasip2/release")
+}
+
+fn cargo_build(dir: &Path) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Run from the workspace folder: its .cargo/config.toml (target, flags, target dir) is
+    // found from the working directory, not from --manifest-path.
+    let out = Command::new(cargo)
+        .args(["build", "--release", "--quiet"])
+        .current_dir(dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .expect("cannot run cargo");
+    assert!(
+        out.status.success(),
+        "building the components in {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Build the plugins and the test programs once per test process; returns the folder that
+/// holds the `.wasm` files.
+pub fn build_components() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        cargo_build(&repo_root().join("plugins"));
+        cargo_build(&repo_root().join("tests/programs"));
+        wasm_dir()
+    })
+}
+
+/// Path of a built component: `hash`, `misbehave`, ...
+pub fn component(name: &str) -> PathBuf {
+    let file = match name {
+        "hash" => "imbed_hash.wasm".to_string(),
+        other => format!("{}.wasm", other.replace('-', "_")),
+    };
+    let path = build_components().join(file);
+    assert!(path.is_file(), "component {} was not built", path.display());
+    path
+}
+
+/// A compile cache shared by the tests of one process, so each component compiles once.
+pub fn shared_cache_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
+}
+
+/// One plugin's config section.
+#[derive(Clone, Debug)]
+pub struct PluginSpec {
+    file: PathBuf,
+    memory_mb: Option<u64>,
+    timeout_ms: Option<u64>,
+    instances: Option<usize>,
+    http: Vec<String>,
+    env: Vec<String>,
+    model_dir: Option<PathBuf>,
+    settings: Vec<(String, String)>,
+}
+
+impl PluginSpec {
+    /// A plugin from a component file.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        PluginSpec {
+            file: path.into(),
+            memory_mb: None,
+            timeout_ms: None,
+            instances: None,
+            http: vec![],
+            env: vec![],
+            model_dir: None,
+            settings: vec![],
+        }
+    }
+
+    /// The hash plugin.
+    pub fn hash() -> Self {
+        PluginSpec::file(component("hash"))
+    }
+
+    /// The misbehaving test plugin in the given mode.
+    pub fn misbehave(mode: &str) -> Self {
+        PluginSpec::file(component("misbehave")).setting("mode", mode)
+    }
+
+    /// A string setting.
+    pub fn setting(mut self, key: &str, value: &str) -> Self {
+        self.settings.push((key.into(), toml_string(value)));
+        self
+    }
+
+    /// A setting written as a TOML literal (number, boolean, array).
+    pub fn setting_raw(mut self, key: &str, toml_literal: &str) -> Self {
+        self.settings.push((key.into(), toml_literal.into()));
+        self
+    }
+
+    /// Memory cap.
+    pub fn memory_mb(mut self, mb: u64) -> Self {
+        self.memory_mb = Some(mb);
+        self
+    }
+
+    /// Deadline per call.
+    pub fn timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout_ms = Some(ms);
+        self
+    }
+
+    /// Pool size.
+    pub fn instances(mut self, n: usize) -> Self {
+        self.instances = Some(n);
+        self
+    }
+
+    /// Grant an HTTP origin.
+    pub fn grant_http(mut self, origin: &str) -> Self {
+        self.http.push(origin.into());
+        self
+    }
+
+    /// Grant an environment variable.
+    pub fn grant_env(mut self, var: &str) -> Self {
+        self.env.push(var.into());
+        self
+    }
+
+    /// Grant a read-only model directory.
+    pub fn grant_model_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.model_dir = Some(dir.into());
+        self
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialise")
+}
+
+/// Builds a config as TOML text, the way a user would write it, then parses it.
+#[derive(Clone, Debug, Default)]
+pub struct TestConfig {
+    plugins: Vec<(String, PluginSpec)>,
+    steps: Vec<String>,
+    require_space: Option<String>,
+    cache_dir: Option<PathBuf>,
+    input: Vec<String>,
+}
+
+impl TestConfig {
+    /// An empty config.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a plugin section.
+    pub fn plugin(mut self, key: &str, spec: PluginSpec) -> Self {
+        self.plugins.push((key.into(), spec));
+        self
+    }
+
+    /// Add a `describe-then-embed` step.
+    pub fn describe_then_embed(mut self, describer: &str, embedder: &str) -> Self {
+        self.steps.push(format!(
+            "kind = \"describe-then-embed\"\ndescriber = {}\nembedder = {}",
+            toml_string(describer),
+            toml_string(embedder)
+        ));
+        self
+    }
+
+    /// Add an `image-embed` step.
+    pub fn image_embed(mut self, plugin: &str) -> Self {
+        self.steps.push(format!(
+            "kind = \"image-embed\"\nplugin = {}",
+            toml_string(plugin)
+        ));
+        self
+    }
+
+    /// Add a `description` step.
+    pub fn description(mut self, embedder: &str) -> Self {
+        self.steps.push(format!(
+            "kind = \"description\"\nembedder = {}",
+            toml_string(embedder)
+        ));
+        self
+    }
+
+    /// Add a `hash` step.
+    pub fn hash(mut self, plugin: &str) -> Self {
+        self.steps
+            .push(format!("kind = \"hash\"\nplugin = {}", toml_string(plugin)));
+        self
+    }
+
+    /// Require one embedding space.
+    pub fn require_space(mut self, space: &str) -> Self {
+        self.require_space = Some(space.into());
+        self
+    }
+
+    /// Use this compile cache instead of the shared one.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Set an `[input]` key to a TOML literal.
+    pub fn input(mut self, key: &str, toml_literal: &str) -> Self {
+        self.input.push(format!("{key} = {toml_literal}"));
+        self
+    }
+
+    /// The config as TOML text.
+    pub fn toml(&self) -> String {
+        let mut t = String::new();
+        let cache = self
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| shared_cache_dir().to_path_buf());
+        t.push_str(&format!(
+            "cache_dir = {}\n",
+            toml_string(&cache.display().to_string())
+        ));
+        if !self.input.is_empty() {
+            t.push_str("[input]\n");
+            for line in &self.input {
+                t.push_str(line);
+                t.push('\n');
+            }
+        }
+        t.push_str("[chain]\n");
+        if let Some(space) = &self.require_space {
+            t.push_str(&format!("require_space = {}\n", toml_string(space)));
+        }
+        for step in &self.steps {
+            t.push_str("[[chain.steps]]\n");
+            t.push_str(step);
+            t.push('\n');
+        }
+        for (key, p) in &self.plugins {
+            t.push_str(&format!(
+                "[plugins.{key}]\nfile = {}\n",
+                toml_string(&p.file.display().to_string())
+            ));
+            t.push_str(&format!("[plugins.{key}.limits]\n"));
+            if let Some(m) = p.memory_mb {
+                t.push_str(&format!("memory_mb = {m}\n"));
+            }
+            if let Some(ms) = p.timeout_ms {
+                t.push_str(&format!("timeout_ms = {ms}\n"));
+            }
+            if let Some(n) = p.instances {
+                t.push_str(&format!("instances = {n}\n"));
+            }
+            t.push_str(&format!("[plugins.{key}.grants]\n"));
+            let list = |v: &[String]| {
+                v.iter()
+                    .map(|s| toml_string(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            t.push_str(&format!(
+                "http = [{}]\nenv = [{}]\n",
+                list(&p.http),
+                list(&p.env)
+            ));
+            if let Some(dir) = &p.model_dir {
+                t.push_str(&format!(
+                    "model_dir = {}\n",
+                    toml_string(&dir.display().to_string())
+                ));
+            }
+            t.push_str(&format!("[plugins.{key}.settings]\n"));
+            for (k, v) in &p.settings {
+                t.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        t
+    }
+
+    /// Parse the config (with an isolated environment).
+    #[track_caller]
+    pub fn build(&self) -> Config {
+        let text = self.toml();
+        Config::from_toml_str(&text, "<test>", None, &Env::isolated())
+            .unwrap_or_else(|e| panic!("test config does not parse: {e}\n{text}"))
+    }
+
+    /// Write the config to a file in `dir` and return its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("imbed.toml");
+        std::fs::write(&path, self.toml()).expect("write config");
+        path
+    }
+}
+
+/// Test images.
+pub mod images {
+    use image::{ImageFormat, Rgb, RgbImage};
+    use std::io::Cursor;
+
+    /// A deterministic picture: `seed` picks the pattern (stripes, rings, blocks...).
+    pub fn picture(w: u32, h: u32, seed: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            let v = match seed % 4 {
+                0 => ((fx * 6.0).sin() * 0.5 + 0.5, fy, 0.3),
+                1 => {
+                    let r = ((fx - 0.5).powi(2) + (fy - 0.5).powi(2)).sqrt();
+                    ((r * 30.0).sin() * 0.5 + 0.5, 0.2, 1.0 - r)
+                }
+                2 => {
+                    let b = ((x / (w / 4).max(1)) + (y / (h / 4).max(1))) % 2;
+                    (b as f32, 0.6, 1.0 - b as f32 * 0.5)
+                }
+                _ => (fy, (fx * fy * 20.0).cos() * 0.5 + 0.5, fx),
+            };
+            let c = |f: f32| (f.clamp(0.0, 1.0) * 255.0) as u8;
+            Rgb([c(v.0), c(v.1), c(v.2)])
+        })
+    }
+
+    /// Encode as PNG.
+    pub fn png_of(img: &RgbImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .expect("encode png");
+        out
+    }
+
+    /// Encode as JPEG at the given quality.
+    pub fn jpeg_of(img: &RgbImage, quality: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+        img.write_with_encoder(enc).expect("encode jpeg");
+        out
+    }
+
+    /// A PNG picture.
+    pub fn png(w: u32, h: u32, seed: u32) -> Vec<u8> {
+        png_of(&picture(w, h, seed))
+    }
+
+    /// A valid PNG header announcing `w`×`h` pixels followed by almost no data: a decompression
+    /// bomb's shape, rejected from the header alone.
+    pub fn huge_png_header(w: u32, h: u32) -> Vec<u8> {
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&w.to_be_bytes());
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        chunk(&mut out, b"IHDR", &ihdr);
+        // An empty zlib stream: a real bomb's IDAT is tiny too, it just inflates to gigabytes.
+        chunk(
+            &mut out,
+            b"IDAT",
+            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        );
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let crc = crc32(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+}
+
+/// What a [`TestServer`] route answers.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Content type.
+    pub content_type: String,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Wait this long before answering.
+    pub delay: Duration,
+}
+
+impl Reply {
+    /// 200 with a body.
+    pub fn ok(content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        Reply {
+            status: 200,
+            content_type: content_type.into(),
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// Answer only after `delay`.
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// A small HTTP/1.1 server on 127.0.0.1 that answers fixed routes and counts requests. Its
+/// thread ends with the process.
+pub struct TestServer {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    routes: Arc<Mutex<Vec<(String, Reply)>>>,
+}
+
+impl TestServer {
+    /// Start serving; unknown paths get 404.
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("local addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let routes: Arc<Mutex<Vec<(String, Reply)>>> = Arc::default();
+        let (h, r) = (hits.clone(), routes.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (h, r) = (h.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_one(stream, &h, &r);
+                });
+            }
+        });
+        TestServer { addr, hits, routes }
+    }
+
+    /// Answer `path` with `reply`.
+    pub fn route(&self, path: &str, reply: Reply) -> &Self {
+        self.routes.lock().unwrap().push((path.into(), reply));
+        self
+    }
+
+    /// `http://127.0.0.1:port`
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A URL on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+fn serve_one(
+    stream: TcpStream,
+    hits: &AtomicUsize,
+    routes: &Mutex<Vec<(String, Reply)>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut content_length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; content_length];
+    reader.read_exact(&mut body)?;
+    hits.fetch_add(1, Ordering::SeqCst);
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_string();
+    let reply = routes
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, r)| r.clone())
+        .unwrap_or(Reply {
+            status: 404,
+            content_type: "text/plain".into(),
+            body: b"404 page not found".to_vec(),
+            delay: Duration::ZERO,
+        });
+    std::thread::sleep(reply.delay);
+    let mut out = stream;
+    write!(
+        out,
+        "HTTP/1.1 {} X\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        reply.status,
+        reply.content_type,
+        reply.body.len()
+    )?;
+    out.write_all(&reply.body)?;
+    out.flush()
+}
+
+/// A TCP listener on 127.0.0.1 that only counts connection attempts (for "no socket reached").
+pub struct ConnectionCounter {
+    addr: SocketAddr,
+    count: Arc<AtomicUsize>,
+}
+
+impl ConnectionCounter {
+    /// Start listening.
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        std::thread::spawn(move || {
+            for _ in listener.incoming() {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        ConnectionCounter { addr, count }
+    }
+
+    /// `127.0.0.1:port`
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Connections accepted so far.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+/// Cosine similarity of two unit vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "vectors of different lengths");
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The `imbed` binary built by this workspace.
+pub fn imbed_bin() -> PathBuf {
+    // Integration tests run from target/<profile>/deps; the binary sits one level up.
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(format!("imbed{}", std::env::consts::EXE_SUFFIX));
+    if !bin.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "imbed", "--bin", "imbed"])
+            .current_dir(repo_root())
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "building the imbed binary failed");
+    }
+    bin
+}

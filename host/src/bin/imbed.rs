@@ -1,1 +1,468 @@
-fn main(){}
+//! The `imbed` command line: a thin layer over the library.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use imbed::{Config, Embedding, Env, Error, ImageRequest, ImageSource, Imbed, PluginHealth};
+use serde_json::{json, Value};
+
+/// Exit codes scripts can rely on (documented in the README).
+mod exit {
+    pub const OK: u8 = 0;
+    /// No step of the chain answered for at least one input.
+    pub const EXHAUSTED: u8 = 1;
+    /// Bad usage or bad config: nothing was embedded.
+    pub const USAGE: u8 = 2;
+    /// At least one input could not be read or is not a usable image.
+    pub const BAD_INPUT: u8 = 3;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "imbed",
+    version,
+    about = "Turn images into embedding vectors through sandboxed WebAssembly plugins"
+)]
+struct Cli {
+    /// Config file (default: $IMBED_CONFIG, ./imbed.toml, ~/.config/imbed/config.toml, else the built-in default).
+    #[arg(long, global = true, env = "IMBED_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log level for messages on stderr (error, warn, info, debug, trace); also $IMBED_LOG.
+    #[arg(long, global = true, default_value = "warn", env = "IMBED_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// One JSON object per line.
+    Jsonl,
+    /// One pretty-printed JSON array.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed images: file paths, http(s) URLs, `data:` URIs, or `-` for stdin.
+    Embed {
+        /// The images.
+        inputs: Vec<String>,
+        /// An image given as base64 text (raw or `data:` URI); may repeat.
+        #[arg(long = "base64", value_name = "BASE64")]
+        base64: Vec<String>,
+        /// Your own description of the image(s), used by `description` steps.
+        #[arg(long)]
+        description: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Jsonl)]
+        output: Output,
+        /// How many images to embed at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
+    /// Embed texts (search queries) into the same space as the chain's image results.
+    EmbedText {
+        /// The texts.
+        #[arg(required = true)]
+        texts: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Jsonl)]
+        output: Output,
+    },
+    /// List the configured plugins: loaded or not, what they export, what they are granted.
+    Plugins {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Config commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the config and load every plugin it names.
+    Check {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("imbed: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::EXHAUSTED);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("imbed: {e:#}");
+            let code = match e.downcast_ref::<Error>() {
+                Some(Error::Config(_)) | Some(Error::Usage(_)) => exit::USAGE,
+                Some(Error::Input(_)) => exit::BAD_INPUT,
+                _ if e.downcast_ref::<imbed::ConfigError>().is_some() => exit::USAGE,
+                _ => exit::EXHAUSTED,
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let env = Env::from_process();
+    let config = Config::discover(cli.config.as_deref(), &env).map_err(Error::from)?;
+    match cli.command {
+        Command::Embed {
+            inputs,
+            base64,
+            description,
+            output,
+            concurrency,
+        } => embed(config, inputs, base64, description, output, concurrency).await,
+        Command::EmbedText { texts, output } => embed_text(config, texts, output).await,
+        Command::Plugins { json } => plugins(config, json).await,
+        Command::Config {
+            command: ConfigCommand::Check { json },
+        } => config_check(config, json).await,
+    }
+}
+
+fn parse_input(arg: &str, stdin_used: &mut bool) -> anyhow::Result<ImageSource> {
+    if arg == "-" {
+        if std::mem::replace(stdin_used, true) {
+            return Err(Error::Usage("`-` (stdin) can be given only once".into()).into());
+        }
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut bytes)
+            .context("cannot read the image from stdin")?;
+        return Ok(ImageSource::Bytes(bytes));
+    }
+    if arg.starts_with("http://") || arg.starts_with("https://") {
+        return Ok(ImageSource::Url(arg.to_string()));
+    }
+    if arg.starts_with("data:") {
+        return Ok(ImageSource::Base64(arg.to_string()));
+    }
+    Ok(ImageSource::Path(PathBuf::from(arg)))
+}
+
+struct Printer {
+    output: Output,
+    items: Vec<Value>,
+}
+
+impl Printer {
+    fn new(output: Output) -> Self {
+        Printer {
+            output,
+            items: Vec::new(),
+        }
+    }
+
+    fn emit(&mut self, value: Value) -> anyhow::Result<()> {
+        match self.output {
+            Output::Jsonl => {
+                let mut out = std::io::stdout().lock();
+                serde_json::to_writer(&mut out, &value)?;
+                out.write_all(b"\n")?;
+                out.flush()?;
+            }
+            Output::Json => self.items.push(value),
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        if self.output == Output::Json {
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &self.items)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}
+
+/// One result line: the embedding, or the error with every attempt.
+fn result_json(input: &str, result: &Result<Embedding, Error>) -> (Value, u8) {
+    match result {
+        Ok(e) => (
+            json!({ "input": input, "vector": e.vector, "provenance": e.provenance }),
+            exit::OK,
+        ),
+        Err(err) => {
+            let (kind, attempts, code) = match err {
+                Error::Exhausted { attempts } => ("exhausted", attempts.clone(), exit::EXHAUSTED),
+                Error::Input(_) => ("bad-input", Vec::new(), exit::BAD_INPUT),
+                Error::Usage(_) => ("bad-input", Vec::new(), exit::BAD_INPUT),
+                _ => ("error", Vec::new(), exit::EXHAUSTED),
+            };
+            eprintln!("imbed: {input}: {err}");
+            (
+                json!({ "input": input, "error": { "kind": kind, "message": err.to_string(), "attempts": attempts } }),
+                code,
+            )
+        }
+    }
+}
+
+/// The worst of several exit codes: bad input beats an exhausted chain beats success.
+fn worst(a: u8, b: u8) -> u8 {
+    let rank = |c: u8| match c {
+        exit::BAD_INPUT => 2,
+        exit::EXHAUSTED => 1,
+        _ => 0,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+fn warn_degraded(label: &str, e: &Embedding) {
+    if e.provenance.degraded {
+        let reasons: Vec<String> = e
+            .provenance
+            .attempts
+            .iter()
+            .map(|a| format!("  - {a}"))
+            .collect();
+        eprintln!(
+            "imbed: {label}: answered by step {} ({}, space {:?}) after earlier steps failed:\n{}",
+            e.provenance.step,
+            e.provenance.step_kind,
+            e.provenance.space,
+            reasons.join("\n")
+        );
+    }
+}
+
+async fn embed(
+    config: Config,
+    inputs: Vec<String>,
+    base64: Vec<String>,
+    description: Option<String>,
+    output: Output,
+    concurrency: usize,
+) -> anyhow::Result<u8> {
+    if inputs.is_empty() && base64.is_empty() {
+        return Err(Error::Usage(
+            "give at least one image: a path, a URL, `-` for stdin, or --base64".into(),
+        )
+        .into());
+    }
+    let mut stdin_used = false;
+    let mut labels = Vec::new();
+    let mut requests = Vec::new();
+    for arg in &inputs {
+        let source = parse_input(arg, &mut stdin_used)?;
+        labels.push(if arg == "-" {
+            "<stdin>".to_string()
+        } else {
+            arg.clone()
+        });
+        requests.push(source);
+    }
+    for (i, b) in base64.into_iter().enumerate() {
+        labels.push(format!("<base64 #{}>", i + 1));
+        requests.push(ImageSource::Base64(b));
+    }
+    let requests: Vec<ImageRequest> = requests
+        .into_iter()
+        .map(|s| {
+            let r = ImageRequest::new(s);
+            match &description {
+                Some(d) => r.with_description(d.clone()),
+                None => r,
+            }
+        })
+        .collect();
+
+    let imbed = Imbed::new(config).await?;
+    let mut printer = Printer::new(output);
+    let mut code = exit::OK;
+    let mut results = imbed.embed_images(requests, concurrency).enumerate();
+    while let Some((i, result)) = results.next().await {
+        if let Ok(e) = &result {
+            warn_degraded(&labels[i], e);
+        }
+        let (value, c) = result_json(&labels[i], &result);
+        code = worst(code, c);
+        printer.emit(value)?;
+    }
+    printer.finish()?;
+    Ok(code)
+}
+
+async fn embed_text(config: Config, texts: Vec<String>, output: Output) -> anyhow::Result<u8> {
+    let imbed = Imbed::new(config).await?;
+    let mut printer = Printer::new(output);
+    let mut code = exit::OK;
+    for text in &texts {
+        let result = imbed.embed_text(text).await;
+        if let Ok(e) = &result {
+            warn_degraded(text, e);
+        }
+        let (value, c) = result_json(text, &result);
+        code = worst(code, c);
+        printer.emit(value)?;
+    }
+    printer.finish()?;
+    Ok(code)
+}
+
+fn roles_text(roles: &imbed::Roles) -> String {
+    let mut r = Vec::new();
+    if roles.describer {
+        r.push("describer");
+    }
+    if roles.text_embedder {
+        r.push("text-embedder");
+    }
+    if roles.image_embedder {
+        r.push("image-embedder");
+    }
+    r.join(", ")
+}
+
+async fn plugins(config: Config, json_out: bool) -> anyhow::Result<u8> {
+    let imbed = Imbed::new(config).await?;
+    let statuses = imbed.plugins();
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&statuses)?);
+        return Ok(exit::OK);
+    }
+    for s in &statuses {
+        match &s.health {
+            PluginHealth::Ready {
+                name,
+                version,
+                roles,
+                from_cache,
+                load_ms,
+            } => println!(
+                "{}: ready — {name} {version}, {} ({load_ms:.1} ms{})",
+                s.key,
+                roles_text(roles),
+                if *from_cache {
+                    ", compiled copy from cache"
+                } else {
+                    ", compiled now"
+                }
+            ),
+            PluginHealth::Failed { kind, message } => {
+                println!("{}: not available ({kind}) — {message}", s.key)
+            }
+        }
+        println!("    file:    {}", s.path.display());
+        let http = if s.http.is_empty() {
+            "none".to_string()
+        } else {
+            s.http.join(", ")
+        };
+        let env = if s.env.is_empty() {
+            "none".to_string()
+        } else {
+            s.env.join(", ")
+        };
+        let dir = s
+            .model_dir
+            .as_ref()
+            .map(|d| format!("{} (read-only, at /model)", d.display()));
+        println!(
+            "    grants:  http {http}; env {env}; files {}",
+            dir.unwrap_or_else(|| "none".into())
+        );
+        println!(
+            "    limits:  {} MiB memory, {} ms per call",
+            s.memory_mb, s.timeout_ms
+        );
+    }
+    Ok(exit::OK)
+}
+
+async fn config_check(config: Config, json_out: bool) -> anyhow::Result<u8> {
+    let source = config.source.clone();
+    let steps: Vec<String> = config
+        .chain
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{i}: {} ({})", s.kind(), s.plugins().join(" + ")))
+        .collect();
+    let require_space = config.chain.require_space.clone();
+    let imbed = Imbed::new(config).await?;
+    let statuses = imbed.plugins();
+    let usable = imbed
+        .config()
+        .chain
+        .steps
+        .iter()
+        .filter(|step| {
+            step.plugins().iter().all(|p| {
+                statuses
+                    .iter()
+                    .any(|s| s.key == *p && matches!(s.health, PluginHealth::Ready { .. }))
+            })
+        })
+        .count();
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "config": source, "valid": true, "steps": steps, "require_space": require_space,
+                "usable_steps": usable, "plugins": statuses,
+            }))?
+        );
+    } else {
+        println!("config {source}: valid");
+        if let Some(space) = &require_space {
+            println!("only answers in space {space:?} are accepted");
+        }
+        println!("chain:");
+        for s in &steps {
+            println!("  {s}");
+        }
+        for s in &statuses {
+            match &s.health {
+                PluginHealth::Ready { name, version, .. } => {
+                    println!("plugin {}: loads ({name} {version})", s.key)
+                }
+                PluginHealth::Failed { message, .. } => {
+                    println!("plugin {}: does not load — {message}", s.key)
+                }
+            }
+        }
+        println!("{usable} of {} steps have all their plugins", steps.len());
+    }
+    // The config is valid even when plugins are missing; those steps are skipped at run time.
+    Ok(exit::OK)
+}

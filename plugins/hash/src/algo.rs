@@ -44,8 +44,10 @@ fn normalise(v: &mut [f32]) -> bool {
 /// Feature-hashed text vector, L2-normalised; `None` when the text has no word characters.
 pub fn embed_text(text: &str, dims: usize) -> Option<Vec<f32>> {
     let lower = text.to_lowercase();
-    let words: Vec<&str> =
-        lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
     if words.is_empty() {
         return None;
     }
@@ -65,7 +67,12 @@ pub fn embed_text(text: &str, dims: usize) -> Option<Vec<f32>> {
         }
     }
     for pair in words.windows(2) {
-        add_feature(&mut v, b"b", format!("{} {}", pair[0], pair[1]).as_bytes(), 0.5);
+        add_feature(
+            &mut v,
+            b"b",
+            format!("{} {}", pair[0], pair[1]).as_bytes(),
+            0.5,
+        );
     }
     normalise(&mut v).then_some(v)
 }
@@ -84,7 +91,9 @@ pub fn embed_image(img: &DynamicImage, dims: usize) -> Vec<f32> {
     } else {
         img.clone()
     };
-    let thumb = small.resize_exact(THUMB as u32, THUMB as u32, FilterType::Triangle).to_rgb8();
+    let thumb = small
+        .resize_exact(THUMB as u32, THUMB as u32, FilterType::Triangle)
+        .to_rgb8();
 
     let mut luma = [0.0f32; THUMB * THUMB];
     let mut hist = [0.0f32; BINS_PER_CHANNEL * BINS_PER_CHANNEL * BINS_PER_CHANNEL];
@@ -129,15 +138,17 @@ fn dct2_low(pixels: &[f32; THUMB * THUMB]) -> Vec<f32> {
     let mut rows = vec![0.0f32; THUMB * DCT_KEEP]; // [y][u]
     for y in 0..THUMB {
         for u in 0..DCT_KEEP {
-            rows[y * DCT_KEEP + u] =
-                (0..THUMB).map(|x| pixels[y * THUMB + x] * basis[u * THUMB + x]).sum();
+            rows[y * DCT_KEEP + u] = (0..THUMB)
+                .map(|x| pixels[y * THUMB + x] * basis[u * THUMB + x])
+                .sum();
         }
     }
     let mut out = vec![0.0f32; DCT_KEEP * DCT_KEEP];
     for v in 0..DCT_KEEP {
         for u in 0..DCT_KEEP {
-            out[v * DCT_KEEP + u] =
-                (0..THUMB).map(|y| rows[y * DCT_KEEP + u] * basis[v * THUMB + y]).sum();
+            out[v * DCT_KEEP + u] = (0..THUMB)
+                .map(|y| rows[y * DCT_KEEP + u] * basis[v * THUMB + y])
+                .sum();
         }
     }
     out
@@ -179,7 +190,12 @@ mod tests {
         let a = embed_text("a cat sleeping on a laptop", 256).unwrap();
         let b = embed_text("cats sleeping on laptops", 256).unwrap();
         let c = embed_text("stock market report for the third quarter", 256).unwrap();
-        assert!(cos(&a, &b) > cos(&a, &c) + 0.3, "{} vs {}", cos(&a, &b), cos(&a, &c));
+        assert!(
+            cos(&a, &b) > cos(&a, &c) + 0.3,
+            "{} vs {}",
+            cos(&a, &b),
+            cos(&a, &c)
+        );
     }
 
     #[test]

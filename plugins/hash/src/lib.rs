@@ -47,7 +47,10 @@ fn model_info(kind: &str, dims: usize) -> ModelInfo {
 
 impl plugin::Guest for HashPlugin {
     fn info() -> PluginInfo {
-        PluginInfo { name: "hash".into(), version: env!("CARGO_PKG_VERSION").into() }
+        PluginInfo {
+            name: "hash".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
     }
 }
 

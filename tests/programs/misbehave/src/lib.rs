@@ -1,0 +1,189 @@
+//! A plugin for tests: its `mode` setting picks what it does on every call.
+//!
+//! - `ok`: answers properly (describes by image size, embeds deterministically).
+//! - `loop`: spins forever.
+//! - `alloc`: allocates without bound.
+//! - `read-file`: tries to read the file named by setting `path` (default `/etc/passwd`).
+//! - `env`: tries to read the environment variable named by setting `var` (default `PATH`).
+//! - `http`: sends a GET to setting `url` through the host's HTTP capability.
+//! - `socket`: opens a TCP connection straight to setting `addr`, bypassing the host.
+//! - `panic`: panics.
+//! - `wrong-len`: returns vectors one longer than the dimensions it reports.
+//! - `nan`: returns a vector containing NaN.
+//! - `wrong-count`: returns one vector fewer than asked for.
+//! - `unavailable` / `model-not-found`: reports that error.
+//!
+//! Setting `space` overrides the space id (default `test/misbehave:8`); `dims` the dimensions.
+
+wit_bindgen::generate!({
+    world: "backend",
+    path: "../../../wit/0.1.0",
+});
+
+use exports::imbed::plugin::{describer, embedder, image_embedder, plugin};
+use imbed::plugin::host;
+use imbed::plugin::http;
+use imbed::plugin::types::{Error, Image, ModelInfo, PluginInfo};
+
+struct Misbehave;
+
+fn setting(key: &str, default: &str) -> String {
+    host::get_setting(key).unwrap_or_else(|| default.to_string())
+}
+
+fn dims() -> usize {
+    setting("dims", "8").parse().unwrap_or(8)
+}
+
+/// Deterministic vector from bytes, so tests can compare results.
+fn vector_from(bytes: &[u8]) -> Vec<f32> {
+    let d = dims();
+    let mut v = vec![0.1f32; d];
+    for (i, b) in bytes.iter().enumerate() {
+        v[i % d] += f32::from(*b) / 255.0;
+    }
+    v
+}
+
+/// Runs the configured misbehaviour; returns `Ok(Some(v))` when the mode produced a vector of
+/// its own, `Ok(None)` to carry on normally.
+fn misbehave(n: usize) -> Result<Option<Vec<Vec<f32>>>, Error> {
+    let mode = setting("mode", "ok");
+    match mode.as_str() {
+        "ok" => Ok(None),
+        "loop" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "alloc" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "read-file" => {
+            let path = setting("path", "/etc/passwd");
+            match std::fs::read(&path) {
+                Ok(bytes) => Ok(Some(vec![vector_from(&bytes); n])),
+                Err(e) => Err(Error::Other(format!("reading {path} failed: {e}"))),
+            }
+        }
+        "env" => {
+            let var = setting("var", "PATH");
+            match std::env::var(&var) {
+                Ok(value) => Ok(Some(vec![vector_from(value.as_bytes()); n])),
+                Err(e) => Err(Error::Other(format!(
+                    "environment variable {var} is not visible: {e}"
+                ))),
+            }
+        }
+        "http" => {
+            let url = setting("url", "http://127.0.0.1:9/");
+            let req = http::Request {
+                method: "GET".into(),
+                url: url.clone(),
+                headers: vec![],
+                body: vec![],
+                timeout_ms: Some(2000),
+            };
+            match http::send(&req) {
+                Ok(resp) => Ok(Some(vec![vector_from(&resp.body); n])),
+                Err(
+                    http::HttpError::Denied(m)
+                    | http::HttpError::Unreachable(m)
+                    | http::HttpError::Timeout(m)
+                    | http::HttpError::Invalid(m)
+                    | http::HttpError::TooLarge(m)
+                    | http::HttpError::Other(m),
+                ) => Err(Error::Unavailable(format!("GET {url} failed: {m}"))),
+            }
+        }
+        "socket" => {
+            let addr = setting("addr", "127.0.0.1:9");
+            match std::net::TcpStream::connect(&addr) {
+                Ok(_) => Ok(Some(vec![vector_from(b"connected"); n])),
+                Err(e) => Err(Error::Other(format!("connecting to {addr} failed: {e}"))),
+            }
+        }
+        "panic" => panic!("misbehave plugin panicked on purpose"),
+        "wrong-len" => Ok(Some(vec![vec![0.5; dims() + 1]; n])),
+        "nan" => {
+            let mut v = vec![0.5; dims()];
+            v[0] = f32::NAN;
+            Ok(Some(vec![v; n]))
+        }
+        "wrong-count" => Ok(Some(vec![vec![0.5; dims()]; n.saturating_sub(1)])),
+        "unavailable" => Err(Error::Unavailable(
+            "the backend is down (on purpose)".into(),
+        )),
+        "model-not-found" => Err(Error::ModelNotFound(
+            "model \"x\" not found (on purpose)".into(),
+        )),
+        other => Err(Error::Other(format!("unknown mode {other:?}"))),
+    }
+}
+
+fn model() -> ModelInfo {
+    ModelInfo {
+        model_id: format!("misbehave-{}", setting("mode", "ok")),
+        dimensions: Some(dims() as u32),
+        space_id: setting("space", "test/misbehave:8"),
+    }
+}
+
+impl plugin::Guest for Misbehave {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "misbehave".into(),
+            version: "0.1.0".into(),
+        }
+    }
+}
+
+impl embedder::Guest for Misbehave {
+    fn text_model() -> Result<ModelInfo, Error> {
+        Ok(model())
+    }
+    fn embed_texts(texts: Vec<String>) -> Result<Vec<Vec<f32>>, Error> {
+        match misbehave(texts.len())? {
+            Some(v) => Ok(v),
+            None => Ok(texts.iter().map(|t| vector_from(t.as_bytes())).collect()),
+        }
+    }
+}
+
+impl image_embedder::Guest for Misbehave {
+    fn image_model() -> Result<ModelInfo, Error> {
+        Ok(model())
+    }
+    fn embed_images(images: Vec<Image>) -> Result<Vec<Vec<f32>>, Error> {
+        match misbehave(images.len())? {
+            Some(v) => Ok(v),
+            None => Ok(images.iter().map(|i| vector_from(&i.data)).collect()),
+        }
+    }
+}
+
+impl describer::Guest for Misbehave {
+    fn describe(image: Image, prompt: Option<String>) -> Result<describer::Description, Error> {
+        misbehave(1)?;
+        // Depends on the pixels' size and the prompt, so tests can tell the image arrived.
+        let text = format!(
+            "a {} picture of {} by {} pixels{}",
+            image.mime_type,
+            image.width,
+            image.height,
+            prompt.map(|p| format!(" ({p})")).unwrap_or_default()
+        );
+        Ok(describer::Description {
+            text,
+            model_id: "misbehave-vision".into(),
+            structured: None,
+        })
+    }
+}
+
+export!(Misbehave);
