@@ -8,5 +8,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub(crate) use exports::imbed::plugin::{describer, embedder, image_embedder, plugin};
-pub(crate) use imbed::plugin::{host, http, types};
+pub(crate) use self::exports::imbed::plugin::{describer, embedder, image_embedder, plugin};
+pub(crate) use self::imbed::plugin::{host, http, types};

@@ -381,7 +381,7 @@ impl Imbed {
         Ok(Found {
             plugin: plugin.id.clone(),
             model,
-            vector: vectors.remove(0),
+            vector: vectors.remove(0).map_err(|e| StepError::of(key, e))?,
             description: Some(description),
         })
     }
@@ -404,7 +404,7 @@ impl Imbed {
         Ok(Found {
             plugin: plugin.id.clone(),
             model,
-            vector: vectors.remove(0),
+            vector: vectors.remove(0).map_err(|e| StepError::of(key, e))?,
             description: None,
         })
     }

@@ -821,6 +821,14 @@ file = "hash.wasm"
     }
 
     #[test]
+    fn the_offline_example_is_valid_and_grants_no_network() {
+        let text = include_str!("../../config/offline.toml");
+        let cfg = Config::from_toml_str(text, "offline.toml", None, &Env::isolated()).unwrap();
+        assert!(cfg.plugins.values().all(|p| p.grants.http.is_empty()));
+        assert_eq!(cfg.chain.steps.len(), 2);
+    }
+
+    #[test]
     fn environment_overrides_the_seed_variables() {
         let env = Env::isolated()
             .set("OLLAMA_BASE_URL", "http://gpu-box:11434")

@@ -64,6 +64,9 @@ impl From<wit::Error> for CallError {
     }
 }
 
+/// One item of a batch: its vector, or why this item has none.
+pub(crate) type ItemResult = Result<Vec<f32>, CallError>;
+
 /// A model as a plugin reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ModelInfo {
@@ -835,20 +838,22 @@ impl Plugin {
         Ok(info)
     }
 
+    /// Embed a batch of texts: the outer error fails the batch, each item has its own result.
     pub(crate) async fn embed_texts(
         &self,
         texts: &[String],
-    ) -> Result<(ModelInfo, Vec<Vec<f32>>), CallError> {
+    ) -> Result<(ModelInfo, Vec<ItemResult>), CallError> {
         let model = self.text_model().await?;
-        let vectors = guest_call!(self, embedder, "a text embedder", call_embed_texts(texts))?;
-        let vectors = self.check_vectors(&model, texts.len(), vectors)?;
-        Ok((model, vectors))
+        let items = guest_call!(self, embedder, "a text embedder", call_embed_texts(texts))?;
+        let items = self.check_vectors(&model, texts.len(), items)?;
+        Ok((model, items))
     }
 
+    /// Embed a batch of images: the outer error fails the batch, each item has its own result.
     pub(crate) async fn embed_images(
         &self,
         images: &[ValidImage],
-    ) -> Result<(ModelInfo, Vec<Vec<f32>>), CallError> {
+    ) -> Result<(ModelInfo, Vec<ItemResult>), CallError> {
         let model = self.image_model().await?;
         let wit_images: Vec<wit::Image> = images.iter().map(to_wit_image).collect();
         let vectors = guest_call!(
@@ -883,36 +888,36 @@ impl Plugin {
         Ok(d)
     }
 
-    /// Hold a batch of vectors to the contract: one per input, the promised length (or the
-    /// length first seen in this space), finite, not all zero. Normalises them.
+    /// Hold a batch to the contract: one entry per input; each vector of the promised length (or
+    /// the length first seen in this space), finite and not all zero. Normalises the vectors.
     fn check_vectors(
         &self,
         model: &ModelInfo,
         expected: usize,
-        mut vectors: Vec<Vec<f32>>,
-    ) -> Result<Vec<Vec<f32>>, CallError> {
+        items: Vec<Result<Vec<f32>, wit::Error>>,
+    ) -> Result<Vec<ItemResult>, CallError> {
         let malformed = |m: String| {
             CallError::new(FailureKind::Malformed, format!("plugin {:?} {m}", self.key))
         };
-        if vectors.len() != expected {
+        if items.len() != expected {
             return Err(malformed(format!(
                 "returned {} vectors for {expected} inputs",
-                vectors.len()
+                items.len()
             )));
         }
         let dims = match model.dimensions {
-            Some(d) => d,
-            None => {
-                let first = vectors.first().map(Vec::len).unwrap_or(0);
+            Some(d) => Some(d),
+            None => items.iter().flatten().next().map(|first| {
                 *self
                     .learned_dims
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .entry(model.space.clone())
-                    .or_insert(first)
-            }
+                    .or_insert(first.len())
+            }),
         };
-        for (i, v) in vectors.iter_mut().enumerate() {
+        let check = |i: usize, mut v: Vec<f32>| -> ItemResult {
+            let dims = dims.unwrap_or(v.len());
             if v.len() != dims {
                 return Err(malformed(format!(
                     "returned a vector of length {} (item {i}) in space {:?}, whose vectors have {dims} dimensions",
@@ -935,8 +940,13 @@ impl Plugin {
             }
             v.iter_mut()
                 .for_each(|x| *x = (f64::from(*x) / norm) as f32);
-        }
-        Ok(vectors)
+            Ok(v)
+        };
+        Ok(items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| item.map_err(CallError::from).and_then(|v| check(i, v)))
+            .collect())
     }
 }
 

@@ -4,12 +4,12 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use imbed_tests::{component, images, imbed_bin, PluginSpec, TestConfig};
+use imbed_tests::{component, images, PluginSpec, TestConfig};
 use serde_json::Value;
 
 /// A command with a clean environment: no user config, home and data dirs inside `dir`.
 fn imbed(dir: &Path) -> Command {
-    let mut cmd = Command::new(imbed_bin());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imbed"));
     cmd.current_dir(dir)
         .env_remove("IMBED_CONFIG")
         .env_remove("IMBED_PLUGIN_DIR")

@@ -585,21 +585,3 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "vectors of different lengths");
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
-
-/// The `imbed` binary built by this workspace.
-pub fn imbed_bin() -> PathBuf {
-    // Integration tests run from target/<profile>/deps; the binary sits one level up.
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("imbed{}", std::env::consts::EXE_SUFFIX));
-    if !bin.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "imbed", "--bin", "imbed"])
-            .current_dir(repo_root())
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building the imbed binary failed");
-    }
-    bin
-}

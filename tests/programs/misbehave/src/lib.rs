@@ -147,10 +147,19 @@ impl embedder::Guest for Misbehave {
     fn text_model() -> Result<ModelInfo, Error> {
         Ok(model())
     }
-    fn embed_texts(texts: Vec<String>) -> Result<Vec<Vec<f32>>, Error> {
+    fn embed_texts(texts: Vec<String>) -> Result<Vec<Result<Vec<f32>, Error>>, Error> {
         match misbehave(texts.len())? {
-            Some(v) => Ok(v),
-            None => Ok(texts.iter().map(|t| vector_from(t.as_bytes())).collect()),
+            Some(v) => Ok(v.into_iter().map(Ok).collect()),
+            None => Ok(texts
+                .iter()
+                .map(|t| {
+                    if t.contains("__bad_item__") {
+                        Err(Error::BadInput("this item is bad (on purpose)".into()))
+                    } else {
+                        Ok(vector_from(t.as_bytes()))
+                    }
+                })
+                .collect()),
         }
     }
 }
@@ -159,10 +168,10 @@ impl image_embedder::Guest for Misbehave {
     fn image_model() -> Result<ModelInfo, Error> {
         Ok(model())
     }
-    fn embed_images(images: Vec<Image>) -> Result<Vec<Vec<f32>>, Error> {
+    fn embed_images(images: Vec<Image>) -> Result<Vec<Result<Vec<f32>, Error>>, Error> {
         match misbehave(images.len())? {
-            Some(v) => Ok(v),
-            None => Ok(images.iter().map(|i| vector_from(&i.data)).collect()),
+            Some(v) => Ok(v.into_iter().map(Ok).collect()),
+            None => Ok(images.iter().map(|i| Ok(vector_from(&i.data))).collect()),
         }
     }
 }
