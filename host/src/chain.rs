@@ -63,6 +63,23 @@ pub struct PluginStatus {
     pub health: PluginHealth,
 }
 
+/// Whether one chain step can answer right now.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepCheck {
+    /// Index in the chain.
+    pub step: usize,
+    /// Kind of step.
+    pub kind: StepKind,
+    /// The plugins it uses.
+    pub plugins: Vec<String>,
+    /// Whether it answered a test image.
+    pub ok: bool,
+    /// The space it answered in, when it did.
+    pub space: Option<String>,
+    /// Why it did not, when it did not.
+    pub problem: Option<String>,
+}
+
 /// Whether a plugin loaded.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
@@ -156,7 +173,27 @@ impl Imbed {
                 (key.clone(), slot)
             }
         });
-        let plugins = futures::future::join_all(loads).await.into_iter().collect();
+        let plugins: BTreeMap<String, Slot> =
+            futures::future::join_all(loads).await.into_iter().collect();
+        for (key, slot) in &plugins {
+            if let Slot::Ready(plugin) = slot {
+                if plugin.config.warm {
+                    // In the background: warming may take as long as loading a model, and the
+                    // first request should not wait behind it when it needs another plugin.
+                    let (plugin, key) = (plugin.clone(), key.clone());
+                    tokio::spawn(async move {
+                        match plugin.warm().await {
+                            Ok(()) => tracing::info!(plugin = key.as_str(), "warmed up"),
+                            Err(e) => tracing::warn!(
+                                plugin = key.as_str(),
+                                "warming failed: {}",
+                                e.message
+                            ),
+                        }
+                    });
+                }
+            }
+        }
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::limited(5))
             .connect_timeout(config.input.download_timeout)
@@ -281,6 +318,42 @@ impl Imbed {
             }
         }
         Err(Error::Exhausted { attempts })
+    }
+
+    /// Try every step on its own with a small test image and a test description: which steps
+    /// can answer right now, and why the others cannot.
+    pub async fn check_steps(&self) -> Vec<StepCheck> {
+        let probe = probe_image();
+        let mut checks = Vec::new();
+        for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
+            let outcome = match &probe {
+                Ok(image) => {
+                    self.image_step(step, image, Some("a test image for imbed doctor"))
+                        .await
+                }
+                Err(e) => Err(StepError::not_applicable(e.clone())),
+            };
+            let plugins = step.plugins().iter().map(|p| p.to_string()).collect();
+            checks.push(match outcome {
+                Ok(found) => StepCheck {
+                    step: index,
+                    kind: step.kind(),
+                    plugins,
+                    ok: true,
+                    space: Some(found.model.space),
+                    problem: None,
+                },
+                Err(e) => StepCheck {
+                    step: index,
+                    kind: step.kind(),
+                    plugins,
+                    ok: false,
+                    space: None,
+                    problem: Some(format!("{}: {}", e.error.kind, e.error.message)),
+                },
+            });
+        }
+        checks
     }
 
     /// Embed a text query into the space of the chain's image results, walking the same chain
@@ -505,6 +578,22 @@ impl Imbed {
             }
         }
     }
+}
+
+/// A 64x64 gradient: small enough to be quick, real enough for every step.
+fn probe_image() -> std::result::Result<ValidImage, String> {
+    let img = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, 128])
+    });
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    input::validate(
+        png,
+        "<doctor probe>",
+        &crate::config::InputLimits::default(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn space_mismatch(space: &str, required: &str) -> CallError {

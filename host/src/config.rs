@@ -253,8 +253,14 @@ pub struct PluginConfig {
     pub memory_bytes: u64,
     /// Deadline for one call.
     pub timeout: Duration,
-    /// How many idle instances to keep for reuse.
+    /// How many instances may run at once; as many are kept for reuse.
     pub pool_size: usize,
+    /// Call the plugin's `warm` at start (loads models before the first request).
+    pub warm: bool,
+    /// Images sent to this plugin are downsized so their longer side is at most this many
+    /// pixels. Describers default to 1024 (vision models see a few hundred pixels at most, and a
+    /// 20 MB photo need not travel whole); other roles get the image as it is unless set.
+    pub image_max_side: Option<u32>,
     /// What the plugin may reach.
     pub grants: Grants,
     /// The plugin's own settings, as strings (numbers and booleans in their TOML spelling,
@@ -334,6 +340,8 @@ struct RawLimits {
     memory_mb: Option<Spanned<u64>>,
     timeout_ms: Option<Spanned<u64>>,
     instances: Option<Spanned<usize>>,
+    warm: Option<bool>,
+    image_max_side: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -636,12 +644,26 @@ fn validate_plugin(
             format!("plugin {name:?}: timeout_ms must be greater than zero"),
         );
     }
-    let pool_size = raw
-        .limits
-        .instances
-        .as_ref()
-        .map(|i| *i.get_ref())
-        .unwrap_or(2);
+    let pool_size = match &raw.limits.instances {
+        Some(n) if *n.get_ref() == 0 || *n.get_ref() > 256 => {
+            return ctx.err(
+                Some(n.span()),
+                format!("plugin {name:?}: instances must be from 1 to 256"),
+            )
+        }
+        Some(n) => *n.get_ref(),
+        None => 2,
+    };
+    let image_max_side = match &raw.limits.image_max_side {
+        Some(n) if *n.get_ref() < 32 => {
+            return ctx.err(
+                Some(n.span()),
+                format!("plugin {name:?}: image_max_side must be at least 32"),
+            )
+        }
+        Some(n) => Some(*n.get_ref()),
+        None => None,
+    };
 
     let mut http = Vec::new();
     for origin in &raw.grants.http {
@@ -703,6 +725,8 @@ fn validate_plugin(
         memory_bytes: memory_mb.0 << 20,
         timeout: Duration::from_millis(timeout_ms.0),
         pool_size,
+        warm: raw.limits.warm.unwrap_or(false),
+        image_max_side,
         grants: Grants {
             http,
             env,

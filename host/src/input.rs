@@ -370,6 +370,44 @@ pub fn validate(
     })
 }
 
+/// A copy of `image` whose longer side is at most `max_side` pixels (aspect kept), re-encoded in
+/// its own format; the image itself when it is already small enough. CPU-bound.
+pub fn downsize(image: &ValidImage, max_side: u32) -> Result<ValidImage, InputError> {
+    if image.width.max(image.height) <= max_side {
+        return Ok(image.clone());
+    }
+    let corrupt = |detail: String| InputError::Corrupt {
+        label: image.sha256.clone(),
+        format: image.mime_type.to_string(),
+        detail,
+    };
+    let decoded = image::load_from_memory(&image.data).map_err(|e| corrupt(e.to_string()))?;
+    // Triangle filtering is a good speed/quality balance for large reductions.
+    let small = decoded.resize(max_side, max_side, image::imageops::FilterType::Triangle);
+    let mut out = Vec::new();
+    let format = if image.mime_type == "image/jpeg" {
+        ImageFormat::Jpeg
+    } else {
+        ImageFormat::Png
+    };
+    let written =
+        match format {
+            ImageFormat::Jpeg => small.to_rgb8().write_with_encoder(
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90),
+            ),
+            _ => small.write_to(&mut Cursor::new(&mut out), ImageFormat::Png),
+        };
+    written.map_err(|e| corrupt(format!("cannot re-encode the downsized image: {e}")))?;
+    Ok(ValidImage {
+        data: out.into(),
+        mime_type: image.mime_type,
+        width: small.width(),
+        height: small.height(),
+        // The identity stays the original's: a downsized copy is the same input.
+        sha256: image.sha256.clone(),
+    })
+}
+
 fn sniff(bytes: &[u8]) -> String {
     let head = &bytes[..bytes.len().min(512)];
     let text = String::from_utf8_lossy(head).to_lowercase();
@@ -437,6 +475,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("HTML page"), "{e}");
+    }
+
+    #[test]
+    fn downsizing_keeps_aspect_and_format() {
+        let v = validate(png(400, 100), "w.png", &InputLimits::default()).unwrap();
+        let d = downsize(&v, 200).unwrap();
+        assert_eq!((d.width, d.height, d.mime_type), (200, 50, "image/png"));
+        assert_eq!(image::load_from_memory(&d.data).unwrap().width(), 200);
+        assert!(std::ptr::eq(
+            downsize(&v, 400).unwrap().data.as_ptr(),
+            v.data.as_ptr()
+        ));
     }
 
     #[test]

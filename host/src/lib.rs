@@ -24,13 +24,14 @@ mod bindings;
 pub mod blocking;
 mod chain;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod input;
 mod plugin;
 pub mod types;
 
 pub use blocking::BlockingImbed;
-pub use chain::{ImageRequest, Imbed, PluginHealth, PluginStatus};
+pub use chain::{ImageRequest, Imbed, PluginHealth, PluginStatus, StepCheck};
 pub use config::{Config, ConfigError, Env};
 pub use error::{Error, Result};
 pub use input::{ImageSource, InputError, ValidImage};

@@ -33,6 +33,8 @@ const TICK: Duration = Duration::from_millis(10);
 const STDERR_CAP: usize = 256 * 1024;
 /// Largest HTTP response body handed to a plugin.
 const HTTP_BODY_CAP: usize = 256 << 20;
+/// Longest side of images sent to describers unless the plugin's config says otherwise.
+const DESCRIBER_MAX_SIDE: u32 = 1024;
 /// The contract version this host serves.
 pub(crate) const CONTRACT_VERSION: &str = "0.1.0";
 
@@ -461,9 +463,9 @@ impl Runtime {
             ))
         })?;
         let indices = Indices {
-            plugin: plugin::GuestIndices::new(&pre).map_err(|_| {
+            plugin: plugin::GuestIndices::new(&pre).map_err(|e| {
                 not_installed(format!(
-                    "{} does not export imbed:plugin/plugin@{CONTRACT_VERSION}: build it against wit/{CONTRACT_VERSION}",
+                    "{} does not export imbed:plugin/plugin@{CONTRACT_VERSION} as this host expects ({e}): rebuild it against wit/{CONTRACT_VERSION}",
                     cfg.path.display()
                 ))
             })?,
@@ -801,6 +803,15 @@ impl Plugin {
         self.settle(inst, outcome)
     }
 
+    /// Ask the plugin to get ready (load its models). Failures are for the log.
+    pub(crate) async fn warm(&self) -> Result<(), CallError> {
+        let mut inst = self.checkout().await?;
+        let budget = self.arm(&mut inst.store);
+        let outcome =
+            tokio::time::timeout(budget, inst.exports.plugin.call_warm(&mut inst.store)).await;
+        self.settle(inst, outcome)
+    }
+
     pub(crate) async fn text_model(&self) -> Result<ModelInfo, CallError> {
         if let Some(m) = self
             .text_model
@@ -855,7 +866,14 @@ impl Plugin {
         images: &[ValidImage],
     ) -> Result<(ModelInfo, Vec<ItemResult>), CallError> {
         let model = self.image_model().await?;
-        let wit_images: Vec<wit::Image> = images.iter().map(to_wit_image).collect();
+        let mut wit_images = Vec::with_capacity(images.len());
+        for image in images {
+            let image = match self.config.image_max_side {
+                Some(max_side) => self.fit(image, max_side).await?,
+                None => image.clone(),
+            };
+            wit_images.push(to_wit_image(&image));
+        }
         let vectors = guest_call!(
             self,
             image_embedder,
@@ -871,7 +889,9 @@ impl Plugin {
         image: &ValidImage,
         prompt: Option<&str>,
     ) -> Result<PluginDescription, CallError> {
-        let wit_image = to_wit_image(image);
+        let max_side = self.config.image_max_side.unwrap_or(DESCRIBER_MAX_SIDE);
+        let image = self.fit(image, max_side).await?;
+        let wit_image = to_wit_image(&image);
         let d = guest_call!(
             self,
             describer,
@@ -886,6 +906,18 @@ impl Plugin {
             ));
         }
         Ok(d)
+    }
+
+    /// Downsize an image for this plugin, off the async threads.
+    async fn fit(&self, image: &ValidImage, max_side: u32) -> Result<ValidImage, CallError> {
+        if image.width.max(image.height) <= max_side {
+            return Ok(image.clone());
+        }
+        let image = image.clone();
+        tokio::task::spawn_blocking(move || crate::input::downsize(&image, max_side))
+            .await
+            .map_err(|e| CallError::new(FailureKind::Other, format!("downsizing panicked: {e}")))?
+            .map_err(|e| CallError::new(FailureKind::BadInput, e.to_string()))
     }
 
     /// Hold a batch to the contract: one entry per input; each vector of the promised length (or

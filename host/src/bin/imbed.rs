@@ -80,6 +80,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Troubleshoot: is Ollama reachable and are its models pulled, do plugins load, are model
+    /// files present, which chain steps can answer right now.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Config commands.
     Config {
         #[command(subcommand)]
@@ -147,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         } => embed(config, inputs, base64, description, output, concurrency).await,
         Command::EmbedText { texts, output } => embed_text(config, texts, output).await,
         Command::Plugins { json } => plugins(config, json).await,
+        Command::Doctor { json } => doctor(config, json).await,
         Command::Config {
             command: ConfigCommand::Check { json },
         } => config_check(config, json).await,
@@ -465,4 +473,80 @@ async fn config_check(config: Config, json_out: bool) -> anyhow::Result<u8> {
     }
     // The config is valid even when plugins are missing; those steps are skipped at run time.
     Ok(exit::OK)
+}
+
+async fn doctor(config: Config, json_out: bool) -> anyhow::Result<u8> {
+    let imbed = Imbed::new(config).await?;
+    let report = imbed::doctor::run(&imbed).await;
+    let code = if report.can_answer() {
+        exit::OK
+    } else {
+        exit::EXHAUSTED
+    };
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(code);
+    }
+    println!("config: {}", report.config);
+    for o in &report.ollama {
+        match (&o.version, &o.error) {
+            (_, Some(e)) => println!(
+                "ollama ({}): NOT REACHABLE at {} — {e}",
+                o.plugin, o.base_url
+            ),
+            (v, None) => println!(
+                "ollama ({}): reachable at {} (version {})",
+                o.plugin,
+                o.base_url,
+                v.as_deref().unwrap_or("unknown")
+            ),
+        }
+        for m in &o.models {
+            match &m.fix {
+                None => println!("  {} model {}: present", m.role, m.name),
+                Some(fix) => println!("  {} model {}: PROBLEM — {fix}", m.role, m.name),
+            }
+        }
+    }
+    for p in &report.plugins {
+        match &p.health {
+            PluginHealth::Ready { name, version, .. } => {
+                println!("plugin {}: loads ({name} {version})", p.key)
+            }
+            PluginHealth::Failed { message, .. } => {
+                println!("plugin {}: DOES NOT LOAD — {message}", p.key)
+            }
+        }
+    }
+    for d in &report.model_dirs {
+        if d.exists {
+            println!(
+                "model files for {}: {} ({})",
+                d.plugin,
+                d.dir.display(),
+                d.files.join(", ")
+            );
+        } else {
+            println!(
+                "model files for {}: MISSING — {} does not exist",
+                d.plugin,
+                d.dir.display()
+            );
+        }
+    }
+    println!("chain steps, tried on a test image:");
+    for s in &report.steps {
+        let what = format!("{} {} ({})", s.step, s.kind, s.plugins.join(" + "));
+        match (&s.space, &s.problem) {
+            (Some(space), _) => println!("  {what}: can answer, space {space}"),
+            (_, problem) => println!(
+                "  {what}: cannot answer — {}",
+                problem.as_deref().unwrap_or("unknown")
+            ),
+        }
+    }
+    if !report.can_answer() {
+        println!("no step can answer: fix one of the problems above");
+    }
+    Ok(code)
 }

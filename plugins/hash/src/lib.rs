@@ -58,6 +58,10 @@ mod component {
                 version: env!("CARGO_PKG_VERSION").into(),
             }
         }
+
+        fn warm() -> Result<(), Error> {
+            Ok(())
+        }
     }
 
     impl embedder::Guest for HashPlugin {

@@ -141,6 +141,13 @@ impl plugin::Guest for Misbehave {
             version: "0.1.0".into(),
         }
     }
+
+    fn warm() -> Result<(), Error> {
+        match setting("warm", "ok").as_str() {
+            "ok" => Ok(()),
+            _ => Err(Error::Unavailable("warming failed (on purpose)".into())),
+        }
+    }
 }
 
 impl embedder::Guest for Misbehave {
