@@ -537,17 +537,11 @@ impl Imbed {
         }
     }
 
-    async fn text_step(&self, step: &Step, text: &str) -> std::result::Result<Found, StepError> {
-        let query = Description {
-            text: text.to_string(),
-            source: DescriptionSource::Query,
-            plugin: None,
-            model: None,
-            structured: None,
-        };
+    /// The plugin that embeds text for `step`, checked to land in the step's own space.
+    async fn text_embedder<'a>(&self, step: &'a Step) -> std::result::Result<&'a str, StepError> {
         match step {
             Step::DescribeThenEmbed { embedder, .. } | Step::Description { embedder } => {
-                self.embed_one_text(embedder, text, query).await
+                Ok(embedder)
             }
             Step::ImageEmbed { plugin: key } | Step::Hash { plugin: key } => {
                 let plugin = self.plugin(key)?;
@@ -574,9 +568,98 @@ impl Imbed {
                         )));
                     }
                 }
-                self.embed_one_text(key, text, query).await
+                Ok(key)
             }
         }
+    }
+
+    async fn text_step(&self, step: &Step, text: &str) -> std::result::Result<Found, StepError> {
+        let key = self.text_embedder(step).await?;
+        self.embed_one_text(key, text, query_description(text))
+            .await
+    }
+
+    /// Embed many texts (queries) in batches: each step gets every text still unanswered in one
+    /// call, so a backend such as Ollama sees one request per step, not one per text. Results
+    /// come in input order; an item that fails moves on to the next step alone.
+    pub async fn embed_texts(&self, texts: &[String]) -> Vec<Result<Embedding>> {
+        let mut results: Vec<Option<Result<Embedding>>> = texts
+            .iter()
+            .map(|t| {
+                t.trim()
+                    .is_empty()
+                    .then(|| Err(Error::Usage("the text to embed is empty".into())))
+            })
+            .collect();
+        let mut attempts: Vec<Vec<Attempt>> = vec![Vec::new(); texts.len()];
+        let mut pending: Vec<usize> = (0..texts.len()).filter(|&i| results[i].is_none()).collect();
+        for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
+            if pending.is_empty() {
+                break;
+            }
+            let kind = step.kind();
+            let batch: Vec<String> = pending.iter().map(|&i| texts[i].clone()).collect();
+            let answered = async {
+                let key = self.text_embedder(step).await?;
+                let plugin = self.plugin(key)?;
+                let model = plugin
+                    .text_model()
+                    .await
+                    .map_err(|e| StepError::of(key, e))?;
+                self.precheck(key, &model)?;
+                let (model, items) = plugin
+                    .embed_texts(&batch)
+                    .await
+                    .map_err(|e| StepError::of(key, e))?;
+                Ok::<_, StepError>((key, plugin.id.clone(), model, items))
+            }
+            .await;
+            let mut still = Vec::new();
+            match answered {
+                Err(e) => {
+                    for &i in &pending {
+                        let e = StepError {
+                            plugin: e.plugin.clone(),
+                            error: e.error.clone(),
+                        };
+                        self.accept(index, kind, Err(e), &mut attempts[i]);
+                    }
+                    continue;
+                }
+                Ok((key, plugin, model, items)) => {
+                    for (&i, item) in pending.iter().zip(items) {
+                        let outcome = item
+                            .map(|vector| Found {
+                                plugin: plugin.clone(),
+                                model: model.clone(),
+                                vector,
+                                description: Some(query_description(&texts[i])),
+                            })
+                            .map_err(|e| StepError::of(key, e));
+                        match self.accept(index, kind, outcome, &mut attempts[i]) {
+                            Some(embedding) => results[i] = Some(Ok(embedding)),
+                            None => still.push(i),
+                        }
+                    }
+                }
+            }
+            pending = still;
+        }
+        results
+            .into_iter()
+            .zip(attempts)
+            .map(|(r, attempts)| r.unwrap_or(Err(Error::Exhausted { attempts })))
+            .collect()
+    }
+}
+
+fn query_description(text: &str) -> Description {
+    Description {
+        text: text.to_string(),
+        source: DescriptionSource::Query,
+        plugin: None,
+        model: None,
+        structured: None,
     }
 }
 

@@ -6,6 +6,7 @@ mod chain;
 mod cli;
 mod hash;
 mod input;
+mod ollama;
 mod sandbox;
 
 use imbed::{Config, Embedding, Error, ImageRequest, ImageSource, Imbed};

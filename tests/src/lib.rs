@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use imbed::{Config, Env};
 
+pub mod ollama;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -60,11 +62,15 @@ pub fn build_components() -> &'static Path {
 
 /// Path of a built component: `hash`, `misbehave`, ...
 pub fn component(name: &str) -> PathBuf {
-    let file = match name {
-        "hash" => "imbed_hash.wasm".to_string(),
-        other => format!("{}.wasm", other.replace('-', "_")),
+    // Plugins are built as `imbed_<name>.wasm`, test programs under their own names.
+    let dir = build_components();
+    let snake = name.replace('-', "_");
+    let plugin = dir.join(format!("imbed_{snake}.wasm"));
+    let path = if plugin.is_file() {
+        plugin
+    } else {
+        dir.join(format!("{snake}.wasm"))
     };
-    let path = build_components().join(file);
     assert!(path.is_file(), "component {} was not built", path.display());
     path
 }
@@ -83,6 +89,7 @@ pub struct PluginSpec {
     memory_mb: Option<u64>,
     timeout_ms: Option<u64>,
     instances: Option<usize>,
+    limits: Vec<String>,
     http: Vec<String>,
     env: Vec<String>,
     model_dir: Option<PathBuf>,
@@ -97,6 +104,7 @@ impl PluginSpec {
             memory_mb: None,
             timeout_ms: None,
             instances: None,
+            limits: vec![],
             http: vec![],
             env: vec![],
             model_dir: None,
@@ -115,13 +123,14 @@ impl PluginSpec {
     }
 
     /// A string setting.
-    pub fn setting(mut self, key: &str, value: &str) -> Self {
-        self.settings.push((key.into(), toml_string(value)));
-        self
+    pub fn setting(self, key: &str, value: &str) -> Self {
+        self.setting_raw(key, &toml_string(value))
     }
 
     /// A setting written as a TOML literal (number, boolean, array).
     pub fn setting_raw(mut self, key: &str, toml_literal: &str) -> Self {
+        // A later value replaces an earlier one, as a user editing the file would.
+        self.settings.retain(|(k, _)| k != key);
         self.settings.push((key.into(), toml_literal.into()));
         self
     }
@@ -141,6 +150,12 @@ impl PluginSpec {
     /// Pool size.
     pub fn instances(mut self, n: usize) -> Self {
         self.instances = Some(n);
+        self
+    }
+
+    /// Any other `[limits]` key, as a TOML literal.
+    pub fn limit(mut self, key: &str, toml_literal: &str) -> Self {
+        self.limits.push(format!("{key} = {toml_literal}"));
         self
     }
 
@@ -284,6 +299,10 @@ impl TestConfig {
             if let Some(n) = p.instances {
                 t.push_str(&format!("instances = {n}\n"));
             }
+            for line in &p.limits {
+                t.push_str(line);
+                t.push('\n');
+            }
             t.push_str(&format!("[plugins.{key}.grants]\n"));
             let list = |v: &[String]| {
                 v.iter()
@@ -315,6 +334,14 @@ impl TestConfig {
     pub fn build(&self) -> Config {
         let text = self.toml();
         Config::from_toml_str(&text, "<test>", None, &Env::isolated())
+            .unwrap_or_else(|e| panic!("test config does not parse: {e}\n{text}"))
+    }
+
+    /// Parse the config with the given environment (for `${VAR}` references).
+    #[track_caller]
+    pub fn build_with_env(&self, env: &Env) -> Config {
+        let text = self.toml();
+        Config::from_toml_str(&text, "<test>", None, env)
             .unwrap_or_else(|e| panic!("test config does not parse: {e}\n{text}"))
     }
 
