@@ -8,7 +8,7 @@ use imbed_tests::{component, images, PluginSpec, TestConfig};
 use serde_json::Value;
 
 /// A command with a clean environment: no user config, home and data dirs inside `dir`.
-fn imbed(dir: &Path) -> Command {
+pub(crate) fn imbed(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imbed"));
     cmd.current_dir(dir)
         .env_remove("IMBED_CONFIG")

@@ -7,6 +7,7 @@ mod cli;
 mod hash;
 mod input;
 mod ollama;
+mod ollama_standin;
 mod sandbox;
 
 use imbed::{Config, Embedding, Error, ImageRequest, ImageSource, Imbed};

@@ -505,3 +505,61 @@ async fn doctor_reports_reachability_models_and_steps() {
         Err(e) => panic!("{e}"),
     }
 }
+
+#[test]
+fn the_doctor_command_prints_what_to_do() {
+    let ollama = OllamaStandIn::start();
+    ollama.remove_model("nomic-embed-text");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = chain(ollama_plugin(&ollama)).write(dir.path());
+    let out = crate::cli::imbed(dir.path())
+        .args(["--config", cfg.to_str().unwrap(), "doctor"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("reachable at http://127.0.0.1"), "{text}");
+    assert!(
+        text.contains("embed model nomic-embed-text: PROBLEM — run `ollama pull nomic-embed-text`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("0 describe-then-embed (ollama + ollama): cannot answer"),
+        "{text}"
+    );
+    assert!(text.contains("1 hash (hash): can answer"), "{text}");
+
+    let only_ollama = TestConfig::new()
+        .plugin("ollama", ollama_plugin(&ollama))
+        .describe_then_embed("ollama", "ollama");
+    let sub = dir.path().join("only");
+    std::fs::create_dir_all(&sub).unwrap();
+    let cfg = only_ollama.write(&sub);
+    let out = crate::cli::imbed(dir.path())
+        .args(["--config", cfg.to_str().unwrap(), "doctor", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["steps"][0]["ok"], false);
+}
+
+#[tokio::test]
+async fn warm_loads_the_models_at_start() {
+    let ollama = OllamaStandIn::start();
+    let _imbed = Imbed::new(chain(ollama_plugin(&ollama).limit("warm", "true")).build())
+        .await
+        .unwrap();
+    // Warming runs in the background: wait for it, boundedly.
+    let started = Instant::now();
+    while ollama.hits(Route::Embed) == 0 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let load = &ollama.requests_to(Route::Generate)[0];
+    assert_eq!(
+        (load.field("model"), load.field("prompt")),
+        (Some("llava"), Some(""))
+    );
+    assert!(ollama.hits(Route::Embed) >= 1);
+    assert_eq!(ollama.vision_calls(), 0, "warming sends no image");
+}

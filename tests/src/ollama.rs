@@ -525,8 +525,6 @@ impl Drop for OllamaStandIn {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        // Unblock hung requests too, though the runtime's shutdown would drop them anyway.
-        self.shared.hang.send_replace(false);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -632,7 +630,7 @@ impl OllamaStandIn {
     }
 
     /// Hang: model requests are accepted and never answered until this is turned off (they then
-    /// go on) or the stand-in is dropped.
+    /// go on) or the stand-in is dropped (their connections then close unanswered).
     pub fn set_hang(&self, hang: bool) {
         self.shared.hang.send_replace(hang);
     }
@@ -1069,15 +1067,13 @@ fn ndjson(lines: Vec<Value>, delay: Duration, ticket: Ticket) -> Response {
     response(200, "application/x-ndjson", Body::from_stream(stream))
 }
 
-/// The 400 for a body that does not bind, or the typed check's text.
+/// The body, or the text of the 400 for a body that does not bind or does not type-check.
 fn bind_checked(
     parsed: Result<Value, String>,
     struct_name: &str,
     fields: &[(&str, go::Ty)],
-) -> Result<Value, Response> {
-    parsed
-        .and_then(|v| go::check(&v, struct_name, fields).map(|()| v))
-        .map_err(|e| error_resp(400, e))
+) -> Result<Value, String> {
+    parsed.and_then(|v| go::check(&v, struct_name, fields).map(|()| v))
 }
 
 /// The last non-null value of a key, matched case-insensitively, as Go's decoder fills a field.
@@ -1086,7 +1082,7 @@ fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
         .iter()
         .filter(|(k, v)| k.eq_ignore_ascii_case(name) && !v.is_null())
         .map(|(_, v)| v)
-        .last()
+        .next_back()
 }
 
 fn str_of(v: &Value, name: &str) -> String {
@@ -1165,7 +1161,7 @@ fn details(m: &ModelSpec) -> Value {
 fn show(shared: &Shared, parsed: Result<Value, String>) -> Response {
     let v = match bind_checked(parsed, "ShowRequest", go::SHOW) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return error_resp(400, e),
     };
     let mut name = str_of(&v, "model");
     if name.is_empty() {
@@ -1248,7 +1244,7 @@ struct Job {
 async fn generate(shared: &Arc<Shared>, parsed: Result<Value, String>, start: Instant) -> Response {
     let v = match bind_checked(parsed, "GenerateRequest", go::GENERATE) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return error_resp(400, e),
     };
     let name = str_of(&v, "model");
     // An invalid name is reported as not found here, as the real handler does.
@@ -1304,7 +1300,7 @@ async fn generate(shared: &Arc<Shared>, parsed: Result<Value, String>, start: In
 async fn chat(shared: &Arc<Shared>, parsed: Result<Value, String>, start: Instant) -> Response {
     let v = match bind_checked(parsed, "ChatRequest", go::CHAT) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return error_resp(400, e),
     };
     let name = str_of(&v, "model");
     let Some(key) = canonical(&name) else {
@@ -1650,29 +1646,28 @@ fn colour_index(r: u8, g: u8, b: u8) -> usize {
 // ---------------------------------------------------------------------------------------------
 // Embeddings
 
-fn embed_inputs(v: &Value) -> Result<Vec<String>, Response> {
-    let invalid = || error_resp(400, "invalid input type");
+/// The inputs; `None` when `input` is neither a string nor a list of strings.
+fn embed_inputs(v: &Value) -> Option<Vec<String>> {
     match field(v, "input") {
-        None => Ok(vec![]),
-        Some(Value::String(s)) if s.is_empty() => Ok(vec![]),
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        None => Some(vec![]),
+        Some(Value::String(s)) if s.is_empty() => Some(vec![]),
+        Some(Value::String(s)) => Some(vec![s.clone()]),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|i| i.as_str().map(str::to_string).ok_or_else(invalid))
+            .map(|i| i.as_str().map(str::to_string))
             .collect(),
-        Some(_) => Err(invalid()),
+        Some(_) => None,
     }
 }
 
 async fn embed(shared: &Arc<Shared>, parsed: Result<Value, String>, start: Instant) -> Response {
     let v = match bind_checked(parsed, "EmbedRequest", go::EMBED) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return error_resp(400, e),
     };
     // The input's type is checked before the model, as the real handler does.
-    let inputs = match embed_inputs(&v) {
-        Ok(i) => i,
-        Err(r) => return r,
+    let Some(inputs) = embed_inputs(&v) else {
+        return error_resp(400, "invalid input type");
     };
     let name = str_of(&v, "model");
     let Some(key) = canonical(&name) else {
@@ -1750,7 +1745,7 @@ async fn embed(shared: &Arc<Shared>, parsed: Result<Value, String>, start: Insta
 async fn embeddings(shared: &Arc<Shared>, parsed: Result<Value, String>) -> Response {
     let v = match bind_checked(parsed, "EmbeddingRequest", go::EMBEDDINGS) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return error_resp(400, e),
     };
     let name = str_of(&v, "model");
     let Some(key) = canonical(&name) else {
