@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::config::{Config, Step};
 use crate::error::{Error, Result};
 use crate::input::{self, ImageSource, ValidImage};
-use crate::plugin::{CallError, ModelInfo, Plugin, Roles, Runtime};
+use crate::plugin::{CallError, ItemResult, ModelInfo, Plugin, Roles, Runtime};
 use crate::types::{
     Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, StepKind,
 };
@@ -55,6 +55,8 @@ pub struct PluginStatus {
     pub env: Vec<String>,
     /// Read-only model directory granted (mounted at `/model`).
     pub model_dir: Option<PathBuf>,
+    /// TCP addresses granted for direct connections.
+    pub sockets: Vec<String>,
     /// Memory cap in MiB.
     pub memory_mb: u64,
     /// Deadline per call in milliseconds.
@@ -233,6 +235,7 @@ impl Imbed {
                         .collect(),
                     env: cfg.grants.env.clone(),
                     model_dir: cfg.grants.model_dir.clone(),
+                    sockets: cfg.grants.sockets.iter().map(|a| a.to_string()).collect(),
                     memory_mb: cfg.memory_bytes >> 20,
                     timeout_ms: cfg.timeout.as_millis(),
                     health: match slot {
@@ -435,26 +438,36 @@ impl Imbed {
         }
     }
 
-    async fn embed_one_text(
+    /// One text embedder, one batch: checks the space first, then embeds.
+    async fn text_batch(
         &self,
         key: &str,
-        text: &str,
-        description: Description,
-    ) -> std::result::Result<Found, StepError> {
+        texts: &[String],
+    ) -> std::result::Result<(PluginId, ModelInfo, Vec<ItemResult>), StepError> {
         let plugin = self.plugin(key)?;
         let model = plugin
             .text_model()
             .await
             .map_err(|e| StepError::of(key, e))?;
         self.precheck(key, &model)?;
-        let (model, mut vectors) = plugin
-            .embed_texts(&[text.to_string()])
+        let (model, items) = plugin
+            .embed_texts(texts)
             .await
             .map_err(|e| StepError::of(key, e))?;
+        Ok((plugin.id.clone(), model, items))
+    }
+
+    async fn embed_one_text(
+        &self,
+        key: &str,
+        text: &str,
+        description: Description,
+    ) -> std::result::Result<Found, StepError> {
+        let (plugin, model, mut items) = self.text_batch(key, &[text.to_string()]).await?;
         Ok(Found {
-            plugin: plugin.id.clone(),
+            plugin,
             model,
-            vector: vectors.remove(0).map_err(|e| StepError::of(key, e))?,
+            vector: items.remove(0).map_err(|e| StepError::of(key, e))?,
             description: Some(description),
         })
     }
@@ -601,17 +614,8 @@ impl Imbed {
             let batch: Vec<String> = pending.iter().map(|&i| texts[i].clone()).collect();
             let answered = async {
                 let key = self.text_embedder(step).await?;
-                let plugin = self.plugin(key)?;
-                let model = plugin
-                    .text_model()
-                    .await
-                    .map_err(|e| StepError::of(key, e))?;
-                self.precheck(key, &model)?;
-                let (model, items) = plugin
-                    .embed_texts(&batch)
-                    .await
-                    .map_err(|e| StepError::of(key, e))?;
-                Ok::<_, StepError>((key, plugin.id.clone(), model, items))
+                let (plugin, model, items) = self.text_batch(key, &batch).await?;
+                Ok::<_, StepError>((key, plugin, model, items))
             }
             .await;
             let mut still = Vec::new();

@@ -242,6 +242,9 @@ pub struct Grants {
     pub env: Vec<String>,
     /// A directory the plugin may read (not write), mounted at `/model`.
     pub model_dir: Option<PathBuf>,
+    /// TCP addresses (`ip:port`) the plugin may connect to directly with WASI sockets. Prefer
+    /// `http`: there the host checks every request; a raw socket carries anything.
+    pub sockets: Vec<std::net::SocketAddr>,
 }
 
 /// One plugin's section.
@@ -352,6 +355,8 @@ struct RawGrants {
     #[serde(default)]
     env: Vec<Spanned<String>>,
     model_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    sockets: Vec<Spanned<String>>,
 }
 
 /// Validation context: turns byte spans into line numbers and expands `${VAR}`.
@@ -698,6 +703,19 @@ fn validate_plugin(
         }
         env.push(v.clone());
     }
+    let mut sockets = Vec::new();
+    for addr in &raw.grants.sockets {
+        let text = ctx.expand(addr)?;
+        match text.parse::<std::net::SocketAddr>() {
+            Ok(a) => sockets.push(a),
+            Err(_) => {
+                return ctx.err(
+                    Some(addr.span()),
+                    format!("plugin {name:?}: socket grant {text:?} is not an address: write it as ip:port, e.g. 127.0.0.1:5432"),
+                )
+            }
+        }
+    }
     let model_dir = raw
         .grants
         .model_dir
@@ -731,6 +749,7 @@ fn validate_plugin(
             http,
             env,
             model_dir,
+            sockets,
         },
         settings,
     })

@@ -635,6 +635,20 @@ impl Plugin {
                     )
                 })?;
         }
+        if !cfg.grants.sockets.is_empty() {
+            let allowed = cfg.grants.sockets.clone();
+            wasi.allow_tcp(true);
+            wasi.socket_addr_check(move |addr, usage| {
+                use wasmtime_wasi::sockets::SocketAddrUse;
+                let ok = match usage {
+                    SocketAddrUse::TcpConnect => allowed.contains(&addr),
+                    // `connect` first binds implicitly to the wildcard address: allow only that.
+                    SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                    _ => false,
+                };
+                Box::pin(async move { ok })
+            });
+        }
         let state = PluginState {
             wasi: wasi.build(),
             table: ResourceTable::new(),

@@ -166,6 +166,32 @@ async fn raw_sockets_are_denied() {
     reason(&e, FailureKind::Other, "connecting to");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(counter.count(), 0);
+
+    // Granting another address does not open this one.
+    let e = contained(
+        PluginSpec::misbehave("socket")
+            .setting("addr", &counter.addr())
+            .grant_socket("127.0.0.1:1"),
+    )
+    .await;
+    reason(&e, FailureKind::Other, "connecting to");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(counter.count(), 0);
+
+    // A granted address is reachable.
+    let config = imbed_tests::TestConfig::new()
+        .plugin(
+            "net",
+            PluginSpec::misbehave("socket")
+                .setting("addr", &counter.addr())
+                .grant_socket(&counter.addr()),
+        )
+        .image_embed("net")
+        .build();
+    let e = crate::embed_png(config, None).await.unwrap();
+    assert_eq!(e.provenance.plugin.key, "net");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(counter.count(), 1);
 }
 
 #[tokio::test]

@@ -92,6 +92,7 @@ pub struct PluginSpec {
     limits: Vec<String>,
     http: Vec<String>,
     env: Vec<String>,
+    sockets: Vec<String>,
     model_dir: Option<PathBuf>,
     settings: Vec<(String, String)>,
 }
@@ -107,6 +108,7 @@ impl PluginSpec {
             limits: vec![],
             http: vec![],
             env: vec![],
+            sockets: vec![],
             model_dir: None,
             settings: vec![],
         }
@@ -168,6 +170,12 @@ impl PluginSpec {
     /// Grant an environment variable.
     pub fn grant_env(mut self, var: &str) -> Self {
         self.env.push(var.into());
+        self
+    }
+
+    /// Grant a direct TCP connection to `ip:port`.
+    pub fn grant_socket(mut self, addr: &str) -> Self {
+        self.sockets.push(addr.into());
         self
     }
 
@@ -311,9 +319,10 @@ impl TestConfig {
                     .join(", ")
             };
             t.push_str(&format!(
-                "http = [{}]\nenv = [{}]\n",
+                "http = [{}]\nenv = [{}]\nsockets = [{}]\n",
                 list(&p.http),
-                list(&p.env)
+                list(&p.env),
+                list(&p.sockets)
             ));
             if let Some(dir) = &p.model_dir {
                 t.push_str(&format!(
