@@ -65,6 +65,52 @@ pub struct PluginStatus {
     pub health: PluginHealth,
 }
 
+/// Check a component file as a plugin: compile it, list what it imports and exports, and load
+/// it with nothing granted to see whether it answers. For `imbed plugins check`.
+pub async fn check_plugin(
+    path: &std::path::Path,
+) -> Result<(crate::plugin::ComponentReport, PluginHealth)> {
+    let bytes = tokio::fs::read(path).await.map_err(|source| {
+        Error::Input(crate::input::InputError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
+    let runtime = Arc::new(Runtime::new(None).map_err(Error::Engine)?);
+    let report = runtime.inspect(&bytes).map_err(|e| {
+        // The parser's message spans lines (a hex dump of the header); its first line says it.
+        let first = e.lines().next().unwrap_or_default().to_string();
+        Error::Usage(format!(
+            "{} is not a valid WebAssembly component: {first}",
+            path.display()
+        ))
+    })?;
+    let cfg = crate::config::PluginConfig {
+        path: path.to_path_buf(),
+        memory_bytes: 512 << 20,
+        timeout: std::time::Duration::from_secs(30),
+        pool_size: 1,
+        warm: false,
+        image_max_side: None,
+        grants: Default::default(),
+        settings: Default::default(),
+    };
+    let health = match runtime.load("check", &cfg).await {
+        Ok(p) => PluginHealth::Ready {
+            name: p.id.name.clone(),
+            version: p.id.version.clone(),
+            roles: p.roles(),
+            from_cache: p.from_cache,
+            load_ms: p.load_time.as_secs_f64() * 1000.0,
+        },
+        Err(e) => PluginHealth::Failed {
+            kind: e.kind,
+            message: e.message,
+        },
+    };
+    Ok((report, health))
+}
+
 /// Whether one chain step can answer right now.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepCheck {

@@ -31,11 +31,11 @@ mod plugin;
 pub mod types;
 
 pub use blocking::BlockingImbed;
-pub use chain::{ImageRequest, Imbed, PluginHealth, PluginStatus, StepCheck};
+pub use chain::{check_plugin, ImageRequest, Imbed, PluginHealth, PluginStatus, StepCheck};
 pub use config::{Config, ConfigError, Env};
 pub use error::{Error, Result};
 pub use input::{ImageSource, InputError, ValidImage};
-pub use plugin::Roles;
+pub use plugin::{ComponentReport, Roles};
 pub use types::{
     Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance,
     StepKind, StructuredDescription,

@@ -456,6 +456,14 @@ impl Runtime {
                     cfg.path.display()
                 ))
             })?;
+        if let Some(found) = contract_version(&self.engine, &component) {
+            if found != CONTRACT_VERSION {
+                return Err(not_installed(format!(
+                    "{} is built for imbed:plugin@{found}, but this host serves imbed:plugin@{CONTRACT_VERSION}: rebuild the plugin against wit/{CONTRACT_VERSION}, or use an imbed release that serves {found}",
+                    cfg.path.display()
+                )));
+            }
+        }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             not_installed(format!(
                 "{} imports something imbed does not provide (is it built for imbed:plugin@{CONTRACT_VERSION}?): {e:#}",
@@ -504,6 +512,73 @@ impl Runtime {
         plugin.id.version = info.version;
         plugin.load_time = started.elapsed();
         Ok(plugin)
+    }
+}
+
+/// The version of the `imbed:plugin` contract a component exports, from its export names.
+fn contract_version(engine: &Engine, component: &Component) -> Option<String> {
+    component
+        .component_type()
+        .exports(engine)
+        .find_map(|(name, _)| {
+            name.strip_prefix("imbed:plugin/plugin@")
+                .map(str::to_string)
+        })
+}
+
+/// What `imbed plugins check` reports about a component file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComponentReport {
+    /// The contract version it exports, if it exports `imbed:plugin/plugin` at all.
+    pub contract: Option<String>,
+    /// Everything it imports, by name.
+    pub imports: Vec<String>,
+    /// Everything it exports, by name.
+    pub exports: Vec<String>,
+    /// Grants it may ask for, from its imports (a std guest imports filesystem and environment
+    /// interfaces even when it never uses them: a capability listed here is possible, not certain).
+    pub capabilities: Vec<String>,
+}
+
+impl Runtime {
+    /// Compile a component file and describe its imports, exports and contract version.
+    pub(crate) fn inspect(&self, bytes: &[u8]) -> Result<ComponentReport, String> {
+        let (component, _) = self.compile(bytes)?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let uses = |prefix: &str| imports.iter().any(|i| i.starts_with(prefix));
+        let mut capabilities = Vec::new();
+        if uses("imbed:plugin/http") {
+            capabilities.push(
+                "http: outbound HTTP through the host (grants.http = [\"scheme://host:port\"])"
+                    .into(),
+            );
+        }
+        if uses("wasi:filesystem/") {
+            capabilities.push(
+                "files: reading a model directory (grants.model_dir), if it reads files".into(),
+            );
+        }
+        if uses("wasi:cli/environment") {
+            capabilities.push("env: environment variables (grants.env), if it reads any".into());
+        }
+        if uses("wasi:sockets/tcp") || uses("wasi:sockets/udp") {
+            capabilities
+                .push("sockets: direct TCP connections (grants.sockets), if it opens any".into());
+        }
+        Ok(ComponentReport {
+            contract: contract_version(&self.engine, &component),
+            imports,
+            exports,
+            capabilities,
+        })
     }
 }
 

@@ -290,3 +290,24 @@ async fn many_images_embed_concurrently_in_order_with_per_item_errors() {
     // Same input order: the first and fifth pictures share a pattern (seed 0 and 4).
     assert!(ok[0].similarity(ok[4]).unwrap() > 0.99);
 }
+
+#[tokio::test]
+async fn a_plugin_for_another_contract_version_is_refused_naming_both_versions() {
+    let config = TestConfig::new()
+        .plugin(
+            "future",
+            PluginSpec::file(imbed_tests::component("future-contract")),
+        )
+        .plugin("hash", PluginSpec::hash())
+        .image_embed("future")
+        .hash("hash")
+        .build();
+    let e = embed_png(config, None).await.unwrap();
+    let a = &e.provenance.attempts[0];
+    assert_eq!(a.kind, FailureKind::NotInstalled);
+    assert!(
+        a.message.contains("imbed:plugin@9.0.0") && a.message.contains("imbed:plugin@0.1.0"),
+        "{}",
+        a.message
+    );
+}

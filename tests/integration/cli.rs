@@ -295,3 +295,66 @@ fn dotenv_and_environment_feed_the_config() {
         .unwrap();
     assert_eq!(lines(&out)[0]["provenance"]["dimensions"], 96);
 }
+
+#[test]
+fn plugins_check_describes_a_component_and_refuses_other_contract_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = imbed(dir.path())
+        .args([
+            "plugins",
+            "check",
+            component("hash").to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["component"]["contract"], "0.1.0");
+    assert_eq!(v["health"]["state"], "ready");
+    assert_eq!(v["health"]["roles"]["text_embedder"], true);
+    let exports: Vec<&str> = v["component"]["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        exports.contains(&"imbed:plugin/image-embedder@0.1.0"),
+        "{exports:?}"
+    );
+
+    let out = imbed(dir.path())
+        .args(["plugins", "check", component("misbehave").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("capability:   http"), "{text}");
+
+    let out = imbed(dir.path())
+        .args([
+            "plugins",
+            "check",
+            component("future-contract").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("built for imbed:plugin@9.0.0, but this host serves imbed:plugin@0.1.0"),
+        "{text}"
+    );
+
+    std::fs::write(dir.path().join("x.wasm"), "not wasm").unwrap();
+    let out = imbed(dir.path())
+        .args(["plugins", "check", "x.wasm"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3);
+    assert!(
+        stderr(&out).contains("x.wasm is not a valid WebAssembly component"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -79,6 +79,8 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<PluginsAction>,
     },
     /// Troubleshoot: is Ollama reachable and are its models pulled, do plugins load, are model
     /// files present, which chain steps can answer right now.
@@ -91,6 +93,19 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsAction {
+    /// Check a component file against the contract: what it imports and exports, which contract
+    /// version it targets, what it may need granted, and whether it loads and answers.
+    Check {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -142,6 +157,14 @@ fn init_logging(level: &str) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
+    // Checking a file needs no config: a broken config must not stop a plugin author.
+    if let Command::Plugins {
+        action: Some(PluginsAction::Check { file, json }),
+        ..
+    } = &cli.command
+    {
+        return plugins_check(file, *json).await;
+    }
     let env = Env::from_process();
     let config = Config::discover(cli.config.as_deref(), &env).map_err(Error::from)?;
     match cli.command {
@@ -153,7 +176,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             concurrency,
         } => embed(config, inputs, base64, description, output, concurrency).await,
         Command::EmbedText { texts, output } => embed_text(config, texts, output).await,
-        Command::Plugins { json } => plugins(config, json).await,
+        Command::Plugins {
+            action: Some(PluginsAction::Check { file, json }),
+            ..
+        } => plugins_check(&file, json).await,
+        Command::Plugins { json, action: None } => plugins(config, json).await,
         Command::Doctor { json } => doctor(config, json).await,
         Command::Config {
             command: ConfigCommand::Check { json },
@@ -549,4 +576,51 @@ async fn doctor(config: Config, json_out: bool) -> anyhow::Result<u8> {
         println!("no step can answer: fix one of the problems above");
     }
     Ok(code)
+}
+
+async fn plugins_check(file: &std::path::Path, json_out: bool) -> anyhow::Result<u8> {
+    let (report, health) = match imbed::check_plugin(file).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("imbed: {e}");
+            return Ok(exit::BAD_INPUT);
+        }
+    };
+    let ok = matches!(health, PluginHealth::Ready { .. });
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "component": report, "health": health }))?
+        );
+    } else {
+        println!("{}:", file.display());
+        match &report.contract {
+            Some(v) => println!("  contract:     imbed:plugin@{v}"),
+            None => println!("  contract:     none (it does not export imbed:plugin/plugin)"),
+        }
+        match &health {
+            PluginHealth::Ready {
+                name,
+                version,
+                roles,
+                ..
+            } => {
+                println!(
+                    "  loads:        yes — {name} {version}, {}",
+                    roles_text(roles)
+                )
+            }
+            PluginHealth::Failed { message, .. } => println!("  loads:        NO — {message}"),
+        }
+        println!("  exports:      {}", report.exports.join(", "));
+        println!("  imports:      {}", report.imports.join(", "));
+        if report.capabilities.is_empty() {
+            println!("  capabilities: none");
+        } else {
+            for c in &report.capabilities {
+                println!("  capability:   {c}");
+            }
+        }
+    }
+    Ok(if ok { exit::OK } else { exit::BAD_INPUT })
 }
