@@ -159,8 +159,25 @@ enum Slot {
     Failed(CallError),
 }
 
+/// How an [`Imbed`] is set up beyond its config.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Options {
+    /// Refuse image URLs that lead to non-public addresses (for untrusted callers).
+    pub url_guard: Option<crate::input::UrlGuard>,
+}
+
+impl Options {
+    /// Guard image URLs with `guard`.
+    pub fn url_guard(mut self, guard: crate::input::UrlGuard) -> Self {
+        self.url_guard = Some(guard);
+        self
+    }
+}
+
 struct Inner {
     config: Config,
+    url_guard: Option<crate::input::UrlGuard>,
     plugins: BTreeMap<String, Slot>,
     http: reqwest::Client,
     // Declared last: dropped after the plugins that use its engine.
@@ -207,6 +224,11 @@ impl Imbed {
     /// Start the engine and load every plugin the config lists. A plugin that fails to load
     /// does not fail this call: its steps are skipped with the reason recorded.
     pub async fn new(config: Config) -> Result<Imbed> {
+        Imbed::with_options(config, Options::default()).await
+    }
+
+    /// [`Imbed::new`] with [`Options`].
+    pub async fn with_options(config: Config, options: Options) -> Result<Imbed> {
         let runtime = Arc::new(Runtime::new(config.cache_dir.clone()).map_err(Error::Engine)?);
         let loads = config.plugins.iter().map(|(key, cfg)| {
             let runtime = runtime.clone();
@@ -242,14 +264,19 @@ impl Imbed {
                 }
             }
         }
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .connect_timeout(config.input.download_timeout)
-            .user_agent(concat!("imbed/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Engine(format!("cannot build the HTTP client: {e}")))?;
+        let user_agent = concat!("imbed/", env!("CARGO_PKG_VERSION"));
+        let http = match &options.url_guard {
+            Some(guard) => guard.client(user_agent).map_err(Error::Engine)?,
+            None => reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::limited(5))
+                .connect_timeout(config.input.download_timeout)
+                .user_agent(user_agent)
+                .build()
+                .map_err(|e| Error::Engine(format!("cannot build the HTTP client: {e}")))?,
+        };
         Ok(Imbed {
             inner: Arc::new(Inner {
+                url_guard: options.url_guard,
                 config,
                 plugins,
                 http,
@@ -319,7 +346,8 @@ impl Imbed {
     /// Read and validate an image without embedding it.
     pub async fn load_image(&self, source: &ImageSource) -> Result<ValidImage> {
         let limits = self.inner.config.input.clone();
-        let bytes = input::read_source(source, &limits, &self.inner.http).await?;
+        let guard = self.inner.url_guard.as_ref();
+        let bytes = input::read_source(source, &limits, &self.inner.http, guard).await?;
         let label = source.label();
         let validated =
             tokio::task::spawn_blocking(move || input::validate(bytes, &label, &limits))

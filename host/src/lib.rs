@@ -31,10 +31,10 @@ mod plugin;
 pub mod types;
 
 pub use blocking::BlockingImbed;
-pub use chain::{check_plugin, ImageRequest, Imbed, PluginHealth, PluginStatus, StepCheck};
+pub use chain::{check_plugin, ImageRequest, Imbed, Options, PluginHealth, PluginStatus, StepCheck};
 pub use config::{Config, ConfigError, Env};
 pub use error::{Error, Result};
-pub use input::{ImageSource, InputError, ValidImage};
+pub use input::{ImageSource, InputError, UrlGuard, ValidImage};
 pub use plugin::{ComponentReport, Roles};
 pub use types::{
     Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance,
