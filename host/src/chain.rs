@@ -397,6 +397,52 @@ impl Imbed {
         Err(Error::Exhausted { attempts })
     }
 
+    /// Describe an image with the chain's describers, in chain order, without embedding.
+    pub async fn describe(&self, image: &ValidImage, prompt: Option<&str>) -> Result<Description> {
+        let mut attempts = Vec::new();
+        for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
+            let Step::DescribeThenEmbed {
+                describer,
+                prompt: step_prompt,
+                ..
+            } = step
+            else {
+                continue;
+            };
+            let outcome = async {
+                let plugin = self.plugin(describer)?;
+                let d = plugin
+                    .describe(image, prompt.or(step_prompt.as_deref()))
+                    .await
+                    .map_err(|e| StepError::of(describer, e))?;
+                Ok::<_, StepError>(Description {
+                    text: d.text,
+                    source: DescriptionSource::Model,
+                    plugin: Some(plugin.id.clone()),
+                    model: Some(d.model),
+                    structured: d.structured,
+                })
+            }
+            .await;
+            match outcome {
+                Ok(d) => return Ok(d),
+                Err(e) => attempts.push(Attempt {
+                    step: index,
+                    step_kind: step.kind(),
+                    plugin: e.plugin,
+                    kind: e.error.kind,
+                    message: e.error.message,
+                }),
+            }
+        }
+        if attempts.is_empty() {
+            return Err(Error::Usage(
+                "the chain has no describe-then-embed step, so nothing can describe images".into(),
+            ));
+        }
+        Err(Error::Exhausted { attempts })
+    }
+
     /// Try every step on its own with a small test image and a test description: which steps
     /// can answer right now, and why the others cannot.
     pub async fn check_steps(&self) -> Vec<StepCheck> {

@@ -271,6 +271,36 @@ pub struct PluginConfig {
     pub settings: BTreeMap<String, String>,
 }
 
+/// Settings of `imbed serve`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub listen: String,
+    /// Bearer tokens that may call the API; empty means no authentication.
+    pub api_keys: Vec<String>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Requests handled at once; more are refused with 503 at once rather than queued.
+    pub max_in_flight: usize,
+    /// Deadline of one request, passed down the chain: work for a caller who has gone is dropped.
+    pub request_timeout: Duration,
+    /// Non-public hosts and addresses that image URLs may still reach.
+    pub url_allow: crate::input::UrlGuard,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: "127.0.0.1:8080".into(),
+            api_keys: Vec::new(),
+            max_body_bytes: 32 << 20,
+            max_in_flight: 64,
+            request_timeout: Duration::from_secs(120),
+            url_allow: Default::default(),
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -284,6 +314,8 @@ pub struct Config {
     pub chain: ChainConfig,
     /// Plugins by config key.
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// `imbed serve` settings.
+    pub server: ServerSettings,
 }
 
 #[derive(Deserialize)]
@@ -296,6 +328,21 @@ struct RawConfig {
     chain: Spanned<RawChain>,
     #[serde(default)]
     plugins: BTreeMap<Spanned<String>, Spanned<RawPlugin>>,
+    #[serde(default)]
+    server: RawServer,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    api_keys: Vec<Spanned<String>>,
+    max_body_mb: Option<usize>,
+    max_in_flight: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    #[serde(default)]
+    url_allow: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -600,7 +647,10 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         None => None,
     };
 
+    let server = validate_server(&raw.server, ctx)?;
+
     Ok(Config {
+        server,
         source: ctx.file.to_string(),
         cache_dir,
         input,
@@ -609,6 +659,70 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
             steps,
         },
         plugins,
+    })
+}
+
+fn validate_server(raw: &RawServer, ctx: &Ctx<'_>) -> Result<ServerSettings, ConfigError> {
+    let defaults = ServerSettings::default();
+    let mut api_keys = Vec::new();
+    for key in &raw.api_keys {
+        let k = ctx.expand(key)?;
+        if k.trim().len() < 8 {
+            return ctx.err(
+                Some(key.span()),
+                "an api key must have at least 8 characters",
+            );
+        }
+        api_keys.push(k.trim().to_string());
+    }
+    // Keys can also come from the environment, so they need not sit in the file.
+    if let Some(from_env) = ctx.env.get("IMBED_API_KEYS") {
+        api_keys.extend(
+            from_env
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_string),
+        );
+    }
+    let mut url_allow = crate::input::UrlGuard::default();
+    for entry in &raw.url_allow {
+        let e = ctx.expand(entry)?;
+        match e.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) => url_allow.allow_ips.push(ip),
+            Err(_) if !e.trim().is_empty() && !e.contains('/') => {
+                url_allow.allow_hosts.push(e.trim().to_string())
+            }
+            Err(_) => {
+                return ctx.err(
+                    Some(entry.span()),
+                    format!("url_allow entry {e:?} must be a host name or an IP address"),
+                )
+            }
+        }
+    }
+    let max_in_flight = raw.max_in_flight.unwrap_or(defaults.max_in_flight);
+    if max_in_flight == 0 {
+        return ctx.err(None, "[server] max_in_flight must be at least 1");
+    }
+    Ok(ServerSettings {
+        listen: raw
+            .listen
+            .as_ref()
+            .map(|l| ctx.expand(l))
+            .transpose()?
+            .unwrap_or(defaults.listen),
+        api_keys,
+        max_body_bytes: raw
+            .max_body_mb
+            .map(|m| m << 20)
+            .unwrap_or(defaults.max_body_bytes),
+        max_in_flight,
+        request_timeout: raw
+            .request_timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.request_timeout),
+        url_allow,
     })
 }
 

@@ -291,14 +291,20 @@ impl UrlGuard {
     fn allowed(&self, host: &str, ip: IpAddr) -> bool {
         is_public(ip)
             || self.allow_ips.contains(&ip)
-            || self.allow_hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+            || self
+                .allow_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host))
     }
 
     /// Check a URL before a request or a redirect: http(s) only, and a literal IP must be
     /// allowed (host names are checked when they resolve, on the address then connected to).
     pub fn check_url(&self, url: &url::Url) -> Result<(), String> {
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("scheme {}: is not allowed; use http or https", url.scheme()));
+            return Err(format!(
+                "scheme {}: is not allowed; use http or https",
+                url.scheme()
+            ));
         }
         let ip = match url.host() {
             Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
@@ -306,7 +312,10 @@ impl UrlGuard {
             Some(url::Host::Domain(_)) => return Ok(()),
             None => return Err("the URL has no host".into()),
         };
-        let host = url.host_str().unwrap_or_default().trim_matches(|c| c == '[' || c == ']');
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(|c| c == '[' || c == ']');
         if self.allowed(host, ip) {
             Ok(())
         } else {
@@ -388,9 +397,13 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let guard = self.guard.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<std::net::SocketAddr> =
-                addrs.iter().copied().filter(|a| guard.allowed(&host, a.ip())).collect();
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<std::net::SocketAddr> = addrs
+                .iter()
+                .copied()
+                .filter(|a| guard.allowed(&host, a.ip()))
+                .collect();
             if allowed.is_empty() {
                 let seen: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
                 return Err(format!(
@@ -613,7 +626,20 @@ mod tests {
 
     #[test]
     fn only_public_addresses_pass_the_guard() {
-        for private in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1", "::"] {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+            "::",
+        ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
         for public in ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"] {
@@ -625,8 +651,13 @@ mod tests {
         assert!(check("http://[::1]:8080/x.png").is_err());
         assert!(check("file:///etc/passwd").is_err());
         assert!(check("https://example.com/x.png").is_ok());
-        let open = UrlGuard { allow_ips: vec!["127.0.0.1".parse().unwrap()], ..UrlGuard::default() };
-        assert!(open.check_url(&url::Url::parse("http://127.0.0.1/x.png").unwrap()).is_ok());
+        let open = UrlGuard {
+            allow_ips: vec!["127.0.0.1".parse().unwrap()],
+            ..UrlGuard::default()
+        };
+        assert!(open
+            .check_url(&url::Url::parse("http://127.0.0.1/x.png").unwrap())
+            .is_ok());
     }
 
     #[test]

@@ -28,10 +28,13 @@ pub mod doctor;
 pub mod error;
 pub mod input;
 mod plugin;
+pub mod server;
 pub mod types;
 
 pub use blocking::BlockingImbed;
-pub use chain::{check_plugin, ImageRequest, Imbed, Options, PluginHealth, PluginStatus, StepCheck};
+pub use chain::{
+    check_plugin, ImageRequest, Imbed, Options, PluginHealth, PluginStatus, StepCheck,
+};
 pub use config::{Config, ConfigError, Env};
 pub use error::{Error, Result};
 pub use input::{ImageSource, InputError, UrlGuard, ValidImage};

@@ -9,6 +9,7 @@ mod input;
 mod ollama;
 mod ollama_standin;
 mod sandbox;
+mod server;
 
 use imbed::{Config, Embedding, Error, ImageRequest, ImageSource, Imbed};
 use imbed_tests::images;

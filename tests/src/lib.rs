@@ -198,6 +198,7 @@ pub struct TestConfig {
     require_space: Option<String>,
     cache_dir: Option<PathBuf>,
     input: Vec<String>,
+    server: Vec<String>,
 }
 
 impl TestConfig {
@@ -265,6 +266,12 @@ impl TestConfig {
         self
     }
 
+    /// Set a `[server]` key to a TOML literal.
+    pub fn server(mut self, key: &str, toml_literal: &str) -> Self {
+        self.server.push(format!("{key} = {toml_literal}"));
+        self
+    }
+
     /// The config as TOML text.
     pub fn toml(&self) -> String {
         let mut t = String::new();
@@ -279,6 +286,13 @@ impl TestConfig {
         if !self.input.is_empty() {
             t.push_str("[input]\n");
             for line in &self.input {
+                t.push_str(line);
+                t.push('\n');
+            }
+        }
+        if !self.server.is_empty() {
+            t.push_str("[server]\n");
+            for line in &self.server {
                 t.push_str(line);
                 t.push('\n');
             }

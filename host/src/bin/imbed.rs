@@ -89,6 +89,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the HTTP API (OpenAI- and Ollama-compatible embeddings, native endpoints,
+    /// /health, /metrics) until Ctrl-C or SIGTERM; requests in flight are finished first.
+    Serve {
+        /// Address to listen on (default: [server] listen, else 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Config commands.
     Config {
         #[command(subcommand)]
@@ -182,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         } => plugins_check(&file, json).await,
         Command::Plugins { json, action: None } => plugins(config, json).await,
         Command::Doctor { json } => doctor(config, json).await,
+        Command::Serve { listen } => serve(config, listen).await,
         Command::Config {
             command: ConfigCommand::Check { json },
         } => config_check(config, json).await,
@@ -623,4 +631,40 @@ async fn plugins_check(file: &std::path::Path, json_out: bool) -> anyhow::Result
         }
     }
     Ok(if ok { exit::OK } else { exit::BAD_INPUT })
+}
+
+async fn serve(config: Config, listen: Option<String>) -> anyhow::Result<u8> {
+    let listen = listen.unwrap_or_else(|| config.server.listen.clone());
+    let state = imbed::server::AppState::build(config).await?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("imbed: serving on http://{}", listener.local_addr()?);
+    imbed::server::serve(listener, state, shutdown_signal())
+        .await
+        .context("the server failed")?;
+    eprintln!("imbed: stopped");
+    Ok(exit::OK)
+}
+
+/// Ctrl-C or SIGTERM: the server stops accepting, finishes what is in flight, then exits.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
 }
