@@ -588,3 +588,23 @@ async fn handlers_answer_without_a_socket() {
         .unwrap();
     assert_eq!(response.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_and_ollama_clients_work_unchanged() {
+    let s = start(config()).await;
+    let script = imbed_tests::repo_root().join("tests/clients/check_clients.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(&s.base)
+        .output()
+        .await
+        .expect("python3 runs (scripts/setup --test installs the clients)");
+    assert!(
+        out.status.success(),
+        "the Python clients failed (run scripts/setup --test to install them):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("clients ok"));
+    s.shutdown().await;
+}
