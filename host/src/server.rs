@@ -393,11 +393,7 @@ async fn embed_items(state: &AppState, items: Vec<Item>) -> Vec<Result<Embedding
         })
         .collect();
     out.sort_by_key(|(i, _)| *i);
-    let results: Vec<_> = out.into_iter().map(|(_, r)| r).collect();
-    for r in &results {
-        state.metrics.outcome(r);
-    }
-    results
+    out.into_iter().map(|(_, r)| r).collect()
 }
 
 fn embedding_json(e: &Embedding) -> Value {
@@ -681,8 +677,9 @@ async fn image_request_from(
 
 async fn native_image(state: &AppState, request: Request) -> Result<Response, Failure> {
     let (req, _) = image_request_from(state, request).await?;
+    let t = Instant::now();
     let result = state.imbed.embed_image(req).await;
-    state.metrics.outcome(&result);
+    state.metrics.outcome(&result, t.elapsed());
     let e = result?;
     Ok(axum::Json(embedding_json(&e)).into_response())
 }
@@ -810,6 +807,37 @@ struct Histogram {
     total: u64,
 }
 
+impl Histogram {
+    fn observe(&mut self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += secs;
+        self.total += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, label: &str, value: &str) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            out.push_str(&format!(
+                "{name}_bucket{{{label}=\"{value}\",le=\"{b}\"}} {}\n",
+                self.counts[i]
+            ));
+        }
+        out.push_str(&format!(
+            "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}\n",
+            self.total
+        ));
+        out.push_str(&format!("{name}_sum{{{label}=\"{value}\"}} {}\n", self.sum));
+        out.push_str(&format!(
+            "{name}_count{{{label}=\"{value}\"}} {}\n",
+            self.total
+        ));
+    }
+}
+
 /// Counters for `/metrics`, in Prometheus' text format.
 #[derive(Default)]
 struct Metrics {
@@ -821,6 +849,7 @@ struct MetricsInner {
     requests: BTreeMap<(&'static str, u16), u64>,
     latency: BTreeMap<&'static str, Histogram>,
     answers: BTreeMap<(usize, String), u64>,
+    step_latency: BTreeMap<String, Histogram>,
     fallbacks: u64,
     exhausted: u64,
     failures: BTreeMap<(String, String), u64>,
@@ -834,19 +863,17 @@ impl Metrics {
     fn request(&self, route: &'static str, status: u16, took: Duration) {
         let mut m = self.lock();
         *m.requests.entry((route, status)).or_default() += 1;
-        let h = m.latency.entry(route).or_default();
-        let secs = took.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += secs;
-        h.total += 1;
+        m.latency.entry(route).or_default().observe(took);
     }
 
-    fn outcome(&self, result: &Result<Embedding, Error>) {
+    /// Count an embedding result; `took` is the time of the chain walk that produced it.
+    fn outcome(&self, result: &Result<Embedding, Error>, took: Duration) {
         let mut m = self.lock();
+        let label = match result {
+            Ok(e) => format!("{}:{}", e.provenance.step, e.provenance.step_kind),
+            Err(_) => "none".to_string(),
+        };
+        m.step_latency.entry(label).or_default().observe(took);
         let attempts = match result {
             Ok(e) => {
                 *m.answers
@@ -880,24 +907,11 @@ impl Metrics {
         }
         out.push_str("# HELP imbed_request_duration_seconds Request latency by route.\n# TYPE imbed_request_duration_seconds histogram\n");
         for (route, h) in &m.latency {
-            for (i, b) in BUCKETS.iter().enumerate() {
-                out.push_str(&format!(
-                    "imbed_request_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {}\n",
-                    h.counts[i]
-                ));
-            }
-            out.push_str(&format!(
-                "imbed_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}\n",
-                h.total
-            ));
-            out.push_str(&format!(
-                "imbed_request_duration_seconds_sum{{route=\"{route}\"}} {}\n",
-                h.sum
-            ));
-            out.push_str(&format!(
-                "imbed_request_duration_seconds_count{{route=\"{route}\"}} {}\n",
-                h.total
-            ));
+            h.render(&mut out, "imbed_request_duration_seconds", "route", route);
+        }
+        out.push_str("# HELP imbed_embed_duration_seconds Time to embed one input, by the step that answered (step:kind, or none).\n# TYPE imbed_embed_duration_seconds histogram\n");
+        for (step, h) in &m.step_latency {
+            h.render(&mut out, "imbed_embed_duration_seconds", "step", step);
         }
         out.push_str("# HELP imbed_step_answers_total Embeddings by the chain step that answered.\n# TYPE imbed_step_answers_total counter\n");
         for ((step, kind), n) in &m.answers {

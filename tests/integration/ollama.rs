@@ -451,16 +451,14 @@ async fn several_images_are_in_flight_at_once() {
         .map(|i| ImageRequest::new(ImageSource::Bytes(images::png(16, 16, i))))
         .collect();
     use futures::StreamExt;
-    let started = Instant::now();
+    // Concurrency shows in the server's view (requests overlapping), not in wall time, which a
+    // loaded machine can stretch: speed belongs to the benchmark.
     let results: Vec<_> = imbed.embed_images(requests, 8).collect().await;
-    let elapsed = started.elapsed();
     assert!(results
         .iter()
         .all(|r| r.as_ref().map(|e| e.provenance.step == 0).unwrap_or(false)));
     let peak = ollama.peak_in_flight();
     assert!((2..=4).contains(&peak), "peak in flight {peak}");
-    // 8 images x (describe + embed) x 200 ms would take 3.2 s one at a time.
-    assert!(elapsed < Duration::from_millis(2600), "{elapsed:?}");
 }
 
 #[tokio::test]

@@ -451,19 +451,27 @@ async fn api_keys_body_limit_busy_and_deadline() {
         200
     );
 
-    let big = vec![b'a'; 2 << 20];
-    let r = client
-        .post(s.url("/api/embed"))
-        .bearer_auth("secret-key-1")
-        .body(big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 413);
-    assert!(r.json_value().await["error"]
-        .as_str()
-        .unwrap()
-        .contains("larger than"));
+    // Announce a body over the limit and send only the headers: the answer must come from the
+    // announcement alone (a client that streamed the whole body could race the early answer).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /api/embed HTTP/1.1\r\nhost: x\r\nauthorization: Bearer secret-key-1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            2 << 20
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("larger than"), "{answer}");
+    }
 
     // One slow request holds the only slot: the next is refused at once, then the slow one
     // hits the deadline.
