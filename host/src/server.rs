@@ -39,8 +39,11 @@ pub struct AppState {
     settings: Arc<ServerSettings>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
-    health: Arc<tokio::sync::Mutex<Option<(Instant, Vec<StepCheck>)>>>,
+    health: Arc<tokio::sync::Mutex<Option<HealthSnapshot>>>,
 }
+
+/// The last step probe and when it ran.
+type HealthSnapshot = (Instant, Vec<StepCheck>);
 
 impl AppState {
     /// State for an [`Imbed`] built with the settings' URL guard (see [`AppState::build`]).

@@ -210,10 +210,7 @@ async fn native_endpoints_json_multipart_batch_and_describe() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["provenance"]["step"], 0);
 
-    let form = format!(
-        "--XX\r\ncontent-disposition: form-data; name=\"image\"; filename=\"a.png\"\r\ncontent-type: image/png\r\n\r\n"
-    );
-    let mut body = form.into_bytes();
+    let mut body = b"--XX\r\ncontent-disposition: form-data; name=\"image\"; filename=\"a.png\"\r\ncontent-type: image/png\r\n\r\n".to_vec();
     body.extend_from_slice(&png);
     body.extend_from_slice(b"\r\n--XX--\r\n");
     let r = reqwest::Client::new()
