@@ -201,13 +201,116 @@ struct Found {
 /// Why one step did not answer.
 struct StepError {
     plugin: Option<String>,
+    /// The role the plugin failed in, when a call to it failed.
+    role: Option<Role>,
     error: CallError,
+}
+
+/// What a step asks of a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Describe,
+    Text,
+    Image,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Describe => "describer",
+            Role::Text => "text embedder",
+            Role::Image => "image embedder",
+        }
+    }
+}
+
+/// A plugin role that failed in a way that will not change within one request (unreachable,
+/// timed out): later steps that need it again are skipped rather than waiting a second time.
+struct Dead {
+    plugin: String,
+    role: Role,
+    step: usize,
+    kind: FailureKind,
+}
+
+/// The plugin roles a step needs, in the order it uses them.
+fn needs(step: &Step, text_walk: bool) -> Vec<(&str, Role)> {
+    match step {
+        Step::DescribeThenEmbed {
+            describer,
+            embedder,
+            ..
+        } if !text_walk => {
+            vec![
+                (embedder.as_str(), Role::Text),
+                (describer.as_str(), Role::Describe),
+            ]
+        }
+        Step::DescribeThenEmbed { embedder, .. } | Step::Description { embedder } => {
+            vec![(embedder.as_str(), Role::Text)]
+        }
+        Step::ImageEmbed { plugin } | Step::Hash { plugin } => {
+            vec![(
+                plugin.as_str(),
+                if text_walk { Role::Text } else { Role::Image },
+            )]
+        }
+    }
+}
+
+/// The step's outcome if a role it needs already failed for good in this request.
+fn skip_if_dead(step: &Step, text_walk: bool, dead: &[Dead]) -> Option<StepError> {
+    needs(step, text_walk).into_iter().find_map(|(plugin, role)| {
+        dead.iter().find(|d| d.plugin == plugin && d.role == role).map(|d| StepError {
+            plugin: Some(plugin.to_string()),
+            role: Some(role),
+            error: CallError::new(
+                d.kind,
+                format!(
+                    "skipped: plugin {plugin:?} already failed as a {} in step {} of this request ({})",
+                    role.name(),
+                    d.step,
+                    d.kind
+                ),
+            ),
+        })
+    })
+}
+
+/// Remember a failure that would only repeat if tried again in this request.
+fn note_dead(index: usize, outcome: &std::result::Result<Found, StepError>, dead: &mut Vec<Dead>) {
+    if let Err(StepError {
+        plugin: Some(plugin),
+        role: Some(role),
+        error,
+    }) = outcome
+    {
+        if matches!(error.kind, FailureKind::Unavailable | FailureKind::Timeout)
+            && !dead.iter().any(|d| &d.plugin == plugin && d.role == *role)
+        {
+            dead.push(Dead {
+                plugin: plugin.clone(),
+                role: *role,
+                step: index,
+                kind: error.kind,
+            });
+        }
+    }
 }
 
 impl StepError {
     fn of(plugin: &str, error: CallError) -> Self {
         StepError {
             plugin: Some(plugin.to_string()),
+            role: None,
+            error,
+        }
+    }
+
+    fn in_role(plugin: &str, role: Role, error: CallError) -> Self {
+        StepError {
+            plugin: Some(plugin.to_string()),
+            role: Some(role),
             error,
         }
     }
@@ -215,6 +318,7 @@ impl StepError {
     fn not_applicable(message: impl Into<String>) -> Self {
         StepError {
             plugin: None,
+            role: None,
             error: CallError::new(FailureKind::NotApplicable, message),
         }
     }
@@ -388,8 +492,13 @@ impl Imbed {
     ) -> Result<Embedding> {
         let description = description.map(str::trim).filter(|d| !d.is_empty());
         let mut attempts = Vec::new();
+        let mut dead = Vec::new();
         for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
-            let outcome = self.image_step(step, image, description).await;
+            let outcome = match skip_if_dead(step, false, &dead) {
+                Some(skip) => Err(skip),
+                None => self.image_step(step, image, description).await,
+            };
+            note_dead(index, &outcome, &mut dead);
             if let Some(embedding) = self.accept(index, step.kind(), outcome, &mut attempts) {
                 return Ok(embedding);
             }
@@ -486,8 +595,13 @@ impl Imbed {
             return Err(Error::Usage("the text to embed is empty".into()));
         }
         let mut attempts = Vec::new();
+        let mut dead = Vec::new();
         for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
-            let outcome = self.text_step(step, text).await;
+            let outcome = match skip_if_dead(step, true, &dead) {
+                Some(skip) => Err(skip),
+                None => self.text_step(step, text).await,
+            };
+            note_dead(index, &outcome, &mut dead);
             if let Some(embedding) = self.accept(index, step.kind(), outcome, &mut attempts) {
                 return Ok(embedding);
             }
@@ -568,12 +682,12 @@ impl Imbed {
         let model = plugin
             .text_model()
             .await
-            .map_err(|e| StepError::of(key, e))?;
+            .map_err(|e| StepError::in_role(key, Role::Text, e))?;
         self.precheck(key, &model)?;
         let (model, items) = plugin
             .embed_texts(texts)
             .await
-            .map_err(|e| StepError::of(key, e))?;
+            .map_err(|e| StepError::in_role(key, Role::Text, e))?;
         Ok((plugin.id.clone(), model, items))
     }
 
@@ -601,12 +715,12 @@ impl Imbed {
         let model = plugin
             .image_model()
             .await
-            .map_err(|e| StepError::of(key, e))?;
+            .map_err(|e| StepError::in_role(key, Role::Image, e))?;
         self.precheck(key, &model)?;
         let (model, mut vectors) = plugin
             .embed_images(std::slice::from_ref(image))
             .await
-            .map_err(|e| StepError::of(key, e))?;
+            .map_err(|e| StepError::in_role(key, Role::Image, e))?;
         Ok(Found {
             plugin: plugin.id.clone(),
             model,
@@ -634,12 +748,12 @@ impl Imbed {
                 let model = text_plugin
                     .text_model()
                     .await
-                    .map_err(|e| StepError::of(embedder, e))?;
+                    .map_err(|e| StepError::in_role(embedder, Role::Text, e))?;
                 self.precheck(embedder, &model)?;
                 let d = describe_with
                     .describe(image, prompt.as_deref())
                     .await
-                    .map_err(|e| StepError::of(describer, e))?;
+                    .map_err(|e| StepError::in_role(describer, Role::Describe, e))?;
                 let description = Description {
                     text: d.text.clone(),
                     source: DescriptionSource::Model,
@@ -725,6 +839,7 @@ impl Imbed {
             })
             .collect();
         let mut attempts: Vec<Vec<Attempt>> = vec![Vec::new(); texts.len()];
+        let mut dead = Vec::new();
         let mut pending: Vec<usize> = (0..texts.len()).filter(|&i| results[i].is_none()).collect();
         for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
             if pending.is_empty() {
@@ -732,18 +847,32 @@ impl Imbed {
             }
             let kind = step.kind();
             let batch: Vec<String> = pending.iter().map(|&i| texts[i].clone()).collect();
-            let answered = async {
-                let key = self.text_embedder(step).await?;
-                let (plugin, model, items) = self.text_batch(key, &batch).await?;
-                Ok::<_, StepError>((key, plugin, model, items))
+            let answered = match skip_if_dead(step, true, &dead) {
+                Some(skip) => Err(skip),
+                None => {
+                    async {
+                        let key = self.text_embedder(step).await?;
+                        let (plugin, model, items) = self.text_batch(key, &batch).await?;
+                        Ok::<_, StepError>((key, plugin, model, items))
+                    }
+                    .await
+                }
+            };
+            if let Err(e) = &answered {
+                let probe = Err(StepError {
+                    plugin: e.plugin.clone(),
+                    role: e.role,
+                    error: e.error.clone(),
+                });
+                note_dead(index, &probe, &mut dead);
             }
-            .await;
             let mut still = Vec::new();
             match answered {
                 Err(e) => {
                     for &i in &pending {
                         let e = StepError {
                             plugin: e.plugin.clone(),
+                            role: e.role,
                             error: e.error.clone(),
                         };
                         self.accept(index, kind, Err(e), &mut attempts[i]);

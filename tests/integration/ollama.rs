@@ -561,3 +561,46 @@ async fn warm_loads_the_models_at_start() {
     assert!(ollama.hits(Route::Embed) >= 1);
     assert_eq!(ollama.vision_calls(), 0, "warming sends no image");
 }
+
+#[tokio::test]
+async fn a_backend_that_timed_out_is_not_waited_for_twice_in_one_request() {
+    let ollama = OllamaStandIn::start();
+    ollama.set_hang(true);
+    let plugin = ollama_plugin(&ollama)
+        .setting_raw("request_timeout_ms", "300")
+        .setting_raw("load_timeout_ms", "300");
+    // The seed's chain: Ollama describe-then-embed, then the caller's description embedded by
+    // the same Ollama embedder, then hash.
+    let config = TestConfig::new()
+        .plugin("ollama", plugin)
+        .plugin("hash", PluginSpec::hash())
+        .describe_then_embed("ollama", "ollama")
+        .description("ollama")
+        .hash("hash")
+        .build();
+    let imbed = Imbed::new(config).await.unwrap();
+    let request =
+        ImageRequest::new(ImageSource::Bytes(images::png(16, 16, 0))).with_description("a test");
+    let e = imbed.embed_image(request).await.unwrap();
+    let a = &e.provenance.attempts;
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!(a[0].kind, FailureKind::Timeout);
+    assert_eq!(a[1].kind, FailureKind::Timeout);
+    assert!(
+        a[1].message
+            .starts_with("skipped: plugin \"ollama\" already failed as a text embedder in step 0"),
+        "{}",
+        a[1].message
+    );
+    assert_eq!(
+        ollama.hits(Route::Embed),
+        1,
+        "the hung embed endpoint was asked once"
+    );
+
+    let q = imbed.embed_text("query").await.unwrap();
+    assert_eq!(
+        q.provenance.attempts[1].message.split(':').next(),
+        Some("skipped")
+    );
+}
