@@ -35,7 +35,9 @@ use crate::types::{Attempt, Embedding};
 /// Shared state of the service.
 #[derive(Clone)]
 pub struct AppState {
-    imbed: Imbed,
+    current: Arc<std::sync::RwLock<Imbed>>,
+    options: crate::chain::Options,
+    reload: Arc<Mutex<ReloadStatus>>,
     settings: Arc<ServerSettings>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -45,11 +47,22 @@ pub struct AppState {
 /// The last step probe and when it ran.
 type HealthSnapshot = (Instant, Vec<StepCheck>);
 
+/// What the last hot reload did, for `/health`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    /// Reloads applied since start.
+    pub reloads: u64,
+    /// Why the last attempt was refused, when it was (the previous config stays in use).
+    pub last_error: Option<String>,
+}
+
 impl AppState {
-    /// State for an [`Imbed`] built with the settings' URL guard (see [`AppState::build`]).
+    /// State for an [`Imbed`] (see [`AppState::build`] for one with the settings' URL guard).
     pub fn new(imbed: Imbed, settings: ServerSettings) -> Self {
         AppState {
-            imbed,
+            current: Arc::new(std::sync::RwLock::new(imbed)),
+            options: crate::chain::Options::default().url_guard(settings.url_allow.clone()),
+            reload: Arc::default(),
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
             settings: Arc::new(settings),
             metrics: Arc::default(),
@@ -63,6 +76,129 @@ impl AppState {
         let options = crate::chain::Options::default().url_guard(settings.url_allow.clone());
         let imbed = Imbed::with_options(config, options).await?;
         Ok(AppState::new(imbed, settings))
+    }
+
+    /// The runtime in use now. A request keeps the one it started with, so a reload never
+    /// changes the plugins under a request in flight.
+    pub fn imbed(&self) -> Imbed {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// What the last reload did.
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Load `path` again and switch to it, unless it is invalid or a plugin that loads now
+    /// would no longer load: then the running config stays and the reason is kept for /health.
+    /// `[server]` settings (address, keys, limits) need a restart.
+    pub async fn reload(
+        &self,
+        path: &std::path::Path,
+        env: &crate::config::Env,
+    ) -> Result<(), String> {
+        let outcome = async {
+            let config = crate::config::Config::load(path, env).map_err(|e| e.to_string())?;
+            let next = Imbed::with_options(config, self.options.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let before = self.imbed().plugins();
+            for p in next.plugins() {
+                let was_ready = before.iter().any(|b| {
+                    b.key == p.key && matches!(b.health, crate::chain::PluginHealth::Ready { .. })
+                });
+                if let (true, crate::chain::PluginHealth::Failed { message, .. }) =
+                    (was_ready, &p.health)
+                {
+                    return Err(format!(
+                        "plugin {:?} would no longer load: {message}",
+                        p.key
+                    ));
+                }
+            }
+            Ok(next)
+        }
+        .await;
+        let result = {
+            let mut status = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+            match outcome {
+                Ok(next) => {
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+                    status.reloads += 1;
+                    status.last_error = None;
+                    tracing::info!(target: "imbed::serve", "reloaded {}", path.display());
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::warn!(target: "imbed::serve", "kept the running config; {} was refused: {e}", path.display());
+                    status.last_error = Some(e.clone());
+                    Err(e)
+                }
+            }
+        };
+        if result.is_ok() {
+            // The chain changed: the cached step probe no longer describes it.
+            *self.health.lock().await = None;
+        }
+        result
+    }
+
+    /// Watch the config file and the plugin files it names; reload when any of them changes.
+    /// Runs until the returned task is aborted.
+    pub fn watch(
+        &self,
+        path: std::path::PathBuf,
+        env: crate::config::Env,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut seen = state.fingerprint(&path);
+            loop {
+                tokio::time::sleep(every).await;
+                let now = state.fingerprint(&path);
+                if now != seen {
+                    let _ = state.reload(&path, &env).await;
+                    // Whatever the outcome, this version of the files has been looked at: a
+                    // refused config is not retried until it changes again. The file list is
+                    // taken again because a reload may name other plugins.
+                    seen = state.fingerprint(&path);
+                }
+            }
+        })
+    }
+
+    /// Size and modification time of the config file and of every plugin file in use.
+    fn fingerprint(
+        &self,
+        path: &std::path::Path,
+    ) -> Vec<(std::path::PathBuf, Option<(u64, std::time::SystemTime)>)> {
+        let stat = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)))
+        };
+        let mut files = vec![path.to_path_buf()];
+        files.extend(
+            self.imbed()
+                .config()
+                .plugins
+                .values()
+                .map(|p| p.path.clone()),
+        );
+        files
+            .into_iter()
+            .map(|f| {
+                let s = stat(&f);
+                (f, s)
+            })
+            .collect()
     }
 }
 
@@ -372,13 +508,33 @@ async fn embed_items(state: &AppState, items: Vec<Item>) -> Vec<Result<Embedding
             }
         }
     }
+    let imbed = state.imbed();
+    let t = Instant::now();
     let text_results = if texts.is_empty() {
         Vec::new()
     } else {
-        state.imbed.embed_texts(&texts).await
+        imbed.embed_texts(&texts).await
     };
+    // A batch is one walk of the chain: each of its texts took the batch's time.
+    let text_time = t.elapsed();
+    for r in &text_results {
+        state.metrics.outcome(r, text_time);
+    }
     use futures::StreamExt;
-    let image_results: Vec<_> = state.imbed.embed_images(images, 4).collect().await;
+    // Images run concurrently, each timed on its own.
+    let image_results: Vec<_> = futures::stream::iter(images)
+        .map(|r| {
+            let imbed = imbed.clone();
+            async move {
+                let t = Instant::now();
+                let result = imbed.embed_image(r).await;
+                state.metrics.outcome(&result, t.elapsed());
+                result
+            }
+        })
+        .buffered(4)
+        .collect()
+        .await;
     let mut text_results: Vec<Option<_>> = text_results.into_iter().map(Some).collect();
     let mut image_results: Vec<Option<_>> = image_results.into_iter().map(Some).collect();
     let mut out: Vec<(usize, Result<Embedding, Error>)> = slots
@@ -593,7 +749,7 @@ async fn ollama(state: &AppState, body: Bytes) -> Result<Response, Failure> {
 
 async fn ollama_tags(State(state): State<AppState>) -> Response {
     let spaces: Vec<String> = state
-        .imbed
+        .imbed()
         .config()
         .chain
         .steps
@@ -681,7 +837,7 @@ async fn image_request_from(
 async fn native_image(state: &AppState, request: Request) -> Result<Response, Failure> {
     let (req, _) = image_request_from(state, request).await?;
     let t = Instant::now();
-    let result = state.imbed.embed_image(req).await;
+    let result = state.imbed().embed_image(req).await;
     state.metrics.outcome(&result, t.elapsed());
     let e = result?;
     Ok(axum::Json(embedding_json(&e)).into_response())
@@ -753,8 +909,9 @@ async fn native_describe(State(state): State<AppState>, request: Request) -> Res
 
 async fn describe(state: &AppState, request: Request) -> Result<Response, Failure> {
     let (req, prompt) = image_request_from(state, request).await?;
-    let image = state.imbed.load_image(&req.source).await?;
-    let d = state.imbed.describe(&image, prompt.as_deref()).await?;
+    let imbed = state.imbed();
+    let image = imbed.load_image(&req.source).await?;
+    let d = imbed.describe(&image, prompt.as_deref()).await?;
     Ok(axum::Json(json!({ "description": d })).into_response())
 }
 
@@ -770,7 +927,7 @@ async fn health(State(state): State<AppState>) -> Response {
         match cached.as_ref() {
             Some((at, steps)) if at.elapsed() < HEALTH_TTL => steps.clone(),
             _ => {
-                let steps = state.imbed.check_steps().await;
+                let steps = state.imbed().check_steps().await;
                 *cached = Some((Instant::now(), steps.clone()));
                 steps
             }
@@ -785,7 +942,13 @@ async fn health(State(state): State<AppState>) -> Response {
     };
     (
         status,
-        axum::Json(json!({ "status": word, "steps": steps, "plugins": state.imbed.plugins() })),
+        axum::Json(json!({
+            "status": word,
+            "steps": steps,
+            "plugins": state.imbed().plugins(),
+            "config": state.imbed().config().source,
+            "reload": state.reload_status(),
+        })),
     )
         .into_response()
 }

@@ -613,3 +613,153 @@ async fn the_official_openai_and_ollama_clients_work_unchanged() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("clients ok"));
     s.shutdown().await;
 }
+
+/// The dimensions `/embed/text` answers with now.
+async fn text_dims(s: &Running) -> usize {
+    let (status, v) = post(&s.url("/embed/text"), json!({ "text": "hello" })).await;
+    assert_eq!(status, 200, "{v}");
+    v["vector"].as_array().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_edits_take_effect_without_a_restart_and_broken_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = TestServer::start();
+    target.route(
+        "/slow.png",
+        Reply::ok("image/png", images::png(16, 16, 1)).delayed(Duration::from_millis(800)),
+    );
+    let write = |dims: u32| {
+        config()
+            .plugin(
+                "hash",
+                PluginSpec::hash().setting_raw("dimensions", &dims.to_string()),
+            )
+            .server("url_allow", "[\"127.0.0.1\"]")
+            .write(dir.path())
+    };
+    let path = write(256);
+    let state = AppState::build(imbed::Config::load(&path, &imbed::Env::isolated()).unwrap())
+        .await
+        .unwrap();
+    let watcher = state.watch(
+        path.clone(),
+        imbed::Env::isolated(),
+        Duration::from_millis(50),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::spawn(serve(listener, state.clone(), async {
+        let _ = rx.await;
+    }));
+    let s = Running {
+        base,
+        stop: Some(tx),
+        handle,
+    };
+    assert_eq!(text_dims(&s).await, 256);
+
+    // A request in flight across the reload finishes on the config it started with.
+    let slow = {
+        let url = s.url("/embed/image");
+        let body = json!({ "image_url": target.url("/slow.png") });
+        tokio::spawn(async move { post(&url, body).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Same size, other content: the fingerprint must still see it (mtime).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    write(128);
+    let waited = Instant::now();
+    while text_dims(&s).await != 128 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the edit was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, v) = slow.await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["provenance"]["dimensions"], 256,
+        "the in-flight request kept its config"
+    );
+
+    // Replacing a plugin file is picked up too.
+    let copy = dir.path().join("h.wasm");
+    std::fs::copy(imbed_tests::component("hash"), &copy).unwrap();
+    config()
+        .plugin("hash", PluginSpec::file(&copy))
+        .server("url_allow", "[\"127.0.0.1\"]")
+        .write(dir.path());
+    let waited = Instant::now();
+    while text_dims(&s).await != 256 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the edit was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::copy(
+        imbed_tests::component("misbehave"),
+        dir.path().join("h.tmp"),
+    )
+    .unwrap();
+    std::fs::rename(dir.path().join("h.tmp"), &copy).unwrap();
+    let waited = Instant::now();
+    while text_dims(&s).await != 8 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the new plugin file was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A broken config is refused and the running one kept, with the reason in /health.
+    std::fs::write(&path, "[chain]\nsteps = [\n").unwrap();
+    let waited = Instant::now();
+    while state.reload_status().last_error.is_none() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the broken edit was not looked at"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(text_dims(&s).await, 8);
+    let health = reqwest::get(s.url("/health"))
+        .await
+        .unwrap()
+        .json_value()
+        .await;
+    assert!(
+        health["reload"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("imbed.toml"),
+        "{health}"
+    );
+    assert_eq!(health["reload"]["reloads"], 3);
+
+    // A config whose plugin file no longer loads is refused too.
+    let broken_wasm = dir.path().join("broken.wasm");
+    std::fs::write(&broken_wasm, b"\0asm garbage").unwrap();
+    config()
+        .plugin("hash", PluginSpec::file(&broken_wasm))
+        .write(dir.path());
+    let waited = Instant::now();
+    while !state
+        .reload_status()
+        .last_error
+        .unwrap_or_default()
+        .contains("would no longer load")
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the broken plugin was not looked at"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(text_dims(&s).await, 8);
+    watcher.abort();
+    s.shutdown().await;
+}

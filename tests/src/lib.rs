@@ -209,6 +209,8 @@ impl TestConfig {
 
     /// Add a plugin section.
     pub fn plugin(mut self, key: &str, spec: PluginSpec) -> Self {
+        // A later section for the same key replaces the earlier one.
+        self.plugins.retain(|(k, _)| k != key);
         self.plugins.push((key.into(), spec));
         self
     }

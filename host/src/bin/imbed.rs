@@ -635,7 +635,17 @@ async fn plugins_check(file: &std::path::Path, json_out: bool) -> anyhow::Result
 
 async fn serve(config: Config, listen: Option<String>) -> anyhow::Result<u8> {
     let listen = listen.unwrap_or_else(|| config.server.listen.clone());
+    let source = config.source.clone();
     let state = imbed::server::AppState::build(config).await?;
+    // Editing the config or replacing a plugin file takes effect without a restart.
+    let config_file = std::path::PathBuf::from(&source);
+    let _watcher = config_file.is_file().then(|| {
+        state.watch(
+            config_file,
+            Env::from_process(),
+            std::time::Duration::from_secs(1),
+        )
+    });
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
