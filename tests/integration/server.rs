@@ -545,29 +545,26 @@ async fn health_and_metrics() {
     assert_eq!(v["status"], "degraded");
     assert_eq!(v["steps"][0]["ok"], false);
     assert_eq!(v["steps"][1]["ok"], true);
+    // The batch routes count too: two texts through the OpenAI route, both answered by hash.
+    let (status, _) = post(&s.url("/v1/embeddings"), json!({ "input": ["a", "b"] })).await;
+    assert_eq!(status, 200);
     let text = reqwest::get(s.url("/metrics"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    assert!(
-        text.contains("imbed_requests_total{route=\"/embed/image\",status=\"200\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("imbed_step_answers_total{step=\"1\",kind=\"hash\"} 1"),
-        "{text}"
-    );
-    assert!(text.contains("imbed_fallbacks_total 1"), "{text}");
-    assert!(
-        text.contains("imbed_step_failures_total{plugin=\"down\",kind=\"unavailable\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("imbed_request_duration_seconds_count{route=\"/embed/image\"} 1"),
-        "{text}"
-    );
+    for expected in [
+        "imbed_requests_total{route=\"/embed/image\",status=\"200\"} 1",
+        "imbed_requests_total{route=\"/v1/embeddings\",status=\"200\"} 1",
+        "imbed_step_answers_total{step=\"1\",kind=\"hash\"} 3",
+        "imbed_fallbacks_total 3",
+        "imbed_step_failures_total{plugin=\"down\",kind=\"unavailable\"} 3",
+        "imbed_request_duration_seconds_count{route=\"/embed/image\"} 1",
+        "imbed_embed_duration_seconds_count{step=\"1:hash\"} 3",
+    ] {
+        assert!(text.contains(expected), "{expected} missing in:\n{text}");
+    }
     s.shutdown().await;
 }
 
