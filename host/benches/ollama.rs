@@ -11,8 +11,7 @@ use imbed::{Config, Env, ImageRequest, ImageSource, Imbed};
 use imbed_tests::ollama::OllamaStandIn;
 
 fn config(ollama: &OllamaStandIn, instances: usize, cache: &Path) -> Config {
-    let wasm = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm/wasm32-wasip2/release/imbed_ollama.wasm");
+    let wasm = imbed_tests::wasm_dir().join("imbed_ollama.wasm");
     assert!(
         wasm.is_file(),
         "{} is missing: run scripts/setup first",

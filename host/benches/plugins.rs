@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use imbed::{Config, Env, ImageSource, Imbed, PluginHealth};
 
 fn hash_wasm() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm/wasm32-wasip2/release/imbed_hash.wasm");
+    let p = imbed_tests::wasm_dir().join("imbed_hash.wasm");
     assert!(
         p.is_file(),
         "{} is missing: run scripts/setup first",

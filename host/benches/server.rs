@@ -3,7 +3,6 @@
 //! The server runs as its own process (the release `imbed` binary); the clients are in this one.
 //! Run with `cargo bench -p imbed --bench server` after `scripts/setup`.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn status_kib(pid: u32, key: &str) -> Option<u64> {
@@ -15,8 +14,7 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let wasm = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm/wasm32-wasip2/release/imbed_hash.wasm");
+    let wasm = imbed_tests::wasm_dir().join("imbed_hash.wasm");
     assert!(
         wasm.is_file(),
         "{} is missing: run scripts/setup first",
@@ -33,11 +31,7 @@ async fn main() {
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = imbed_tests::free_local_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imbed"))
         .args([

@@ -236,13 +236,8 @@ async fn error_cases_map_to_actionable_reasons_and_the_chain_falls_back() {
 
 #[tokio::test]
 async fn connection_refused_says_to_start_ollama() {
-    // Bind then drop: a port with nobody listening.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
+    // A port with nobody listening.
+    let base = format!("http://127.0.0.1:{}", imbed_tests::free_local_port());
     let plugin = PluginSpec::file(imbed_tests::component("ollama"))
         .grant_http(&base)
         .setting("base_url", &base);
@@ -482,12 +477,7 @@ async fn doctor_reports_reachability_models_and_steps() {
     assert!(report.steps[1].ok);
     assert!(report.can_answer());
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("http://127.0.0.1:{}", imbed_tests::free_local_port());
     let down = PluginSpec::file(imbed_tests::component("ollama"))
         .grant_http(&base)
         .setting("base_url", &base);

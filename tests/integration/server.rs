@@ -37,7 +37,10 @@ fn config() -> TestConfig {
 }
 
 async fn start(cfg: TestConfig) -> Running {
-    let state = AppState::build(cfg.build()).await.unwrap();
+    start_with(AppState::build(cfg.build()).await.unwrap()).await
+}
+
+async fn start_with(state: AppState) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -644,17 +647,7 @@ async fn config_edits_take_effect_without_a_restart_and_broken_ones_are_refused(
         imbed::Env::isolated(),
         Duration::from_millis(50),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let handle = tokio::spawn(serve(listener, state.clone(), async {
-        let _ = rx.await;
-    }));
-    let s = Running {
-        base,
-        stop: Some(tx),
-        handle,
-    };
+    let s = start_with(state.clone()).await;
     assert_eq!(text_dims(&s).await, 256);
 
     // A request in flight across the reload finishes on the config it started with.

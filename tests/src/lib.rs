@@ -632,6 +632,15 @@ impl ConnectionCounter {
     }
 }
 
+/// A port on 127.0.0.1 that was free a moment ago: bound, read and released. Use it for a
+/// server that is about to listen there, or as an address where nobody listens.
+pub fn free_local_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
 /// Cosine similarity of two unit vectors.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "vectors of different lengths");
