@@ -8,6 +8,7 @@ mod hash;
 mod input;
 mod ollama;
 mod ollama_standin;
+mod openai;
 mod sandbox;
 mod server;
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use imbed::{Config, Env};
 
 pub mod ollama;
+pub mod openai;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
