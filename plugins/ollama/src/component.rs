@@ -1,28 +1,23 @@
-//! The WIT glue: settings from the host, HTTP through the host, errors into the contract.
+//! The plugin itself: settings from the host, HTTP through the host, Ollama's answers into the
+//! contract's cases.
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 
 use base64::Engine as _;
+use imbed_plugin_sdk::http::{HttpError, Request};
+use imbed_plugin_sdk::settings::Settings as HostSettings;
+use imbed_plugin_sdk::{
+    export_plugin, log, Batch, Describer, Description, Embedder, Error, Image, ModelInfo, Plugin,
+    Structured, Vector,
+};
 use serde_json::Value;
 
-use crate::protocol::{self, Endpoint, Failure, Settings};
+use crate::protocol::{self, Endpoint, Settings};
 
-wit_bindgen::generate!({
-    world: "describer-embedder-plugin",
-    path: "../../wit/0.1.0",
-});
-
-use exports::imbed::plugin::{describer, embedder, plugin};
-use imbed::plugin::types::{Error, Image, ModelInfo, PluginInfo};
-use imbed::plugin::{host, http};
-
-struct Ollama;
-
-/// What one instance learns as it goes. An instance is single-threaded and may be reused for
-/// many calls, so this saves a round trip per call.
+/// The plugin. What one instance learns as it goes: an instance may be reused for many calls,
+/// so this saves a round trip per call.
 #[derive(Default)]
-struct State {
+pub struct Ollama {
     /// Models that have answered once: their later requests use the steady-state deadline.
     warm: HashSet<String>,
     /// Vision models whose capabilities were checked.
@@ -33,85 +28,57 @@ struct State {
     dims: Option<usize>,
 }
 
-thread_local! {
-    static STATE: RefCell<State> = RefCell::new(State::default());
+fn settings() -> Result<Settings, Error> {
+    Settings::from_settings(&HostSettings::from_host())
 }
 
-fn state<R>(f: impl FnOnce(&mut State) -> R) -> R {
-    STATE.with(|s| f(&mut s.borrow_mut()))
-}
-
-impl From<Failure> for Error {
-    fn from(f: Failure) -> Self {
-        match f {
-            Failure::Unavailable(m) => Error::Unavailable(m),
-            Failure::ModelNotFound(m) => Error::ModelNotFound(m),
-            Failure::BadInput(m) => Error::BadInput(m),
-            Failure::Timeout(m) => Error::Timeout(m),
-            Failure::Other(m) => Error::Other(m),
+impl Ollama {
+    /// Send a request to Ollama about `model`; the first request for a model may have to load
+    /// it and gets the longer deadline.
+    fn send(
+        &mut self,
+        s: &Settings,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        model: &str,
+    ) -> Result<(u16, Vec<u8>), Error> {
+        let cold = !self.warm.contains(model);
+        let timeout = if cold {
+            s.load_timeout_ms
+        } else {
+            s.request_timeout_ms
+        };
+        let mut request = Request::new(method, format!("{}{path}", s.base_url)).timeout_ms(timeout);
+        if let Some(body) = body {
+            request = request.json(body)?;
+        } else {
+            request = request.header("content-type", "application/json");
         }
-    }
-}
-
-fn settings() -> Result<Settings, Failure> {
-    Settings::from_lookup(host::get_setting)
-}
-
-fn log(level: host::LogLevel, msg: &str) {
-    host::log(level, msg);
-}
-
-/// Send a request to Ollama about `model`; the first request for a model may have to load it
-/// and gets the longer deadline.
-fn send(
-    s: &Settings,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-    model: &str,
-) -> Result<(u16, Vec<u8>), Failure> {
-    let cold = !state(|st| st.warm.contains(model));
-    let timeout = if cold {
-        s.load_timeout_ms
-    } else {
-        s.request_timeout_ms
-    };
-    let request = http::Request {
-        method: method.into(),
-        url: format!("{}{path}", s.base_url),
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: body
-            .map(|b| serde_json::to_vec(b).unwrap_or_default())
-            .unwrap_or_default(),
-        timeout_ms: Some(timeout),
-    };
-    let base = &s.base_url;
-    match http::send(&request) {
-        Ok(r) => {
-            if (200..300).contains(&r.status) {
-                state(|st| st.warm.insert(model.to_string()));
+        let base = &s.base_url;
+        match request.send() {
+            Ok(r) => {
+                if r.is_success() {
+                    self.warm.insert(model.to_string());
+                }
+                Ok((r.status, r.body))
             }
-            Ok((r.status, r.body))
+            Err(HttpError::Unreachable(m)) => Err(Error::Unavailable(format!(
+                "cannot reach Ollama at {base} ({m}): is Ollama running? start it with `ollama serve`, or point OLLAMA_BASE_URL at it"
+            ))),
+            Err(HttpError::Timeout(m)) => Err(Error::Timeout(format!(
+                "Ollama at {base} did not answer {method} {path} within {timeout} ms ({m}){}",
+                if cold { "; loading a model can take long: raise load_timeout_ms" } else { "" }
+            ))),
+            Err(HttpError::Denied(m)) => Err(Error::Other(m)),
+            Err(HttpError::Invalid(m) | HttpError::TooLarge(m) | HttpError::Other(m)) => Err(
+                Error::Other(format!("request to Ollama at {base} failed: {m}")),
+            ),
         }
-        Err(http::HttpError::Unreachable(m)) => Err(Failure::Unavailable(format!(
-            "cannot reach Ollama at {base} ({m}): is Ollama running? start it with `ollama serve`, or point OLLAMA_BASE_URL at it"
-        ))),
-        Err(http::HttpError::Timeout(m)) => Err(Failure::Timeout(format!(
-            "Ollama at {base} did not answer {method} {path} within {timeout} ms ({m}){}",
-            if cold { "; loading a model can take long: raise load_timeout_ms" } else { "" }
-        ))),
-        Err(http::HttpError::Denied(m)) => Err(Failure::Other(m)),
-        Err(
-            http::HttpError::Invalid(m) | http::HttpError::TooLarge(m) | http::HttpError::Other(m),
-        ) => Err(Failure::Other(format!("request to Ollama at {base} failed: {m}"))),
     }
 }
 
-fn ok_or_mapped(
-    s: &Settings,
-    model: &str,
-    (status, body): (u16, Vec<u8>),
-) -> Result<Vec<u8>, Failure> {
+fn ok_or_mapped(s: &Settings, model: &str, (status, body): (u16, Vec<u8>)) -> Result<Vec<u8>, Error> {
     if (200..300).contains(&status) {
         Ok(body)
     } else {
@@ -119,202 +86,185 @@ fn ok_or_mapped(
     }
 }
 
-/// Refuse a model that cannot see images before sending it one: Ollama before 0.30 ignored
-/// the images silently and described nothing.
-fn check_vision(s: &Settings) -> Result<(), Failure> {
-    let model = &s.vision_model;
-    if state(|st| st.vision_checked.contains(model)) {
-        return Ok(());
-    }
-    let show = serde_json::json!({ "model": model });
-    let (status, body) = send(s, "POST", "/api/show", Some(&show), "")?;
-    match status {
-        200 => {
-            let caps = protocol::capabilities(&body);
-            if !caps.is_empty() && !caps.iter().any(|c| c == "vision") {
-                return Err(Failure::Other(format!(
-                    "model \"{model}\" cannot see images (its capabilities: {}): set vision_model to a vision model such as llava, llama3.2-vision, minicpm-v or bakllava",
-                    caps.join(", ")
-                )));
-            }
-        }
-        404 if !protocol::is_missing_route(status, &body) => {
-            return Err(protocol::map_status(&s.base_url, model, status, &body));
-        }
-        // An old server without /api/show, or a passing error: let the describe call decide.
-        _ => log(
-            host::LogLevel::Debug,
-            &format!("/api/show answered {status}; not checking capabilities"),
-        ),
-    }
-    state(|st| st.vision_checked.insert(model.clone()));
-    Ok(())
-}
+type Item = Result<Vector, Error>;
 
-fn describe(image: &Image, prompt: Option<String>) -> Result<describer::Description, Failure> {
-    let s = settings()?;
-    check_vision(&s)?;
-    let prompt = prompt.unwrap_or_else(|| {
-        s.prompt_for(&image.mime_type, image.width, image.height)
-            .to_string()
-    });
-    // Ollama wants standard base64 with padding, not a data: URI.
-    let encoded = base64::engine::general_purpose::STANDARD.encode(&image.data);
-    let body = s.describe_body(&prompt, encoded);
-    let path = match s.endpoint {
-        Endpoint::Generate => "/api/generate",
-        Endpoint::Chat => "/api/chat",
-    };
-    let answer = ok_or_mapped(
-        &s,
-        &s.vision_model,
-        send(&s, "POST", path, Some(&body), &s.vision_model)?,
-    )?;
-    let text = protocol::parse_generation(s.endpoint, &answer)?;
-    let (text, structured) = match s
-        .structured
-        .then(|| protocol::parse_structured(&text))
-        .flatten()
-    {
-        Some(st) => (
-            st.description.clone(),
-            Some(describer::Structured {
-                objects: st.objects,
-                visible_text: st.visible_text,
-                tags: st.tags,
-            }),
-        ),
-        // Invalid JSON is not an error: the raw answer is still a description.
-        None => (text.trim().to_string(), None),
-    };
-    if text.is_empty() {
-        return Err(Failure::Other(format!(
-            "model \"{}\" returned an empty description",
-            s.vision_model
-        )));
-    }
-    Ok(describer::Description {
-        text,
-        model_id: s.vision_model.clone(),
-        structured,
-    })
-}
-
-type Item = Result<Vec<f32>, Failure>;
-
-/// Embed a batch; a failing item is retried alone so it does not sink the rest.
-fn embed_batch(s: &Settings, texts: &[&str]) -> Result<Vec<Item>, Failure> {
-    if state(|st| st.legacy_embed) {
-        return Ok(texts.iter().map(|t| embed_legacy(s, t)).collect());
-    }
-    let model = &s.embed_model;
-    let body = s.embed_body(texts);
-    let (status, answer) = send(s, "POST", "/api/embed", Some(&body), model)?;
-    if protocol::is_missing_route(status, &answer) {
-        log(
-            host::LogLevel::Info,
-            "this Ollama has no /api/embed; using the legacy /api/embeddings",
-        );
-        state(|st| st.legacy_embed = true);
-        return Ok(texts.iter().map(|t| embed_legacy(s, t)).collect());
-    }
-    if !(200..300).contains(&status) {
-        let failure = protocol::map_status(&s.base_url, model, status, &answer);
-        // One bad item (too long, NaN from the model) fails Ollama's whole batch: find it.
-        let per_item = matches!(status, 400 | 500) && !matches!(failure, Failure::ModelNotFound(_));
-        if texts.len() > 1 && per_item {
-            return Ok(texts.iter().map(|t| single(embed_batch(s, &[t]))).collect());
-        }
-        return Err(failure);
-    }
-    let vectors = protocol::parse_embed(&answer)?;
-    if vectors.len() != texts.len() {
-        return Err(Failure::Other(format!(
-            "Ollama returned {} embeddings for {} inputs",
-            vectors.len(),
-            texts.len()
-        )));
-    }
-    let dims = state(|st| st.dims);
-    Ok(vectors
-        .into_iter()
-        .zip(texts)
-        .map(|(v, t)| match protocol::vector_problem(&v, dims) {
-            None => {
-                state(|st| st.dims.get_or_insert(v.len()).to_owned());
-                Ok(v)
-            }
-            Some(problem) if texts.len() > 1 => {
-                single(embed_batch(s, &[t])).map_err(|_| Failure::Other(problem))
-            }
-            Some(problem) => Err(Failure::Other(problem)),
-        })
-        .collect())
-}
-
-fn single(batch: Result<Vec<Item>, Failure>) -> Item {
+fn single(batch: Result<Vec<Item>, Error>) -> Item {
     batch.and_then(|mut items| {
         items
             .pop()
-            .unwrap_or_else(|| Err(Failure::Other("no answer for the item".into())))
+            .unwrap_or_else(|| Err(Error::Other("no answer for the item".into())))
     })
 }
 
-fn embed_legacy(s: &Settings, text: &str) -> Item {
-    let body = s.legacy_embed_body(text);
-    let answer = ok_or_mapped(
-        s,
-        &s.embed_model,
-        send(s, "POST", "/api/embeddings", Some(&body), &s.embed_model)?,
-    )?;
-    let v = protocol::parse_legacy_embed(&answer)?;
-    match protocol::vector_problem(&v, state(|st| st.dims)) {
-        Some(problem) => Err(Failure::Other(problem)),
-        None => Ok(v),
+impl Ollama {
+    /// Refuse a model that cannot see images before sending it one: Ollama before 0.30 ignored
+    /// the images silently and described nothing.
+    fn check_vision(&mut self, s: &Settings) -> Result<(), Error> {
+        let model = &s.vision_model;
+        if self.vision_checked.contains(model) {
+            return Ok(());
+        }
+        let show = serde_json::json!({ "model": model });
+        let (status, body) = self.send(s, "POST", "/api/show", Some(&show), "")?;
+        match status {
+            200 => {
+                let caps = protocol::capabilities(&body);
+                if !caps.is_empty() && !caps.iter().any(|c| c == "vision") {
+                    return Err(Error::Other(format!(
+                        "model \"{model}\" cannot see images (its capabilities: {}): set vision_model to a vision model such as llava, llama3.2-vision, minicpm-v or bakllava",
+                        caps.join(", ")
+                    )));
+                }
+            }
+            404 if !protocol::is_missing_route(status, &body) => {
+                return Err(protocol::map_status(&s.base_url, model, status, &body));
+            }
+            // An old server without /api/show, or a passing error: let the describe call decide.
+            _ => log::debug(format!("/api/show answered {status}; not checking capabilities")),
+        }
+        self.vision_checked.insert(model.clone());
+        Ok(())
+    }
+
+    /// Embed a batch; a failing item is retried alone so it does not sink the rest.
+    fn embed_batch(&mut self, s: &Settings, texts: &[&str]) -> Result<Vec<Item>, Error> {
+        if self.legacy_embed {
+            return Ok(texts.iter().map(|t| self.embed_legacy(s, t)).collect());
+        }
+        let model = &s.embed_model;
+        let body = s.embed_body(texts);
+        let (status, answer) = self.send(s, "POST", "/api/embed", Some(&body), model)?;
+        if protocol::is_missing_route(status, &answer) {
+            log::info("this Ollama has no /api/embed; using the legacy /api/embeddings");
+            self.legacy_embed = true;
+            return Ok(texts.iter().map(|t| self.embed_legacy(s, t)).collect());
+        }
+        if !(200..300).contains(&status) {
+            let failure = protocol::map_status(&s.base_url, model, status, &answer);
+            // One bad item (too long, NaN from the model) fails Ollama's whole batch: find it.
+            let per_item =
+                matches!(status, 400 | 500) && !matches!(failure, Error::ModelNotFound(_));
+            if texts.len() > 1 && per_item {
+                return Ok(texts
+                    .iter()
+                    .map(|t| single(self.embed_batch(s, &[t])))
+                    .collect());
+            }
+            return Err(failure);
+        }
+        let vectors = protocol::parse_embed(&answer)?;
+        if vectors.len() != texts.len() {
+            return Err(Error::Other(format!(
+                "Ollama returned {} embeddings for {} inputs",
+                vectors.len(),
+                texts.len()
+            )));
+        }
+        let dims = self.dims;
+        Ok(vectors
+            .into_iter()
+            .zip(texts)
+            .map(|(v, t)| match protocol::vector_problem(&v, dims) {
+                None => {
+                    self.dims.get_or_insert(v.len());
+                    Ok(v)
+                }
+                Some(problem) if texts.len() > 1 => {
+                    single(self.embed_batch(s, &[t])).map_err(|_| Error::Other(problem))
+                }
+                Some(problem) => Err(Error::Other(problem)),
+            })
+            .collect())
+    }
+
+    fn embed_legacy(&mut self, s: &Settings, text: &str) -> Item {
+        let body = s.legacy_embed_body(text);
+        let answer = self.send(s, "POST", "/api/embeddings", Some(&body), &s.embed_model)?;
+        let answer = ok_or_mapped(s, &s.embed_model, answer)?;
+        let v = protocol::parse_legacy_embed(&answer)?;
+        match protocol::vector_problem(&v, self.dims) {
+            Some(problem) => Err(Error::Other(problem)),
+            None => Ok(v),
+        }
     }
 }
 
-impl plugin::Guest for Ollama {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            name: "ollama".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        }
-    }
+impl Plugin for Ollama {
+    const NAME: &'static str = "ollama";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
-    fn warm() -> Result<(), Error> {
+    fn warm(&mut self) -> Result<(), Error> {
         let s = settings()?;
         // An empty prompt loads the vision model without generating anything.
         let load = s.load_body(&s.vision_model);
-        ok_or_mapped(
-            &s,
-            &s.vision_model,
-            send(&s, "POST", "/api/generate", Some(&load), &s.vision_model)?,
-        )?;
-        single(embed_batch(&s, &["warm up"]))?;
+        let answer = self.send(&s, "POST", "/api/generate", Some(&load), &s.vision_model)?;
+        ok_or_mapped(&s, &s.vision_model, answer)?;
+        single(self.embed_batch(&s, &["warm up"]))?;
         Ok(())
     }
 }
 
-impl describer::Guest for Ollama {
-    fn describe(image: Image, prompt: Option<String>) -> Result<describer::Description, Error> {
-        Ok(describe(&image, prompt)?)
+impl Describer for Ollama {
+    fn describe(&mut self, image: Image, prompt: Option<String>) -> Result<Description, Error> {
+        let s = settings()?;
+        self.check_vision(&s)?;
+        let prompt = prompt.unwrap_or_else(|| {
+            s.prompt_for(&image.mime_type, image.width, image.height)
+                .to_string()
+        });
+        // Ollama wants standard base64 with padding, not a data: URI.
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&image.data);
+        let body = s.describe_body(&prompt, encoded);
+        let path = match s.endpoint {
+            Endpoint::Generate => "/api/generate",
+            Endpoint::Chat => "/api/chat",
+        };
+        let answer = self.send(&s, "POST", path, Some(&body), &s.vision_model)?;
+        let answer = ok_or_mapped(&s, &s.vision_model, answer)?;
+        let text = protocol::parse_generation(s.endpoint, &answer)?;
+        let (text, structured) = match s
+            .structured
+            .then(|| protocol::parse_structured(&text))
+            .flatten()
+        {
+            Some(st) => (
+                st.description.clone(),
+                Some(Structured {
+                    objects: st.objects,
+                    visible_text: st.visible_text,
+                    tags: st.tags,
+                }),
+            ),
+            // Invalid JSON is not an error: the raw answer is still a description.
+            None => (text.trim().to_string(), None),
+        };
+        if text.is_empty() {
+            return Err(Error::Other(format!(
+                "model \"{}\" returned an empty description",
+                s.vision_model
+            )));
+        }
+        Ok(Description {
+            text,
+            model_id: s.vision_model.clone(),
+            structured,
+        })
     }
 }
 
-impl embedder::Guest for Ollama {
-    fn text_model() -> Result<ModelInfo, Error> {
+impl Embedder for Ollama {
+    fn text_model(&mut self) -> Result<ModelInfo, Error> {
         let s = settings()?;
         // The vector length is whatever the model actually returns: ask it once.
-        let probe = single(embed_batch(&s, &["dimension probe"]))?;
-        Ok(ModelInfo {
-            model_id: s.embed_model.clone(),
-            dimensions: Some(probe.len() as u32),
-            space_id: s.space_id(),
-        })
+        let probe = single(self.embed_batch(&s, &["dimension probe"]))?;
+        Ok(ModelInfo::new(s.embed_model.clone(), s.space_id()).with_dimensions(probe.len() as u32))
     }
 
-    fn embed_texts(texts: Vec<String>) -> Result<Vec<Result<Vec<f32>, Error>>, Error> {
+    fn embed_text(&mut self, text: &str) -> Result<Vector, Error> {
+        single(self.embed_texts(vec![text.to_string()]))
+    }
+
+    fn embed_texts(&mut self, texts: Vec<String>) -> Batch {
         let s = settings()?;
         let wanted: Vec<&str> = texts
             .iter()
@@ -324,7 +274,7 @@ impl embedder::Guest for Ollama {
         let mut answers = if wanted.is_empty() {
             Vec::new()
         } else {
-            embed_batch(&s, &wanted)?
+            self.embed_batch(&s, &wanted)?
         }
         .into_iter();
         Ok(texts
@@ -335,12 +285,11 @@ impl embedder::Guest for Ollama {
                 } else {
                     answers
                         .next()
-                        .unwrap_or_else(|| Err(Failure::Other("no answer for the item".into())))
-                        .map_err(Error::from)
+                        .unwrap_or_else(|| Err(Error::Other("no answer for the item".into())))
                 }
             })
             .collect())
     }
 }
 
-export!(Ollama);
+export_plugin!(Ollama: describer, embedder);

@@ -4,10 +4,9 @@
 //! grant the base URL's origin.
 //!
 //! The protocol logic (request bodies, response parsing, error mapping) lives in [`protocol`],
-//! free of the component glue, so it is unit-tested natively.
+//! free of any host call, so it is unit-tested natively.
 
 pub mod protocol;
 
-/// The component glue; only for wasm, so the protocol's unit tests run natively.
-#[cfg(target_family = "wasm")]
+/// The plugin: state, HTTP through the host, the contract's roles.
 mod component;

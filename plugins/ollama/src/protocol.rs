@@ -1,6 +1,8 @@
 //! Ollama's HTTP API as this plugin uses it: settings, request bodies, response parsing and the
 //! mapping of Ollama's answers to the contract's error cases, with messages that say what to do.
 
+use imbed_plugin_sdk::settings::Settings as SdkSettings;
+use imbed_plugin_sdk::Error;
 use serde_json::{json, Value};
 
 /// The seed's default prompt.
@@ -8,21 +10,6 @@ pub const DEFAULT_PROMPT: &str = "Describe this image in detail, including objec
 
 /// Appended to the prompt when structured output is asked for.
 pub const STRUCTURED_SUFFIX: &str = " Answer with a JSON object with exactly these keys: \"description\" (a detailed description, as prose), \"objects\" (a list of the objects seen), \"visible_text\" (all text visible in the image, or null), \"tags\" (a list of short keywords).";
-
-/// The contract's error cases, independent of the generated bindings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// Backend unreachable or refusing work.
-    Unavailable(String),
-    /// Model not pulled.
-    ModelNotFound(String),
-    /// This input cannot be processed.
-    BadInput(String),
-    /// No answer in time.
-    Timeout(String),
-    /// Anything else.
-    Other(String),
-}
 
 /// Settings, read from the config's `[plugins.<name>.settings]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,37 +56,20 @@ pub enum Endpoint {
 }
 
 impl Settings {
-    /// Read settings through `get`, validating each.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, Failure> {
+    /// Read and validate the settings; every error names the setting and what would do.
+    pub fn from_settings(settings: &SdkSettings) -> Result<Settings, Error> {
+        let get = |key: &str| settings.get(key);
         let bad = |key: &str, value: &str, want: &str| {
-            Failure::Other(format!("setting `{key}` is {value:?}: {want}"))
-        };
-        let number = |key: &str, default: u32| -> Result<u32, Failure> {
-            match get(key) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad(key, &v, "use a whole number")),
-            }
-        };
-        let flag = |key: &str, default: bool| -> Result<bool, Failure> {
-            match get(key).as_deref().map(str::trim) {
-                None => Ok(default),
-                Some("true") => Ok(true),
-                Some("false") => Ok(false),
-                Some(v) => Err(bad(key, v, "use true or false")),
-            }
+            Error::Other(format!("setting `{key}` is {value:?}: {want}"))
         };
         let base_url = get("base_url").unwrap_or_else(|| "http://localhost:11434".into());
         let base_url = base_url.trim().trim_end_matches('/').to_string();
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             return Err(bad("base_url", &base_url, "use an http:// or https:// URL"));
         }
-        let endpoint = match get("endpoint").as_deref().map(str::trim) {
-            None | Some("generate") => Endpoint::Generate,
-            Some("chat") => Endpoint::Chat,
-            Some(v) => return Err(bad("endpoint", v, "use generate or chat")),
+        let endpoint = match settings.choice("endpoint", "generate", &["generate", "chat"])? {
+            "chat" => Endpoint::Chat,
+            _ => Endpoint::Generate,
         };
         let prompts = match get("prompts") {
             None => Vec::new(),
@@ -121,28 +91,9 @@ impl Settings {
                 Err(_) => json!(v.trim()),
             },
         };
-        let temperature = match get("temperature") {
-            None => 0.0,
-            Some(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| bad("temperature", &v, "use a number"))?,
-        };
-        let seed = match get("seed") {
-            None => 42,
-            Some(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| bad("seed", &v, "use a whole number"))?,
-        };
-        let dimensions = match get("dimensions") {
-            None => None,
-            Some(v) => Some(
-                v.trim()
-                    .parse()
-                    .map_err(|_| bad("dimensions", &v, "use a whole number"))?,
-            ),
-        };
+        let temperature = settings.parse("temperature", 0.0)?;
+        let seed = settings.parse("seed", 42)?;
+        let dimensions = settings.optional("dimensions")?;
         let model = |key: &str, default: &str| {
             let m = get(key)
                 .unwrap_or_else(|| default.into())
@@ -160,16 +111,16 @@ impl Settings {
             embed_model: model("embed_model", "nomic-embed-text")?,
             prompt: get("prompt").unwrap_or_else(|| DEFAULT_PROMPT.into()),
             prompts,
-            structured: flag("structured", false)?,
+            structured: settings.flag("structured", false)?,
             endpoint,
-            stream: flag("stream", false)?,
+            stream: settings.flag("stream", false)?,
             keep_alive,
             temperature,
             seed,
-            truncate: flag("truncate", true)?,
+            truncate: settings.flag("truncate", true)?,
             dimensions,
-            request_timeout_ms: number("request_timeout_ms", 60_000)?,
-            load_timeout_ms: number("load_timeout_ms", 120_000)?,
+            request_timeout_ms: settings.parse("request_timeout_ms", 60_000)?,
+            load_timeout_ms: settings.parse("load_timeout_ms", 120_000)?,
         })
     }
 
@@ -278,58 +229,58 @@ pub fn is_missing_route(status: u16, body: &[u8]) -> bool {
 }
 
 /// What went wrong, from a non-2xx answer about `model`.
-pub fn map_status(base: &str, model: &str, status: u16, body: &[u8]) -> Failure {
+pub fn map_status(base: &str, model: &str, status: u16, body: &[u8]) -> Error {
     let text = error_text(body);
     let lower = text.to_lowercase();
     match status {
-        404 if lower.contains("not found") => Failure::ModelNotFound(format!(
+        404 if lower.contains("not found") => Error::ModelNotFound(format!(
             "model \"{model}\" not found on {base}: run `ollama pull {model}`"
         )),
-        404 => Failure::Other(format!("{base} answered 404 ({text}): is it an Ollama server, and recent enough?")),
+        404 => Error::Other(format!("{base} answered 404 ({text}): is it an Ollama server, and recent enough?")),
         400 if lower.contains("does not support generate") || lower.contains("does not support chat") => {
-            Failure::Other(format!(
+            Error::Other(format!(
                 "model \"{model}\" cannot describe images (it is an embedding model): set vision_model to a vision model such as llava"
             ))
         }
-        400 if lower.contains("multimodal") => Failure::Other(format!(
+        400 if lower.contains("multimodal") => Error::Other(format!(
             "model \"{model}\" cannot see images: set vision_model to a vision model such as llava, llama3.2-vision, minicpm-v or bakllava"
         )),
-        400 if lower.contains("exceeds the context length") => Failure::BadInput(format!(
+        400 if lower.contains("exceeds the context length") => Error::BadInput(format!(
             "the text is longer than the context of model \"{model}\": shorten it or set truncate = true"
         )),
-        400 if lower.contains("illegal base64") => Failure::BadInput(format!("Ollama could not read the image: {text}")),
+        400 if lower.contains("illegal base64") => Error::BadInput(format!("Ollama could not read the image: {text}")),
         400 if lower.contains("model is required") || lower.contains("invalid model name") => {
-            Failure::Other(format!("model name {model:?} is not valid for Ollama ({text}): fix the model setting"))
+            Error::Other(format!("model name {model:?} is not valid for Ollama ({text}): fix the model setting"))
         }
-        501 => Failure::Other(format!(
+        501 => Error::Other(format!(
             "model \"{model}\" is not an embedding model ({text}): set embed_model to an embedding model such as nomic-embed-text"
         )),
-        500 if lower.contains("does not support embeddings") => Failure::Other(format!(
+        500 if lower.contains("does not support embeddings") => Error::Other(format!(
             "model \"{model}\" is not an embedding model ({text}): set embed_model to an embedding model such as nomic-embed-text"
         )),
-        503 => Failure::Unavailable(format!("Ollama at {base} is busy ({text}): try again later")),
-        429 => Failure::Unavailable(format!("Ollama at {base} is rate-limiting ({text}): try again later")),
-        _ => Failure::Other(format!("Ollama at {base} answered {status}: {text}")),
+        503 => Error::Unavailable(format!("Ollama at {base} is busy ({text}): try again later")),
+        429 => Error::Unavailable(format!("Ollama at {base} is rate-limiting ({text}): try again later")),
+        _ => Error::Other(format!("Ollama at {base} answered {status}: {text}")),
     }
 }
 
 /// The text of a describe answer: one JSON object, or an NDJSON stream read to the end. An
 /// `error` on any line fails the whole answer (Ollama reports mid-stream errors that way, in a
 /// 200 response).
-pub fn parse_generation(endpoint: Endpoint, body: &[u8]) -> Result<String, Failure> {
+pub fn parse_generation(endpoint: Endpoint, body: &[u8]) -> Result<String, Error> {
     let text = std::str::from_utf8(body)
-        .map_err(|_| Failure::Other("Ollama's answer is not UTF-8".into()))?;
+        .map_err(|_| Error::Other("Ollama's answer is not UTF-8".into()))?;
     let mut out = String::new();
     let mut done = false;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line).map_err(|e| {
-            Failure::Other(format!(
+            Error::Other(format!(
                 "Ollama's answer is not JSON ({e}): {}",
                 truncate(line, 200)
             ))
         })?;
         if let Some(err) = v.get("error").and_then(Value::as_str) {
-            return Err(Failure::Other(format!(
+            return Err(Error::Other(format!(
                 "Ollama failed while answering: {err}"
             )));
         }
@@ -343,7 +294,7 @@ pub fn parse_generation(endpoint: Endpoint, body: &[u8]) -> Result<String, Failu
         }
     }
     if !done {
-        return Err(Failure::Other(
+        return Err(Error::Other(
             "Ollama's answer ended before it was done: try again".into(),
         ));
     }
@@ -395,26 +346,26 @@ pub fn parse_structured(text: &str) -> Option<Structured> {
 }
 
 /// The vectors of an `/api/embed` answer.
-pub fn parse_embed(body: &[u8]) -> Result<Vec<Vec<f32>>, Failure> {
+pub fn parse_embed(body: &[u8]) -> Result<Vec<Vec<f32>>, Error> {
     let v: Value = serde_json::from_slice(body)
-        .map_err(|e| Failure::Other(format!("Ollama's /api/embed answer is not JSON: {e}")))?;
+        .map_err(|e| Error::Other(format!("Ollama's /api/embed answer is not JSON: {e}")))?;
     let list = v
         .get("embeddings")
         .and_then(Value::as_array)
         .ok_or_else(|| {
-            Failure::Other("Ollama's /api/embed answer has no `embeddings` list".into())
+            Error::Other("Ollama's /api/embed answer has no `embeddings` list".into())
         })?;
     list.iter().map(parse_vector).collect()
 }
 
 /// The vector of a legacy `/api/embeddings` answer, L2-normalised (that route does not
 /// normalise for every model).
-pub fn parse_legacy_embed(body: &[u8]) -> Result<Vec<f32>, Failure> {
+pub fn parse_legacy_embed(body: &[u8]) -> Result<Vec<f32>, Error> {
     let v: Value = serde_json::from_slice(body)
-        .map_err(|e| Failure::Other(format!("Ollama's /api/embeddings answer is not JSON: {e}")))?;
+        .map_err(|e| Error::Other(format!("Ollama's /api/embeddings answer is not JSON: {e}")))?;
     let mut vector = v
         .get("embedding")
-        .ok_or_else(|| Failure::Other("Ollama's /api/embeddings answer has no `embedding`".into()))
+        .ok_or_else(|| Error::Other("Ollama's /api/embeddings answer has no `embedding`".into()))
         .and_then(parse_vector)?;
     let norm = vector
         .iter()
@@ -429,10 +380,10 @@ pub fn parse_legacy_embed(body: &[u8]) -> Result<Vec<f32>, Failure> {
     Ok(vector)
 }
 
-fn parse_vector(v: &Value) -> Result<Vec<f32>, Failure> {
+fn parse_vector(v: &Value) -> Result<Vec<f32>, Error> {
     let items = v
         .as_array()
-        .ok_or_else(|| Failure::Other("an embedding is not a list of numbers".into()))?;
+        .ok_or_else(|| Error::Other("an embedding is not a list of numbers".into()))?;
     items
         .iter()
         .map(|x| match x.as_f64() {
@@ -484,11 +435,7 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
-        let map: std::collections::HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::from_lookup(|k| map.get(k).cloned()).unwrap()
+        Settings::from_settings(&SdkSettings::from_pairs(pairs.iter().copied())).unwrap()
     }
 
     #[test]
@@ -524,22 +471,22 @@ mod tests {
         let b = "http://localhost:11434";
         assert_eq!(
             map_status(b, "llava", 404, br#"{"error":"model 'llava' not found"}"#),
-            Failure::ModelNotFound(format!(
+            Error::ModelNotFound(format!(
                 "model \"llava\" not found on {b}: run `ollama pull llava`"
             ))
         );
         assert!(
-            matches!(map_status(b, "nomic-embed-text", 400, br#"{"error":"\"nomic-embed-text\" does not support generate"}"#), Failure::Other(m) if m.contains("cannot describe images"))
+            matches!(map_status(b, "nomic-embed-text", 400, br#"{"error":"\"nomic-embed-text\" does not support generate"}"#), Error::Other(m) if m.contains("cannot describe images"))
         );
         assert!(
-            matches!(map_status(b, "llama3.2", 400, br#"{"error":"{\"error\":\"Multimodal data provided, but model does not support multimodal requests.\"}"}"#), Failure::Other(m) if m.contains("llama3.2\" cannot see images"))
+            matches!(map_status(b, "llama3.2", 400, br#"{"error":"{\"error\":\"Multimodal data provided, but model does not support multimodal requests.\"}"}"#), Error::Other(m) if m.contains("llama3.2\" cannot see images"))
         );
         assert!(
-            matches!(map_status(b, "llava", 501, br#"{"error":"This server does not support embeddings."}"#), Failure::Other(m) if m.contains("not an embedding model"))
+            matches!(map_status(b, "llava", 501, br#"{"error":"This server does not support embeddings."}"#), Error::Other(m) if m.contains("not an embedding model"))
         );
         assert!(matches!(
             map_status(b, "llava", 503, br#"{"error":"server busy"}"#),
-            Failure::Unavailable(_)
+            Error::Unavailable(_)
         ));
         assert!(is_missing_route(404, b"404 page not found"));
         assert!(!is_missing_route(
