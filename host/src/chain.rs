@@ -12,6 +12,7 @@ use crate::config::{Config, Step};
 use crate::error::{Error, Result};
 use crate::input::{self, ImageSource, ValidImage};
 use crate::plugin::{CallError, ItemResult, ModelInfo, Plugin, Roles, Runtime};
+use crate::store::{self, CachedDescription, ImageMeta, Store, StoreError};
 use crate::types::{
     Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, StepKind,
 };
@@ -165,6 +166,9 @@ enum Slot {
 pub struct Options {
     /// Refuse image URLs that lead to non-public addresses (for untrusted callers).
     pub url_guard: Option<crate::input::UrlGuard>,
+    /// The persistent cache: descriptions and vectors are looked up before plugins are called,
+    /// and every image's answer is recorded for search.
+    pub store: Option<Store>,
 }
 
 impl Options {
@@ -173,11 +177,18 @@ impl Options {
         self.url_guard = Some(guard);
         self
     }
+
+    /// Use `store` as the persistent cache.
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
 }
 
 struct Inner {
     config: Config,
     url_guard: Option<crate::input::UrlGuard>,
+    store: Option<Store>,
     plugins: BTreeMap<String, Slot>,
     http: reqwest::Client,
     // Declared last: dropped after the plugins that use its engine.
@@ -196,6 +207,8 @@ struct Found {
     model: ModelInfo,
     vector: Vec<f32>,
     description: Option<Description>,
+    /// Every plugin call behind it was answered by the cache.
+    cached: bool,
 }
 
 /// Why one step did not answer.
@@ -381,6 +394,7 @@ impl Imbed {
         Ok(Imbed {
             inner: Arc::new(Inner {
                 url_guard: options.url_guard,
+                store: options.store,
                 config,
                 plugins,
                 http,
@@ -392,6 +406,53 @@ impl Imbed {
     /// The configuration in use.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The embedding space each chain step answers images in, as far as it can tell now
+    /// (`None` for a step whose plugin is not loaded or whose backend cannot say).
+    pub async fn step_spaces(&self) -> Vec<Option<String>> {
+        let mut out = Vec::new();
+        for step in &self.inner.config.chain.steps {
+            let space = match step {
+                Step::DescribeThenEmbed { embedder, .. } | Step::Description { embedder } => {
+                    match self.plugin(embedder) {
+                        Ok(p) => p.text_model().await.ok().map(|m| m.space),
+                        Err(_) => None,
+                    }
+                }
+                Step::ImageEmbed { plugin } | Step::Hash { plugin } => match self.plugin(plugin) {
+                    Ok(p) => p.image_model().await.ok().map(|m| m.space),
+                    Err(_) => None,
+                },
+            };
+            out.push(space);
+        }
+        out
+    }
+
+    /// The persistent cache, when one is in use.
+    pub fn store(&self) -> Option<&Store> {
+        self.inner.store.as_ref()
+    }
+
+    /// Run a cache operation off the async threads (SQLite blocks). A cache failure is logged
+    /// and treated as a miss: the cache may make imbed faster, never make it fail.
+    async fn cache<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Store) -> std::result::Result<T, StoreError> + Send + 'static,
+    ) -> Option<T> {
+        let store = self.inner.store.clone()?;
+        match tokio::task::spawn_blocking(move || op(&store)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::warn!("cache: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("cache task failed: {e}");
+                None
+            }
+        }
     }
 
     /// Every configured plugin and whether it loaded.
@@ -500,6 +561,17 @@ impl Imbed {
             };
             note_dead(index, &outcome, &mut dead);
             if let Some(embedding) = self.accept(index, step.kind(), outcome, &mut attempts) {
+                // Recorded before returning, so a caller that saw the answer (an index run that
+                // is then killed) finds it in the cache next time.
+                let meta = ImageMeta {
+                    sha256: image.sha256.clone(),
+                    mime: image.mime_type.to_string(),
+                    width: image.width,
+                    height: image.height,
+                    bytes: image.data.len() as u64,
+                };
+                let entry = embedding.clone();
+                self.cache(move |s| s.put_entry(&meta, &entry)).await;
                 return Ok(embedding);
             }
         }
@@ -654,6 +726,7 @@ impl Imbed {
                         dimensions,
                         description: found.description,
                         degraded: index > 0,
+                        cached: found.cached,
                         attempts: std::mem::take(attempts),
                     },
                 })
@@ -697,13 +770,83 @@ impl Imbed {
         text: &str,
         description: Description,
     ) -> std::result::Result<Found, StepError> {
-        let (plugin, model, mut items) = self.text_batch(key, &[text.to_string()]).await?;
+        let (plugin, model, mut items) = self.cached_text_batch(key, &[text.to_string()]).await?;
+        let (vector, cached) = items.remove(0);
         Ok(Found {
             plugin,
             model,
-            vector: items.remove(0).map_err(|e| StepError::of(key, e))?,
+            vector: vector.map_err(|e| StepError::of(key, e))?,
             description: Some(description),
+            cached,
         })
+    }
+
+    /// [`Imbed::text_batch`] through the cache: texts already embedded in the model's space are
+    /// answered from it, the rest go to the plugin in one call and are remembered. Each item
+    /// says whether the cache answered it.
+    async fn cached_text_batch(
+        &self,
+        key: &str,
+        texts: &[String],
+    ) -> std::result::Result<(PluginId, ModelInfo, Vec<(ItemResult, bool)>), StepError> {
+        if self.inner.store.is_none() {
+            let (plugin, model, items) = self.text_batch(key, texts).await?;
+            return Ok((plugin, model, items.into_iter().map(|r| (r, false)).collect()));
+        }
+        let plugin = self.plugin(key)?;
+        let model = plugin
+            .text_model()
+            .await
+            .map_err(|e| StepError::in_role(key, Role::Text, e))?;
+        self.precheck(key, &model)?;
+        let keys: Vec<String> = texts.iter().map(|t| store::text_key(t)).collect();
+        let space = model.space.clone();
+        let found = {
+            let keys = keys.clone();
+            self.cache(move |s| {
+                keys.iter()
+                    .map(|k| s.text_vector(k, &space))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            })
+            .await
+            .unwrap_or_else(|| vec![None; texts.len()])
+        };
+        let mut out: Vec<Option<(ItemResult, bool)>> = found
+            .into_iter()
+            .map(|v| {
+                v.filter(|v| model.dimensions.is_none_or(|d| d == v.len()))
+                    .map(|v| (Ok(v), true))
+            })
+            .collect();
+        let missing: Vec<usize> = (0..texts.len()).filter(|&i| out[i].is_none()).collect();
+        let mut model = model;
+        if !missing.is_empty() {
+            let batch: Vec<String> = missing.iter().map(|&i| texts[i].clone()).collect();
+            let (answered_model, items) = plugin
+                .embed_texts(&batch)
+                .await
+                .map_err(|e| StepError::in_role(key, Role::Text, e))?;
+            model = answered_model;
+            let mut fresh = Vec::new();
+            for (&i, item) in missing.iter().zip(items) {
+                if let Ok(v) = &item {
+                    fresh.push((keys[i].clone(), v.clone()));
+                }
+                out[i] = Some((item, false));
+            }
+            let (space, model_id) = (model.space.clone(), model.model.clone());
+            self.cache(move |s| {
+                fresh
+                    .iter()
+                    .try_for_each(|(k, v)| s.put_text_vector(k, &space, &model_id, v))
+            })
+            .await;
+        }
+        let items = out
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| (Err(CallError::new(FailureKind::Other, "no answer")), false)))
+            .collect();
+        Ok((plugin.id.clone(), model, items))
     }
 
     async fn embed_one_image(
@@ -717,15 +860,40 @@ impl Imbed {
             .await
             .map_err(|e| StepError::in_role(key, Role::Image, e))?;
         self.precheck(key, &model)?;
+        let (sha, space) = (image.sha256.clone(), model.space.clone());
+        if let Some(vector) = self
+            .cache(move |s| s.image_vector(&sha, &space))
+            .await
+            .flatten()
+            .filter(|v| model.dimensions.is_none_or(|d| d == v.len()))
+        {
+            return Ok(Found {
+                plugin: plugin.id.clone(),
+                model,
+                vector,
+                description: None,
+                cached: true,
+            });
+        }
         let (model, mut vectors) = plugin
             .embed_images(std::slice::from_ref(image))
             .await
             .map_err(|e| StepError::in_role(key, Role::Image, e))?;
+        let vector = vectors.remove(0).map_err(|e| StepError::of(key, e))?;
+        let (sha, space, model_id, v) = (
+            image.sha256.clone(),
+            model.space.clone(),
+            model.model.clone(),
+            vector.clone(),
+        );
+        self.cache(move |s| s.put_image_vector(&sha, &space, &model_id, &v))
+            .await;
         Ok(Found {
             plugin: plugin.id.clone(),
             model,
-            vector: vectors.remove(0).map_err(|e| StepError::of(key, e))?,
+            vector,
             description: None,
+            cached: false,
         })
     }
 
@@ -750,18 +918,61 @@ impl Imbed {
                     .await
                     .map_err(|e| StepError::in_role(embedder, Role::Text, e))?;
                 self.precheck(embedder, &model)?;
-                let d = describe_with
-                    .describe(image, prompt.as_deref())
-                    .await
-                    .map_err(|e| StepError::in_role(describer, Role::Describe, e))?;
-                let description = Description {
-                    text: d.text.clone(),
-                    source: DescriptionSource::Model,
-                    plugin: Some(describe_with.id.clone()),
-                    model: Some(d.model),
-                    structured: d.structured,
+                // A description depends on the image, the vision model and the prompt, not on
+                // the embedding model: swapping the embedder reuses it.
+                let identity = store::describer_identity(
+                    &describe_with.id.name,
+                    &describe_with.config.settings,
+                );
+                let prompt_key = prompt.clone().unwrap_or_default();
+                let cached = {
+                    let (sha, id, p) = (image.sha256.clone(), identity.clone(), prompt_key.clone());
+                    self.cache(move |s| s.description(&sha, &id, &p)).await.flatten()
                 };
-                self.embed_one_text(embedder, &d.text, description).await
+                let (description, described_from_cache) = match cached {
+                    Some(c) => (
+                        Description {
+                            text: c.text,
+                            source: DescriptionSource::Model,
+                            plugin: Some(describe_with.id.clone()),
+                            model: Some(c.model),
+                            structured: c.structured.and_then(|j| serde_json::from_str(&j).ok()),
+                        },
+                        true,
+                    ),
+                    None => {
+                        let d = describe_with
+                            .describe(image, prompt.as_deref())
+                            .await
+                            .map_err(|e| StepError::in_role(describer, Role::Describe, e))?;
+                        let row = CachedDescription {
+                            text: d.text.clone(),
+                            plugin: describe_with.id.name.clone(),
+                            model: d.model.clone(),
+                            structured: d
+                                .structured
+                                .as_ref()
+                                .and_then(|st| serde_json::to_string(st).ok()),
+                        };
+                        let sha = image.sha256.clone();
+                        self.cache(move |s| s.put_description(&sha, &identity, &prompt_key, &row))
+                            .await;
+                        (
+                            Description {
+                                text: d.text,
+                                source: DescriptionSource::Model,
+                                plugin: Some(describe_with.id.clone()),
+                                model: Some(d.model),
+                                structured: d.structured,
+                            },
+                            false,
+                        )
+                    }
+                };
+                let text = description.text.clone();
+                let mut found = self.embed_one_text(embedder, &text, description).await?;
+                found.cached &= described_from_cache;
+                Ok(found)
             }
             Step::ImageEmbed { plugin } | Step::Hash { plugin } => {
                 self.embed_one_image(plugin, image).await
@@ -852,7 +1063,7 @@ impl Imbed {
                 None => {
                     async {
                         let key = self.text_embedder(step).await?;
-                        let (plugin, model, items) = self.text_batch(key, &batch).await?;
+                        let (plugin, model, items) = self.cached_text_batch(key, &batch).await?;
                         Ok::<_, StepError>((key, plugin, model, items))
                     }
                     .await
@@ -880,13 +1091,14 @@ impl Imbed {
                     continue;
                 }
                 Ok((key, plugin, model, items)) => {
-                    for (&i, item) in pending.iter().zip(items) {
+                    for (&i, (item, cached)) in pending.iter().zip(items) {
                         let outcome = item
                             .map(|vector| Found {
                                 plugin: plugin.clone(),
                                 model: model.clone(),
                                 vector,
                                 description: Some(query_description(&texts[i])),
+                                cached,
                             })
                             .map_err(|e| StepError::of(key, e));
                         match self.accept(index, kind, outcome, &mut attempts[i]) {

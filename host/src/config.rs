@@ -316,6 +316,19 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
     /// `imbed serve` settings.
     pub server: ServerSettings,
+    /// The persistent cache of descriptions and vectors.
+    pub cache: CacheSettings,
+    /// `[models]`: where model files live and where `imbed models pull` fetches them.
+    pub models: crate::models::ModelSettings,
+}
+
+/// `[cache]`: the database of descriptions, vectors and indexed files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// The SQLite file; `None` (`database = ""`) turns the cache off. It lives under
+    /// `IMBED_HOME`, not the cache directory: it holds hours of vision-model work that a cache
+    /// cleaner should not throw away.
+    pub database: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -330,6 +343,26 @@ struct RawConfig {
     plugins: BTreeMap<Spanned<String>, Spanned<RawPlugin>>,
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    models: RawModels,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawModels {
+    dir: Option<Spanned<String>>,
+    mirror: Option<Spanned<String>>,
+    registry: Option<Spanned<String>>,
+    #[serde(default)]
+    urls: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    database: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -648,9 +681,22 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
     };
 
     let server = validate_server(&raw.server, ctx)?;
+    let cache = CacheSettings {
+        database: match &raw.cache.database {
+            Some(db) if db.get_ref().trim().is_empty() => None,
+            Some(db) => Some(ctx.path(db)?),
+            None => Some(
+                PathBuf::from(ctx.env.get("IMBED_HOME").unwrap_or_default()).join("imbed.db"),
+            ),
+        },
+    };
+
+    let models = validate_models(&raw.models, ctx)?;
 
     Ok(Config {
         server,
+        cache,
+        models,
         source: ctx.file.to_string(),
         cache_dir,
         input,
@@ -659,6 +705,43 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
             steps,
         },
         plugins,
+    })
+}
+
+fn validate_models(
+    raw: &RawModels,
+    ctx: &Ctx<'_>,
+) -> Result<crate::models::ModelSettings, ConfigError> {
+    let dir = match &raw.dir {
+        Some(d) => ctx.path(d)?,
+        None => PathBuf::from(ctx.env.get("IMBED_HOME").unwrap_or_default()).join("models"),
+    };
+    // An empty value means "not set", so `mirror = "${IMBED_MODEL_MIRROR:-}"` works.
+    let url = |value: &Spanned<String>, what: &str| -> Result<Option<String>, ConfigError> {
+        let text = ctx.expand(value)?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        crate::models::check_base_url(text.trim())
+            .map(Some)
+            .or_else(|e| ctx.err(Some(value.span()), format!("[models] {what}: {e}")))
+    };
+    let mirror = match &raw.mirror {
+        Some(m) => url(m, "mirror")?,
+        None => None,
+    };
+    let mut urls = BTreeMap::new();
+    for (name, value) in &raw.urls {
+        if let Some(u) = url(value, &format!("urls.{name}"))? {
+            urls.insert(name.clone(), u);
+        }
+    }
+    let registry = raw.registry.as_ref().map(|r| ctx.path(r)).transpose()?;
+    Ok(crate::models::ModelSettings {
+        dir,
+        mirror,
+        urls,
+        registry,
     })
 }
 

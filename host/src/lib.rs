@@ -26,9 +26,13 @@ mod chain;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod index;
 pub mod input;
+pub mod models;
 mod plugin;
+pub mod search;
 pub mod server;
+pub mod store;
 pub mod types;
 
 pub use blocking::BlockingImbed;
@@ -39,6 +43,7 @@ pub use config::{Config, ConfigError, Env};
 pub use error::{Error, Result};
 pub use input::{ImageSource, InputError, UrlGuard, ValidImage};
 pub use plugin::{ComponentReport, Roles};
+pub use store::{Store, StoreError};
 pub use types::{
     Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance,
     StepKind, StructuredDescription,

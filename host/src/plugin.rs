@@ -487,6 +487,21 @@ impl Runtime {
             http_origins: cfg.grants.http.clone(),
             client: self.client.clone(),
         });
+        // A plugin that can reach no network only computes: more instances than cores would
+        // just take turns on them, each holding its own memory (a CLIP instance is ~600 MB).
+        let mut cfg = cfg.clone();
+        if cfg.grants.http.is_empty() && cfg.grants.sockets.is_empty() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if cfg.pool_size > cores {
+                tracing::info!(
+                    plugin = key,
+                    "{} instances configured, {cores} used: the plugin is CPU-bound (no network grants) and this machine has {cores} cores",
+                    cfg.pool_size
+                );
+                cfg.pool_size = cores;
+            }
+        }
+        let cfg = &cfg;
         let mut plugin = Plugin {
             key: key.to_string(),
             id: PluginId {

@@ -89,6 +89,10 @@ pub struct Provenance {
     /// True when a step before this one was tried and did not answer: the result may be
     /// upgraded later, once a better step answers again.
     pub degraded: bool,
+    /// True when the persistent cache answered every plugin call behind this vector (nothing
+    /// was computed this time).
+    #[serde(default)]
+    pub cached: bool,
     /// The steps tried before this one, and why each did not answer.
     pub attempts: Vec<Attempt>,
 }

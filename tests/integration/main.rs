@@ -3,12 +3,17 @@
 mod blocking;
 mod cache;
 mod chain;
+mod clip;
 mod cli;
+mod collection;
 mod hash;
 mod input;
+mod minilm;
+mod models;
 mod ollama;
 mod ollama_standin;
 mod openai;
+mod python_plugin;
 mod sandbox;
 mod server;
 

@@ -16,6 +16,10 @@ use imbed::{Config, Env};
 
 pub mod ollama;
 pub mod openai;
+pub mod python;
+pub mod files;
+pub mod models;
+pub mod clip;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -198,6 +202,7 @@ pub struct TestConfig {
     steps: Vec<String>,
     require_space: Option<String>,
     cache_dir: Option<PathBuf>,
+    database: Option<PathBuf>,
     input: Vec<String>,
     server: Vec<String>,
 }
@@ -263,6 +268,12 @@ impl TestConfig {
         self
     }
 
+    /// Use this file as the persistent cache (`[cache] database`).
+    pub fn database(mut self, path: impl Into<PathBuf>) -> Self {
+        self.database = Some(path.into());
+        self
+    }
+
     /// Set an `[input]` key to a TOML literal.
     pub fn input(mut self, key: &str, toml_literal: &str) -> Self {
         self.input.push(format!("{key} = {toml_literal}"));
@@ -292,6 +303,12 @@ impl TestConfig {
                 t.push_str(line);
                 t.push('\n');
             }
+        }
+        if let Some(db) = &self.database {
+            t.push_str(&format!(
+                "[cache]\ndatabase = {}\n",
+                toml_string(&db.display().to_string())
+            ));
         }
         if !self.server.is_empty() {
             t.push_str("[server]\n");

@@ -10,6 +10,14 @@ use futures::StreamExt;
 use imbed::{Config, Embedding, Env, Error, ImageRequest, ImageSource, Imbed, PluginHealth};
 use serde_json::{json, Value};
 
+// Commands over the persistent cache (a folder beside this file, so cargo does not take it
+// for another binary).
+#[path = "imbed/collection.rs"]
+mod collection;
+// `imbed models ...` (same arrangement).
+#[path = "imbed/models.rs"]
+mod models_cmd;
+
 /// Exit codes scripts can rely on (documented in the README).
 mod exit {
     pub const OK: u8 = 0;
@@ -19,6 +27,8 @@ mod exit {
     pub const USAGE: u8 = 2;
     /// At least one input could not be read or is not a usable image.
     pub const BAD_INPUT: u8 = 3;
+    /// Stopped by Ctrl-C; what finished is kept (`imbed index`).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 #[derive(Parser)]
@@ -100,6 +110,89 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Model files for local plugins (CLIP, MiniLM): pull, list, remove, import.
+    Models {
+        #[command(subcommand)]
+        command: models_cmd::ModelsCommand,
+    },
+    /// Embed every image under folders (and files) into the cache, a few at a time, with
+    /// progress. Interrupt it any time and run it again: finished images are not redone.
+    Index {
+        /// Folders and image files.
+        paths: Vec<PathBuf>,
+        /// Images in flight at once (default: the largest plugin instance count in the config).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Re-embed images whose only answers came from a fallback step (all such images in
+        /// the cache when no path is given).
+        #[arg(long)]
+        upgrade: bool,
+        /// Print one JSON line per file and a summary line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find indexed images closest to a text, in the space the chain embeds the text into.
+    Search {
+        /// What to look for.
+        query: String,
+        /// How many results.
+        #[arg(short = 'k', long, default_value_t = 10)]
+        limit: usize,
+        /// Compare with every vector (the default below 50,000 vectors).
+        #[arg(long, conflicts_with = "approximate")]
+        exact: bool,
+        /// Use the approximate index (the default from 50,000 vectors).
+        #[arg(long)]
+        approximate: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find indexed images closest to an image (a path or URL), in the space the chain embeds it into.
+    Similar {
+        /// The image.
+        image: String,
+        /// How many results.
+        #[arg(short = 'k', long, default_value_t = 10)]
+        limit: usize,
+        /// Compare with every vector.
+        #[arg(long, conflicts_with = "approximate")]
+        exact: bool,
+        /// Use the approximate index.
+        #[arg(long)]
+        approximate: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The persistent cache: sizes, pruning.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// What the cache holds: images, paths, descriptions, vectors per space, size on disk.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget files that are gone or changed (and content no path refers to), optionally
+    /// whole spaces and cached queries, then compact the file.
+    Prune {
+        /// Also drop everything stored in this embedding space (may repeat).
+        #[arg(long = "space")]
+        spaces: Vec<String>,
+        /// Also drop cached query vectors.
+        #[arg(long)]
+        queries: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -193,6 +286,37 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Config {
             command: ConfigCommand::Check { json },
         } => config_check(config, json).await,
+        Command::Models { command } => models_cmd::run(&config, command).await,
+        Command::Index {
+            paths,
+            jobs,
+            upgrade,
+            json,
+        } => collection::index(config, paths, jobs, upgrade, json).await,
+        Command::Search {
+            query,
+            limit,
+            exact,
+            approximate,
+            json,
+        } => collection::search(config, query, limit, exact, approximate, json).await,
+        Command::Similar {
+            image,
+            limit,
+            exact,
+            approximate,
+            json,
+        } => collection::similar(config, image, limit, exact, approximate, json).await,
+        Command::Cache {
+            command: CacheCommand::Stats { json },
+        } => collection::cache_stats(config, json).await,
+        Command::Cache {
+            command: CacheCommand::Prune {
+                spaces,
+                queries,
+                json,
+            },
+        } => collection::cache_prune(config, spaces, queries, json).await,
     }
 }
 
@@ -325,6 +449,23 @@ async fn embed(
     let mut stdin_used = false;
     let mut labels = Vec::new();
     let mut requests = Vec::new();
+    // A folder stands for every image under it.
+    let mut expanded = Vec::new();
+    for arg in inputs {
+        if std::path::Path::new(&arg).is_dir() {
+            let (found, problems) = imbed::index::find_images(&[PathBuf::from(&arg)]);
+            for p in problems {
+                eprintln!("imbed: skipping {p}");
+            }
+            if found.is_empty() {
+                eprintln!("imbed: {arg}: no images in this folder");
+            }
+            expanded.extend(found.into_iter().map(|p| p.display().to_string()));
+        } else {
+            expanded.push(arg);
+        }
+    }
+    let inputs = expanded;
     for arg in &inputs {
         let source = parse_input(arg, &mut stdin_used)?;
         labels.push(if arg == "-" {
@@ -349,7 +490,7 @@ async fn embed(
         })
         .collect();
 
-    let imbed = Imbed::new(config).await?;
+    let imbed = collection::imbed_with_cache(config).await?;
     let mut printer = Printer::new(output);
     let mut code = exit::OK;
     let mut results = imbed.embed_images(requests, concurrency).enumerate();
@@ -366,7 +507,7 @@ async fn embed(
 }
 
 async fn embed_text(config: Config, texts: Vec<String>, output: Output) -> anyhow::Result<u8> {
-    let imbed = Imbed::new(config).await?;
+    let imbed = collection::imbed_with_cache(config).await?;
     let mut printer = Printer::new(output);
     let mut code = exit::OK;
     for text in &texts {

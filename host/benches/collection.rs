@@ -1,0 +1,256 @@
+//! The persistent cache, folder indexing and search:
+//! - cache-hit latency (p50/p99) of a whole `embed_image` call, next to the same call without
+//!   the cache (hash plugin; Ollama stand-in describe-then-embed);
+//! - images per second indexing 1,000 generated images through the hash plugin, and through
+//!   the Ollama stand-in answering each request in 200 ms, at several concurrency levels;
+//! - search latency over 10k and 100k vectors of 384 and 768 dimensions, exact and approximate
+//!   (USearch HNSW), with recall@10 of the approximate search against the exact one.
+//!
+//! Run with `cargo bench -p imbed --bench collection` after `scripts/setup`. Set
+//! `IMBED_BENCH_QUICK=1` for a short run (fewer images, 10k vectors only).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use imbed::index::{IndexOptions, Summary};
+use imbed::search::{exact_top_k, AnnIndex};
+use imbed::store::{SpaceVectors, Store};
+use imbed::{Config, Env, ImageRequest, ImageSource, Imbed, Options};
+use imbed_tests::ollama::OllamaStandIn;
+
+fn quick() -> bool {
+    std::env::var_os("IMBED_BENCH_QUICK").is_some()
+}
+
+fn hash_config(cache: &Path) -> Config {
+    let wasm = imbed_tests::wasm_dir().join("imbed_hash.wasm");
+    assert!(wasm.is_file(), "{} is missing: run scripts/setup first", wasm.display());
+    let text = format!(
+        "cache_dir = {cache:?}\n[chain]\n[[chain.steps]]\nkind = \"hash\"\nplugin = \"hash\"\n\
+         [plugins.hash]\nfile = {wasm:?}\n[plugins.hash.limits]\ninstances = 2\n",
+        cache = cache.display().to_string(),
+        wasm = wasm.display().to_string(),
+    );
+    Config::from_toml_str(&text, "<bench>", None, &Env::isolated()).expect("bench config")
+}
+
+fn ollama_config(ollama: &OllamaStandIn, instances: usize, cache: &Path) -> Config {
+    let wasm = imbed_tests::wasm_dir().join("imbed_ollama.wasm");
+    let text = format!(
+        "cache_dir = {cache:?}\n[chain]\n[[chain.steps]]\nkind = \"describe-then-embed\"\ndescriber = \"ollama\"\nembedder = \"ollama\"\n\
+         [plugins.ollama]\nfile = {wasm:?}\n[plugins.ollama.limits]\ninstances = {instances}\n\
+         [plugins.ollama.grants]\nhttp = [{base:?}]\n[plugins.ollama.settings]\nbase_url = {base:?}\n",
+        cache = cache.display().to_string(),
+        wasm = wasm.display().to_string(),
+        base = ollama.base_url(),
+    );
+    Config::from_toml_str(&text, "<bench>", None, &Env::isolated()).expect("bench config")
+}
+
+fn png(seed: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(128, 96, |x, y| {
+        image::Rgb([(x + seed) as u8, (y * 3 + seed / 256) as u8, (x ^ y ^ seed) as u8])
+    });
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+fn folder(n: u32) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    for i in 0..n {
+        std::fs::write(photos.join(format!("p{i:04}.png")), png(i)).unwrap();
+    }
+    (dir, photos)
+}
+
+fn pct(xs: &mut [Duration], p: f64) -> Duration {
+    xs.sort();
+    xs[((xs.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+async fn latency(imbed: &Imbed, bytes: &[u8], n: usize) -> (Duration, Duration) {
+    let mut xs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let e = imbed
+            .embed_image(ImageRequest::new(ImageSource::Bytes(bytes.to_vec())))
+            .await
+            .unwrap();
+        xs.push(t.elapsed());
+        std::hint::black_box(e);
+    }
+    (pct(&mut xs, 0.5), pct(&mut xs, 0.99))
+}
+
+async fn cache_hits(compile_cache: &Path) {
+    println!("## cache hits: whole embed_image call, 128x96 PNG (p50 / p99)");
+    let ollama = OllamaStandIn::start();
+    let bytes = png(7);
+    for (name, config) in [
+        ("hash plugin", hash_config(compile_cache)),
+        ("ollama stand-in, describe-then-embed", ollama_config(&ollama, 2, compile_cache)),
+    ] {
+        let db_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(db_dir.path().join("imbed.db")).unwrap();
+        let cached = Imbed::with_options(config.clone(), Options::default().store(store))
+            .await
+            .unwrap();
+        let plain = Imbed::new(config).await.unwrap();
+        latency(&cached, &bytes, 20).await;
+        latency(&plain, &bytes, 20).await;
+        let (c50, c99) = latency(&cached, &bytes, 500).await;
+        let (p50, p99) = latency(&plain, &bytes, 500).await;
+        println!(
+            "{name}: cache hit {} / {}; no cache {} / {}; ratio at p50 {:.2}x",
+            ms(c50),
+            ms(c99),
+            ms(p50),
+            ms(p99),
+            p50.as_secs_f64() / c50.as_secs_f64()
+        );
+    }
+}
+
+async fn index_rate(imbed: &Imbed, photos: &Path, jobs: usize) -> (f64, Summary) {
+    let (files, _) = imbed::index::find_images(&[photos.to_path_buf()]);
+    let t = Instant::now();
+    let mut s = Summary::default();
+    let mut stream = imbed::index::index_files(imbed, files, &IndexOptions::new(jobs)).unwrap();
+    while let Some(r) = stream.next().await {
+        s.add(&r);
+    }
+    (s.total as f64 / t.elapsed().as_secs_f64(), s)
+}
+
+async fn indexing(compile_cache: &Path) {
+    let n = if quick() { 200 } else { 1000 };
+    println!("## indexing {n} generated 128x96 PNGs (images/s)");
+    let (_keep, photos) = folder(n);
+    for jobs in [1, 2, 4] {
+        let db_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(db_dir.path().join("imbed.db")).unwrap();
+        let imbed = Imbed::with_options(hash_config(compile_cache), Options::default().store(store))
+            .await
+            .unwrap();
+        let (rate, s) = index_rate(&imbed, &photos, jobs).await;
+        assert_eq!(s.embedded, n as u64);
+        let (again, s) = index_rate(&imbed, &photos, jobs).await;
+        assert_eq!(s.unchanged, n as u64);
+        println!("hash plugin, {jobs} in flight: {rate:.0} images/s; re-run (all unchanged) {again:.0} files/s");
+    }
+    let ollama = OllamaStandIn::start();
+    ollama.set_latency(Duration::from_millis(200));
+    for jobs in [4, 16, 64] {
+        // Each image costs two requests (describe, embed) of 200 ms: ideal = jobs / 0.4 s.
+        let count = if jobs < 16 { n.min(200) } else { n };
+        let (_keep, photos) = folder(count);
+        let db_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(db_dir.path().join("imbed.db")).unwrap();
+        let imbed = Imbed::with_options(
+            ollama_config(&ollama, jobs, compile_cache),
+            Options::default().store(store),
+        )
+        .await
+        .unwrap();
+        let (rate, s) = index_rate(&imbed, &photos, jobs).await;
+        assert_eq!(s.embedded, count as u64, "{s:?}");
+        println!(
+            "ollama stand-in at 200 ms per request, {jobs} in flight, {count} images: {rate:.1} images/s (ideal {:.1})",
+            jobs as f64 / 0.4
+        );
+    }
+}
+
+fn random_set(n: usize, dims: usize, seed: u64) -> SpaceVectors {
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let mut data = Vec::with_capacity(n * dims);
+    for _ in 0..n {
+        let v: Vec<f32> = (0..dims).map(|_| next()).collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        data.extend(v.into_iter().map(|x| x / norm));
+    }
+    SpaceVectors {
+        space: format!("bench/random:{dims}"),
+        dims,
+        ids: (1..=n as i64).collect(),
+        images: (0..n).map(|i| i.to_string()).collect(),
+        data,
+    }
+}
+
+fn search() {
+    println!("## search, top 10 (p50 / p99 over 100 queries; recall@10 of approximate vs exact)");
+    let sizes: &[usize] = if quick() { &[10_000] } else { &[10_000, 100_000] };
+    for &n in sizes {
+        for dims in [384, 768] {
+            let set = random_set(n, dims, n as u64 + dims as u64);
+            // Queries near stored vectors (as real queries are), not uniform noise.
+            let queries = random_set(100, dims, 4242);
+            let query = |q: usize| -> Vec<f32> {
+                let base = set.vector(q * 37 % n);
+                let noise = queries.vector(q);
+                let v: Vec<f32> = base.iter().zip(noise).map(|(a, b)| a + 0.5 * b).collect();
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.into_iter().map(|x| x / norm).collect()
+            };
+            let qs: Vec<Vec<f32>> = (0..100).map(query).collect();
+
+            let mut exact_t = Vec::new();
+            let mut exact_hits = Vec::new();
+            for q in &qs {
+                let t = Instant::now();
+                let top = exact_top_k(&set, q, 10, &|_| false);
+                exact_t.push(t.elapsed());
+                exact_hits.push(top.into_iter().map(|(i, _)| set.ids[i]).collect::<Vec<_>>());
+            }
+            let t = Instant::now();
+            let ann = AnnIndex::build(&set).unwrap();
+            let build = t.elapsed();
+            let mut ann_t = Vec::new();
+            let mut found = 0;
+            for (q, want) in qs.iter().zip(&exact_hits) {
+                let t = Instant::now();
+                let top = ann.search(q, 10).unwrap();
+                ann_t.push(t.elapsed());
+                found += top.iter().filter(|(id, _)| want.contains(id)).count();
+            }
+            let (e50, e99) = (pct(&mut exact_t, 0.5), pct(&mut exact_t, 0.99));
+            let (a50, a99) = (pct(&mut ann_t, 0.5), pct(&mut ann_t, 0.99));
+            println!(
+                "{n} x {dims}: exact {} / {}; approximate {} / {} (index built in {:.1} s); recall@10 {:.3}; exact/approximate at p50 {:.1}x",
+                ms(e50),
+                ms(e99),
+                ms(a50),
+                ms(a99),
+                build.as_secs_f64(),
+                found as f64 / (qs.len() * 10) as f64,
+                e50.as_secs_f64() / a50.as_secs_f64()
+            );
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // SAFETY: nothing else reads the environment yet.
+    unsafe { std::env::remove_var("RUST_BACKTRACE") };
+    let compile_cache = tempfile::tempdir().unwrap();
+    cache_hits(compile_cache.path()).await;
+    indexing(compile_cache.path()).await;
+    search();
+}

@@ -1,0 +1,400 @@
+//! `imbed index`, `search`, `similar` and `cache`: the commands over the persistent cache.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use imbed::index::{IndexOptions, Outcome, Summary};
+use imbed::search::Method;
+use imbed::store::{PruneOptions, Store};
+use imbed::{Config, Error, ImageSource, Imbed, Options};
+use serde_json::json;
+
+use super::exit;
+
+/// Open the configured cache; `None` when the config turns it off.
+pub fn open_store(config: &Config) -> anyhow::Result<Option<Store>> {
+    match &config.cache.database {
+        None => Ok(None),
+        Some(path) => Ok(Some(Store::open(path)?)),
+    }
+}
+
+/// The runtime with the cache when there is one. For commands that only benefit from the
+/// cache, a cache that cannot be opened is a warning, not a failure.
+pub async fn imbed_with_cache(config: Config) -> anyhow::Result<Imbed> {
+    let store = match open_store(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("imbed: going on without the cache: {e:#}");
+            None
+        }
+    };
+    let options = match store {
+        Some(s) => Options::default().store(s),
+        None => Options::default(),
+    };
+    Ok(Imbed::with_options(config, options).await?)
+}
+
+/// The runtime with the cache, which the command cannot do without.
+async fn imbed_needing_cache(config: Config) -> anyhow::Result<(Imbed, Store)> {
+    let store = open_store(&config)?.ok_or_else(|| {
+        Error::Usage(
+            "this command needs the cache, which the config turns off: set [cache] database"
+                .into(),
+        )
+    })?;
+    let imbed = Imbed::with_options(config, Options::default().store(store.clone())).await?;
+    Ok((imbed, store))
+}
+
+/// Images in flight at once when `--jobs` is not given: as many as the busiest plugin of the
+/// chain runs instances (CPU-bound plugins are already capped at the core count).
+fn default_jobs(imbed: &Imbed) -> usize {
+    imbed
+        .config()
+        .plugins
+        .values()
+        .map(|p| p.pool_size)
+        .max()
+        .unwrap_or(1)
+        .clamp(1, 16)
+}
+
+pub async fn index(
+    config: Config,
+    paths: Vec<PathBuf>,
+    jobs: Option<usize>,
+    upgrade: bool,
+    json_lines: bool,
+) -> anyhow::Result<u8> {
+    let (imbed, store) = imbed_needing_cache(config).await?;
+    let files = if paths.is_empty() {
+        if !upgrade {
+            return Err(Error::Usage(
+                "give the folders or files to index (or --upgrade alone to retry every degraded image in the cache)".into(),
+            )
+            .into());
+        }
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.degraded_files(None))
+            .await
+            .context("cache task failed")??
+    } else {
+        let (found, problems) = tokio::task::spawn_blocking(move || {
+            imbed::index::find_images(&paths)
+        })
+        .await
+        .context("the folder walk failed")?;
+        for p in &problems {
+            eprintln!("imbed: skipping {p}");
+        }
+        if found.is_empty() && !problems.is_empty() {
+            return Err(Error::Usage("nothing to index: no path could be read".into()).into());
+        }
+        found
+    };
+    let jobs = jobs.unwrap_or_else(|| default_jobs(&imbed));
+    let total = files.len() as u64;
+    let mut progress = Progress::new(total);
+    let mut summary = Summary::default();
+    let mut stream = imbed::index::index_files(&imbed, files, &IndexOptions::new(jobs).upgrade(upgrade))?;
+    let started = Instant::now();
+    let interrupted = loop {
+        tokio::select! {
+            next = stream.next() => match next {
+                Some(report) => {
+                    if let Outcome::Failed { message } = &report.outcome {
+                        progress.println(&format!("imbed: {}: {message}", report.path.display()));
+                    }
+                    if json_lines {
+                        println!("{}", serde_json::to_string(&report)?);
+                    }
+                    summary.add(&report);
+                    progress.tick(&summary);
+                }
+                None => break false,
+            },
+            _ = tokio::signal::ctrl_c() => break true,
+        }
+    };
+    // Dropping the stream abandons the images in flight; everything finished is committed.
+    drop(stream);
+    progress.finish();
+    let secs = started.elapsed().as_secs_f64();
+    let line = format!(
+        "{} {} of {total} files in {secs:.1} s: {} embedded ({} by a fallback step), {} unchanged, {} already known by content, {} upgraded, {} still degraded, {} failed",
+        if interrupted { "interrupted after" } else { "indexed" },
+        summary.total,
+        summary.embedded,
+        summary.degraded,
+        summary.unchanged,
+        summary.known_content,
+        summary.upgraded,
+        summary.still_degraded,
+        summary.failed
+    );
+    if json_lines {
+        println!(
+            "{}",
+            json!({ "summary": summary, "files": total, "seconds": secs, "interrupted": interrupted })
+        );
+    }
+    eprintln!("imbed: {line}");
+    if interrupted {
+        eprintln!("imbed: run the same command again to continue; finished images are not redone");
+        return Ok(exit::INTERRUPTED);
+    }
+    if summary.degraded + summary.still_degraded > 0 {
+        eprintln!(
+            "imbed: some images were embedded by a fallback step; `imbed index --upgrade` re-embeds them once the better steps answer again"
+        );
+    }
+    Ok(if summary.failed > 0 {
+        exit::EXHAUSTED
+    } else {
+        exit::OK
+    })
+}
+
+/// A progress bar on a terminal; on anything else a line every few seconds.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+    started: Instant,
+    last_line: Instant,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            total,
+            started: Instant::now(),
+            last_line: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self, s: &Summary) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(s.total);
+                bar.set_message(format!(
+                    "{} new, {} skipped, {} failed",
+                    s.embedded + s.upgraded,
+                    s.unchanged + s.known_content,
+                    s.failed
+                ));
+            }
+            None if self.last_line.elapsed() >= Duration::from_secs(5) => {
+                self.last_line = Instant::now();
+                let secs = self.started.elapsed().as_secs_f64();
+                let rate = s.total as f64 / secs.max(1e-9);
+                let eta = (self.total.saturating_sub(s.total)) as f64 / rate.max(1e-9);
+                eprintln!(
+                    "imbed: {}/{} images, {rate:.1}/s, ETA {eta:.0} s",
+                    s.total, self.total
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn method(exact: bool, approximate: bool) -> Method {
+    match (exact, approximate) {
+        (true, _) => Method::Exact,
+        (_, true) => Method::Approximate,
+        _ => Method::Auto,
+    }
+}
+
+fn print_results(result: &imbed::search::SearchResult, json_out: bool) -> anyhow::Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(result)?);
+        return Ok(());
+    }
+    println!(
+        "space {} ({} search over {} images)",
+        result.space,
+        match result.method {
+            Method::Exact => "exact",
+            _ => "approximate",
+        },
+        result.searched
+    );
+    for hit in &result.hits {
+        let place = match hit.paths.first() {
+            Some(p) => {
+                let more = hit.paths.len() - 1;
+                if more > 0 {
+                    format!("{} (+{more} more paths)", p.display())
+                } else {
+                    p.display().to_string()
+                }
+            }
+            None => format!("sha256:{} (no known path)", hit.image),
+        };
+        println!("{:.4}  {place}", hit.score);
+    }
+    Ok(())
+}
+
+fn note_query(label: &str, e: &imbed::Embedding) {
+    if e.provenance.degraded {
+        eprintln!(
+            "imbed: the query {label} was embedded by a fallback step (step {}, {}); only images in that space {:?} are searched",
+            e.provenance.step, e.provenance.step_kind, e.provenance.space
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn search(
+    config: Config,
+    query: String,
+    k: usize,
+    exact: bool,
+    approximate: bool,
+    json_out: bool,
+) -> anyhow::Result<u8> {
+    let (imbed, store) = imbed_needing_cache(config).await?;
+    let e = imbed.embed_text(&query).await?;
+    note_query("text", &e);
+    let (space, vector, method) = (e.provenance.space.clone(), e.vector, method(exact, approximate));
+    let result = tokio::task::spawn_blocking(move || {
+        imbed::search::search(&store, &space, &vector, k, method, None)
+    })
+    .await
+    .context("the search task failed")??;
+    print_results(&result, json_out)?;
+    Ok(exit::OK)
+}
+
+pub async fn similar(
+    config: Config,
+    image: String,
+    k: usize,
+    exact: bool,
+    approximate: bool,
+    json_out: bool,
+) -> anyhow::Result<u8> {
+    let (imbed, store) = imbed_needing_cache(config).await?;
+    let source = if image.starts_with("http://") || image.starts_with("https://") {
+        ImageSource::Url(image.clone())
+    } else {
+        ImageSource::Path(PathBuf::from(&image))
+    };
+    let valid = imbed.load_image(&source).await?;
+    let e = imbed.embed_valid_image(&valid, None).await?;
+    note_query("image", &e);
+    let (space, vector, method) = (e.provenance.space.clone(), e.vector, method(exact, approximate));
+    let own = valid.sha256.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        imbed::search::search(&store, &space, &vector, k, method, Some(&own))
+    })
+    .await
+    .context("the search task failed")??;
+    print_results(&result, json_out)?;
+    Ok(exit::OK)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+pub async fn cache_stats(config: Config, json_out: bool) -> anyhow::Result<u8> {
+    let store = open_store(&config)?.ok_or_else(|| {
+        Error::Usage("the config turns the cache off ([cache] database = \"\")".into())
+    })?;
+    let stats = tokio::task::spawn_blocking(move || store.stats())
+        .await
+        .context("cache task failed")??;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+        return Ok(exit::OK);
+    }
+    println!("cache {} (schema {}), {} on disk", stats.path.display(), stats.schema_version, mib(stats.bytes_on_disk));
+    println!(
+        "  {} images, {} file paths, {} descriptions, {} text vectors, {} image vectors",
+        stats.images, stats.files, stats.descriptions, stats.text_vectors, stats.image_vectors
+    );
+    if stats.spaces.is_empty() {
+        println!("  no indexed images yet: `imbed index <folder>`");
+    }
+    for s in &stats.spaces {
+        println!(
+            "  space {}: {} images, {} dims{}",
+            s.space,
+            s.entries,
+            s.dims,
+            if s.degraded > 0 {
+                format!(", {} from a fallback step", s.degraded)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub async fn cache_prune(
+    config: Config,
+    spaces: Vec<String>,
+    queries: bool,
+    json_out: bool,
+) -> anyhow::Result<u8> {
+    let store = open_store(&config)?.ok_or_else(|| {
+        Error::Usage("the config turns the cache off ([cache] database = \"\")".into())
+    })?;
+    let mut options = PruneOptions::default().missing_files().vacuum();
+    for s in spaces {
+        options = options.space(s);
+    }
+    if queries {
+        options = options.text_vectors();
+    }
+    let report = tokio::task::spawn_blocking(move || store.prune(&options))
+        .await
+        .context("cache task failed")??;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "pruned: {} vanished file paths, {} images no path refers to, {} entries, {} text vectors; {} -> {}",
+            report.files,
+            report.images,
+            report.entries,
+            report.text_vectors,
+            mib(report.bytes_before),
+            mib(report.bytes_after)
+        );
+    }
+    Ok(exit::OK)
+}

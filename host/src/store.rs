@@ -1,0 +1,1100 @@
+//! The persistent cache: descriptions, vectors and indexed files, keyed by content, in SQLite.
+//!
+//! Why SQLite (through `rusqlite`, with SQLite compiled in): one file, transactions that survive
+//! a killed process or a power cut (write-ahead log), readers that never see a half-written row,
+//! safe use by two `imbed` processes at once, and a format every user can inspect with `sqlite3`.
+//!
+//! What is kept, and what each thing depends on:
+//! - `descriptions`: (image content, describer identity, prompt) -> text. The describer identity
+//!   is the plugin's name and the settings that can change a description (the vision model, the
+//!   prompt), so swapping the *embedding* model reuses every description: the slow part.
+//! - `text_vectors`: (text content, embedding space) -> vector.
+//! - `image_vectors`: (image content, embedding space) -> vector, for direct image embedders.
+//! - `entries`: the chain's final answer for an image in a space, with its provenance: what
+//!   search compares. An image can have entries in several spaces (say a degraded one from the
+//!   hash plugin and, after `--upgrade`, one from Ollama); search only ever reads one space.
+//! - `files`: path -> image content, with size and mtime, so re-running an index skips files
+//!   that did not change without reading them. Keys are always content hashes; a path is only
+//!   a way to find content.
+//!
+//! Vectors are little-endian f32 blobs, checked against their recorded length when read.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+/// The schema version this build writes. Older databases are migrated on open; newer ones are
+/// refused rather than misread.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Each migration takes the database from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: the first schema.
+    "CREATE TABLE images (
+         sha256 TEXT PRIMARY KEY,
+         mime TEXT NOT NULL,
+         width INTEGER NOT NULL,
+         height INTEGER NOT NULL,
+         bytes INTEGER NOT NULL,
+         first_seen INTEGER NOT NULL
+     );
+     CREATE TABLE files (
+         path TEXT PRIMARY KEY,
+         sha256 TEXT NOT NULL,
+         size INTEGER NOT NULL,
+         mtime_ns INTEGER NOT NULL,
+         seen_at INTEGER NOT NULL
+     );
+     CREATE INDEX files_by_image ON files(sha256);
+     CREATE TABLE descriptions (
+         image TEXT NOT NULL,
+         describer TEXT NOT NULL,
+         prompt TEXT NOT NULL,
+         text TEXT NOT NULL,
+         plugin TEXT NOT NULL,
+         model TEXT NOT NULL,
+         structured TEXT,
+         created_at INTEGER NOT NULL,
+         PRIMARY KEY (image, describer, prompt)
+     );
+     CREATE TABLE text_vectors (
+         text_sha TEXT NOT NULL,
+         space TEXT NOT NULL,
+         model TEXT NOT NULL,
+         vector BLOB NOT NULL,
+         created_at INTEGER NOT NULL,
+         PRIMARY KEY (text_sha, space)
+     );
+     CREATE TABLE image_vectors (
+         image TEXT NOT NULL,
+         space TEXT NOT NULL,
+         model TEXT NOT NULL,
+         vector BLOB NOT NULL,
+         created_at INTEGER NOT NULL,
+         PRIMARY KEY (image, space)
+     );
+     CREATE TABLE entries (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         image TEXT NOT NULL,
+         space TEXT NOT NULL,
+         dims INTEGER NOT NULL,
+         vector BLOB NOT NULL,
+         provenance TEXT NOT NULL,
+         degraded INTEGER NOT NULL,
+         created_at INTEGER NOT NULL,
+         UNIQUE (image, space)
+     );
+     CREATE INDEX entries_by_space ON entries(space);",
+    // 1 -> 2: remember which approximate-search index files are up to date, and find degraded
+    // entries without a scan.
+    "CREATE TABLE ann_indexes (
+         space TEXT PRIMARY KEY,
+         file TEXT NOT NULL,
+         entries INTEGER NOT NULL,
+         max_id INTEGER NOT NULL,
+         built_at INTEGER NOT NULL
+     );
+     CREATE INDEX entries_by_image ON entries(image, degraded);",
+];
+
+/// What can go wrong with the cache database.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The file could not be opened or created.
+    #[error("cannot open the cache database {path}: {message}. Check the path ([cache] database in the config) and its permissions")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The file was written by a newer imbed.
+    #[error("the cache database {path} has schema version {found}, newer than this imbed knows ({supported}): upgrade imbed, or set [cache] database to another file")]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// The newest this build understands.
+        supported: i64,
+    },
+    /// SQLite reported an error.
+    #[error("cache database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The error.
+        source: rusqlite::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// An image's facts, as the cache records them.
+#[derive(Debug, Clone)]
+pub struct ImageMeta {
+    /// SHA-256 of the bytes, hex.
+    pub sha256: String,
+    /// MIME type of the bytes.
+    pub mime: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Length of the encoded file.
+    pub bytes: u64,
+}
+
+/// A cached description.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedDescription {
+    /// The text.
+    pub text: String,
+    /// The describer plugin's name.
+    pub plugin: String,
+    /// The vision model that wrote it.
+    pub model: String,
+    /// Structured fields, as JSON, when there were any.
+    pub structured: Option<String>,
+}
+
+/// What is known about a file path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    /// Content hash.
+    pub sha256: String,
+    /// Size when last seen.
+    pub size: u64,
+    /// Modification time when last seen, in nanoseconds since the epoch.
+    pub mtime_ns: i64,
+}
+
+/// One stored answer of the chain for an image.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Row id (stable; used as the key of approximate-search indexes).
+    pub id: i64,
+    /// Image content hash.
+    pub image: String,
+    /// Embedding space.
+    pub space: String,
+    /// Whether it came from a fallback step.
+    pub degraded: bool,
+}
+
+/// The vectors of one space, contiguous in memory for fast scans.
+#[derive(Debug, Clone)]
+pub struct SpaceVectors {
+    /// The space.
+    pub space: String,
+    /// Vector length.
+    pub dims: usize,
+    /// Entry row ids, one per vector.
+    pub ids: Vec<i64>,
+    /// Image content hashes, one per vector.
+    pub images: Vec<String>,
+    /// `ids.len() * dims` floats.
+    pub data: Vec<f32>,
+}
+
+impl SpaceVectors {
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The vector at `index`.
+    pub fn vector(&self, index: usize) -> &[f32] {
+        &self.data[index * self.dims..(index + 1) * self.dims]
+    }
+}
+
+/// Counts for one embedding space.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SpaceStats {
+    /// The space id.
+    pub space: String,
+    /// Vector length.
+    pub dims: usize,
+    /// Images with an entry in this space.
+    pub entries: u64,
+    /// Of those, how many came from a fallback step.
+    pub degraded: u64,
+}
+
+/// `imbed cache stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// The database file.
+    pub path: PathBuf,
+    /// Schema version.
+    pub schema_version: i64,
+    /// Bytes on disk: database, write-ahead log and approximate-search index files.
+    pub bytes_on_disk: u64,
+    /// Distinct images.
+    pub images: u64,
+    /// Known file paths.
+    pub files: u64,
+    /// Cached descriptions.
+    pub descriptions: u64,
+    /// Cached text vectors.
+    pub text_vectors: u64,
+    /// Cached direct image vectors.
+    pub image_vectors: u64,
+    /// Stored chain answers by space.
+    pub spaces: Vec<SpaceStats>,
+}
+
+/// What `prune` should remove.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct PruneOptions {
+    /// Forget paths whose file is gone (or changed), then content no path refers to.
+    pub missing_files: bool,
+    /// Drop everything stored in these spaces.
+    pub spaces: Vec<String>,
+    /// Drop cached text vectors (queries); they are cheap to recompute.
+    pub text_vectors: bool,
+    /// Rewrite the file to give freed space back to the file system.
+    pub vacuum: bool,
+}
+
+impl PruneOptions {
+    /// Forget vanished files and the content only they referred to.
+    pub fn missing_files(mut self) -> Self {
+        self.missing_files = true;
+        self
+    }
+
+    /// Drop a space.
+    pub fn space(mut self, space: impl Into<String>) -> Self {
+        self.spaces.push(space.into());
+        self
+    }
+
+    /// Drop cached text vectors.
+    pub fn text_vectors(mut self) -> Self {
+        self.text_vectors = true;
+        self
+    }
+
+    /// Compact the file afterwards.
+    pub fn vacuum(mut self) -> Self {
+        self.vacuum = true;
+        self
+    }
+}
+
+/// What `prune` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    /// File paths forgotten.
+    pub files: u64,
+    /// Images (and their descriptions, vectors and entries) forgotten.
+    pub images: u64,
+    /// Entries removed.
+    pub entries: u64,
+    /// Text vectors removed.
+    pub text_vectors: u64,
+    /// Bytes on disk before and after.
+    pub bytes_before: u64,
+    /// Bytes on disk after.
+    pub bytes_after: u64,
+}
+
+/// The cache database. Cheap to clone; every clone shares one connection.
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Vectors are stored as little-endian f32.
+pub(crate) fn to_blob(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+fn from_blob(b: &[u8]) -> Option<Vec<f32>> {
+    if b.is_empty() || b.len() % 4 != 0 {
+        return None;
+    }
+    Some(
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+impl Store {
+    /// Open (creating if needed) the database at `path` and bring its schema up to date.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Store> {
+        let path = path.into();
+        let open_err = |message: String| StoreError::Open {
+            path: path.clone(),
+            message,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| open_err(e.to_string()))?;
+        }
+        let conn = Connection::open(&path).map_err(|e| open_err(e.to_string()))?;
+        // WAL: readers never block the writer and a crash never leaves a half-written
+        // transaction visible. NORMAL sync: a power cut may lose the last commits, never
+        // consistency. Two imbed processes wait for each other instead of failing.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| open_err(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| open_err(format!("{e} (is it an SQLite database?)")))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| open_err(e.to_string()))?;
+        let store = Store {
+            path,
+            conn: Arc::new(Mutex::new(conn)),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Create a database at an older schema version, as an older imbed left it. For testing
+    /// migrations; not for use otherwise.
+    #[doc(hidden)]
+    pub fn create_with_schema(path: impl Into<PathBuf>, version: i64) -> Result<Store> {
+        let path = path.into();
+        let conn = Connection::open(&path).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let store = Store {
+            path,
+            conn: Arc::new(Mutex::new(conn)),
+        };
+        {
+            let conn = store.conn();
+            for (from, sql) in MIGRATIONS.iter().enumerate().take(version.max(0) as usize) {
+                conn.execute_batch(sql).map_err(|e| store.sql(e))?;
+                conn.pragma_update(None, "user_version", (from + 1) as i64)
+                    .map_err(|e| store.sql(e))?;
+            }
+            if version as usize > MIGRATIONS.len() {
+                conn.pragma_update(None, "user_version", version)
+                    .map_err(|e| store.sql(e))?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where approximate-search index files for this database live.
+    pub fn ann_dir(&self) -> PathBuf {
+        let mut name = self
+            .path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".ann");
+        self.path.with_file_name(name)
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (it has its own
+        // transactions), so a poisoned lock is still safe to use.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<i64> {
+        self.conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.sql(e))
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn();
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.sql(e))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (from, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            // Each step and its version bump commit together: a crash mid-migration leaves
+            // the previous version, which the next open migrates again.
+            let tx = conn.transaction().map_err(|e| self.sql(e))?;
+            tx.execute_batch(sql).map_err(|e| self.sql(e))?;
+            tx.pragma_update(None, "user_version", (from + 1) as i64)
+                .map_err(|e| self.sql(e))?;
+            tx.commit().map_err(|e| self.sql(e))?;
+            tracing::debug!(
+                "cache database {} migrated to schema {}",
+                self.path.display(),
+                from + 1
+            );
+        }
+        Ok(())
+    }
+
+    /// SQLite's own consistency check of the whole file: empty when it is sound.
+    pub fn integrity_problems(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.sql(e))?;
+        let lines: Vec<String> = rows
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.sql(e))?;
+        Ok(lines.into_iter().filter(|l| l != "ok").collect())
+    }
+
+    /// A cached description of `image` by `describer` (see [`describer_identity`]) with
+    /// `prompt` (empty for the plugin's own prompt).
+    pub fn description(
+        &self,
+        image: &str,
+        describer: &str,
+        prompt: &str,
+    ) -> Result<Option<CachedDescription>> {
+        self.conn()
+            .query_row(
+                "SELECT text, plugin, model, structured FROM descriptions
+                 WHERE image = ?1 AND describer = ?2 AND prompt = ?3",
+                params![image, describer, prompt],
+                |r| {
+                    Ok(CachedDescription {
+                        text: r.get(0)?,
+                        plugin: r.get(1)?,
+                        model: r.get(2)?,
+                        structured: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Remember a description.
+    pub fn put_description(
+        &self,
+        image: &str,
+        describer: &str,
+        prompt: &str,
+        d: &CachedDescription,
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO descriptions
+                 (image, describer, prompt, text, plugin, model, structured, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![image, describer, prompt, d.text, d.plugin, d.model, d.structured, now()],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// A cached vector of a text (by its SHA-256) in `space`.
+    pub fn text_vector(&self, text_sha: &str, space: &str) -> Result<Option<Vec<f32>>> {
+        let blob: Option<Vec<u8>> = self
+            .conn()
+            .query_row(
+                "SELECT vector FROM text_vectors WHERE text_sha = ?1 AND space = ?2",
+                params![text_sha, space],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        Ok(blob.and_then(|b| from_blob(&b)))
+    }
+
+    /// Remember a text's vector.
+    pub fn put_text_vector(
+        &self,
+        text_sha: &str,
+        space: &str,
+        model: &str,
+        vector: &[f32],
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO text_vectors (text_sha, space, model, vector, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![text_sha, space, model, to_blob(vector), now()],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// A cached direct image vector in `space`.
+    pub fn image_vector(&self, image: &str, space: &str) -> Result<Option<Vec<f32>>> {
+        let blob: Option<Vec<u8>> = self
+            .conn()
+            .query_row(
+                "SELECT vector FROM image_vectors WHERE image = ?1 AND space = ?2",
+                params![image, space],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        Ok(blob.and_then(|b| from_blob(&b)))
+    }
+
+    /// Remember a direct image vector.
+    pub fn put_image_vector(
+        &self,
+        image: &str,
+        space: &str,
+        model: &str,
+        vector: &[f32],
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO image_vectors (image, space, model, vector, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![image, space, model, to_blob(vector), now()],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Record the chain's answer for an image (and the image itself), in one transaction.
+    pub fn put_entry(&self, image: &ImageMeta, embedding: &crate::types::Embedding) -> Result<()> {
+        let p = &embedding.provenance;
+        let provenance = serde_json::to_string(p).unwrap_or_else(|_| "{}".into());
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        insert_image(&tx, image).map_err(|e| self.sql(e))?;
+        let blob = to_blob(&embedding.vector);
+        let same: Option<bool> = tx
+            .query_row(
+                "SELECT vector = ?3 AND degraded = ?4 FROM entries WHERE image = ?1 AND space = ?2",
+                params![image.sha256, p.space, blob, p.degraded],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        if same == Some(true) {
+            // The same answer again (from the cache, say): keep the row and its id.
+            return tx.commit().map_err(|e| self.sql(e));
+        }
+        // A replaced answer gets a new row id, so approximate indexes (keyed by id) notice it.
+        tx.execute(
+            "DELETE FROM entries WHERE image = ?1 AND space = ?2",
+            params![image.sha256, p.space],
+        )
+        .map_err(|e| self.sql(e))?;
+        tx.execute(
+            "INSERT INTO entries (image, space, dims, vector, provenance, degraded, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                image.sha256,
+                p.space,
+                embedding.vector.len() as i64,
+                blob,
+                provenance,
+                p.degraded,
+                now()
+            ],
+        )
+        .map_err(|e| self.sql(e))?;
+        tx.commit().map_err(|e| self.sql(e))
+    }
+
+    /// Record that `path` (with this size and mtime) holds `image`.
+    pub fn put_file(&self, path: &Path, image: &ImageMeta, size: u64, mtime_ns: i64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        insert_image(&tx, image).map_err(|e| self.sql(e))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO files (path, sha256, size, mtime_ns, seen_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![path_key(path), image.sha256, size as i64, mtime_ns, now()],
+        )
+        .map_err(|e| self.sql(e))?;
+        tx.commit().map_err(|e| self.sql(e))
+    }
+
+    /// What is known about `path`.
+    pub fn file(&self, path: &Path) -> Result<Option<FileRecord>> {
+        self.conn()
+            .query_row(
+                "SELECT sha256, size, mtime_ns FROM files WHERE path = ?1",
+                params![path_key(path)],
+                |r| {
+                    Ok(FileRecord {
+                        sha256: r.get(0)?,
+                        size: r.get::<_, i64>(1)? as u64,
+                        mtime_ns: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Paths known to hold `image`.
+    pub fn paths_of(&self, image: &str) -> Result<Vec<PathBuf>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT path FROM files WHERE sha256 = ?1 ORDER BY path")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![image], |r| r.get::<_, String>(0))
+            .map_err(|e| self.sql(e))?;
+        rows.map(|r| r.map(PathBuf::from).map_err(|e| self.sql(e)))
+            .collect()
+    }
+
+    /// The entries of an image, in every space.
+    pub fn entries_of(&self, image: &str) -> Result<Vec<Entry>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, image, space, degraded FROM entries WHERE image = ?1 ORDER BY id",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![image], |r| {
+                Ok(Entry {
+                    id: r.get(0)?,
+                    image: r.get(1)?,
+                    space: r.get(2)?,
+                    degraded: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.map(|r| r.map_err(|e| self.sql(e))).collect()
+    }
+
+    /// The stored answer for `image` in `space`, with its provenance.
+    pub fn entry_embedding(
+        &self,
+        image: &str,
+        space: &str,
+    ) -> Result<Option<crate::types::Embedding>> {
+        let row: Option<(Vec<u8>, String)> = self
+            .conn()
+            .query_row(
+                "SELECT vector, provenance FROM entries WHERE image = ?1 AND space = ?2",
+                params![image, space],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        Ok(row.and_then(|(blob, prov)| {
+            Some(crate::types::Embedding {
+                vector: from_blob(&blob)?,
+                provenance: serde_json::from_str(&prov).ok()?,
+            })
+        }))
+    }
+
+    /// Every vector stored in `space`, ready to scan. Rows whose blob does not match the
+    /// space's length are skipped with a warning (they can only come from a damaged file).
+    pub fn load_space(&self, space: &str) -> Result<SpaceVectors> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, image, dims, vector FROM entries WHERE space = ?1 ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let mut rows = stmt.query(params![space]).map_err(|e| self.sql(e))?;
+        let mut out = SpaceVectors {
+            space: space.to_string(),
+            dims: 0,
+            ids: Vec::new(),
+            images: Vec::new(),
+            data: Vec::new(),
+        };
+        while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
+            let id: i64 = row.get(0).map_err(|e| self.sql(e))?;
+            let dims = row.get::<_, i64>(2).map_err(|e| self.sql(e))? as usize;
+            let blob = row.get_ref(3).map_err(|e| self.sql(e))?;
+            let blob = blob.as_blob().unwrap_or_default();
+            if out.dims == 0 {
+                out.dims = dims;
+            }
+            if dims != out.dims || blob.len() != dims * 4 {
+                tracing::warn!(
+                    "skipping entry {id} in space {space:?}: its vector does not have {} dimensions",
+                    out.dims
+                );
+                continue;
+            }
+            out.ids.push(id);
+            out.images.push(row.get(1).map_err(|e| self.sql(e))?);
+            out.data.extend(
+                blob.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Entries in `space` with a row id above `after`, for bringing an index up to date.
+    pub fn space_since(&self, space: &str, after: i64) -> Result<SpaceVectors> {
+        let mut all = self.load_space(space)?;
+        let keep = all.ids.iter().position(|&id| id > after).unwrap_or(all.ids.len());
+        let dims = all.dims;
+        all.ids.drain(..keep);
+        all.images.drain(..keep);
+        all.data.drain(..keep * dims);
+        Ok(all)
+    }
+
+    /// Spaces with stored entries, largest first.
+    pub fn spaces(&self) -> Result<Vec<SpaceStats>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT space, MAX(dims), COUNT(*), SUM(degraded) FROM entries
+                 GROUP BY space ORDER BY COUNT(*) DESC, space",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(SpaceStats {
+                    space: r.get(0)?,
+                    dims: r.get::<_, i64>(1)? as usize,
+                    entries: r.get::<_, i64>(2)? as u64,
+                    degraded: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.map(|r| r.map_err(|e| self.sql(e))).collect()
+    }
+
+    /// Known files whose image has no entry from a first-choice step (only degraded ones),
+    /// optionally only under `under`.
+    pub fn degraded_files(&self, under: Option<&Path>) -> Result<Vec<PathBuf>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT f.path FROM files f
+                 WHERE EXISTS (SELECT 1 FROM entries e WHERE e.image = f.sha256)
+                   AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.image = f.sha256 AND e.degraded = 0)
+                 ORDER BY f.path",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let path = PathBuf::from(row.map_err(|e| self.sql(e))?);
+            if under.is_none_or(|u| path.starts_with(u)) {
+                out.push(path);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The approximate-search index recorded for `space`: file name, entries, highest row id.
+    pub fn ann_record(&self, space: &str) -> Result<Option<(String, u64, i64)>> {
+        self.conn()
+            .query_row(
+                "SELECT file, entries, max_id FROM ann_indexes WHERE space = ?1",
+                params![space],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Record an approximate-search index file for `space`.
+    pub fn put_ann_record(&self, space: &str, file: &str, entries: u64, max_id: i64) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO ann_indexes (space, file, entries, max_id, built_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![space, file, entries as i64, max_id, now()],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Whether anything was removed or replaced in `space` since an index covering `entries`
+    /// rows up to `max_id` was built (then it must be rebuilt, not extended). Replacing an
+    /// entry deletes its row, so the count of rows up to `max_id` tells.
+    pub fn space_changed_below(&self, space: &str, entries: u64, max_id: i64) -> Result<bool> {
+        let count: i64 = self
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM entries WHERE space = ?1 AND id <= ?2",
+                params![space, max_id],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(count as u64 != entries)
+    }
+
+    fn bytes_on_disk(&self) -> u64 {
+        let mut total = 0;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.path.as_os_str().to_os_string();
+            p.push(suffix);
+            total += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        }
+        if let Ok(dir) = std::fs::read_dir(self.ann_dir()) {
+            for f in dir.flatten() {
+                total += f.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        total
+    }
+
+    /// Sizes and counts.
+    pub fn stats(&self) -> Result<Stats> {
+        let count = |table: &str| -> Result<u64> {
+            self.conn()
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|n| n as u64)
+                .map_err(|e| self.sql(e))
+        };
+        Ok(Stats {
+            path: self.path.clone(),
+            schema_version: self.schema_version()?,
+            bytes_on_disk: self.bytes_on_disk(),
+            images: count("images")?,
+            files: count("files")?,
+            descriptions: count("descriptions")?,
+            text_vectors: count("text_vectors")?,
+            image_vectors: count("image_vectors")?,
+            spaces: self.spaces()?,
+        })
+    }
+
+    /// Remove what `options` asks for.
+    pub fn prune(&self, options: &PruneOptions) -> Result<PruneReport> {
+        let mut report = PruneReport {
+            bytes_before: self.bytes_on_disk(),
+            ..Default::default()
+        };
+        if options.missing_files {
+            let files: Vec<(String, i64, i64)> = {
+                let conn = self.conn();
+                let mut stmt = conn
+                    .prepare("SELECT path, size, mtime_ns FROM files")
+                    .map_err(|e| self.sql(e))?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .map_err(|e| self.sql(e))?;
+                rows.collect::<std::result::Result<_, _>>()
+                    .map_err(|e| self.sql(e))?
+            };
+            let gone: Vec<String> = files
+                .into_iter()
+                .filter(|(path, size, mtime)| match file_stamp(Path::new(path)) {
+                    Some((s, m)) => s as i64 != *size || m != *mtime,
+                    None => true,
+                })
+                .map(|(p, _, _)| p)
+                .collect();
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(|e| self.sql(e))?;
+            for path in &gone {
+                report.files += tx
+                    .execute("DELETE FROM files WHERE path = ?1", params![path])
+                    .map_err(|e| self.sql(e))? as u64;
+            }
+            // Content no path refers to any more. (Images embedded from URLs or stdin have no
+            // path; they go too: prune keeps what an index can still find.)
+            let orphan = "SELECT sha256 FROM images WHERE sha256 NOT IN (SELECT sha256 FROM files)";
+            report.entries += tx
+                .execute(&format!("DELETE FROM entries WHERE image IN ({orphan})"), [])
+                .map_err(|e| self.sql(e))? as u64;
+            for table in ["descriptions", "image_vectors"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE image IN ({orphan})"),
+                    [],
+                )
+                .map_err(|e| self.sql(e))?;
+            }
+            report.images += tx
+                .execute(&format!("DELETE FROM images WHERE sha256 IN ({orphan})"), [])
+                .map_err(|e| self.sql(e))? as u64;
+            tx.commit().map_err(|e| self.sql(e))?;
+        }
+        if !options.spaces.is_empty() || options.text_vectors {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(|e| self.sql(e))?;
+            for space in &options.spaces {
+                report.entries += tx
+                    .execute("DELETE FROM entries WHERE space = ?1", params![space])
+                    .map_err(|e| self.sql(e))? as u64;
+                tx.execute("DELETE FROM image_vectors WHERE space = ?1", params![space])
+                    .map_err(|e| self.sql(e))?;
+                report.text_vectors += tx
+                    .execute("DELETE FROM text_vectors WHERE space = ?1", params![space])
+                    .map_err(|e| self.sql(e))? as u64;
+            }
+            if options.text_vectors {
+                report.text_vectors += tx
+                    .execute("DELETE FROM text_vectors", [])
+                    .map_err(|e| self.sql(e))? as u64;
+            }
+            tx.commit().map_err(|e| self.sql(e))?;
+        }
+        if report.entries > 0 {
+            // Removed rows invalidate approximate indexes; they are rebuilt on next use.
+            self.conn()
+                .execute("DELETE FROM ann_indexes", [])
+                .map_err(|e| self.sql(e))?;
+            let _ = std::fs::remove_dir_all(self.ann_dir());
+        }
+        if options.vacuum {
+            let conn = self.conn();
+            conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
+                .map_err(|e| self.sql(e))?;
+        }
+        report.bytes_after = self.bytes_on_disk();
+        Ok(report)
+    }
+}
+
+fn insert_image(tx: &rusqlite::Transaction<'_>, image: &ImageMeta) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT OR IGNORE INTO images (sha256, mime, width, height, bytes, first_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            image.sha256,
+            image.mime,
+            image.width,
+            image.height,
+            image.bytes as i64,
+            now()
+        ],
+    )
+    .map(drop)
+}
+
+/// Paths are stored as given (absolute, as the indexer makes them); non-UTF-8 paths lossily.
+fn path_key(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// Size and modification time (ns since the epoch) of a file, or `None` when it is gone.
+pub fn file_stamp(path: &Path) -> Option<(u64, i64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    Some((meta.len(), mtime))
+}
+
+/// Settings that cannot change what a describer writes: where the backend is, how long to
+/// wait, which *embedding* model to use. Everything else (the vision model, prompts, output
+/// format, settings this list does not know) is part of the describer's identity, so a cached
+/// description is reused only when it would be written the same way again.
+const NOT_DESCRIBING: &[&str] = &[
+    "base_url",
+    "api_key",
+    "embed_model",
+    "keep_alive",
+    "request_timeout_ms",
+    "load_timeout_ms",
+    "dimensions",
+];
+
+/// The identity of a describer for the description cache: its name and the settings that can
+/// change a description, hashed.
+pub fn describer_identity(plugin_name: &str, settings: &std::collections::BTreeMap<String, String>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(plugin_name.as_bytes());
+    for (k, v) in settings {
+        if NOT_DESCRIBING.contains(&k.as_str()) {
+            continue;
+        }
+        h.update([0]);
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+    }
+    let digest = h.finalize();
+    format!("{plugin_name}:{}", hex(&digest[..12]))
+}
+
+/// SHA-256 of a text, hex: the key of its cached vectors.
+pub fn text_key(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_round_trip_and_reject_damage() {
+        let v = vec![0.5f32, -1.25, 3.0e-8];
+        assert_eq!(from_blob(&to_blob(&v)).unwrap(), v);
+        assert!(from_blob(&[1, 2, 3]).is_none());
+        assert!(from_blob(&[]).is_none());
+    }
+
+    #[test]
+    fn describer_identity_ignores_embedding_and_transport_settings() {
+        let mut a = std::collections::BTreeMap::new();
+        a.insert("vision_model".to_string(), "llava".to_string());
+        a.insert("embed_model".to_string(), "nomic-embed-text".to_string());
+        a.insert("base_url".to_string(), "http://a:11434".to_string());
+        let mut b = a.clone();
+        b.insert("embed_model".to_string(), "all-minilm".to_string());
+        b.insert("base_url".to_string(), "http://b:11434".to_string());
+        assert_eq!(describer_identity("ollama", &a), describer_identity("ollama", &b));
+        let mut c = a.clone();
+        c.insert("vision_model".to_string(), "moondream".to_string());
+        assert_ne!(describer_identity("ollama", &a), describer_identity("ollama", &c));
+        let mut d = a.clone();
+        d.insert("prompt".to_string(), "List the objects.".to_string());
+        assert_ne!(describer_identity("ollama", &a), describer_identity("ollama", &d));
+    }
+}

@@ -1,0 +1,665 @@
+//! The persistent cache, folder indexing, search and backfill: real SQLite files, real
+//! components, the Ollama stand-in over 127.0.0.1, and the `imbed` binary for the kill test.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use futures::StreamExt;
+use imbed::index::{IndexOptions, Summary};
+use imbed::search::{Method, SearchError};
+use imbed::store::{PruneOptions, Store, StoreError};
+use imbed::{ImageRequest, ImageSource, Imbed, Options};
+use imbed_tests::ollama::{OllamaStandIn, Route};
+use imbed_tests::{images, PluginSpec, TestConfig};
+use sha2::{Digest, Sha256};
+
+use crate::cli::imbed as imbed_cli;
+
+fn ollama_plugin(ollama: &OllamaStandIn, embed_model: &str) -> PluginSpec {
+    PluginSpec::file(imbed_tests::component("ollama"))
+        .grant_http(&ollama.base_url())
+        .setting("base_url", &ollama.base_url())
+        .setting("vision_model", "llava")
+        .setting("embed_model", embed_model)
+        .instances(4)
+        .timeout_ms(20_000)
+}
+
+/// Ollama describes, `embedder` embeds the description, the hash plugin is the last resort.
+fn ollama_chain(ollama: &OllamaStandIn, embed_model: &str, db: &Path) -> TestConfig {
+    TestConfig::new()
+        .plugin("ollama", ollama_plugin(ollama, embed_model))
+        .plugin("hash", PluginSpec::hash())
+        .describe_then_embed("ollama", "ollama")
+        .hash("hash")
+        .database(db)
+}
+
+/// The hash plugin alone (its image space).
+fn hash_chain(db: &Path) -> TestConfig {
+    TestConfig::new()
+        .plugin("hash", PluginSpec::hash())
+        .hash("hash")
+        .database(db)
+}
+
+async fn open(config: &TestConfig, db: &Path) -> Imbed {
+    let store = Store::open(db).expect("cache opens");
+    Imbed::with_options(config.build(), Options::default().store(store))
+        .await
+        .expect("engine starts")
+}
+
+async fn index(imbed: &Imbed, paths: &[PathBuf], options: IndexOptions) -> Summary {
+    let (files, problems) = imbed::index::find_images(paths);
+    assert!(problems.is_empty(), "{problems:?}");
+    let mut summary = Summary::default();
+    let mut stream = imbed::index::index_files(imbed, files, &options).unwrap();
+    while let Some(report) = stream.next().await {
+        if let imbed::index::Outcome::Failed { message } = &report.outcome {
+            panic!("{}: {message}", report.path.display());
+        }
+        summary.add(&report);
+    }
+    summary
+}
+
+/// A `w`×`h` PNG mostly of one colour, unique per `seed` (a few pixels differ).
+fn coloured_png(rgb: [u8; 3], seed: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(48, 40, |x, y| {
+        if (x * 7 + y * 13 + seed * 31) % 97 == 0 {
+            image::Rgb([(seed * 53 % 256) as u8, (seed * 17 % 256) as u8, 9])
+        } else {
+            image::Rgb(rgb)
+        }
+    });
+    images::png_of(&img)
+}
+
+/// A picture unique to `seed` (`images::png` has only four patterns).
+fn unique_png(seed: u32) -> Vec<u8> {
+    let mut img = images::picture(40, 30, seed);
+    for k in 0..6 {
+        let (x, y) = ((seed * 7 + k * 5) % 40, (seed * 3 + k * 11) % 30);
+        img.put_pixel(x, y, image::Rgb([(seed % 251) as u8, (k * 40) as u8, 255]));
+    }
+    images::png_of(&img)
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn sha_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The SHA-256 of every image the stand-in was asked to describe.
+fn described(ollama: &OllamaStandIn) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in ollama.requests_to(Route::Generate) {
+        let images = r
+            .body
+            .as_ref()
+            .and_then(|b| b.get("images"))
+            .and_then(|i| i.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for i in images {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(i.as_str().unwrap_or_default())
+                .unwrap();
+            out.push(sha_hex(&bytes));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_folder_is_indexed_once_and_a_rerun_redoes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    for i in 0..10u32 {
+        write(&photos, &format!("sub{}/p{i}.png", i % 3), &unique_png(i * 7 + 1));
+    }
+    let dup = unique_png(1);
+    write(&photos, "copy-of-p0.png", &dup);
+    write(&photos, "notes.txt", b"not an image");
+    write(&photos, ".hidden/secret.png", &unique_png(99));
+    let db = dir.path().join("imbed.db");
+    let cfg = hash_chain(&db);
+    let imbed = open(&cfg, &db).await;
+
+    // One at a time, so the duplicate's outcome does not depend on timing.
+    let first = index(&imbed, &[photos.clone()], IndexOptions::new(1)).await;
+    assert_eq!(first.total, 11, "text files and hidden folders are not indexed");
+    assert_eq!(first.embedded + first.known_content, 11);
+    assert_eq!(first.known_content, 1, "the copy is recognised by content: {first:?}");
+
+    let again = index(&imbed, &[photos.clone()], IndexOptions::new(4)).await;
+    assert_eq!(again.unchanged, 11, "{again:?}");
+    assert_eq!(again.embedded, 0);
+
+    // Changing a file's content re-embeds that file only.
+    std::thread::sleep(Duration::from_millis(20));
+    write(&photos, "sub0/p0.png", &unique_png(1000));
+    let third = index(&imbed, &[photos.clone()], IndexOptions::new(4)).await;
+    assert_eq!((third.embedded, third.unchanged), (1, 10), "{third:?}");
+
+    let stats = imbed.store().unwrap().stats().unwrap();
+    assert_eq!(stats.files, 11);
+    assert_eq!(stats.images, 11, "10 distinct pictures + the changed one");
+    assert_eq!(stats.spaces.len(), 1);
+    assert_eq!(stats.spaces[0].space, "imbed-hash/image@v1:256");
+    assert_eq!(stats.spaces[0].entries, 11);
+}
+
+#[tokio::test]
+async fn a_repeated_image_is_answered_by_the_cache_without_calling_the_backend() {
+    let ollama = OllamaStandIn::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("imbed.db");
+    let cfg = ollama_chain(&ollama, "nomic-embed-text", &db);
+    let png = coloured_png([200, 30, 30], 1);
+
+    let imbed = open(&cfg, &db).await;
+    let first = imbed
+        .embed_image(ImageRequest::new(ImageSource::Bytes(png.clone())))
+        .await
+        .unwrap();
+    assert!(!first.provenance.cached);
+    assert!(!first.provenance.degraded);
+    drop(imbed);
+
+    // A new process, as the CLI would be: the answer comes from the file.
+    let imbed = open(&cfg, &db).await;
+    ollama.reset_log();
+    let second = imbed
+        .embed_image(ImageRequest::new(ImageSource::Bytes(png)))
+        .await
+        .unwrap();
+    assert!(second.provenance.cached, "{:?}", second.provenance);
+    assert_eq!(second.vector, first.vector);
+    assert_eq!(second.provenance.space, first.provenance.space);
+    assert_eq!(
+        second.provenance.description.as_ref().map(|d| &d.text),
+        first.provenance.description.as_ref().map(|d| &d.text)
+    );
+    assert_eq!(ollama.vision_calls(), 0, "the vision model was not asked again");
+    // Only the plugin's one-off probe of the embedding model's dimensions reached Ollama.
+    assert!(ollama.hits(Route::Embed) <= 1, "{}", ollama.hits(Route::Embed));
+
+    // A query text is cached too.
+    let q1 = imbed.embed_text("a red square").await.unwrap();
+    let q2 = imbed.embed_text("a red square").await.unwrap();
+    assert!(!q1.provenance.cached && q2.provenance.cached);
+    assert_eq!(q1.vector, q2.vector);
+}
+
+#[tokio::test]
+async fn swapping_the_embedding_model_reuses_every_description() {
+    let ollama = OllamaStandIn::start();
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    for i in 0..5u32 {
+        write(&photos, &format!("p{i}.png"), &coloured_png([30, 30, 200], i));
+    }
+    let db = dir.path().join("imbed.db");
+
+    let nomic = open(&ollama_chain(&ollama, "nomic-embed-text", &db), &db).await;
+    let s = index(&nomic, &[photos.clone()], IndexOptions::new(3)).await;
+    assert_eq!(s.embedded, 5, "{s:?}");
+    assert_eq!(ollama.vision_calls(), 5);
+    drop(nomic);
+
+    let minilm = open(&ollama_chain(&ollama, "all-minilm", &db), &db).await;
+    let s = index(&minilm, &[photos.clone()], IndexOptions::new(3)).await;
+    assert_eq!(s.embedded, 5, "answers in the old space are not this chain's: {s:?}");
+    assert_eq!(ollama.vision_calls(), 5, "no image was described again");
+    let store = minilm.store().unwrap().clone();
+    let spaces: Vec<(String, u64)> = store
+        .stats()
+        .unwrap()
+        .spaces
+        .into_iter()
+        .map(|s| (s.space, s.entries))
+        .collect();
+    assert_eq!(spaces.len(), 2, "{spaces:?}");
+    assert!(spaces.iter().all(|(_, n)| *n == 5), "{spaces:?}");
+
+    // The new vectors are the new model's embeddings of the cached descriptions.
+    let img = std::fs::read(photos.join("p3.png")).unwrap();
+    let e = minilm
+        .embed_image(ImageRequest::new(ImageSource::Bytes(img)))
+        .await
+        .unwrap();
+    let text = &e.provenance.description.as_ref().unwrap().text;
+    let expected = ollama.expected_embedding("all-minilm", text).unwrap();
+    assert_eq!(e.vector.len(), 384);
+    assert!(imbed_tests::cosine(&e.vector, &expected) > 0.9999);
+}
+
+#[tokio::test]
+async fn text_search_ranks_by_description_and_never_mixes_spaces() {
+    let ollama = OllamaStandIn::start();
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    let colours = [("red", [210, 25, 25]), ("blue", [25, 25, 210]), ("green", [25, 190, 25])];
+    for (name, rgb) in colours {
+        for i in 0..3u32 {
+            write(&photos, &format!("{name}-{i}.png"), &coloured_png(rgb, i));
+        }
+    }
+    let db = dir.path().join("imbed.db");
+    // Descriptions from the stand-in, embedded by the hash plugin's text side: text queries and
+    // images share the hash text space.
+    let cfg = TestConfig::new()
+        .plugin("ollama", ollama_plugin(&ollama, "nomic-embed-text"))
+        .plugin("hash", PluginSpec::hash())
+        .describe_then_embed("ollama", "hash")
+        .database(&db);
+    let imbed = open(&cfg, &db).await;
+    let s = index(&imbed, &[photos.clone()], IndexOptions::new(4)).await;
+    assert_eq!(s.embedded, 9);
+    let store = imbed.store().unwrap().clone();
+
+    for (colour, _) in colours {
+        let q = imbed.embed_text(colour).await.unwrap();
+        assert_eq!(q.provenance.space, "imbed-hash/text@v1:256");
+        let r = imbed::search::search(&store, &q.provenance.space, &q.vector, 3, Method::Exact, None)
+            .unwrap();
+        assert_eq!(r.space, q.provenance.space);
+        assert_eq!(r.searched, 9);
+        let names: Vec<String> = r
+            .hits
+            .iter()
+            .map(|h| h.paths[0].file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| n.starts_with(colour)),
+            "query {colour:?} found {names:?}"
+        );
+        assert!(r.hits.windows(2).all(|w| w[0].score >= w[1].score));
+    }
+
+    // Images indexed by another chain land in another space and are never compared.
+    let others = dir.path().join("others");
+    for i in 0..4u32 {
+        write(&others, &format!("o{i}.png"), &unique_png(i + 50));
+    }
+    let hash_only = open(&hash_chain(&db), &db).await;
+    index(&hash_only, &[others], IndexOptions::new(2)).await;
+    let q = imbed.embed_text("red").await.unwrap();
+    let r = imbed::search::search(&store, &q.provenance.space, &q.vector, 20, Method::Exact, None)
+        .unwrap();
+    assert_eq!(r.searched, 9, "only the query's space is searched");
+    assert!(r.hits.iter().all(|h| h.paths[0].starts_with(&photos)));
+
+    // A space with nothing in it says what the cache holds instead.
+    let err = imbed::search::search(&store, "ollama/nomic-embed-text", &[0.1; 768], 3, Method::Exact, None)
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, SearchError::EmptySpace { .. }), "{msg}");
+    assert!(msg.contains("imbed-hash/text@v1:256") && msg.contains("imbed-hash/image@v1:256"), "{msg}");
+}
+
+#[tokio::test]
+async fn similar_finds_the_near_duplicate_and_leaves_out_the_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    let pic = images::picture(160, 120, 1);
+    let original = write(&photos, "original.png", &images::png_of(&pic));
+    write(&photos, "recompressed.jpg", &images::jpeg_of(&pic, 70));
+    for i in 2..8u32 {
+        write(&photos, &format!("other{i}.png"), &unique_png(i + 200));
+    }
+    let db = dir.path().join("imbed.db");
+    let imbed = open(&hash_chain(&db), &db).await;
+    index(&imbed, &[photos.clone()], IndexOptions::new(2)).await;
+
+    let image = imbed.load_image(&ImageSource::Path(original)).await.unwrap();
+    let e = imbed.embed_valid_image(&image, None).await.unwrap();
+    assert!(e.provenance.cached);
+    let r = imbed::search::search(
+        imbed.store().unwrap(),
+        &e.provenance.space,
+        &e.vector,
+        3,
+        Method::Exact,
+        Some(&image.sha256),
+    )
+    .unwrap();
+    assert_eq!(r.hits.len(), 3);
+    assert!(r.hits.iter().all(|h| h.image != image.sha256));
+    assert!(r.hits[0].paths[0].ends_with("recompressed.jpg"), "{:?}", r.hits);
+}
+
+#[tokio::test]
+async fn upgrade_re_embeds_exactly_the_degraded_images_once_ollama_is_back() {
+    let ollama = OllamaStandIn::start();
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    for i in 0..4u32 {
+        write(&photos, &format!("p{i}.png"), &coloured_png([200, 200, 30], i));
+    }
+    let db = dir.path().join("imbed.db");
+    let cfg = ollama_chain(&ollama, "nomic-embed-text", &db);
+
+    ollama.set_failure_rate(1.0);
+    let down = open(&cfg, &db).await;
+    let s = index(&down, &[photos.clone()], IndexOptions::new(2)).await;
+    assert_eq!((s.embedded, s.degraded), (4, 4), "{s:?}");
+    drop(down);
+    let degraded = Store::open(&db).unwrap().degraded_files(None).unwrap();
+    assert_eq!(degraded.len(), 4);
+
+    ollama.set_failure_rate(0.0);
+    ollama.reset_log();
+    let up = open(&cfg, &db).await;
+    let s = index(&up, &[photos.clone()], IndexOptions::new(2)).await;
+    assert_eq!(s.unchanged, 4, "a plain re-run keeps degraded answers: {s:?}");
+    assert_eq!(ollama.vision_calls(), 0);
+
+    let s = index(&up, &[photos.clone()], IndexOptions::new(2).upgrade(true)).await;
+    assert_eq!(s.upgraded, 4, "{s:?}");
+    assert_eq!(ollama.vision_calls(), 4, "each degraded image described once");
+    assert!(up.store().unwrap().degraded_files(None).unwrap().is_empty());
+
+    let s = index(&up, &[photos], IndexOptions::new(2).upgrade(true)).await;
+    assert_eq!(s.unchanged, 4, "nothing left to upgrade: {s:?}");
+    assert_eq!(ollama.vision_calls(), 4);
+}
+
+#[tokio::test]
+async fn killing_an_index_run_loses_nothing_finished_and_a_rerun_completes_it() {
+    let ollama = OllamaStandIn::start();
+    ollama.set_latency(Duration::from_millis(150));
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    let mut shas = Vec::new();
+    for i in 0..24u32 {
+        let png = coloured_png([40, 160, 200], i);
+        shas.push(sha_hex(&png));
+        write(&photos, &format!("p{i:02}.png"), &png);
+    }
+    let db = dir.path().join("imbed.db");
+    let config = ollama_chain(&ollama, "nomic-embed-text", &db).write(dir.path());
+
+    let mut child = imbed_cli(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .args(["index", "--jobs", "3"])
+        .arg(&photos)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("first-run.log")).unwrap())
+        .spawn()
+        .unwrap();
+    // Kill it, without warning, once a few images are done and others are in flight.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the index run made no progress");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the run ended ({status}) before it could be killed: {}",
+                std::fs::read_to_string(dir.path().join("first-run.log")).unwrap_or_default()
+            );
+        }
+        let done = Store::open(&db)
+            .ok()
+            .and_then(|s| s.stats().ok())
+            .map(|s| s.spaces.iter().map(|x| x.entries).sum::<u64>())
+            .unwrap_or(0);
+        if done >= 6 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let store = Store::open(&db).unwrap();
+    assert!(store.integrity_problems().unwrap().is_empty());
+    let finished: HashSet<String> = shas
+        .iter()
+        .filter(|sha| !store.entries_of(sha).unwrap().is_empty())
+        .cloned()
+        .collect();
+    assert!(finished.len() >= 6 && finished.len() < 24, "{}", finished.len());
+    drop(store);
+
+    ollama.reset_log();
+    let out = imbed_cli(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .args(["index", "--json", "--jobs", "3"])
+        .arg(&photos)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .unwrap();
+    let n = |k: &str| last["summary"][k].as_u64().unwrap();
+    assert_eq!(n("total"), 24);
+    assert_eq!(n("failed"), 0);
+    assert_eq!(
+        n("unchanged") + n("known_content"),
+        finished.len() as u64,
+        "every image finished before the kill is skipped: {last}"
+    );
+    assert_eq!(n("embedded"), 24 - finished.len() as u64);
+    let redone: Vec<String> = described(&ollama)
+        .into_iter()
+        .filter(|sha| finished.contains(sha))
+        .collect();
+    assert!(redone.is_empty(), "described again after the kill: {redone:?}");
+
+    let store = Store::open(&db).unwrap();
+    assert!(store.integrity_problems().unwrap().is_empty());
+    let all: u64 = store.stats().unwrap().spaces.iter().map(|s| s.entries).sum();
+    assert_eq!(all, 24);
+}
+
+#[tokio::test]
+async fn prune_forgets_vanished_files_and_stats_add_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    let mut paths = Vec::new();
+    for i in 0..6u32 {
+        paths.push(write(&photos, &format!("p{i}.png"), &unique_png(i + 3)));
+    }
+    let db = dir.path().join("imbed.db");
+    let imbed = open(&hash_chain(&db), &db).await;
+    index(&imbed, &[photos.clone()], IndexOptions::new(2)).await;
+    let store = imbed.store().unwrap().clone();
+    // A query vector in the same database (another table).
+    imbed.embed_text("a query").await.unwrap();
+    let before = store.stats().unwrap();
+    assert_eq!((before.files, before.images, before.text_vectors), (6, 6, 1));
+
+    std::fs::remove_file(&paths[0]).unwrap();
+    std::fs::remove_file(&paths[1]).unwrap();
+    let report = store
+        .prune(&PruneOptions::default().missing_files().text_vectors().vacuum())
+        .unwrap();
+    assert_eq!((report.files, report.images, report.entries, report.text_vectors), (2, 2, 2, 1));
+    let after = store.stats().unwrap();
+    assert_eq!((after.files, after.images, after.text_vectors), (4, 4, 0));
+    assert_eq!(after.spaces[0].entries, 4);
+    assert!(after.bytes_on_disk > 0);
+
+    // The CLI reports the same numbers.
+    let config = hash_chain(&db).write(dir.path());
+    let out = imbed_cli(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .args(["cache", "stats", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["files"], 4);
+    assert_eq!(v["schema_version"], imbed::store::SCHEMA_VERSION);
+    assert_eq!(v["spaces"][0]["entries"], 4);
+}
+
+#[tokio::test]
+async fn old_schemas_are_migrated_and_newer_ones_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    {
+        let v1 = Store::create_with_schema(&db, 1).unwrap();
+        assert_eq!(v1.schema_version().unwrap(), 1);
+        let imbed = Imbed::with_options(hash_chain(&db).build(), Options::default().store(v1))
+            .await
+            .unwrap();
+        imbed
+            .embed_image(ImageRequest::new(ImageSource::Bytes(images::png(40, 30, 5))))
+            .await
+            .unwrap();
+    }
+    let store = Store::open(&db).unwrap();
+    assert_eq!(store.schema_version().unwrap(), imbed::store::SCHEMA_VERSION);
+    let set = store.load_space("imbed-hash/image@v1:256").unwrap();
+    assert_eq!(set.len(), 1, "data written under schema 1 survives the migration");
+    // The table schema 2 added works.
+    let r = imbed::search::search(&store, &set.space, set.vector(0), 1, Method::Approximate, None)
+        .unwrap();
+    assert!((r.hits[0].score - 1.0).abs() < 1e-4);
+    drop(store);
+
+    let newer = dir.path().join("newer.db");
+    Store::create_with_schema(&newer, imbed::store::SCHEMA_VERSION + 5).unwrap();
+    let err = Store::open(&newer).unwrap_err();
+    assert!(matches!(err, StoreError::TooNew { .. }));
+    assert!(err.to_string().contains("upgrade imbed"), "{err}");
+
+    let not_a_db = dir.path().join("junk.db");
+    std::fs::write(&not_a_db, vec![7u8; 4096]).unwrap();
+    let err = Store::open(&not_a_db).unwrap_err();
+    assert!(err.to_string().contains("junk.db"), "{err}");
+}
+
+/// Random unit vectors, deterministic.
+fn random_unit_vectors(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    (0..n)
+        .map(|_| {
+            let v: Vec<f32> = (0..dims).map(|_| next()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / norm).collect()
+        })
+        .collect()
+}
+
+fn fake_embedding(vector: Vec<f32>, space: &str) -> imbed::Embedding {
+    let e = serde_json::json!({
+        "vector": vector,
+        "provenance": {
+            "step": 0, "step_kind": "image-embed",
+            "plugin": {"key": "t", "name": "t", "version": "0"},
+            "model": "random", "space": space, "dimensions": 0,
+            "degraded": false, "attempts": []
+        }
+    });
+    serde_json::from_value(e).unwrap()
+}
+
+fn meta(i: usize) -> imbed::store::ImageMeta {
+    imbed::store::ImageMeta {
+        sha256: format!("{i:064x}"),
+        mime: "image/png".into(),
+        width: 1,
+        height: 1,
+        bytes: 1,
+    }
+}
+
+#[test]
+fn approximate_search_agrees_with_exact_search_and_stays_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("ann.db")).unwrap();
+    let space = "test/random:48";
+    let vectors = random_unit_vectors(3000, 48, 7);
+    for (i, v) in vectors.iter().enumerate() {
+        store.put_entry(&meta(i), &fake_embedding(v.clone(), space)).unwrap();
+    }
+    let queries = random_unit_vectors(40, 48, 99);
+    let recall = |store: &Store| {
+        let mut found = 0;
+        for q in &queries {
+            let exact = imbed::search::search(store, space, q, 10, Method::Exact, None).unwrap();
+            let approx =
+                imbed::search::search(store, space, q, 10, Method::Approximate, None).unwrap();
+            assert_eq!(approx.method, Method::Approximate);
+            let want: HashSet<_> = exact.hits.iter().map(|h| h.image.clone()).collect();
+            found += approx.hits.iter().filter(|h| want.contains(&h.image)).count();
+        }
+        found as f64 / (queries.len() * 10) as f64
+    };
+    let r = recall(&store);
+    assert!(r >= 0.9, "recall@10 {r}");
+
+    // New entries are added to the saved index; a replaced one forces a rebuild. Either way
+    // the newest vector is found.
+    let extra = random_unit_vectors(1, 48, 12345).remove(0);
+    store.put_entry(&meta(5000), &fake_embedding(extra.clone(), space)).unwrap();
+    let hit = imbed::search::search(&store, space, &extra, 1, Method::Approximate, None).unwrap();
+    assert_eq!(hit.hits[0].image, meta(5000).sha256);
+    store.put_entry(&meta(3), &fake_embedding(extra.clone(), space)).unwrap();
+    let hits = imbed::search::search(&store, space, &extra, 2, Method::Approximate, None).unwrap();
+    let got: HashSet<_> = hits.hits.iter().map(|h| h.image.clone()).collect();
+    assert_eq!(got, HashSet::from([meta(5000).sha256, meta(3).sha256]));
+    assert!(recall(&store) >= 0.9);
+}
+
+#[test]
+fn search_output_on_the_command_line_names_the_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    let pic = images::picture(96, 72, 2);
+    let query = write(&photos, "a.png", &images::png_of(&pic));
+    write(&photos, "a-small.jpg", &images::jpeg_of(&pic, 80));
+    write(&photos, "b.png", &images::png(96, 72, 3));
+    let db = dir.path().join("imbed.db");
+    let config = hash_chain(&db).write(dir.path());
+    let run = |args: &[&str]| {
+        imbed_cli(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["index", photos.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3 embedded"));
+    let out = run(&["similar", query.to_str().unwrap(), "-k", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("space imbed-hash/image@v1:256 (exact search over 3 images)"), "{text}");
+    assert!(lines[1].ends_with("a-small.jpg"), "{text}");
+    assert_eq!(lines.len(), 3, "{text}");
+    // Text lands in the hash text space, where nothing is indexed: a clear refusal.
+    let out = run(&["search", "anything"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("never compared") && err.contains("imbed-hash/image@v1:256"), "{err}");
+}
