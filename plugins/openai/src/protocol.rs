@@ -309,10 +309,7 @@ impl Settings {
 
     /// Headers of every request: JSON, the key when there is one, the configured extras.
     pub fn request_headers(&self) -> Vec<(String, String)> {
-        let mut h = vec![
-            ("content-type".to_string(), "application/json".to_string()),
-            ("accept".to_string(), "application/json".to_string()),
-        ];
+        let mut h = vec![("content-type".to_string(), "application/json".to_string())];
         if let Some(key) = &self.api_key {
             h.push(("authorization".into(), format!("Bearer {key}")));
         }
@@ -503,6 +500,16 @@ pub fn map_status(s: &Settings, role: Role, status: u16, headers: &[(String, Str
                 Some(_) => "check api_key (the key was refused)".to_string(),
             };
             Failure::Other(format!("{server} refused the request ({status}: {msg}): {fix}"))
+        }
+        400 | 404 | 422
+            if role == Role::Embed
+                && (lower.contains("support embeddings")
+                    || lower.contains("not an embedding model")
+                    || lower.contains("embeddings are not supported")) =>
+        {
+            Failure::Other(format!(
+                "model \"{model}\" cannot embed text ({msg}): set embed_model to an embedding model such as text-embedding-3-small (on local servers e.g. nomic-embed-text)"
+            ))
         }
         404 if role == Role::Describe && lower.contains("not a chat model") => Failure::Other(format!(
             "model \"{model}\" cannot describe images (it is not a chat model): set vision_model to a vision model such as gpt-4o-mini"
