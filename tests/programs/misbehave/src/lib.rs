@@ -14,21 +14,20 @@
 //! - `unavailable` / `model-not-found`: reports that error.
 //!
 //! Setting `space` overrides the space id (default `test/misbehave:8`); `dims` the dimensions.
+//!
+//! Built on the guest SDK (`plugins/sdk`) like the real plugins, exporting every role.
 
-wit_bindgen::generate!({
-    world: "backend",
-    path: "../../../wit/0.1.0",
-});
+use imbed_plugin_sdk::http::{HttpError, Request};
+use imbed_plugin_sdk::{
+    export_plugin, settings, Batch, Describer, Description, Embedder, Error, Image, ImageEmbedder,
+    ModelInfo, Plugin, Vector,
+};
 
-use exports::imbed::plugin::{describer, embedder, image_embedder, plugin};
-use imbed::plugin::host;
-use imbed::plugin::http;
-use imbed::plugin::types::{Error, Image, ModelInfo, PluginInfo};
-
+#[derive(Default)]
 struct Misbehave;
 
 fn setting(key: &str, default: &str) -> String {
-    host::get_setting(key).unwrap_or_else(|| default.to_string())
+    settings::string(key, default)
 }
 
 fn dims() -> usize {
@@ -82,22 +81,15 @@ fn misbehave(n: usize) -> Result<Option<Vec<Vec<f32>>>, Error> {
         }
         "http" => {
             let url = setting("url", "http://127.0.0.1:9/");
-            let req = http::Request {
-                method: "GET".into(),
-                url: url.clone(),
-                headers: vec![],
-                body: vec![],
-                timeout_ms: Some(2000),
-            };
-            match http::send(&req) {
+            match Request::get(url.clone()).timeout_ms(2000).send() {
                 Ok(resp) => Ok(Some(vec![vector_from(&resp.body); n])),
                 Err(
-                    http::HttpError::Denied(m)
-                    | http::HttpError::Unreachable(m)
-                    | http::HttpError::Timeout(m)
-                    | http::HttpError::Invalid(m)
-                    | http::HttpError::TooLarge(m)
-                    | http::HttpError::Other(m),
+                    HttpError::Denied(m)
+                    | HttpError::Unreachable(m)
+                    | HttpError::Timeout(m)
+                    | HttpError::Invalid(m)
+                    | HttpError::TooLarge(m)
+                    | HttpError::Other(m),
                 ) => Err(Error::Unavailable(format!("GET {url} failed: {m}"))),
             }
         }
@@ -127,22 +119,26 @@ fn misbehave(n: usize) -> Result<Option<Vec<Vec<f32>>>, Error> {
 }
 
 fn model() -> ModelInfo {
-    ModelInfo {
-        model_id: format!("misbehave-{}", setting("mode", "ok")),
-        dimensions: Some(dims() as u32),
-        space_id: setting("space", "test/misbehave:8"),
+    ModelInfo::new(
+        format!("misbehave-{}", setting("mode", "ok")),
+        setting("space", "test/misbehave:8"),
+    )
+    .with_dimensions(dims() as u32)
+}
+
+/// The batch as the mode says: its own vectors, or `item` applied to each input.
+fn batch<T>(inputs: &[T], item: impl FnMut(&T) -> Result<Vector, Error>) -> Batch {
+    match misbehave(inputs.len())? {
+        Some(v) => Ok(v.into_iter().map(Ok).collect()),
+        None => Ok(inputs.iter().map(item).collect()),
     }
 }
 
-impl plugin::Guest for Misbehave {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            name: "misbehave".into(),
-            version: "0.1.0".into(),
-        }
-    }
+impl Plugin for Misbehave {
+    const NAME: &'static str = "misbehave";
+    const VERSION: &'static str = "0.1.0";
 
-    fn warm() -> Result<(), Error> {
+    fn warm(&mut self) -> Result<(), Error> {
         match setting("warm", "ok").as_str() {
             "ok" => Ok(()),
             _ => Err(Error::Unavailable("warming failed (on purpose)".into())),
@@ -150,41 +146,40 @@ impl plugin::Guest for Misbehave {
     }
 }
 
-impl embedder::Guest for Misbehave {
-    fn text_model() -> Result<ModelInfo, Error> {
+impl Embedder for Misbehave {
+    fn text_model(&mut self) -> Result<ModelInfo, Error> {
         Ok(model())
     }
-    fn embed_texts(texts: Vec<String>) -> Result<Vec<Result<Vec<f32>, Error>>, Error> {
-        match misbehave(texts.len())? {
-            Some(v) => Ok(v.into_iter().map(Ok).collect()),
-            None => Ok(texts
-                .iter()
-                .map(|t| {
-                    if t.contains("__bad_item__") {
-                        Err(Error::BadInput("this item is bad (on purpose)".into()))
-                    } else {
-                        Ok(vector_from(t.as_bytes()))
-                    }
-                })
-                .collect()),
+
+    fn embed_text(&mut self, text: &str) -> Result<Vector, Error> {
+        if text.contains("__bad_item__") {
+            Err(Error::BadInput("this item is bad (on purpose)".into()))
+        } else {
+            Ok(vector_from(text.as_bytes()))
         }
+    }
+
+    fn embed_texts(&mut self, texts: Vec<String>) -> Batch {
+        batch(&texts, |t| self.embed_text(t))
     }
 }
 
-impl image_embedder::Guest for Misbehave {
-    fn image_model() -> Result<ModelInfo, Error> {
+impl ImageEmbedder for Misbehave {
+    fn image_model(&mut self) -> Result<ModelInfo, Error> {
         Ok(model())
     }
-    fn embed_images(images: Vec<Image>) -> Result<Vec<Result<Vec<f32>, Error>>, Error> {
-        match misbehave(images.len())? {
-            Some(v) => Ok(v.into_iter().map(Ok).collect()),
-            None => Ok(images.iter().map(|i| Ok(vector_from(&i.data))).collect()),
-        }
+
+    fn embed_image(&mut self, image: &Image) -> Result<Vector, Error> {
+        Ok(vector_from(&image.data))
+    }
+
+    fn embed_images(&mut self, images: Vec<Image>) -> Batch {
+        batch(&images, |i| Ok(vector_from(&i.data)))
     }
 }
 
-impl describer::Guest for Misbehave {
-    fn describe(image: Image, prompt: Option<String>) -> Result<describer::Description, Error> {
+impl Describer for Misbehave {
+    fn describe(&mut self, image: Image, prompt: Option<String>) -> Result<Description, Error> {
         misbehave(1)?;
         // Depends on the pixels' size and the prompt, so tests can tell the image arrived.
         let text = format!(
@@ -194,12 +189,8 @@ impl describer::Guest for Misbehave {
             image.height,
             prompt.map(|p| format!(" ({p})")).unwrap_or_default()
         );
-        Ok(describer::Description {
-            text,
-            model_id: "misbehave-vision".into(),
-            structured: None,
-        })
+        Ok(Description::new(text, "misbehave-vision"))
     }
 }
 
-export!(Misbehave);
+export_plugin!(Misbehave: describer, embedder, image_embedder);
