@@ -83,5 +83,5 @@ class Embedder(exports.Embedder):
                 out.append(Ok(pyhash.embed(text, c.dims, c.stopwords)))
             except pyhash.NoWords as e:
                 host.log(host.LogLevel.DEBUG, "item %d: %s" % (i, e))
-                out.append(Err(Error_BadInput("text %d: %s" % (i, e))))
+                out.append(Err(Error_BadInput(str(e))))
         return out

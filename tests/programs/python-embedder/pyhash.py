@@ -58,10 +58,12 @@ def features(word: str):
 
 def embed(text: str, dims: int, stopwords=frozenset()) -> list:
     """The unit vector of `text`; raises NoWords when there is nothing to embed."""
-    ws = words(text, stopwords)
+    ws = words(text)
     if not ws:
-        raise NoWords("the text has no words to embed" if not text.strip() else
-                      "every word of the text is a stop word or punctuation: nothing to embed")
+        raise NoWords("the text has no letters or digits to embed")
+    ws = [w for w in ws if w not in stopwords]
+    if not ws:
+        raise NoWords("every word of the text is a stop word: nothing to embed")
     v = [0.0] * dims
     for w in ws:
         for feature, weight in features(w):
