@@ -314,7 +314,7 @@ async fn a_hanging_server_hits_the_deadline_and_the_chain_falls_back() {
     let started = Instant::now();
     let e = embed_bytes(&imbed, images::png(16, 16, 0)).await;
     // The embedder's model probe is the first request that hangs.
-    fell_back(&e, FailureKind::Timeout, "within 400 ms: raise request_timeout_ms");
+    fell_back(&e, FailureKind::Timeout, "did not answer POST /embeddings within 400 ms");
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 
     // The host's own per-call deadline bounds a plugin whose own timeout is too generous.
@@ -355,4 +355,42 @@ async fn the_plugin_reaches_no_origin_but_the_granted_one() {
 
 fn assert_unit(v: &[f32]) {
     crate::assert_unit(v)
+}
+
+#[test]
+fn the_example_config_checks_and_embeds_through_the_cli() {
+    let server = OpenAiStandIn::builder().api_key(KEY).start();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for name in ["openai", "hash"] {
+        std::fs::copy(imbed_tests::component(name), plugins.join(format!("{name}.wasm"))).unwrap();
+    }
+    let config = imbed_tests::repo_root().join("config/openai.toml");
+    let run = |args: &[&str]| {
+        crate::cli::imbed(dir.path())
+            .env("IMBED_PLUGIN_DIR", &plugins)
+            .env("OPENAI_SERVER", server.origin())
+            .env("OPENAI_API_KEY", KEY)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["config", "check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("plugin openai: loads (openai 0.1.0)") && text.contains("3 of 3 steps"), "{text}");
+
+    let image = dir.path().join("photo.png");
+    std::fs::write(&image, images::png(48, 32, 2)).unwrap();
+    let out = run(&["embed", image.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &line["provenance"];
+    assert_eq!(p["step"], 0, "{p}");
+    assert_eq!(p["space"], format!("openai-compat/{}/text-embedding-3-small", server.addr()));
+    assert_eq!(p["plugin"]["name"], "openai");
+    assert!(server.requests().iter().all(|r| r.bearer() == Some(KEY)));
 }
