@@ -317,6 +317,32 @@ async fn a_bad_setting_fails_the_step_with_what_to_fix() {
         a.message
     );
 
+    // A stop-word file that is not text.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("stop.txt"), b"caf\xe9\n").unwrap();
+    let garbled = imbed(
+        config()
+            .plugin(
+                "py",
+                py(64)
+                    .setting("stopwords", "/model/stop.txt")
+                    .grant_model_dir(dir.path()),
+            )
+            .description("py"),
+    )
+    .await;
+    match garbled.embed_text("anything").await {
+        Err(Error::Exhausted { attempts }) => {
+            assert_eq!(attempts[0].kind, FailureKind::ModelNotFound);
+            assert!(
+                attempts[0].message.contains("is not UTF-8 text"),
+                "{}",
+                attempts[0].message
+            );
+        }
+        other => panic!("expected a refused stop-word file, got {other:?}"),
+    }
+
     // Alone in the chain, the plugin's per-item error is the answer.
     let only_py = imbed(config().plugin("py", py(64)).description("py")).await;
     match only_py.embed_text("!?").await {

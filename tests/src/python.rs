@@ -146,6 +146,16 @@ pub fn build() -> Result<PathBuf, String> {
     }
     std::fs::rename(&tmp, &wasm)
         .map_err(|e| format!("cannot move the component into place: {e}"))?;
+    // Earlier builds (18 MB each) and their compiled forms (35 MB each) are of no further use.
+    if let Ok(entries) = std::fs::read_dir(&out) {
+        for path in entries.flatten().map(|e| e.path()) {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with("py_embedder-") && path != wasm {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(compile_cache_dir());
     Ok(wasm)
 }
 

@@ -42,6 +42,10 @@ class _Config:
                     "cannot read the stop-word file %s (%s): the plugin sees only the "
                     "directory granted as model_dir, at /model; grant it and name the file "
                     "as /model/<file>" % (path, e.strerror or e)))
+            except UnicodeDecodeError as e:
+                raise Err(Error_ModelNotFound(
+                    "the stop-word file %s is not UTF-8 text (%s): save it as UTF-8, one word "
+                    "a line" % (path, e.reason)))
         self.space = pyhash.space_id(self.dims, self.stopwords)
         host.log(host.LogLevel.INFO, "py-hash %s: %d dimensions, %d stop words, space %s, "
                  "Python %s" % (pyhash.ALGORITHM, self.dims, len(self.stopwords), self.space,
