@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use imbed::{Env, FailureKind, ImageRequest, ImageSource, Imbed, StepKind};
-use imbed_tests::openai::{Failure, OpenAiStandIn, Route};
+use imbed_tests::openai::{Failure, ModelSpec, OpenAiStandIn, Route};
 use imbed_tests::{cosine, images, PluginSpec, TestConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,11 +145,9 @@ async fn texts_embed_in_batches_placed_by_index_and_an_empty_text_fails_alone() 
         let want = server.expected_embedding("text-embedding-3-small", &texts[i], None).unwrap();
         assert!(cosine(&e.vector, &want) > 0.9999, "item {i}");
     }
-    let empty = &results[1];
-    match empty {
-        Ok(e) => assert_eq!(e.provenance.attempts[0].kind, FailureKind::BadInput, "{:?}", e.provenance),
-        Err(e) => assert!(e.to_string().contains("empty"), "{e}"),
-    }
+    // The host refuses the empty text itself; the others are not held up by it.
+    let empty = results[1].as_ref().unwrap_err();
+    assert!(empty.to_string().contains("the text to embed is empty"), "{empty}");
     let sizes: Vec<usize> = server
         .requests_to(Route::Embeddings)
         .iter()
@@ -393,4 +391,29 @@ fn the_example_config_checks_and_embeds_through_the_cli() {
     assert_eq!(p["space"], format!("openai-compat/{}/text-embedding-3-small", server.addr()));
     assert_eq!(p["plugin"]["name"], "openai");
     assert!(server.requests().iter().all(|r| r.bearer() == Some(KEY)));
+}
+
+#[tokio::test]
+async fn a_text_too_long_for_the_model_fails_alone() {
+    let server = OpenAiStandIn::builder()
+        .model(ModelSpec::embedding("short-context", 64).with_context(5))
+        .start();
+    let imbed = start(openai_plugin(&server).setting("embed_model", "short-context")).await;
+    imbed.embed_text("warm").await.unwrap();
+    server.reset_log();
+    let texts: Vec<String> = ["a cat", "one two three four five six seven", "a dog"].map(String::from).to_vec();
+    let results = imbed.embed_texts(&texts).await;
+    for i in [0, 2] {
+        let e = results[i].as_ref().unwrap();
+        assert_eq!(e.provenance.step, 0, "item {i}: {:?}", e.provenance.attempts);
+        let want = server.expected_embedding("short-context", &texts[i], None).unwrap();
+        assert!(cosine(&e.vector, &want) > 0.9999, "item {i}");
+    }
+    let long = results[1].as_ref().unwrap();
+    assert_eq!(long.provenance.step_kind, StepKind::Hash);
+    let a = &long.provenance.attempts[0];
+    assert_eq!(a.kind, FailureKind::BadInput, "{}", a.message);
+    assert!(a.message.contains("too long for model \"short-context\"") && a.message.contains("maximum context length is 5 tokens"), "{}", a.message);
+    // The batch was refused whole, then each text was sent alone.
+    assert_eq!(statuses(&server, Route::Embeddings), [Some(400), Some(200), Some(400), Some(200)]);
 }
