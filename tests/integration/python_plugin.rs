@@ -350,3 +350,38 @@ async fn a_bad_setting_fails_the_step_with_what_to_fix() {
         other => panic!("expected bad input, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn the_cli_embeds_with_it_and_shows_its_log_lines() {
+    ready().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config()
+        .plugin("py", py(64))
+        .description("py")
+        .write(dir.path());
+    let text = "a red kite over the beach";
+    let out = crate::cli::imbed(dir.path())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--log", "info", "embed-text", text])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["provenance"]["space"], "py-hash/text@v1:64");
+    assert_eq!(line["provenance"]["plugin"]["name"], "py-hash");
+    let vector: Vec<f32> = line["vector"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let want = reference(text, 64, &[]);
+    assert!(vector.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6));
+    // The plugin's own log line, through the host's `log` import.
+    assert!(
+        stderr.contains("py-hash v1: 64 dimensions, 0 stop words, space py-hash/text@v1:64"),
+        "{stderr}"
+    );
+}
