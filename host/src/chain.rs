@@ -62,6 +62,9 @@ pub struct PluginStatus {
     pub memory_mb: u64,
     /// Deadline per call in milliseconds.
     pub timeout_ms: u128,
+    /// Instances that may run at once: the configured `instances`, capped at the core count
+    /// for plugins that cannot reach the network (they only compute).
+    pub instances: usize,
     /// Loaded or not, and why.
     pub health: PluginHealth,
 }
@@ -476,6 +479,10 @@ impl Imbed {
                     sockets: cfg.grants.sockets.iter().map(|a| a.to_string()).collect(),
                     memory_mb: cfg.memory_bytes >> 20,
                     timeout_ms: cfg.timeout.as_millis(),
+                    instances: match slot {
+                        Slot::Ready(p) => p.config.pool_size,
+                        Slot::Failed(_) => cfg.pool_size,
+                    },
                     health: match slot {
                         Slot::Ready(p) => PluginHealth::Ready {
                             name: p.id.name.clone(),

@@ -663,3 +663,25 @@ fn search_output_on_the_command_line_names_the_space() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("never compared") && err.contains("imbed-hash/image@v1:256"), "{err}");
 }
+
+#[tokio::test]
+async fn a_plugin_without_network_grants_gets_at_most_one_instance_per_core() {
+    let ollama = OllamaStandIn::start();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let cfg = TestConfig::new()
+        .plugin("hash", PluginSpec::hash().instances(cores + 7))
+        .plugin("ollama", ollama_plugin(&ollama, "nomic-embed-text").instances(cores + 7))
+        .describe_then_embed("ollama", "ollama")
+        .hash("hash");
+    let imbed = Imbed::new(cfg.build()).await.unwrap();
+    let instances = |key: &str| {
+        imbed
+            .plugins()
+            .into_iter()
+            .find(|p| p.key == key)
+            .map(|p| p.instances)
+            .unwrap()
+    };
+    assert_eq!(instances("hash"), cores, "CPU-bound: capped at the cores");
+    assert_eq!(instances("ollama"), cores + 7, "waits on the network: as configured");
+}

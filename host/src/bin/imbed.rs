@@ -17,6 +17,9 @@ mod collection;
 // `imbed models ...` (same arrangement).
 #[path = "imbed/models.rs"]
 mod models_cmd;
+// `imbed plugins new` (same arrangement).
+#[path = "imbed/plugins_new.rs"]
+mod plugins_new;
 
 /// Exit codes scripts can rely on (documented in the README).
 mod exit {
@@ -207,6 +210,23 @@ enum PluginsAction {
         #[arg(long)]
         json: bool,
     },
+    /// Create a new plugin crate: builds to a component with `cargo build --release`, with
+    /// example logic, native unit tests and a README of the next steps.
+    New {
+        /// The plugin's name: lowercase letters, digits and dashes (e.g. `my-backend`).
+        name: String,
+        /// Its roles: embedder, image-embedder, describer, dual-embedder (text and images),
+        /// describer-embedder, or backend (all three).
+        #[arg(long, default_value = "embedder")]
+        kind: String,
+        /// The folder to create (default: ./NAME); it must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The guest SDK, plugins/sdk of an imbed checkout (default: the checkout this imbed
+        /// was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -265,6 +285,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     {
         return plugins_check(file, *json).await;
     }
+    // Neither does creating a plugin.
+    if let Command::Plugins {
+        action: Some(PluginsAction::New { name, kind, dir, sdk }),
+        ..
+    } = &cli.command
+    {
+        return plugins_new::run(name, kind, dir.clone(), sdk.clone());
+    }
     let env = Env::from_process();
     let config = Config::discover(cli.config.as_deref(), &env).map_err(Error::from)?;
     match cli.command {
@@ -280,6 +308,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             action: Some(PluginsAction::Check { file, json }),
             ..
         } => plugins_check(&file, json).await,
+        Command::Plugins {
+            action: Some(PluginsAction::New { name, kind, dir, sdk }),
+            ..
+        } => plugins_new::run(&name, &kind, dir, sdk),
         Command::Plugins { json, action: None } => plugins(config, json).await,
         Command::Doctor { json } => doctor(config, json).await,
         Command::Serve { listen } => serve(config, listen).await,
@@ -586,8 +618,11 @@ async fn plugins(config: Config, json_out: bool) -> anyhow::Result<u8> {
             dir.unwrap_or_else(|| "none".into())
         );
         println!(
-            "    limits:  {} MiB memory, {} ms per call",
-            s.memory_mb, s.timeout_ms
+            "    limits:  {} MiB memory, {} ms per call, {} instance{}",
+            s.memory_mb,
+            s.timeout_ms,
+            s.instances,
+            if s.instances == 1 { "" } else { "s" }
         );
     }
     Ok(exit::OK)
