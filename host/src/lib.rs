@@ -33,6 +33,7 @@ mod plugin;
 pub mod search;
 pub mod server;
 pub mod store;
+pub mod template;
 pub mod types;
 
 pub use blocking::BlockingImbed;
