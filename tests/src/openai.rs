@@ -725,7 +725,12 @@ fn redact(key: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(chars.len() - 7))
 }
 
-fn check_key(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+/// A refusal: boxed, since a response is large and the happy path should not carry its size.
+fn refuse<T>(r: Response) -> Result<T, Box<Response>> {
+    Err(Box::new(r))
+}
+
+fn check_key(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(expected) = lock(&shared.api_key).clone() else {
         return Ok(());
     };
@@ -736,9 +741,9 @@ fn check_key(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
         .map(str::trim)
         .filter(|k| !k.is_empty());
     match sent {
-        None => Err(error_resp(401, NO_KEY, "invalid_request_error", None, None)),
+        None => refuse(error_resp(401, NO_KEY, "invalid_request_error", None, None)),
         Some(k) if k == expected => Ok(()),
-        Some(k) => Err(error_resp(
+        Some(k) => refuse(error_resp(
             401,
             &format!(
                 "Incorrect API key provided: {}. You can find your API key at https://platform.openai.com/account/api-keys.",
@@ -766,7 +771,7 @@ async fn dispatch(shared: Arc<Shared>, method: Method, uri: Uri, headers: Header
         None => invalid_url(404, "Invalid URL", &method, &path),
         Some((_, expected)) if method != *expected => invalid_url(405, "Invalid method for URL", &method, &path),
         Some((route, _)) => match check_key(&shared, &headers) {
-            Err(r) => r,
+            Err(r) => *r,
             Ok(()) => match route {
                 Route::Models => list_models(&shared),
                 Route::Model => get_model(&shared, &path["/v1/models/".len()..]),
@@ -821,15 +826,15 @@ fn words(text: &str) -> usize {
 // Chat completions
 
 /// The text part of a user message and its decoded images, or the 400 for a malformed part.
-fn read_content(messages: &[Value], vision: bool) -> Result<(String, Vec<Vec<u8>>), Response> {
+fn read_content(messages: &[Value], vision: bool) -> Result<(String, Vec<Vec<u8>>), Box<Response>> {
     let mut prompt = String::new();
     let mut images = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let Some(role) = m.get("role").and_then(Value::as_str) else {
-            return Err(invalid(&format!("Missing required parameter: 'messages[{i}].role'."), Some(&format!("messages[{i}].role")), Some("missing_required_parameter")));
+            return refuse(invalid(&format!("Missing required parameter: 'messages[{i}].role'."), Some(&format!("messages[{i}].role")), Some("missing_required_parameter")));
         };
         if !matches!(role, "system" | "developer" | "user" | "assistant" | "tool") {
-            return Err(invalid(
+            return refuse(invalid(
                 &format!("Invalid value: '{role}'. Supported values are: 'system', 'assistant', 'user', 'function', 'tool', and 'developer'."),
                 Some(&format!("messages[{i}].role")),
                 Some("invalid_value"),
@@ -848,18 +853,18 @@ fn read_content(messages: &[Value], vision: bool) -> Result<(String, Vec<Vec<u8>
                     match p.get("type").and_then(Value::as_str) {
                         Some("text") => match p.get("text").and_then(Value::as_str) {
                             Some(t) => text.push_str(t),
-                            None => return Err(invalid(&format!("Missing required parameter: '{at}.text'."), Some(&format!("{at}.text")), Some("missing_required_parameter"))),
+                            None => return refuse(invalid(&format!("Missing required parameter: '{at}.text'."), Some(&format!("{at}.text")), Some("missing_required_parameter"))),
                         },
                         Some("image_url") => {
                             if !vision || role != "user" {
-                                return Err(invalid(NO_VISION, Some(&format!("messages.[{i}].content.[{j}].type")), None));
+                                return refuse(invalid(NO_VISION, Some(&format!("messages.[{i}].content.[{j}].type")), None));
                             }
                             let Some(url) = p.pointer("/image_url/url").and_then(Value::as_str) else {
-                                return Err(invalid(&format!("Missing required parameter: '{at}.image_url.url'."), Some(&format!("{at}.image_url.url")), Some("missing_required_parameter")));
+                                return refuse(invalid(&format!("Missing required parameter: '{at}.image_url.url'."), Some(&format!("{at}.image_url.url")), Some("missing_required_parameter")));
                             };
                             if let Some(d) = p.pointer("/image_url/detail") {
                                 if !matches!(d.as_str(), Some("low" | "high" | "auto")) {
-                                    return Err(invalid(
+                                    return refuse(invalid(
                                         &format!("Invalid value: {d}. Supported values are: 'low', 'high', and 'auto'."),
                                         Some(&format!("{at}.image_url.detail")),
                                         Some("invalid_value"),
@@ -870,7 +875,7 @@ fn read_content(messages: &[Value], vision: bool) -> Result<(String, Vec<Vec<u8>
                         }
                         other => {
                             let shown = other.map(|t| format!("'{t}'")).unwrap_or_else(|| "null".into());
-                            return Err(invalid(
+                            return refuse(invalid(
                                 &format!("Invalid value: {shown}. Supported values are: 'text', 'image_url', 'input_audio', 'refusal', 'audio', and 'file'."),
                                 Some(&format!("{at}.type")),
                                 Some("invalid_value"),
@@ -883,7 +888,7 @@ fn read_content(messages: &[Value], vision: bool) -> Result<(String, Vec<Vec<u8>
                 }
             }
             _ => {
-                return Err(invalid(&format!("Missing required parameter: 'messages[{i}].content'."), Some(&format!("messages[{i}].content")), Some("missing_required_parameter")));
+                return refuse(invalid(&format!("Missing required parameter: 'messages[{i}].content'."), Some(&format!("messages[{i}].content")), Some("missing_required_parameter")));
             }
         }
     }
@@ -892,7 +897,7 @@ fn read_content(messages: &[Value], vision: bool) -> Result<(String, Vec<Vec<u8>
 
 /// The bytes of a `data:image/...;base64,` URL; a remote URL is refused (the stand-in has no
 /// network), as OpenAI refuses one it cannot download.
-fn decode_image_url(url: &str) -> Result<Vec<u8>, Response> {
+fn decode_image_url(url: &str) -> Result<Vec<u8>, Box<Response>> {
     let unsupported = || {
         invalid(
             "You uploaded an unsupported image. Please make sure your image has of one the following formats: ['png', 'jpeg', 'gif', 'webp'].",
@@ -901,19 +906,19 @@ fn decode_image_url(url: &str) -> Result<Vec<u8>, Response> {
         )
     };
     let Some(rest) = url.strip_prefix("data:") else {
-        return Err(invalid(&format!("Error while downloading {url}."), None, Some("invalid_image_url")));
+        return refuse(invalid(&format!("Error while downloading {url}."), None, Some("invalid_image_url")));
     };
     let Some((mime, data)) = rest.split_once(";base64,") else {
-        return Err(invalid("Invalid image URL. The URL must be a valid HTTP or HTTPS URL, or a data URL with base64 encoding.", None, Some("invalid_image_url")));
+        return refuse(invalid("Invalid image URL. The URL must be a valid HTTP or HTTPS URL, or a data URL with base64 encoding.", None, Some("invalid_image_url")));
     };
     if !matches!(mime, "image/png" | "image/jpeg" | "image/jpg" | "image/gif" | "image/webp") {
-        return Err(unsupported());
+        return refuse(unsupported());
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data)
-        .map_err(|_| invalid("Invalid base64 image_url.", None, Some("invalid_image_url")))?;
+        .or_else(|_| refuse(invalid("Invalid base64 image_url.", None, Some("invalid_image_url"))))?;
     if describe_image(&bytes).is_none() {
-        return Err(unsupported());
+        return refuse(unsupported());
     }
     Ok(bytes)
 }
@@ -992,7 +997,7 @@ async fn chat(shared: &Arc<Shared>, parsed: Option<Value>) -> Response {
     }
     let (prompt, images) = match read_content(&messages, vision) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let limit = number("max_completion_tokens")
         .or(number("max_tokens"))
