@@ -16,6 +16,7 @@ mod openai;
 mod python_plugin;
 mod sandbox;
 mod server;
+mod template;
 
 use imbed::{Config, Embedding, Error, ImageRequest, ImageSource, Imbed};
 use imbed_tests::images;
