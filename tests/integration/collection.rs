@@ -685,3 +685,61 @@ async fn a_plugin_without_network_grants_gets_at_most_one_instance_per_core() {
     assert_eq!(instances("hash"), cores, "CPU-bound: capped at the cores");
     assert_eq!(instances("ollama"), cores + 7, "waits on the network: as configured");
 }
+
+/// Search on the real all-MiniLM-L6-v2 weights: images indexed with their captions (the
+/// `description` step), queries worded differently from the captions.
+#[tokio::test]
+async fn search_on_the_real_minilm_weights_finds_the_right_captions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("imbed.db");
+    let minilm = PluginSpec::file(imbed_tests::component("minilm"))
+        .grant_model_dir(imbed_tests::models::minilm_dir())
+        .memory_mb(1024)
+        .timeout_ms(120_000);
+    let cfg = TestConfig::new()
+        .plugin("minilm", minilm)
+        .plugin("hash", PluginSpec::hash())
+        .description("minilm")
+        .hash("hash")
+        .database(&db);
+    let imbed = open(&cfg, &db).await;
+    let captions = [
+        "a cat sleeping on the keyboard of a laptop",
+        "a bowl of ramen noodles with a boiled egg",
+        "surfers riding a big wave at the beach",
+        "a red double-decker bus on a city street",
+        "snow-covered mountains under a clear sky",
+        "a golden retriever catching a frisbee in the park",
+    ];
+    for (i, caption) in captions.iter().enumerate() {
+        let e = imbed
+            .embed_image(
+                ImageRequest::new(ImageSource::Bytes(unique_png(i as u32 + 300)))
+                    .with_description(*caption),
+            )
+            .await
+            .unwrap();
+        assert!(e.provenance.space.starts_with("sentence-transformers/all-MiniLM-L6-v2@"));
+    }
+    let store = imbed.store().unwrap().clone();
+    for (query, want) in [
+        ("kitten napping on a computer", 0),
+        ("japanese soup for dinner", 1),
+        ("ocean surfing", 2),
+        ("public transport in london", 3),
+        ("alpine winter landscape", 4),
+        ("dog playing fetch", 5),
+    ] {
+        let q = imbed.embed_text(query).await.unwrap();
+        let r = imbed::search::search(&store, &q.provenance.space, &q.vector, 6, Method::Exact, None)
+            .unwrap();
+        assert_eq!(r.searched, 6);
+        let best = r.hits[0].image.clone();
+        let wanted = imbed
+            .load_image(&ImageSource::Bytes(unique_png(want as u32 + 300)))
+            .await
+            .unwrap()
+            .sha256;
+        assert_eq!(best, wanted, "query {query:?}: best score {}", r.hits[0].score);
+    }
+}
