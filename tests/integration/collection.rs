@@ -52,8 +52,8 @@ async fn open(config: &TestConfig, db: &Path) -> Imbed {
         .expect("engine starts")
 }
 
-async fn index(imbed: &Imbed, paths: &[PathBuf], options: IndexOptions) -> Summary {
-    let (files, problems) = imbed::index::find_images(paths);
+async fn index(imbed: &Imbed, folder: &Path, options: IndexOptions) -> Summary {
+    let (files, problems) = imbed::index::find_images(&[folder.to_path_buf()]);
     assert!(problems.is_empty(), "{problems:?}");
     let mut summary = Summary::default();
     let mut stream = imbed::index::index_files(imbed, files, &options).unwrap();
@@ -69,7 +69,7 @@ async fn index(imbed: &Imbed, paths: &[PathBuf], options: IndexOptions) -> Summa
 /// A `w`×`h` PNG mostly of one colour, unique per `seed` (a few pixels differ).
 fn coloured_png(rgb: [u8; 3], seed: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(48, 40, |x, y| {
-        if (x * 7 + y * 13 + seed * 31) % 97 == 0 {
+        if (x * 7 + y * 13 + seed * 31).is_multiple_of(97) {
             image::Rgb([(seed * 53 % 256) as u8, (seed * 17 % 256) as u8, 9])
         } else {
             image::Rgb(rgb)
@@ -139,19 +139,19 @@ async fn a_folder_is_indexed_once_and_a_rerun_redoes_nothing() {
     let imbed = open(&cfg, &db).await;
 
     // One at a time, so the duplicate's outcome does not depend on timing.
-    let first = index(&imbed, &[photos.clone()], IndexOptions::new(1)).await;
+    let first = index(&imbed, &photos, IndexOptions::new(1)).await;
     assert_eq!(first.total, 11, "text files and hidden folders are not indexed");
     assert_eq!(first.embedded + first.known_content, 11);
     assert_eq!(first.known_content, 1, "the copy is recognised by content: {first:?}");
 
-    let again = index(&imbed, &[photos.clone()], IndexOptions::new(4)).await;
+    let again = index(&imbed, &photos, IndexOptions::new(4)).await;
     assert_eq!(again.unchanged, 11, "{again:?}");
     assert_eq!(again.embedded, 0);
 
     // Changing a file's content re-embeds that file only.
     std::thread::sleep(Duration::from_millis(20));
     write(&photos, "sub0/p0.png", &unique_png(1000));
-    let third = index(&imbed, &[photos.clone()], IndexOptions::new(4)).await;
+    let third = index(&imbed, &photos, IndexOptions::new(4)).await;
     assert_eq!((third.embedded, third.unchanged), (1, 10), "{third:?}");
 
     let stats = imbed.store().unwrap().stats().unwrap();
@@ -215,13 +215,13 @@ async fn swapping_the_embedding_model_reuses_every_description() {
     let db = dir.path().join("imbed.db");
 
     let nomic = open(&ollama_chain(&ollama, "nomic-embed-text", &db), &db).await;
-    let s = index(&nomic, &[photos.clone()], IndexOptions::new(3)).await;
+    let s = index(&nomic, &photos, IndexOptions::new(3)).await;
     assert_eq!(s.embedded, 5, "{s:?}");
     assert_eq!(ollama.vision_calls(), 5);
     drop(nomic);
 
     let minilm = open(&ollama_chain(&ollama, "all-minilm", &db), &db).await;
-    let s = index(&minilm, &[photos.clone()], IndexOptions::new(3)).await;
+    let s = index(&minilm, &photos, IndexOptions::new(3)).await;
     assert_eq!(s.embedded, 5, "answers in the old space are not this chain's: {s:?}");
     assert_eq!(ollama.vision_calls(), 5, "no image was described again");
     let store = minilm.store().unwrap().clone();
@@ -267,7 +267,7 @@ async fn text_search_ranks_by_description_and_never_mixes_spaces() {
         .describe_then_embed("ollama", "hash")
         .database(&db);
     let imbed = open(&cfg, &db).await;
-    let s = index(&imbed, &[photos.clone()], IndexOptions::new(4)).await;
+    let s = index(&imbed, &photos, IndexOptions::new(4)).await;
     assert_eq!(s.embedded, 9);
     let store = imbed.store().unwrap().clone();
 
@@ -296,7 +296,7 @@ async fn text_search_ranks_by_description_and_never_mixes_spaces() {
         write(&others, &format!("o{i}.png"), &unique_png(i + 50));
     }
     let hash_only = open(&hash_chain(&db), &db).await;
-    index(&hash_only, &[others], IndexOptions::new(2)).await;
+    index(&hash_only, &others, IndexOptions::new(2)).await;
     let q = imbed.embed_text("red").await.unwrap();
     let r = imbed::search::search(&store, &q.provenance.space, &q.vector, 20, Method::Exact, None)
         .unwrap();
@@ -323,7 +323,7 @@ async fn similar_finds_the_near_duplicate_and_leaves_out_the_query() {
     }
     let db = dir.path().join("imbed.db");
     let imbed = open(&hash_chain(&db), &db).await;
-    index(&imbed, &[photos.clone()], IndexOptions::new(2)).await;
+    index(&imbed, &photos, IndexOptions::new(2)).await;
 
     let image = imbed.load_image(&ImageSource::Path(original)).await.unwrap();
     let e = imbed.embed_valid_image(&image, None).await.unwrap();
@@ -355,7 +355,7 @@ async fn upgrade_re_embeds_exactly_the_degraded_images_once_ollama_is_back() {
 
     ollama.set_failure_rate(1.0);
     let down = open(&cfg, &db).await;
-    let s = index(&down, &[photos.clone()], IndexOptions::new(2)).await;
+    let s = index(&down, &photos, IndexOptions::new(2)).await;
     assert_eq!((s.embedded, s.degraded), (4, 4), "{s:?}");
     drop(down);
     let degraded = Store::open(&db).unwrap().degraded_files(None).unwrap();
@@ -364,16 +364,16 @@ async fn upgrade_re_embeds_exactly_the_degraded_images_once_ollama_is_back() {
     ollama.set_failure_rate(0.0);
     ollama.reset_log();
     let up = open(&cfg, &db).await;
-    let s = index(&up, &[photos.clone()], IndexOptions::new(2)).await;
+    let s = index(&up, &photos, IndexOptions::new(2)).await;
     assert_eq!(s.unchanged, 4, "a plain re-run keeps degraded answers: {s:?}");
     assert_eq!(ollama.vision_calls(), 0);
 
-    let s = index(&up, &[photos.clone()], IndexOptions::new(2).upgrade(true)).await;
+    let s = index(&up, &photos, IndexOptions::new(2).upgrade(true)).await;
     assert_eq!(s.upgraded, 4, "{s:?}");
     assert_eq!(ollama.vision_calls(), 4, "each degraded image described once");
     assert!(up.store().unwrap().degraded_files(None).unwrap().is_empty());
 
-    let s = index(&up, &[photos], IndexOptions::new(2).upgrade(true)).await;
+    let s = index(&up, &photos, IndexOptions::new(2).upgrade(true)).await;
     assert_eq!(s.unchanged, 4, "nothing left to upgrade: {s:?}");
     assert_eq!(ollama.vision_calls(), 4);
 }
@@ -480,7 +480,7 @@ async fn prune_forgets_vanished_files_and_stats_add_up() {
     }
     let db = dir.path().join("imbed.db");
     let imbed = open(&hash_chain(&db), &db).await;
-    index(&imbed, &[photos.clone()], IndexOptions::new(2)).await;
+    index(&imbed, &photos, IndexOptions::new(2)).await;
     let store = imbed.store().unwrap().clone();
     // A query vector in the same database (another table).
     imbed.embed_text("a query").await.unwrap();
