@@ -100,21 +100,19 @@ pub enum ModelError {
         status: u16,
     },
     /// The connection broke during a download; the part already received is kept.
-    #[error("download of {file} from {url} was interrupted at {done} of {size} bytes ({message}); the part received is kept in {}: run `imbed models pull {model}` again to resume", part.display())]
+    #[error("download of {file} was interrupted at {done} of {size} bytes ({message}); the part received is kept in {}: run `imbed models pull {model}` again to resume", part.display())]
     Interrupted {
         /// The model.
         model: String,
         /// The file, relative to the model's folder.
         file: String,
-        /// Where it came from.
-        url: String,
         /// Bytes received so far (including earlier attempts).
         done: u64,
         /// Expected size.
         size: u64,
         /// The partial file, resumed by the next pull.
         part: PathBuf,
-        /// What broke.
+        /// Where from, and what broke.
         message: String,
     },
     /// A file's size or SHA-256 is not what the registry says; it was deleted.
@@ -266,7 +264,10 @@ fn valid_file_path(path: &str) -> bool {
 }
 
 fn valid_sha256(hex: &str) -> bool {
-    hex.len() == 64 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    hex.len() == 64
+        && hex
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
 /// Check an http(s) base URL and drop trailing slashes.
@@ -356,8 +357,11 @@ impl Registry {
 
     /// Read a registry file.
     pub fn load(path: &Path) -> Result<Registry, ModelError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ModelError::io("read", path, e))?;
+        // A registry named in the config that cannot be read is a config mistake, like a bad one.
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Registry {
+            origin: path.display().to_string(),
+            message: format!("cannot read it: {e}"),
+        })?;
         Registry::from_toml_str(&text, &path.display().to_string())
     }
 
@@ -706,7 +710,7 @@ impl Models {
         let source = self.source_for(name, from)?;
         let dir = self.model_dir(name);
         create_dir_all(&dir).await?;
-        let _lock = lock(&dir, name)?;
+        let _lock = lock(&dir, name).await?;
 
         let mut report = PullReport {
             name: name.to_string(),
@@ -848,11 +852,10 @@ impl Models {
                         return Err(ModelError::Interrupted {
                             model: spec.name.clone(),
                             file: file.path.clone(),
-                            url: url.to_string(),
                             done,
                             size: file.size,
                             part,
-                            message: describe_reqwest(&e),
+                            message: format!("from {url}: {}", describe_reqwest(&e)),
                         });
                     }
                 };
@@ -863,7 +866,10 @@ impl Models {
                         model: spec.name.clone(),
                         file: file.path.clone(),
                         from: url.to_string(),
-                        detail: format!("the server sent more than the {} bytes the registry says", file.size),
+                        detail: format!(
+                            "the server sent more than the {} bytes the registry says",
+                            file.size
+                        ),
                     });
                 }
                 out.write_all(&chunk)
@@ -887,11 +893,10 @@ impl Models {
                 return Err(ModelError::Interrupted {
                     model: spec.name.clone(),
                     file: file.path.clone(),
-                    url: url.to_string(),
                     done,
                     size: file.size,
                     part,
-                    message: "the server ended the file early".into(),
+                    message: format!("{url} ended the file early"),
                 });
             }
         }
@@ -1076,7 +1081,7 @@ impl Models {
         if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
             return Ok(false);
         }
-        let lock = lock(&dir, name)?;
+        let lock = lock(&dir, name).await?;
         // Without its manifest the folder no longer claims to be a model, even if the
         // removal stops half-way.
         remove_manifest(&dir).await?;
@@ -1145,7 +1150,7 @@ impl Models {
 
         let dir = self.model_dir(name);
         create_dir_all(&dir).await?;
-        let _lock = lock(&dir, name)?;
+        let _lock = lock(&dir, name).await?;
         remove_manifest(&dir).await?;
         let mut report = ImportReport {
             name: name.to_string(),
@@ -1157,7 +1162,9 @@ impl Models {
             let src = folder.join(&file.path);
             let dst = dir.join(&file.path);
             if same_file(&src, &dst).await {
-                report.files.push((file.path.clone(), FileOutcome::AlreadyPresent));
+                report
+                    .files
+                    .push((file.path.clone(), FileOutcome::AlreadyPresent));
                 continue;
             }
             if let Some(parent) = dst.parent() {
@@ -1222,7 +1229,11 @@ fn part_path(path: &Path) -> PathBuf {
 }
 
 /// An exclusive lock on the model's folder for as long as the returned file is open.
-fn lock(dir: &Path, name: &str) -> Result<std::fs::File, ModelError> {
+///
+/// A lock just released can look held for a moment: a child process forked by another thread
+/// shares the lock's open file until it execs. So a held lock is retried briefly before the
+/// folder is reported busy; a real concurrent pull holds it far longer.
+async fn lock(dir: &Path, name: &str) -> Result<std::fs::File, ModelError> {
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -1230,13 +1241,21 @@ fn lock(dir: &Path, name: &str) -> Result<std::fs::File, ModelError> {
         .write(true)
         .open(&path)
         .map_err(|e| ModelError::io("create", &path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(ModelError::Busy {
-            model: name.to_string(),
-            lock: path,
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(ModelError::io("lock", &path, e)),
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(25)).await
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ModelError::Busy {
+                    model: name.to_string(),
+                    lock: path,
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(ModelError::io("lock", &path, e)),
+        }
     }
 }
 
@@ -1285,7 +1304,10 @@ async fn sync_dir(dir: &Path) -> Result<(), ModelError> {
 }
 
 async fn same_file(a: &Path, b: &Path) -> bool {
-    match (tokio::fs::canonicalize(a).await, tokio::fs::canonicalize(b).await) {
+    match (
+        tokio::fs::canonicalize(a).await,
+        tokio::fs::canonicalize(b).await,
+    ) {
         (Ok(x), Ok(y)) if x == y => true,
         #[cfg(unix)]
         _ => {
@@ -1459,7 +1481,9 @@ mod tests {
         assert_eq!(weights.size, 90_868_376);
         let clip = r.get("clip-vit-base-patch32").unwrap();
         assert_eq!(clip.plugin, "clip");
-        assert!(clip.source.starts_with("https://huggingface.co/openai/clip-vit-base-patch32/"));
+        assert!(clip
+            .source
+            .starts_with("https://huggingface.co/openai/clip-vit-base-patch32/"));
     }
 
     #[test]
@@ -1467,7 +1491,10 @@ mod tests {
         let err = Registry::builtin().unwrap().get("clip").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("unknown model \"clip\""), "{msg}");
-        assert!(msg.contains("all-minilm-l6-v2, clip-vit-base-patch32"), "{msg}");
+        assert!(
+            msg.contains("all-minilm-l6-v2, clip-vit-base-patch32"),
+            "{msg}"
+        );
         assert!(err.is_usage());
     }
 
@@ -1494,8 +1521,8 @@ mod tests {
             let err = Registry::from_toml_str(&entry(path, sha, source), "t").unwrap_err();
             assert!(err.to_string().contains(expect), "{path}: {err}");
         }
-        let err = Registry::from_toml_str("[[models]]\nname = \"m\"\nsurprise = 1\n", "t")
-            .unwrap_err();
+        let err =
+            Registry::from_toml_str("[[models]]\nname = \"m\"\nsurprise = 1\n", "t").unwrap_err();
         assert!(err.to_string().contains("surprise"), "{err}");
     }
 
@@ -1506,27 +1533,43 @@ mod tests {
         let registry_source = models.registry().get(name).unwrap().source.clone();
         assert_eq!(models.source_for(name, None).unwrap(), registry_source);
         let models = models.with_mirror(Some("http://mirror/m/".into()));
-        assert_eq!(models.source_for(name, None).unwrap(), format!("http://mirror/m/{name}"));
+        assert_eq!(
+            models.source_for(name, None).unwrap(),
+            format!("http://mirror/m/{name}")
+        );
         let models = models.with_model_url(name, "http://one/clip").unwrap();
         assert_eq!(models.source_for(name, None).unwrap(), "http://one/clip");
         let models = models.with_env_mirror(Some("http://env".into()));
-        assert_eq!(models.source_for(name, None).unwrap(), format!("http://env/{name}"));
+        assert_eq!(
+            models.source_for(name, None).unwrap(),
+            format!("http://env/{name}")
+        );
         assert_eq!(
             models.source_for(name, Some("http://flag/x/")).unwrap(),
             "http://flag/x"
         );
-        assert!(models.source_for(name, Some("not a url")).unwrap_err().is_usage());
+        assert!(models
+            .source_for(name, Some("not a url"))
+            .unwrap_err()
+            .is_usage());
         assert!(models.with_model_url("nope", "http://x").is_err());
     }
 
     #[test]
     fn the_manifest_has_exactly_the_documented_shape() {
-        let spec = Registry::builtin().unwrap().get("all-minilm-l6-v2").unwrap().clone();
+        let spec = Registry::builtin()
+            .unwrap()
+            .get("all-minilm-l6-v2")
+            .unwrap()
+            .clone();
         let m = Manifest::for_spec(&spec, "import:/x".into());
         let v = serde_json::to_value(&m).unwrap();
         let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         assert_eq!(keys, ["name", "files", "source"]);
-        assert_eq!(v["files"]["1_Pooling/config.json"].as_str().unwrap().len(), 64);
+        assert_eq!(
+            v["files"]["1_Pooling/config.json"].as_str().unwrap().len(),
+            64
+        );
         assert!(m.matches(&spec));
     }
 

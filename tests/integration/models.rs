@@ -129,7 +129,9 @@ fn assert_model_matches(dir: &Path, fixture: &Fixture) {
     }
     assert_eq!(manifest.files.len(), fixture.files.len());
     assert!(
-        !tree(dir).iter().any(|p| p.ends_with(".part") || p.ends_with(".tmp")),
+        !tree(dir)
+            .iter()
+            .any(|p| p.ends_with(".part") || p.ends_with(".tmp")),
         "{:?}",
         tree(dir)
     );
@@ -275,7 +277,10 @@ async fn sources_come_from_flag_env_per_model_url_mirror_then_registry() {
         models.remove(NAME).await.unwrap();
         server.clear_requests();
         let from = from.map(|f| server.url(f));
-        let report = models.pull(NAME, from.as_deref(), &NoProgress).await.unwrap();
+        let report = models
+            .pull(NAME, from.as_deref(), &NoProgress)
+            .await
+            .unwrap();
         assert!(
             first_path(&server).starts_with(&format!("{expected_prefix}/")),
             "{section} {env_mirror:?}: {:?}",
@@ -302,10 +307,17 @@ async fn a_corrupt_file_is_refused_and_nothing_is_left_under_its_name() {
     assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("weights.safetensors"), "{msg}");
-    assert!(msg.contains(&sha(fixture.data("weights.safetensors"))), "{msg}");
+    assert!(
+        msg.contains(&sha(fixture.data("weights.safetensors"))),
+        "{msg}"
+    );
     assert!(msg.contains("deleted"), "{msg}");
     let dir = tmp.path().join(NAME);
-    assert_eq!(tree(&dir), Vec::<String>::new(), "nothing may be left behind");
+    assert_eq!(
+        tree(&dir),
+        Vec::<String>::new(),
+        "nothing may be left behind"
+    );
 
     // A file of the wrong size is refused from its Content-Length, before its body arrives.
     server.file("/repo/weights.safetensors", bytes(5 << 20, 9));
@@ -353,11 +365,10 @@ async fn an_interrupted_download_is_resumed_by_the_next_pull() {
     assert_eq!(ranged[0].range.as_deref(), Some("bytes=1234567-"));
     let total: u64 = fixture.files.iter().map(|f| f.1.len() as u64).sum();
     assert_eq!(report.bytes_downloaded, total - cut_at as u64);
-    assert!(progress
-        .0
-        .lock()
-        .unwrap()
-        .contains(&format!("download weights.safetensors {} from {cut_at}", 3 << 20)));
+    assert!(progress.0.lock().unwrap().contains(&format!(
+        "download weights.safetensors {} from {cut_at}",
+        3 << 20
+    )));
     assert_model_matches(&dir, &fixture);
 }
 
@@ -367,7 +378,9 @@ async fn a_server_that_ignores_ranges_makes_the_pull_start_over() {
     let fixture = Fixture::new();
     let server = FileServer::start();
     fixture.serve(&server, "/repo");
-    server.ranges(false).cut("/repo/weights.safetensors", 700_000, 1);
+    server
+        .ranges(false)
+        .cut("/repo/weights.safetensors", 700_000, 1);
     let models = Models::new(fixture.registry(&server.url("/repo")), tmp.path());
 
     models.pull(NAME, None, &NoProgress).await.unwrap_err();
@@ -437,7 +450,13 @@ async fn list_verify_and_remove() {
     std::fs::remove_file(tmp.path().join(NAME).join("config.json")).unwrap();
     let s = status(false).await;
     assert_eq!(s.state, ModelState::Incomplete);
-    assert!(s.problems.iter().any(|p| p.starts_with("config.json is missing")), "{:?}", s.problems);
+    assert!(
+        s.problems
+            .iter()
+            .any(|p| p.starts_with("config.json is missing")),
+        "{:?}",
+        s.problems
+    );
     let report = models.pull(NAME, None, &NoProgress).await.unwrap();
     assert_eq!(report.downloaded, ["weights.safetensors", "config.json"]);
     assert_eq!(status(true).await.state, ModelState::Complete);
@@ -445,14 +464,20 @@ async fn list_verify_and_remove() {
     assert!(models.remove(NAME).await.unwrap());
     assert!(!tmp.path().join(NAME).exists());
     assert_eq!(status(false).await.state, ModelState::Absent);
-    assert!(!models.remove(NAME).await.unwrap(), "nothing left to remove");
+    assert!(
+        !models.remove(NAME).await.unwrap(),
+        "nothing left to remove"
+    );
 }
 
 #[tokio::test]
 async fn import_takes_a_verified_folder_and_refuses_a_wrong_one() {
     let tmp = tempfile::tempdir().unwrap();
     let fixture = Fixture::new();
-    let models = Models::new(fixture.registry("http://127.0.0.1:9/unused"), tmp.path().join("models"));
+    let models = Models::new(
+        fixture.registry("http://127.0.0.1:9/unused"),
+        tmp.path().join("models"),
+    );
     let dir = tmp.path().join("models").join(NAME);
 
     // A wrong file: refused, naming it, and nothing is created.
@@ -496,12 +521,41 @@ async fn import_takes_a_verified_folder_and_refuses_a_wrong_one() {
 }
 
 #[tokio::test]
+async fn a_model_another_process_is_changing_is_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = Fixture::new();
+    let server = FileServer::start();
+    fixture.serve(&server, "/repo");
+    let models = Models::new(fixture.registry(&server.url("/repo")), tmp.path());
+    let dir = tmp.path().join(NAME);
+    std::fs::create_dir_all(&dir).unwrap();
+    let held = std::fs::File::create(dir.join(".imbed-lock")).unwrap();
+    held.try_lock().unwrap();
+
+    let err = models.pull(NAME, None, &NoProgress).await.unwrap_err();
+    assert!(matches!(err, ModelError::Busy { .. }), "{err}");
+    assert!(err.to_string().contains("wait for it to finish"), "{err}");
+    assert!(server.requests().is_empty());
+    assert!(matches!(
+        models.remove(NAME).await.unwrap_err(),
+        ModelError::Busy { .. }
+    ));
+
+    drop(held);
+    models.pull(NAME, None, &NoProgress).await.unwrap();
+    assert_model_matches(&dir, &fixture);
+}
+
+#[tokio::test]
 async fn unknown_names_list_the_known_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let fixture = Fixture::new();
     let models = Models::new(fixture.registry("http://127.0.0.1:9/x"), tmp.path());
     let pull = models.pull("nope", None, &NoProgress).await.unwrap_err();
-    let import = models.import("nope", tmp.path(), &NoProgress).await.unwrap_err();
+    let import = models
+        .import("nope", tmp.path(), &NoProgress)
+        .await
+        .unwrap_err();
     let remove = models.remove("nope").await.unwrap_err();
     for err in [pull, import, remove] {
         assert!(err.is_usage());
@@ -516,12 +570,7 @@ async fn unknown_names_list_the_known_ones() {
 /// the built-in registry: its sizes and SHA-256 values are those of the real files.
 #[tokio::test]
 async fn the_builtin_minilm_entry_matches_the_real_files() {
-    let real = imbed_tests::repo_root().join("target/models/all-minilm-l6-v2");
-    assert!(
-        real.join("model.safetensors").is_file(),
-        "{} is missing: run scripts/setup",
-        real.display()
-    );
+    let real = imbed_tests::models::minilm_dir();
     let tmp = tempfile::tempdir_in(imbed_tests::repo_root().join("target")).unwrap();
     let models = Models::new(Registry::builtin().unwrap(), tmp.path());
     let report = models
@@ -532,7 +581,10 @@ async fn the_builtin_minilm_entry_matches_the_real_files() {
     let s = models.list(false, &NoProgress).await.unwrap();
     let minilm = s.iter().find(|m| m.name == "all-minilm-l6-v2").unwrap();
     assert_eq!(minilm.state, ModelState::Complete, "{:?}", minilm.problems);
-    let clip = s.iter().find(|m| m.name == "clip-vit-base-patch32").unwrap();
+    let clip = s
+        .iter()
+        .find(|m| m.name == "clip-vit-base-patch32")
+        .unwrap();
     assert_eq!(clip.state, ModelState::Absent);
 }
 
@@ -597,7 +649,12 @@ fn the_cli_pulls_lists_imports_and_removes() {
         .unwrap();
     assert_eq!(ours["state"], "complete");
     assert_eq!(ours["verified"], true);
-    let names: Vec<_> = list.as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
     assert!(names.contains(&"all-minilm-l6-v2") && names.contains(&"clip-vit-base-patch32"));
 
     let out = run(&["models", "list"]);
@@ -606,7 +663,12 @@ fn the_cli_pulls_lists_imports_and_removes() {
 
     let out = run(&["models", "pull", "nope"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("known models are all-minilm-l6-v2, clip-vit-base-patch32, tiny-model"), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("known models are all-minilm-l6-v2, clip-vit-base-patch32, tiny-model"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = run(&["models", "remove", NAME]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -617,7 +679,11 @@ fn the_cli_pulls_lists_imports_and_removes() {
     std::fs::write(wrong.join("weights.safetensors"), b"short").unwrap();
     let out = run(&["models", "import", NAME, wrong.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("weights.safetensors is 5 bytes"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("weights.safetensors is 5 bytes"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!dir.exists());
 
     let good = tmp.path().join("good");
@@ -633,7 +699,11 @@ fn the_cli_pulls_lists_imports_and_removes() {
     server.file(&format!("/mirror/{NAME}/weights.safetensors"), bad);
     let out = run(&["models", "pull", NAME]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("does not match the registry"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not match the registry"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!dir.join("weights.safetensors").exists());
     assert!(!dir.join("weights.safetensors.part").exists());
 }

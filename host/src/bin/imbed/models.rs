@@ -55,7 +55,9 @@ pub(crate) async fn run(config: &Config, command: ModelsCommand) -> anyhow::Resu
     };
     let progress = CliProgress::new();
     let result = match command {
-        ModelsCommand::Pull { name, from } => pull(&models, &name, from.as_deref(), &progress).await,
+        ModelsCommand::Pull { name, from } => {
+            pull(&models, &name, from.as_deref(), &progress).await
+        }
         ModelsCommand::List { verify, json } => list(&models, verify, json, &progress).await,
         ModelsCommand::Remove { name } => remove(&models, &name).await,
         ModelsCommand::Import { name, folder } => import(&models, &name, &folder, &progress).await,
@@ -89,7 +91,7 @@ async fn pull(
     let total = report.downloaded.len() + report.already_present.len();
     if report.downloaded.is_empty() {
         println!(
-            "{name}: all {total} files already present and verified in {}",
+            "{name}: already complete, {total} files verified in {}",
             report.dir.display()
         );
     } else {
