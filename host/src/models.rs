@@ -725,7 +725,7 @@ impl Models {
         for file in &spec.files {
             let path = dir.join(&file.path);
             if is_file(&path).await {
-                if check_existing(&path, file, progress).await? {
+                if check_existing(&path, file, FileOutcome::AlreadyPresent, progress).await? {
                     report.already_present.push(file.path.clone());
                     continue;
                 }
@@ -1014,7 +1014,9 @@ impl Models {
                             m.len(),
                             file.size
                         ));
-                    } else if verify && !check_existing(&path, file, progress).await? {
+                    } else if verify
+                        && !check_existing(&path, file, FileOutcome::Verified, progress).await?
+                    {
                         corrupt = true;
                         status.problems.push(format!(
                             "{} does not have the registry's SHA-256 {}: {pull}",
@@ -1124,7 +1126,7 @@ impl Models {
             let src = folder.join(&file.path);
             match tokio::fs::metadata(&src).await {
                 Ok(m) if m.is_file() && m.len() == file.size => {
-                    if !check_existing(&src, file, progress).await? {
+                    if !check_existing(&src, file, FileOutcome::Verified, progress).await? {
                         problems.push(format!(
                             "{} does not have the registry's SHA-256 {}",
                             file.path, file.sha256
@@ -1322,10 +1324,12 @@ async fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Hash a file that is already there and compare it with the registry.
+/// Hash a file that is already there and compare it with the registry; `ok_outcome` is what a
+/// match is reported as.
 async fn check_existing(
     path: &Path,
     file: &ModelFile,
+    ok_outcome: FileOutcome,
     progress: &dyn Progress,
 ) -> Result<bool, ModelError> {
     progress.event(ProgressEvent::Checking {
@@ -1338,7 +1342,7 @@ async fn check_existing(
     progress.event(ProgressEvent::Finished {
         file: &file.path,
         outcome: if ok {
-            FileOutcome::AlreadyPresent
+            ok_outcome
         } else {
             FileOutcome::Mismatch
         },

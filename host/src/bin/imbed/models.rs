@@ -264,7 +264,9 @@ impl Progress for CliProgress {
                 }
             }
             ProgressEvent::Importing { file, size } => {
-                self.start(format!("importing {file} ({})", human_size(size)), size, 0);
+                if self.bar.is_some() || size >= 1 << 20 {
+                    self.start(format!("importing {file} ({})", human_size(size)), size, 0);
+                }
             }
             ProgressEvent::Advanced { done, .. } => {
                 if let Some(bar) = &self.bar {
