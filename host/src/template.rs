@@ -50,7 +50,10 @@ impl Kind {
     }
 
     fn describer(self) -> bool {
-        matches!(self, Kind::Describer | Kind::DescriberEmbedder | Kind::Backend)
+        matches!(
+            self,
+            Kind::Describer | Kind::DescriberEmbedder | Kind::Backend
+        )
     }
 
     fn embedder(self) -> bool {
@@ -61,7 +64,10 @@ impl Kind {
     }
 
     fn image_embedder(self) -> bool {
-        matches!(self, Kind::ImageEmbedder | Kind::DualEmbedder | Kind::Backend)
+        matches!(
+            self,
+            Kind::ImageEmbedder | Kind::DualEmbedder | Kind::Backend
+        )
     }
 
     /// Whether the example decodes pixels (and so needs the SDK's `image` feature).
@@ -171,8 +177,18 @@ const DESCRIBER: &str = include_str!("../templates/plugin/src/describer.rs");
 
 /// Names that cargo or Rust reserve.
 const RESERVED: &[&str] = &[
-    "std", "core", "alloc", "test", "proc-macro", "self", "super", "crate", "build", "deps",
-    "examples", "incremental",
+    "std",
+    "core",
+    "alloc",
+    "test",
+    "proc-macro",
+    "self",
+    "super",
+    "crate",
+    "build",
+    "deps",
+    "examples",
+    "incremental",
 ];
 
 /// Check a plugin name: `[a-z][a-z0-9]*(-[a-z0-9]+)*`, at most 64 characters, not reserved.
@@ -385,12 +401,29 @@ mod tests {
     #[test]
     fn names_must_work_as_crate_and_config_key() {
         assert!(validate_name("my-backend2").is_ok());
-        for bad in ["", "My", "2fast", "a_b", "a--b", "a-", "test", "é", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "My",
+            "2fast",
+            "a_b",
+            "a--b",
+            "a-",
+            "test",
+            "é",
+            &"a".repeat(65),
+        ] {
             let err = validate_name(bad).unwrap_err().to_string();
             assert!(err.contains("use lowercase letters"), "{bad}: {err}");
         }
-        assert_eq!("dual-embedder".parse::<Kind>().ok(), Some(Kind::DualEmbedder));
-        assert!("nope".parse::<Kind>().unwrap_err().to_string().contains("dual-embedder"));
+        assert_eq!(
+            "dual-embedder".parse::<Kind>().ok(),
+            Some(Kind::DualEmbedder)
+        );
+        assert!("nope"
+            .parse::<Kind>()
+            .unwrap_err()
+            .to_string()
+            .contains("dual-embedder"));
     }
 
     #[test]
@@ -399,15 +432,35 @@ mod tests {
             let plan = NewPlugin::new("my-plugin", kind);
             let files = render(&plan, Path::new("../sdk"));
             for (path, text) in &files {
-                assert!(!text.contains("{{"), "{kind}: {} keeps a placeholder", path.display());
+                assert!(
+                    !text.contains("{{"),
+                    "{kind}: {} keeps a placeholder",
+                    path.display()
+                );
             }
             let lib = &files.iter().find(|(p, _)| p.ends_with("lib.rs")).unwrap().1;
             assert!(lib.contains("pub struct MyPlugin;"));
-            assert_eq!(lib.contains("impl Describer for MyPlugin"), kind.describer(), "{kind}");
-            assert_eq!(lib.contains("impl Embedder for MyPlugin"), kind.embedder(), "{kind}");
-            assert_eq!(lib.contains("impl ImageEmbedder for MyPlugin"), kind.image_embedder(), "{kind}");
+            assert_eq!(
+                lib.contains("impl Describer for MyPlugin"),
+                kind.describer(),
+                "{kind}"
+            );
+            assert_eq!(
+                lib.contains("impl Embedder for MyPlugin"),
+                kind.embedder(),
+                "{kind}"
+            );
+            assert_eq!(
+                lib.contains("impl ImageEmbedder for MyPlugin"),
+                kind.image_embedder(),
+                "{kind}"
+            );
             let cargo = &files[0].1;
-            assert_eq!(cargo.contains("features = [\"image\"]"), kind.reads_pixels(), "{kind}");
+            assert_eq!(
+                cargo.contains("features = [\"image\"]"),
+                kind.reads_pixels(),
+                "{kind}"
+            );
         }
     }
 

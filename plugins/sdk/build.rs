@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=IMBED_WIT_DIR");
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let wit = match env::var_os("IMBED_WIT_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => manifest.join("../../wit/0.1.0"),
@@ -31,7 +32,10 @@ fn main() {
     };
     println!("cargo:rerun-if-changed={}", wit.display());
     let Some(wit_str) = wit.to_str() else {
-        eprintln!("error: the path of the contract, {}, is not UTF-8: move the repository", wit.display());
+        eprintln!(
+            "error: the path of the contract, {}, is not UTF-8: move the repository",
+            wit.display()
+        );
         std::process::exit(1);
     };
     // `{:?}` writes a Rust string literal with every character escaped as needed.

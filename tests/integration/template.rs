@@ -49,7 +49,10 @@ fn new_plugin(tmp: &Path, name: &str, kind: &str) -> PathBuf {
 }
 
 fn host_triple() -> String {
-    let out = Command::new("rustc").arg("-vV").output().expect("rustc runs");
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc runs");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
@@ -69,7 +72,10 @@ async fn a_new_embedder_builds_offline_checks_and_answers_in_a_chain() {
         "docs/PLUGINS.md must show the src/lib.rs that `imbed plugins new letters` writes:\n{lib}"
     );
 
-    succeeded("the generated crate's build", &cargo(&dir, &["build", "--release", "--offline"]));
+    succeeded(
+        "the generated crate's build",
+        &cargo(&dir, &["build", "--release", "--offline"]),
+    );
     let tests = cargo(&dir, &["test", "--offline", "--target", &host_triple()]);
     succeeded("the generated crate's unit tests", &tests);
     assert!(String::from_utf8_lossy(&tests.stdout).contains("2 passed"));
@@ -91,7 +97,10 @@ async fn a_new_embedder_builds_offline_checks_and_answers_in_a_chain() {
 
     // guide:start
     let config = TestConfig::new()
-        .plugin("letters", PluginSpec::file(&wasm).setting_raw("dimensions", "32"))
+        .plugin(
+            "letters",
+            PluginSpec::file(&wasm).setting_raw("dimensions", "32"),
+        )
         .plugin("hash", PluginSpec::hash())
         .description("letters")
         .hash("hash")
@@ -117,10 +126,13 @@ async fn a_new_embedder_builds_offline_checks_and_answers_in_a_chain() {
     let req = ImageRequest::new(ImageSource::Bytes(images::png(32, 24, 3))).with_description("?!");
     let e = imbed.embed_image(req).await.unwrap();
     assert_eq!(e.provenance.plugin.name, "hash");
-    assert!(e.provenance.attempts[0].message.contains("no letters or digits"));
+    assert!(e.provenance.attempts[0]
+        .message
+        .contains("no letters or digits"));
 
     // The guide's chain test is this one, word for word.
-    let source = std::fs::read_to_string(repo_root().join("tests/integration/template.rs")).unwrap();
+    let source =
+        std::fs::read_to_string(repo_root().join("tests/integration/template.rs")).unwrap();
     let snippet = source
         .split("// guide:start\n")
         .nth(1)
@@ -131,17 +143,26 @@ async fn a_new_embedder_builds_offline_checks_and_answers_in_a_chain() {
         .map(|l| l.strip_prefix("    ").unwrap_or(l))
         .map(|l| format!("{l}\n"))
         .collect();
-    assert!(guide.contains(&snippet), "docs/PLUGINS.md must show:\n{snippet}");
+    assert!(
+        guide.contains(&snippet),
+        "docs/PLUGINS.md must show:\n{snippet}"
+    );
 }
 
 #[test]
 fn bad_names_and_used_folders_are_refused_with_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
     for bad in ["My_Plugin", "2fast", "a--b", "test"] {
-        let out = imbed(tmp.path()).args(["plugins", "new", bad]).output().unwrap();
+        let out = imbed(tmp.path())
+            .args(["plugins", "new", bad])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("{bad:?}")) && err.contains("use lowercase letters"), "{err}");
+        assert!(
+            err.contains(&format!("{bad:?}")) && err.contains("use lowercase letters"),
+            "{err}"
+        );
     }
     let out = imbed(tmp.path())
         .args(["plugins", "new", "fine", "--kind", "sorter"])
@@ -152,10 +173,16 @@ fn bad_names_and_used_folders_are_refused_with_what_to_do() {
 
     std::fs::create_dir(tmp.path().join("taken")).unwrap();
     std::fs::write(tmp.path().join("taken/keep.txt"), "mine").unwrap();
-    let out = imbed(tmp.path()).args(["plugins", "new", "taken"]).output().unwrap();
+    let out = imbed(tmp.path())
+        .args(["plugins", "new", "taken"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
-    assert_eq!(std::fs::read_to_string(tmp.path().join("taken/keep.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("taken/keep.txt")).unwrap(),
+        "mine"
+    );
 
     let out = imbed(tmp.path())
         .args(["plugins", "new", "lost", "--sdk", "/nonexistent/sdk"])
@@ -163,7 +190,10 @@ fn bad_names_and_used_folders_are_refused_with_what_to_do() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("pass --sdk"));
-    assert!(!tmp.path().join("lost").exists(), "nothing is written when the SDK is missing");
+    assert!(
+        !tmp.path().join("lost").exists(),
+        "nothing is written when the SDK is missing"
+    );
 }
 
 #[test]

@@ -15,7 +15,9 @@ pub const ALGORITHM_VERSION: u32 = 1;
 
 const DEFAULT_DIMENSIONS: usize = 256;
 
-use imbed_plugin_sdk::{export_plugin, settings, Embedder, Error, Image, ImageEmbedder, ModelInfo, Plugin, Vector};
+use imbed_plugin_sdk::{
+    export_plugin, settings, Embedder, Error, Image, ImageEmbedder, ModelInfo, Plugin, Vector,
+};
 
 /// The plugin: stateless, every call reads its settings.
 #[derive(Default)]

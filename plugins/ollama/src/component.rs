@@ -78,7 +78,11 @@ impl Ollama {
     }
 }
 
-fn ok_or_mapped(s: &Settings, model: &str, (status, body): (u16, Vec<u8>)) -> Result<Vec<u8>, Error> {
+fn ok_or_mapped(
+    s: &Settings,
+    model: &str,
+    (status, body): (u16, Vec<u8>),
+) -> Result<Vec<u8>, Error> {
     if (200..300).contains(&status) {
         Ok(body)
     } else {
@@ -120,7 +124,9 @@ impl Ollama {
                 return Err(protocol::map_status(&s.base_url, model, status, &body));
             }
             // An old server without /api/show, or a passing error: let the describe call decide.
-            _ => log::debug(format!("/api/show answered {status}; not checking capabilities")),
+            _ => log::debug(format!(
+                "/api/show answered {status}; not checking capabilities"
+            )),
         }
         self.vision_checked.insert(model.clone());
         Ok(())

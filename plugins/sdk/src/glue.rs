@@ -144,8 +144,20 @@ mod tests {
 
     #[test]
     fn one_value_lives_across_calls_and_reentry_is_an_error() {
-        assert_eq!(with_plugin(|c: &mut Counter| { c.0 += 1; Ok(c.0) }), Ok(1));
-        assert_eq!(with_plugin(|c: &mut Counter| { c.0 += 1; Ok(c.0) }), Ok(2));
+        assert_eq!(
+            with_plugin(|c: &mut Counter| {
+                c.0 += 1;
+                Ok(c.0)
+            }),
+            Ok(1)
+        );
+        assert_eq!(
+            with_plugin(|c: &mut Counter| {
+                c.0 += 1;
+                Ok(c.0)
+            }),
+            Ok(2)
+        );
         let inner = with_plugin(|_: &mut Counter| Ok(with_plugin(|c: &mut Counter| Ok(c.0))));
         assert!(matches!(inner, Ok(Err(Error::Other(m))) if m.contains("still answering")));
         assert_eq!(Counter::info(), crate::PluginInfo::new("counter", "1.2.3"));

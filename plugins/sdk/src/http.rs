@@ -81,9 +81,14 @@ impl Request {
     /// Set a JSON body and `content-type: application/json`.
     #[cfg(feature = "json")]
     pub fn json<T: serde::Serialize + ?Sized>(mut self, value: &T) -> Result<Self, Error> {
-        self.body = serde_json::to_vec(value)
-            .map_err(|e| Error::other(format!("cannot write the request to {} as JSON: {e}", self.url)))?;
-        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-type"));
+        self.body = serde_json::to_vec(value).map_err(|e| {
+            Error::other(format!(
+                "cannot write the request to {} as JSON: {e}",
+                self.url
+            ))
+        })?;
+        self.headers
+            .retain(|(k, _)| !k.eq_ignore_ascii_case("content-type"));
         Ok(self.header("content-type", "application/json"))
     }
 
@@ -174,7 +179,10 @@ impl Response {
 /// | anything else | `other` |
 pub fn status_error(response: &Response) -> Error {
     let Response {
-        method, url, status, ..
+        method,
+        url,
+        status,
+        ..
     } = response;
     let body = snippet(response.text().trim(), 300);
     let head = format!("{method} {url} answered {status}: {body}");
@@ -182,7 +190,9 @@ pub fn status_error(response: &Response) -> Error {
         408 | 504 => Error::timeout(head),
         429 | 502 | 503 => Error::unavailable(format!("{head}; try again later")),
         400 | 413 | 415 | 422 => Error::bad_input(head),
-        401 | 403 => Error::other(format!("{head}; check the credentials (API key) in this plugin's settings")),
+        401 | 403 => Error::other(format!(
+            "{head}; check the credentials (API key) in this plugin's settings"
+        )),
         _ => Error::other(head),
     }
 }
@@ -314,33 +324,59 @@ mod tests {
             .header("Content-Type", "text/plain")
             .json(&serde_json::json!({"a": 1}))
             .unwrap();
-        assert_eq!(r.headers, vec![("content-type".into(), "application/json".into())]);
+        assert_eq!(
+            r.headers,
+            vec![("content-type".into(), "application/json".into())]
+        );
         assert_eq!(r.body, br#"{"a":1}"#);
         let v: serde_json::Value = response(200, r#"{"ok":true}"#).json().unwrap();
         assert_eq!(v["ok"], true);
-        let e = response(200, "<html>").json::<serde_json::Value>().unwrap_err();
+        let e = response(200, "<html>")
+            .json::<serde_json::Value>()
+            .unwrap_err();
         assert!(e.message().contains("<html>"), "{e}");
     }
 
     #[test]
     fn statuses_map_to_the_contract_cases() {
         assert!(response(200, "").error_for_status().is_ok());
-        assert!(matches!(status_error(&response(503, "busy")), Error::Unavailable(m) if m.contains("busy")));
-        assert!(matches!(status_error(&response(504, "")), Error::Timeout(_)));
-        assert!(matches!(status_error(&response(400, "too long")), Error::BadInput(_)));
-        assert!(matches!(status_error(&response(401, "")), Error::Other(m) if m.contains("API key")));
+        assert!(
+            matches!(status_error(&response(503, "busy")), Error::Unavailable(m) if m.contains("busy"))
+        );
+        assert!(matches!(
+            status_error(&response(504, "")),
+            Error::Timeout(_)
+        ));
+        assert!(matches!(
+            status_error(&response(400, "too long")),
+            Error::BadInput(_)
+        ));
+        assert!(
+            matches!(status_error(&response(401, "")), Error::Other(m) if m.contains("API key"))
+        );
         assert_eq!(
             status_error(&response(500, "boom")).message(),
             "POST http://localhost:1234/v1/embeddings answered 500: boom"
         );
-        assert_eq!(response(200, "").header("Content-Type"), Some("application/json"));
+        assert_eq!(
+            response(200, "").header("Content-Type"),
+            Some("application/json")
+        );
     }
 
     #[test]
     fn transport_failures_map_to_the_contract_cases() {
-        assert!(matches!(Error::from(HttpError::Unreachable("x".into())), Error::Unavailable(_)));
-        assert!(matches!(Error::from(HttpError::Timeout("x".into())), Error::Timeout(_)));
-        assert!(matches!(Error::from(HttpError::Denied("grant it".into())), Error::Other(m) if m == "grant it"));
+        assert!(matches!(
+            Error::from(HttpError::Unreachable("x".into())),
+            Error::Unavailable(_)
+        ));
+        assert!(matches!(
+            Error::from(HttpError::Timeout("x".into())),
+            Error::Timeout(_)
+        ));
+        assert!(
+            matches!(Error::from(HttpError::Denied("grant it".into())), Error::Other(m) if m == "grant it")
+        );
     }
 
     #[cfg(not(target_family = "wasm"))]

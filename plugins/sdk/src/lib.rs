@@ -272,9 +272,18 @@ macro_rules! __export_plugin {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __check_role {
-    (describer, $ty:ty) => {{ fn __imbed_role<P: $crate::Describer>() {} let _ = __imbed_role::<$ty>; }};
-    (embedder, $ty:ty) => {{ fn __imbed_role<P: $crate::Embedder>() {} let _ = __imbed_role::<$ty>; }};
-    (image_embedder, $ty:ty) => {{ fn __imbed_role<P: $crate::ImageEmbedder>() {} let _ = __imbed_role::<$ty>; }};
+    (describer, $ty:ty) => {{
+        fn __imbed_role<P: $crate::Describer>() {}
+        let _ = __imbed_role::<$ty>;
+    }};
+    (embedder, $ty:ty) => {{
+        fn __imbed_role<P: $crate::Embedder>() {}
+        let _ = __imbed_role::<$ty>;
+    }};
+    (image_embedder, $ty:ty) => {{
+        fn __imbed_role<P: $crate::ImageEmbedder>() {}
+        let _ = __imbed_role::<$ty>;
+    }};
 }
 
 /// The generated `Guest` implementation of one exported interface, delegating to the SDK.

@@ -151,14 +151,25 @@ impl Settings {
     }
 
     /// The value of `key`, one of `choices`, or `default` when absent.
-    pub fn choice<'c>(&self, key: &str, default: &'c str, choices: &[&'c str]) -> Result<&'c str, Error> {
+    pub fn choice<'c>(
+        &self,
+        key: &str,
+        default: &'c str,
+        choices: &[&'c str],
+    ) -> Result<&'c str, Error> {
         match self.get(key) {
             None => Ok(default),
             Some(raw) => choices
                 .iter()
                 .find(|c| **c == raw.trim())
                 .copied()
-                .ok_or_else(|| bad(key, &raw, &format!("set it to one of {}", choices.join(", ")))),
+                .ok_or_else(|| {
+                    bad(
+                        key,
+                        &raw,
+                        &format!("set it to one of {}", choices.join(", ")),
+                    )
+                }),
         }
     }
 
@@ -168,9 +179,13 @@ impl Settings {
     pub fn json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
         match self.get(key) {
             None => Ok(None),
-            Some(raw) => serde_json::from_str(&raw)
-                .map(Some)
-                .map_err(|e| bad(key, &raw, &format!("it does not have the expected shape ({e})"))),
+            Some(raw) => serde_json::from_str(&raw).map(Some).map_err(|e| {
+                bad(
+                    key,
+                    &raw,
+                    &format!("it does not have the expected shape ({e})"),
+                )
+            }),
         }
     }
 }
@@ -183,8 +198,8 @@ fn bad(key: &str, value: &str, want: &str) -> Error {
 fn describe<T>() -> String {
     let name = std::any::type_name::<T>();
     match name {
-        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" | "i8" | "i16" | "i32" | "i64"
-        | "i128" | "isize" => "a whole number".into(),
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" | "i8" | "i16" | "i32" | "i64" | "i128"
+        | "isize" => "a whole number".into(),
         "f32" | "f64" => "a number".into(),
         "bool" => "true or false".into(),
         "alloc::string::String" => "text".into(),
@@ -299,12 +314,28 @@ mod tests {
 
     #[test]
     fn flags_choices_and_text() {
-        let s = Settings::from_pairs([("on", "true"), ("bad", "yes"), ("mode", "chat"), ("empty", " ")]);
+        let s = Settings::from_pairs([
+            ("on", "true"),
+            ("bad", "yes"),
+            ("mode", "chat"),
+            ("empty", " "),
+        ]);
         assert!(s.flag("on", false).unwrap());
         assert!(!s.flag("absent", false).unwrap());
-        assert!(s.flag("bad", false).unwrap_err().message().contains("true or false"));
-        assert_eq!(s.choice("mode", "generate", &["generate", "chat"]).unwrap(), "chat");
-        assert_eq!(s.choice("absent", "generate", &["generate", "chat"]).unwrap(), "generate");
+        assert!(s
+            .flag("bad", false)
+            .unwrap_err()
+            .message()
+            .contains("true or false"));
+        assert_eq!(
+            s.choice("mode", "generate", &["generate", "chat"]).unwrap(),
+            "chat"
+        );
+        assert_eq!(
+            s.choice("absent", "generate", &["generate", "chat"])
+                .unwrap(),
+            "generate"
+        );
         assert!(s
             .choice("on", "generate", &["generate", "chat"])
             .unwrap_err()
@@ -312,7 +343,11 @@ mod tests {
             .contains("one of generate, chat"));
         assert!(s.non_empty("empty", "x").is_err());
         assert_eq!(s.non_empty("absent", "llava").unwrap(), "llava");
-        assert!(s.required("absent").unwrap_err().message().contains("`absent` is missing"));
+        assert!(s
+            .required("absent")
+            .unwrap_err()
+            .message()
+            .contains("`absent` is missing"));
         assert_eq!(s.keys(), vec!["bad", "empty", "mode", "on"]);
     }
 

@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use imbed::template::{self, Kind, NewPlugin};
 
 /// Write the crate and print the next steps; a refused name or folder is a usage error.
-pub fn run(name: &str, kind: &str, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Result<u8> {
+pub fn run(
+    name: &str,
+    kind: &str,
+    dir: Option<PathBuf>,
+    sdk: Option<PathBuf>,
+) -> anyhow::Result<u8> {
     let usage = |e: template::TemplateError| imbed::Error::Usage(e.to_string());
     let kind: Kind = kind.parse().map_err(usage)?;
     let mut plan = NewPlugin::new(name, kind);
