@@ -330,6 +330,9 @@ pub(crate) struct Runtime {
     cache_dir: Option<PathBuf>,
     client: reqwest::Client,
     stop_ticker: Arc<AtomicBool>,
+    /// Components this runtime compiled, by the SHA-256 of their bytes: inspecting and then
+    /// loading the same file (`imbed plugins check`) compiles it once, not twice.
+    compiled: Mutex<HashMap<[u8; 32], Component>>,
 }
 
 impl Drop for Runtime {
@@ -380,16 +383,40 @@ impl Runtime {
             cache_dir,
             client,
             stop_ticker: stop,
+            compiled: Mutex::new(HashMap::new()),
         })
     }
 
     /// Compile a component, or load it from the cache when this exact file was compiled before
     /// by this exact engine. Returns whether the cache answered.
     fn compile(&self, bytes: &[u8]) -> Result<(Component, bool), String> {
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let memo = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+            .cloned();
+        if let Some(component) = memo {
+            return Ok((component, true));
+        }
+        let (component, from_cache) = self.compile_uncached(bytes, &digest)?;
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest, component.clone());
+        Ok((component, from_cache))
+    }
+
+    fn compile_uncached(
+        &self,
+        bytes: &[u8],
+        digest: &[u8; 32],
+    ) -> Result<(Component, bool), String> {
         let cache_file = self.cache_dir.as_ref().map(|dir| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             self.engine.precompile_compatibility_hash().hash(&mut h);
-            let key = format!("{}-{:016x}", hex(&Sha256::digest(bytes)), h.finish());
+            let key = format!("{}-{:016x}", hex(digest), h.finish());
             dir.join("components").join(format!("{key}.cwasm"))
         });
         if let Some(path) = cache_file.as_ref().filter(|p| p.is_file()) {
