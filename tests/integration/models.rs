@@ -546,6 +546,35 @@ async fn a_model_another_process_is_changing_is_left_alone() {
     assert_model_matches(&dir, &fixture);
 }
 
+#[test]
+fn bad_models_settings_are_config_errors_with_their_line() {
+    let base = TestConfig::new()
+        .plugin("hash", PluginSpec::file("/nonexistent/hash.wasm"))
+        .hash("hash")
+        .toml();
+    for (section, expect) in [
+        ("mirror = \"ftp://x\"\n", "[models] mirror"),
+        ("[models.urls]\nm = \"not a url\"\n", "[models] urls.m"),
+        ("surprise = 1\n", "surprise"),
+    ] {
+        let text = format!("{base}[models]\n{section}");
+        let line = text.lines().count();
+        let err = imbed::Config::from_toml_str(&text, "<test>", None, &Env::isolated())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expect), "{err}");
+        assert!(err.starts_with(&format!("<test>:{line}")), "{err}");
+    }
+    // Empty means unset, so the mirror can come from a variable that may be empty.
+    let text = format!("{base}[models]\nmirror = \"${{IMBED_MODEL_MIRROR:-}}\"\n");
+    let config = imbed::Config::from_toml_str(&text, "<test>", None, &Env::isolated()).unwrap();
+    assert_eq!(config.models.mirror, None);
+    assert_eq!(
+        config.models.dir,
+        PathBuf::from(Env::isolated().get("IMBED_HOME").unwrap()).join("models")
+    );
+}
+
 #[tokio::test]
 async fn unknown_names_list_the_known_ones() {
     let tmp = tempfile::tempdir().unwrap();
