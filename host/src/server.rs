@@ -59,9 +59,12 @@ pub struct ReloadStatus {
 impl AppState {
     /// State for an [`Imbed`] (see [`AppState::build`] for one with the settings' URL guard).
     pub fn new(imbed: Imbed, settings: ServerSettings) -> Self {
+        let mut options = crate::chain::Options::default().url_guard(settings.url_allow.clone());
+        // Reloads keep using the same cache.
+        options.store = imbed.store().cloned();
         AppState {
             current: Arc::new(std::sync::RwLock::new(imbed)),
-            options: crate::chain::Options::default().url_guard(settings.url_allow.clone()),
+            options,
             reload: Arc::default(),
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
             settings: Arc::new(settings),
@@ -72,8 +75,18 @@ impl AppState {
 
     /// Load the plugins of `config` with image URLs guarded, and wrap them for serving.
     pub async fn build(config: crate::config::Config) -> crate::Result<Self> {
+        AppState::build_with_store(config, None).await
+    }
+
+    /// [`AppState::build`] with the persistent cache: repeated images and texts are answered
+    /// from it, and every image embedded is recorded for `imbed search`.
+    pub async fn build_with_store(
+        config: crate::config::Config,
+        store: Option<crate::store::Store>,
+    ) -> crate::Result<Self> {
         let settings = config.server.clone();
-        let options = crate::chain::Options::default().url_guard(settings.url_allow.clone());
+        let mut options = crate::chain::Options::default().url_guard(settings.url_allow.clone());
+        options.store = store;
         let imbed = Imbed::with_options(config, options).await?;
         Ok(AppState::new(imbed, settings))
     }

@@ -753,3 +753,26 @@ async fn config_edits_take_effect_without_a_restart_and_broken_ones_are_refused(
     watcher.abort();
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_server_answers_repeated_images_from_the_cache_and_records_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = imbed::Store::open(dir.path().join("imbed.db")).unwrap();
+    let state = AppState::build_with_store(config().build(), Some(store.clone()))
+        .await
+        .unwrap();
+    let s = start_with(state).await;
+    let png = images::png(30, 20, 2);
+    let body = json!({ "image_base64": b64(&png) });
+    let (status, first) = post(&s.url("/embed/image"), body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["provenance"]["cached"], false);
+    let (status, second) = post(&s.url("/embed/image"), body).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["provenance"]["cached"], true, "{second}");
+    assert_eq!(first["vector"], second["vector"]);
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.images, stats.descriptions), (1, 1));
+    assert_eq!(stats.spaces[0].entries, 1);
+    s.shutdown().await;
+}

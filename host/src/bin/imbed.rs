@@ -812,7 +812,14 @@ async fn plugins_check(file: &std::path::Path, json_out: bool) -> anyhow::Result
 async fn serve(config: Config, listen: Option<String>) -> anyhow::Result<u8> {
     let listen = listen.unwrap_or_else(|| config.server.listen.clone());
     let source = config.source.clone();
-    let state = imbed::server::AppState::build(config).await?;
+    let store = match collection::open_store(&config) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("imbed: serving without the cache: {e:#}");
+            None
+        }
+    };
+    let state = imbed::server::AppState::build_with_store(config, store).await?;
     // Editing the config or replacing a plugin file takes effect without a restart.
     let config_file = std::path::PathBuf::from(&source);
     let _watcher = config_file.is_file().then(|| {
