@@ -726,6 +726,8 @@ impl Models {
             let path = dir.join(&file.path);
             if is_file(&path).await {
                 if check_existing(&path, file, FileOutcome::AlreadyPresent, progress).await? {
+                    // A leftover part of an earlier attempt is of no use any more.
+                    remove_file(&part_path(&path)).await?;
                     report.already_present.push(file.path.clone());
                     continue;
                 }
@@ -1083,11 +1085,12 @@ impl Models {
         if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
             return Ok(false);
         }
-        let lock = lock(&dir, name).await?;
+        // Held until the folder is gone, so a pull that starts meanwhile waits (or reports the
+        // folder busy) instead of having its files deleted under it.
+        let _lock = lock(&dir, name).await?;
         // Without its manifest the folder no longer claims to be a model, even if the
         // removal stops half-way.
         remove_manifest(&dir).await?;
-        drop(lock);
         tokio::fs::remove_dir_all(&dir)
             .await
             .map_err(|e| ModelError::io("remove", &dir, e))?;
