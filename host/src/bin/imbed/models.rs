@@ -263,10 +263,8 @@ impl Progress for CliProgress {
                     self.start(what, size, 0);
                 }
             }
-            ProgressEvent::Importing { file, size } => {
-                if self.bar.is_some() || size >= 1 << 20 {
-                    self.start(format!("importing {file} ({})", human_size(size)), size, 0);
-                }
+            ProgressEvent::Importing { file, size } if self.bar.is_some() || size >= 1 << 20 => {
+                self.start(format!("importing {file} ({})", human_size(size)), size, 0);
             }
             ProgressEvent::Advanced { done, .. } => {
                 if let Some(bar) = &self.bar {
