@@ -570,13 +570,7 @@ impl Imbed {
             if let Some(embedding) = self.accept(index, step.kind(), outcome, &mut attempts) {
                 // Recorded before returning, so a caller that saw the answer (an index run that
                 // is then killed) finds it in the cache next time.
-                let meta = ImageMeta {
-                    sha256: image.sha256.clone(),
-                    mime: image.mime_type.to_string(),
-                    width: image.width,
-                    height: image.height,
-                    bytes: image.data.len() as u64,
-                };
+                let meta = ImageMeta::of(image);
                 let entry = embedding.clone();
                 self.cache(move |s| s.put_entry(&meta, &entry)).await;
                 return Ok(embedding);
@@ -752,25 +746,6 @@ impl Imbed {
         }
     }
 
-    /// One text embedder, one batch: checks the space first, then embeds.
-    async fn text_batch(
-        &self,
-        key: &str,
-        texts: &[String],
-    ) -> std::result::Result<(PluginId, ModelInfo, Vec<ItemResult>), StepError> {
-        let plugin = self.plugin(key)?;
-        let model = plugin
-            .text_model()
-            .await
-            .map_err(|e| StepError::in_role(key, Role::Text, e))?;
-        self.precheck(key, &model)?;
-        let (model, items) = plugin
-            .embed_texts(texts)
-            .await
-            .map_err(|e| StepError::in_role(key, Role::Text, e))?;
-        Ok((plugin.id.clone(), model, items))
-    }
-
     async fn embed_one_text(
         &self,
         key: &str,
@@ -788,18 +763,14 @@ impl Imbed {
         })
     }
 
-    /// [`Imbed::text_batch`] through the cache: texts already embedded in the model's space are
-    /// answered from it, the rest go to the plugin in one call and are remembered. Each item
-    /// says whether the cache answered it.
+    /// One text embedder, one batch: checks the space first (before any slow work), answers
+    /// texts already embedded in that space from the cache, sends the rest to the plugin in one
+    /// call and remembers them. Each item says whether the cache answered it.
     async fn cached_text_batch(
         &self,
         key: &str,
         texts: &[String],
     ) -> std::result::Result<(PluginId, ModelInfo, Vec<(ItemResult, bool)>), StepError> {
-        if self.inner.store.is_none() {
-            let (plugin, model, items) = self.text_batch(key, texts).await?;
-            return Ok((plugin, model, items.into_iter().map(|r| (r, false)).collect()));
-        }
         let plugin = self.plugin(key)?;
         let model = plugin
             .text_model()

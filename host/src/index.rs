@@ -304,13 +304,7 @@ async fn try_index_one(
         .load_image(&ImageSource::Path(path.to_path_buf()))
         .await
         .map_err(|e| e.to_string())?;
-    let meta = ImageMeta {
-        sha256: image.sha256.clone(),
-        mime: image.mime_type.to_string(),
-        width: image.width,
-        height: image.height,
-        bytes: image.data.len() as u64,
-    };
+    let meta = ImageMeta::of(&image);
     let sha = image.sha256.clone();
     let before = blocking(store, move |s| s.entries_of(&sha)).await?;
     let owned = path.to_path_buf();

@@ -149,6 +149,19 @@ pub struct ImageMeta {
     pub bytes: u64,
 }
 
+impl ImageMeta {
+    /// The facts of a validated image.
+    pub fn of(image: &crate::input::ValidImage) -> Self {
+        ImageMeta {
+            sha256: image.sha256.clone(),
+            mime: image.mime_type.to_string(),
+            width: image.width,
+            height: image.height,
+            bytes: image.data.len() as u64,
+        }
+    }
+}
+
 /// A cached description.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedDescription {
@@ -535,16 +548,7 @@ impl Store {
 
     /// A cached vector of a text (by its SHA-256) in `space`.
     pub fn text_vector(&self, text_sha: &str, space: &str) -> Result<Option<Vec<f32>>> {
-        let blob: Option<Vec<u8>> = self
-            .conn()
-            .query_row(
-                "SELECT vector FROM text_vectors WHERE text_sha = ?1 AND space = ?2",
-                params![text_sha, space],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.sql(e))?;
-        Ok(blob.and_then(|b| from_blob(&b)))
+        self.vector(VectorTable::Text, text_sha, space)
     }
 
     /// Remember a text's vector.
@@ -555,28 +559,12 @@ impl Store {
         model: &str,
         vector: &[f32],
     ) -> Result<()> {
-        self.conn()
-            .execute(
-                "INSERT OR REPLACE INTO text_vectors (text_sha, space, model, vector, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![text_sha, space, model, to_blob(vector), now()],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        self.put_vector(VectorTable::Text, text_sha, space, model, vector)
     }
 
     /// A cached direct image vector in `space`.
     pub fn image_vector(&self, image: &str, space: &str) -> Result<Option<Vec<f32>>> {
-        let blob: Option<Vec<u8>> = self
-            .conn()
-            .query_row(
-                "SELECT vector FROM image_vectors WHERE image = ?1 AND space = ?2",
-                params![image, space],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.sql(e))?;
-        Ok(blob.and_then(|b| from_blob(&b)))
+        self.vector(VectorTable::Image, image, space)
     }
 
     /// Remember a direct image vector.
@@ -587,11 +575,39 @@ impl Store {
         model: &str,
         vector: &[f32],
     ) -> Result<()> {
+        self.put_vector(VectorTable::Image, image, space, model, vector)
+    }
+
+    fn vector(&self, table: VectorTable, key: &str, space: &str) -> Result<Option<Vec<f32>>> {
+        let (table, column) = table.names();
+        let blob: Option<Vec<u8>> = self
+            .conn()
+            .query_row(
+                &format!("SELECT vector FROM {table} WHERE {column} = ?1 AND space = ?2"),
+                params![key, space],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        Ok(blob.and_then(|b| from_blob(&b)))
+    }
+
+    fn put_vector(
+        &self,
+        table: VectorTable,
+        key: &str,
+        space: &str,
+        model: &str,
+        vector: &[f32],
+    ) -> Result<()> {
+        let (table, column) = table.names();
         self.conn()
             .execute(
-                "INSERT OR REPLACE INTO image_vectors (image, space, model, vector, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![image, space, model, to_blob(vector), now()],
+                &format!(
+                    "INSERT OR REPLACE INTO {table} ({column}, space, model, vector, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)"
+                ),
+                params![key, space, model, to_blob(vector), now()],
             )
             .map(drop)
             .map_err(|e| self.sql(e))
@@ -989,6 +1005,23 @@ impl Store {
         }
         report.bytes_after = self.bytes_on_disk();
         Ok(report)
+    }
+}
+
+/// The two caches of plugin outputs: vectors of texts and direct vectors of images.
+#[derive(Clone, Copy)]
+enum VectorTable {
+    Text,
+    Image,
+}
+
+impl VectorTable {
+    /// Table and key column.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            VectorTable::Text => ("text_vectors", "text_sha"),
+            VectorTable::Image => ("image_vectors", "image"),
+        }
     }
 }
 

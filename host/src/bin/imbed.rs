@@ -139,35 +139,15 @@ enum Command {
     Search {
         /// What to look for.
         query: String,
-        /// How many results.
-        #[arg(short = 'k', long, default_value_t = 10)]
-        limit: usize,
-        /// Compare with every vector (the default below 50,000 vectors).
-        #[arg(long, conflicts_with = "approximate")]
-        exact: bool,
-        /// Use the approximate index (the default from 50,000 vectors).
-        #[arg(long)]
-        approximate: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        how: collection::SearchArgs,
     },
     /// Find indexed images closest to an image (a path or URL), in the space the chain embeds it into.
     Similar {
         /// The image.
         image: String,
-        /// How many results.
-        #[arg(short = 'k', long, default_value_t = 10)]
-        limit: usize,
-        /// Compare with every vector.
-        #[arg(long, conflicts_with = "approximate")]
-        exact: bool,
-        /// Use the approximate index.
-        #[arg(long)]
-        approximate: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        how: collection::SearchArgs,
     },
     /// The persistent cache: sizes, pruning.
     Cache {
@@ -325,20 +305,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             upgrade,
             json,
         } => collection::index(config, paths, jobs, upgrade, json).await,
-        Command::Search {
-            query,
-            limit,
-            exact,
-            approximate,
-            json,
-        } => collection::search(config, query, limit, exact, approximate, json).await,
-        Command::Similar {
-            image,
-            limit,
-            exact,
-            approximate,
-            json,
-        } => collection::similar(config, image, limit, exact, approximate, json).await,
+        Command::Search { query, how } => collection::search(config, query, how).await,
+        Command::Similar { image, how } => collection::similar(config, image, how).await,
         Command::Cache {
             command: CacheCommand::Stats { json },
         } => collection::cache_stats(config, json).await,

@@ -227,11 +227,30 @@ impl Progress {
     }
 }
 
-fn method(exact: bool, approximate: bool) -> Method {
-    match (exact, approximate) {
-        (true, _) => Method::Exact,
-        (_, true) => Method::Approximate,
-        _ => Method::Auto,
+/// How `search` and `similar` search and print.
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    /// How many results.
+    #[arg(short = 'k', long, default_value_t = 10)]
+    limit: usize,
+    /// Compare with every vector (the default below 50,000 vectors).
+    #[arg(long, conflicts_with = "approximate")]
+    exact: bool,
+    /// Use the approximate index (the default from 50,000 vectors).
+    #[arg(long)]
+    approximate: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl SearchArgs {
+    fn method(&self) -> Method {
+        match (self.exact, self.approximate) {
+            (true, _) => Method::Exact,
+            (_, true) => Method::Approximate,
+            _ => Method::Auto,
+        }
     }
 }
 
@@ -266,45 +285,38 @@ fn print_results(result: &imbed::search::SearchResult, json_out: bool) -> anyhow
     Ok(())
 }
 
-fn note_query(label: &str, e: &imbed::Embedding) {
-    if e.provenance.degraded {
+/// Search the cache with `query`, an embedding from the chain, in its own space only;
+/// `exclude` leaves out the query image itself.
+async fn search_with(
+    store: Store,
+    label: &str,
+    query: imbed::Embedding,
+    exclude: Option<String>,
+    how: &SearchArgs,
+) -> anyhow::Result<u8> {
+    if query.provenance.degraded {
         eprintln!(
             "imbed: the query {label} was embedded by a fallback step (step {}, {}); only images in that space {:?} are searched",
-            e.provenance.step, e.provenance.step_kind, e.provenance.space
+            query.provenance.step, query.provenance.step_kind, query.provenance.space
         );
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-pub async fn search(
-    config: Config,
-    query: String,
-    k: usize,
-    exact: bool,
-    approximate: bool,
-    json_out: bool,
-) -> anyhow::Result<u8> {
-    let (imbed, store) = imbed_needing_cache(config).await?;
-    let e = imbed.embed_text(&query).await?;
-    note_query("text", &e);
-    let (space, vector, method) = (e.provenance.space.clone(), e.vector, method(exact, approximate));
+    let (space, vector, method, k) = (query.provenance.space, query.vector, how.method(), how.limit);
     let result = tokio::task::spawn_blocking(move || {
-        imbed::search::search(&store, &space, &vector, k, method, None)
+        imbed::search::search(&store, &space, &vector, k, method, exclude.as_deref())
     })
     .await
     .context("the search task failed")??;
-    print_results(&result, json_out)?;
+    print_results(&result, how.json)?;
     Ok(exit::OK)
 }
 
-pub async fn similar(
-    config: Config,
-    image: String,
-    k: usize,
-    exact: bool,
-    approximate: bool,
-    json_out: bool,
-) -> anyhow::Result<u8> {
+pub async fn search(config: Config, query: String, how: SearchArgs) -> anyhow::Result<u8> {
+    let (imbed, store) = imbed_needing_cache(config).await?;
+    let e = imbed.embed_text(&query).await?;
+    search_with(store, "text", e, None, &how).await
+}
+
+pub async fn similar(config: Config, image: String, how: SearchArgs) -> anyhow::Result<u8> {
     let (imbed, store) = imbed_needing_cache(config).await?;
     let source = if image.starts_with("http://") || image.starts_with("https://") {
         ImageSource::Url(image.clone())
@@ -313,16 +325,7 @@ pub async fn similar(
     };
     let valid = imbed.load_image(&source).await?;
     let e = imbed.embed_valid_image(&valid, None).await?;
-    note_query("image", &e);
-    let (space, vector, method) = (e.provenance.space.clone(), e.vector, method(exact, approximate));
-    let own = valid.sha256.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        imbed::search::search(&store, &space, &vector, k, method, Some(&own))
-    })
-    .await
-    .context("the search task failed")??;
-    print_results(&result, json_out)?;
-    Ok(exit::OK)
+    search_with(store, "image", e, Some(valid.sha256.clone()), &how).await
 }
 
 fn mib(bytes: u64) -> String {
