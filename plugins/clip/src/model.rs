@@ -137,10 +137,10 @@ impl ClipConfig {
         if let Some((name, _)) = positive.iter().find(|(_, n)| *n == 0) {
             return Err(format!("{name} is 0"));
         }
-        if t.hidden_size % t.num_attention_heads != 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if !t.hidden_size.is_multiple_of(t.num_attention_heads) || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err("hidden_size is not a multiple of num_attention_heads".into());
         }
-        if v.image_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.image_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(format!(
                 "vision_config.image_size {} is not a multiple of patch_size {}",
                 v.image_size, v.patch_size

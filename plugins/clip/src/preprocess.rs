@@ -16,6 +16,8 @@ use serde::Deserialize;
 /// The CLIP mean, per RGB channel (OpenAI's, in transformers `OPENAI_CLIP_MEAN`).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// The CLIP standard deviation, per RGB channel (`OPENAI_CLIP_STD`).
+// The published constants digit for digit; they round to the same f32 numpy uses.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Pillow's resampling filters that the processor config may name (`resample`, PIL's numbering).
@@ -173,7 +175,7 @@ impl Preprocessor {
             }
             if let Some(s) = raw.image_std {
                 std = three(&s, "image_std")?;
-                if std.iter().any(|s| *s == 0.0) {
+                if std.contains(&0.0) {
                     return Err("`image_std` has a zero".into());
                 }
             }
