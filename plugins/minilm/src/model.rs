@@ -25,9 +25,41 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// Truncation length when the folder has no `sentence_bert_config.json` (the model card's value).
 const DEFAULT_MAX_SEQ_LENGTH: usize = 256;
 
-/// Items per forward pass. sentence-transformers' default batch size; larger batches gain little
-/// on a CPU and the attention scores grow with batch × length².
+/// Items per forward pass at most: sentence-transformers' default batch size; larger batches
+/// gain little on a CPU.
 pub const MAX_BATCH: usize = 32;
+
+/// Bound on items × length² per forward pass. The attention scores (and their softmax) take
+/// items × 12 heads × length² floats each; 32 texts of 256 pieces in one pass needed 700 MiB of
+/// linear memory, this bound (8 such texts, or 32 of 128) keeps an instance near 250 MiB.
+const ATTENTION_BUDGET: usize = 8 * 256 * 256;
+
+/// Once a batch has this many items, a text shorter than 3/4 of the batch's longest starts a new
+/// batch rather than being padded to it.
+const MIN_BATCH: usize = 8;
+
+/// Split texts sorted by length (longest first) into forward passes: at most [`MAX_BATCH`]
+/// items, within [`ATTENTION_BUDGET`], and without padding short texts to much longer ones.
+fn batches(lengths: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < lengths.len() {
+        let longest = lengths[start];
+        let mut end = start + 1;
+        while end < lengths.len() {
+            let n = end - start + 1;
+            let too_many = n > MAX_BATCH || n * longest * longest > ATTENTION_BUDGET;
+            let too_short = n > MIN_BATCH && lengths[end] * 4 < longest * 3;
+            if too_many || too_short {
+                break;
+            }
+            end += 1;
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
 
 /// Why a batch could not be embedded (the model itself loaded).
 #[derive(Debug, thiserror::Error)]
@@ -174,8 +206,8 @@ impl SentenceEmbedder {
     }
 
     /// Embed texts: one entry per text, in order, each an L2-normalised vector or that text's
-    /// own error. Texts are grouped by length into batches of at most [`MAX_BATCH`] so that
-    /// padding wastes little (as sentence-transformers does); masking makes the result of each
+    /// own error. Texts are sorted by length and grouped into forward passes (see [`batches`])
+    /// so that padding wastes little and memory stays bounded; masking makes the result of each
     /// text independent of its batch mates.
     pub fn embed(&self, texts: &[&str]) -> Vec<Result<Vec<f32>, EmbedError>> {
         let mut out: Vec<Option<Result<Vec<f32>, EmbedError>>> = (0..texts.len()).map(|_| None).collect();
@@ -187,7 +219,9 @@ impl SentenceEmbedder {
             }
         }
         encoded.sort_by_key(|(_, (ids, _))| std::cmp::Reverse(ids.len()));
-        for chunk in encoded.chunks(MAX_BATCH) {
+        let lengths: Vec<usize> = encoded.iter().map(|(_, (ids, _))| ids.len()).collect();
+        for range in batches(&lengths) {
+            let chunk = &encoded[range];
             let items: Vec<&(Vec<u32>, Vec<u32>)> = chunk.iter().map(|(_, e)| e).collect();
             match self.forward(&items) {
                 Ok(vectors) => {
@@ -263,6 +297,22 @@ mod tests {
 
     fn dot(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[test]
+    fn batches_bound_memory_and_padding() {
+        // 40 long texts: 8 per pass (the attention budget).
+        let long = vec![256; 40];
+        assert_eq!(batches(&long), vec![0..8, 8..16, 16..24, 24..32, 32..40]);
+        // Short texts: up to 32 per pass.
+        let short = vec![20; 70];
+        assert_eq!(batches(&short), vec![0..32, 32..64, 64..70]);
+        // A much shorter text starts a new pass once a pass has 8 items, not before.
+        let mixed = [40, 40, 40, 40, 40, 40, 40, 40, 40, 10, 10, 10];
+        assert_eq!(batches(&mixed), vec![0..9, 9..12]);
+        let few = [40, 10, 10];
+        assert_eq!(batches(&few), vec![0..3]);
+        assert!(batches(&[]).is_empty());
     }
 
     #[test]
