@@ -464,10 +464,18 @@ impl Runtime {
         };
         if let Some(dir) = &cfg.grants.model_dir {
             if !dir.is_dir() {
+                // `imbed models pull <name>` puts a model in `<models dir>/<name>`, so the folder's
+                // name is the model's when the grant follows that layout.
+                let pull = match dir.file_name().and_then(|n| n.to_str()) {
+                    Some(name) if crate::models::Registry::builtin().is_ok_and(|r| r.get(name).is_ok()) => {
+                        format!("`imbed models pull {name}`")
+                    }
+                    _ => "`imbed models pull <model>` (`imbed models list` names them)".to_string(),
+                };
                 return Err(CallError::new(
                     FailureKind::ModelNotFound,
                     format!(
-                        "model directory {} does not exist: run `imbed models pull` for this plugin's model, or fix [plugins.{key}.grants] model_dir",
+                        "model directory {} does not exist: run {pull}, or fix [plugins.{key}.grants] model_dir",
                         dir.display()
                     ),
                 ));

@@ -233,6 +233,14 @@ async fn a_missing_model_folder_says_to_pull_the_model() {
     // The host checks the grant before the plugin loads, and says how to fill or fix it.
     assert!(message.contains("not-pulled") && message.contains("imbed models pull"), "{message}");
     assert!(message.contains("[plugins.clip.grants] model_dir"), "{message}");
+    // A folder named after a registry model names the exact command.
+    let models = tempfile::tempdir().unwrap();
+    let message = falls_back(
+        clip_spec(&models.path().join("clip-vit-base-patch32")),
+        FailureKind::ModelNotFound,
+    )
+    .await;
+    assert!(message.contains(PULL), "{message}");
 }
 
 #[tokio::test]
