@@ -98,7 +98,7 @@ fn write_model(dir: &Path) -> u64 {
     }
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let path = dir.join("model.safetensors");
