@@ -178,5 +178,5 @@ fn corrupt(dir: &ModelDir, file: &str, reason: String) -> ClipError {
     ClipError::Model(ModelError::Corrupt { path: dir.path(file), reason, model: dir.model_name().to_string() })
 }
 
-#[cfg(target_family = "wasm")]
+/// The component glue (on the guest SDK; natively its macro only checks the trait impls).
 mod component;
