@@ -1065,7 +1065,11 @@ file = "hash.wasm"
         let text = include_str!("../../config/offline.toml");
         let cfg = Config::from_toml_str(text, "offline.toml", None, &Env::isolated()).unwrap();
         assert!(cfg.plugins.values().all(|p| p.grants.http.is_empty()));
-        assert_eq!(cfg.chain.steps.len(), 2);
+        let kinds: Vec<_> = cfg.chain.steps.iter().map(|s| s.kind()).collect();
+        assert_eq!(
+            kinds,
+            [StepKind::ImageEmbed, StepKind::Description, StepKind::Hash]
+        );
     }
 
     #[test]
