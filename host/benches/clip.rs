@@ -218,17 +218,7 @@ async fn smallest_cap(cache: &Path, model_dir: &Path, png: &[u8]) -> u64 {
         let text = imbed.embed_text("a photo of a cat").await;
         image.is_ok_and(|e| e.provenance.plugin.key == "clip") && text.is_ok()
     };
-    let (mut lo, mut hi) = (256u64, 2048u64);
-    assert!(works(hi).await, "does not run even with {hi} MiB");
-    while hi - lo > 16 {
-        let mid = (lo + hi) / 2;
-        if works(mid).await {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
-    hi
+    imbed_tests::bench::smallest_memory_mb(256, 2048, 16, works).await
 }
 
 #[tokio::main(flavor = "current_thread")]

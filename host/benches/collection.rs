@@ -35,18 +35,6 @@ fn hash_config(cache: &Path) -> Config {
     Config::from_toml_str(&text, "<bench>", None, &Env::isolated()).expect("bench config")
 }
 
-fn ollama_config(ollama: &OllamaStandIn, instances: usize, cache: &Path) -> Config {
-    let wasm = imbed_tests::wasm_dir().join("imbed_ollama.wasm");
-    let text = format!(
-        "cache_dir = {cache:?}\n[chain]\n[[chain.steps]]\nkind = \"describe-then-embed\"\ndescriber = \"ollama\"\nembedder = \"ollama\"\n\
-         [plugins.ollama]\nfile = {wasm:?}\n[plugins.ollama.limits]\ninstances = {instances}\n\
-         [plugins.ollama.grants]\nhttp = [{base:?}]\n[plugins.ollama.settings]\nbase_url = {base:?}\n",
-        cache = cache.display().to_string(),
-        wasm = wasm.display().to_string(),
-        base = ollama.base_url(),
-    );
-    Config::from_toml_str(&text, "<bench>", None, &Env::isolated()).expect("bench config")
-}
 
 fn png(seed: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(128, 96, |x, y| {
@@ -97,7 +85,7 @@ async fn cache_hits(compile_cache: &Path) {
     let bytes = png(7);
     for (name, config) in [
         ("hash plugin", hash_config(compile_cache)),
-        ("ollama stand-in, describe-then-embed", ollama_config(&ollama, 2, compile_cache)),
+        ("ollama stand-in, describe-then-embed", imbed_tests::bench::ollama_config(&ollama, 2, compile_cache)),
     ] {
         let db_dir = tempfile::tempdir().unwrap();
         let store = Store::open(db_dir.path().join("imbed.db")).unwrap();
@@ -156,7 +144,7 @@ async fn indexing(compile_cache: &Path) {
         let db_dir = tempfile::tempdir().unwrap();
         let store = Store::open(db_dir.path().join("imbed.db")).unwrap();
         let imbed = Imbed::with_options(
-            ollama_config(&ollama, jobs, compile_cache),
+            imbed_tests::bench::ollama_config(&ollama, jobs, compile_cache),
             Options::default().store(store),
         )
         .await

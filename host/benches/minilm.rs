@@ -85,17 +85,7 @@ async fn smallest_cap(cache: &Path, model_dir: &Path, texts: &[String]) -> u64 {
         let imbed = Imbed::new(config(cache, model_dir, mb)).await.unwrap();
         imbed.embed_texts(texts).await.iter().all(|r| r.is_ok())
     };
-    let (mut lo, mut hi) = (64u64, 2048u64);
-    assert!(works(hi).await, "does not run even with {hi} MiB");
-    while hi - lo > 8 {
-        let mid = (lo + hi) / 2;
-        if works(mid).await {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
-    hi
+    imbed_tests::bench::smallest_memory_mb(64, 2048, 8, works).await
 }
 
 #[tokio::main(flavor = "current_thread")]

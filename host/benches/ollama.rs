@@ -3,30 +3,12 @@
 //! that takes 200 ms per request. Run with `cargo bench -p imbed --bench ollama` after
 //! `scripts/setup`.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use imbed::{Config, Env, ImageRequest, ImageSource, Imbed};
+use imbed::{ImageRequest, ImageSource, Imbed};
 use imbed_tests::ollama::OllamaStandIn;
 
-fn config(ollama: &OllamaStandIn, instances: usize, cache: &Path) -> Config {
-    let wasm = imbed_tests::wasm_dir().join("imbed_ollama.wasm");
-    assert!(
-        wasm.is_file(),
-        "{} is missing: run scripts/setup first",
-        wasm.display()
-    );
-    let text = format!(
-        "cache_dir = {cache:?}\n[chain]\n[[chain.steps]]\nkind = \"describe-then-embed\"\ndescriber = \"ollama\"\nembedder = \"ollama\"\n\
-         [plugins.ollama]\nfile = {wasm:?}\n[plugins.ollama.limits]\ninstances = {instances}\n\
-         [plugins.ollama.grants]\nhttp = [{base:?}]\n[plugins.ollama.settings]\nbase_url = {base:?}\n",
-        cache = cache.display().to_string(),
-        wasm = wasm.display().to_string(),
-        base = ollama.base_url(),
-    );
-    Config::from_toml_str(&text, "<bench>", None, &Env::isolated()).expect("bench config")
-}
 
 fn pct(xs: &mut [Duration], p: f64) -> Duration {
     xs.sort();
@@ -55,7 +37,7 @@ async fn main() {
     let ollama = OllamaStandIn::start();
 
     // Overhead: one text embedding through the plugin vs the same request sent directly.
-    let imbed = Imbed::new(config(&ollama, 1, cache.path())).await.unwrap();
+    let imbed = Imbed::new(imbed_tests::bench::ollama_config(&ollama, 1, cache.path())).await.unwrap();
     let client = reqwest::Client::new();
     let body = serde_json::json!({ "model": "nomic-embed-text", "input": ["a cat on a laptop"], "truncate": true })
         .to_string();
@@ -104,7 +86,7 @@ async fn main() {
     // Throughput: describe-then-embed (two requests of 200 ms each per image).
     ollama.set_latency(Duration::from_millis(200));
     for in_flight in [1usize, 4, 16] {
-        let imbed = Imbed::new(config(&ollama, in_flight, cache.path()))
+        let imbed = Imbed::new(imbed_tests::bench::ollama_config(&ollama, in_flight, cache.path()))
             .await
             .unwrap();
         imbed.embed_text("warm").await.unwrap();

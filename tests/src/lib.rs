@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use imbed::{Config, Env};
 
+pub mod bench;
 pub mod ollama;
 pub mod openai;
 pub mod python;
