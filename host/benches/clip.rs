@@ -58,23 +58,48 @@ fn tensors(c: &ClipConfig) -> Vec<(String, Vec<usize>)> {
             t.push((format!("{p}.mlp.fc2.bias"), vec![h]));
         }
     };
-    encoder("text_model", tc.hidden_size, tc.intermediate_size, tc.num_hidden_layers);
-    encoder("vision_model", vc.hidden_size, vc.intermediate_size, vc.num_hidden_layers);
+    encoder(
+        "text_model",
+        tc.hidden_size,
+        tc.intermediate_size,
+        tc.num_hidden_layers,
+    );
+    encoder(
+        "vision_model",
+        vc.hidden_size,
+        vc.intermediate_size,
+        vc.num_hidden_layers,
+    );
     let (th, vh) = (tc.hidden_size, vc.hidden_size);
     let patches = (vc.image_size / vc.patch_size).pow(2) + 1;
     t.extend([
-        ("text_model.embeddings.token_embedding.weight".into(), vec![tc.vocab_size, th]),
-        ("text_model.embeddings.position_embedding.weight".into(), vec![tc.max_position_embeddings, th]),
+        (
+            "text_model.embeddings.token_embedding.weight".into(),
+            vec![tc.vocab_size, th],
+        ),
+        (
+            "text_model.embeddings.position_embedding.weight".into(),
+            vec![tc.max_position_embeddings, th],
+        ),
         ("text_model.final_layer_norm.weight".into(), vec![th]),
         ("text_model.final_layer_norm.bias".into(), vec![th]),
         ("vision_model.embeddings.class_embedding".into(), vec![vh]),
-        ("vision_model.embeddings.patch_embedding.weight".into(), vec![vh, vc.num_channels, vc.patch_size, vc.patch_size]),
-        ("vision_model.embeddings.position_embedding.weight".into(), vec![patches, vh]),
+        (
+            "vision_model.embeddings.patch_embedding.weight".into(),
+            vec![vh, vc.num_channels, vc.patch_size, vc.patch_size],
+        ),
+        (
+            "vision_model.embeddings.position_embedding.weight".into(),
+            vec![patches, vh],
+        ),
         ("vision_model.pre_layrnorm.weight".into(), vec![vh]),
         ("vision_model.pre_layrnorm.bias".into(), vec![vh]),
         ("vision_model.post_layernorm.weight".into(), vec![vh]),
         ("vision_model.post_layernorm.bias".into(), vec![vh]),
-        ("visual_projection.weight".into(), vec![c.projection_dim, vh]),
+        (
+            "visual_projection.weight".into(),
+            vec![c.projection_dim, vh],
+        ),
         ("text_projection.weight".into(), vec![c.projection_dim, th]),
         ("logit_scale".into(), vec![]),
     ]);
@@ -116,10 +141,15 @@ fn write_model(dir: &Path) -> u64 {
     for (name, shape) in &list {
         let n = shape.iter().product::<usize>();
         let mut buf = Vec::with_capacity(n * 4);
-        let is_norm = name.contains("layer_norm") || name.contains("layernorm") || name.contains("layrnorm");
+        let is_norm =
+            name.contains("layer_norm") || name.contains("layernorm") || name.contains("layrnorm");
         for _ in 0..n {
             let v = if is_norm {
-                if name.ends_with("weight") { 1.0f32 } else { 0.0 }
+                if name.ends_with("weight") {
+                    1.0f32
+                } else {
+                    0.0
+                }
             } else {
                 state ^= state << 13;
                 state ^= state >> 7;
@@ -158,7 +188,11 @@ fn write_model(dir: &Path) -> u64 {
 
 fn config(cache: &Path, model_dir: &Path, memory_mb: u64) -> Config {
     let wasm = imbed_tests::wasm_dir().join("imbed_clip.wasm");
-    assert!(wasm.is_file(), "{} is missing: run scripts/setup first", wasm.display());
+    assert!(
+        wasm.is_file(),
+        "{} is missing: run scripts/setup first",
+        wasm.display()
+    );
     let text = format!(
         "cache_dir = {:?}\n[chain]\n[[chain.steps]]\nkind = \"image-embed\"\nplugin = \"clip\"\n\
          [plugins.clip]\nfile = {:?}\n[plugins.clip.limits]\ninstances = 1\nmemory_mb = {memory_mb}\n\
@@ -171,7 +205,9 @@ fn config(cache: &Path, model_dir: &Path, memory_mb: u64) -> Config {
 }
 
 fn pngs(n: u32) -> Vec<Vec<u8>> {
-    (0..n).map(|i| imbed_tests::images::png_of(&imbed_tests::images::picture(640, 480, i))).collect()
+    (0..n)
+        .map(|i| imbed_tests::images::png_of(&imbed_tests::images::picture(640, 480, i)))
+        .collect()
 }
 
 fn texts() -> Vec<String> {
@@ -214,7 +250,9 @@ where
 async fn smallest_cap(cache: &Path, model_dir: &Path, png: &[u8]) -> u64 {
     let works = |mb: u64| async move {
         let imbed = Imbed::new(config(cache, model_dir, mb)).await.unwrap();
-        let image = imbed.embed_image(ImageRequest::new(ImageSource::Bytes(png.to_vec()))).await;
+        let image = imbed
+            .embed_image(ImageRequest::new(ImageSource::Bytes(png.to_vec())))
+            .await;
         let text = imbed.embed_text("a photo of a cat").await;
         image.is_ok_and(|e| e.provenance.plugin.key == "clip") && text.is_ok()
     };
@@ -233,27 +271,46 @@ async fn main() {
     let model = tempfile::tempdir().unwrap();
     let t = Instant::now();
     let size = write_model(model.path());
-    println!("random-weight ViT-B/32: {:.0} MB written in {}", size as f64 / 1e6, ms(t.elapsed()));
+    println!(
+        "random-weight ViT-B/32: {:.0} MB written in {}",
+        size as f64 / 1e6,
+        ms(t.elapsed())
+    );
     let images = pngs(8);
     let texts = texts();
 
     // In the sandbox, through the host (one instance).
     let cache = tempfile::tempdir().unwrap();
-    drop(Imbed::new(config(cache.path(), model.path(), 2048)).await.unwrap()); // compile once, cached
-    let imbed = Imbed::new(config(cache.path(), model.path(), 2048)).await.unwrap();
+    drop(
+        Imbed::new(config(cache.path(), model.path(), 2048))
+            .await
+            .unwrap(),
+    ); // compile once, cached
+    let imbed = Imbed::new(config(cache.path(), model.path(), 2048))
+        .await
+        .unwrap();
     let t = Instant::now();
     let first = imbed.embed_text("warm up").await.unwrap();
     let wasm_load = t.elapsed();
-    assert_eq!(first.provenance.plugin.key, "clip", "{:?}", first.provenance.attempts);
+    assert_eq!(
+        first.provenance.plugin.key, "clip",
+        "{:?}",
+        first.provenance.attempts
+    );
     let (w_img1, w_img8) = time(
         |idx| {
             let imbed = imbed.clone();
-            let reqs: Vec<ImageRequest> =
-                idx.iter().map(|&i| ImageRequest::new(ImageSource::Bytes(images[i].clone()))).collect();
+            let reqs: Vec<ImageRequest> = idx
+                .iter()
+                .map(|&i| ImageRequest::new(ImageSource::Bytes(images[i].clone())))
+                .collect();
             async move {
                 let out: Vec<_> = imbed.embed_images(reqs, 1).collect().await;
                 for e in out {
-                    assert_eq!(std::hint::black_box(e.unwrap()).provenance.plugin.key, "clip");
+                    assert_eq!(
+                        std::hint::black_box(e.unwrap()).provenance.plugin.key,
+                        "clip"
+                    );
                 }
             }
         },
@@ -266,7 +323,10 @@ async fn main() {
             let batch: Vec<String> = idx.iter().map(|&i| texts[i].clone()).collect();
             async move {
                 for e in imbed.embed_texts(&batch).await {
-                    assert_eq!(std::hint::black_box(e.unwrap()).provenance.plugin.key, "clip");
+                    assert_eq!(
+                        std::hint::black_box(e.unwrap()).provenance.plugin.key,
+                        "clip"
+                    );
                 }
             }
         },
@@ -288,7 +348,10 @@ async fn main() {
             let native = &native;
             let images = &images;
             async move {
-                let decoded: Vec<_> = idx.iter().map(|&i| Clip::decode(&images[i], "image/png").unwrap()).collect();
+                let decoded: Vec<_> = idx
+                    .iter()
+                    .map(|&i| Clip::decode(&images[i], "image/png").unwrap())
+                    .collect();
                 let refs: Vec<_> = decoded.iter().collect();
                 std::hint::black_box(native.embed_images(&refs).unwrap());
             }
@@ -327,6 +390,11 @@ async fn main() {
     row("texts, 8 (one call)", w_txt8, n_txt8);
 
     let cap = smallest_cap(cache.path(), model.path(), &images[0]).await;
-    println!("peak linear memory of one instance (smallest memory_mb that loads and embeds): {cap} MiB");
-    println!("native: resident memory grew by {:.0} MiB (model loaded, after the runs above)", native_rss as f64 / 1024.0);
+    println!(
+        "peak linear memory of one instance (smallest memory_mb that loads and embeds): {cap} MiB"
+    );
+    println!(
+        "native: resident memory grew by {:.0} MiB (model loaded, after the runs above)",
+        native_rss as f64 / 1024.0
+    );
 }

@@ -25,7 +25,11 @@ fn quick() -> bool {
 
 fn hash_config(cache: &Path) -> Config {
     let wasm = imbed_tests::wasm_dir().join("imbed_hash.wasm");
-    assert!(wasm.is_file(), "{} is missing: run scripts/setup first", wasm.display());
+    assert!(
+        wasm.is_file(),
+        "{} is missing: run scripts/setup first",
+        wasm.display()
+    );
     let text = format!(
         "cache_dir = {cache:?}\n[chain]\n[[chain.steps]]\nkind = \"hash\"\nplugin = \"hash\"\n\
          [plugins.hash]\nfile = {wasm:?}\n[plugins.hash.limits]\ninstances = 2\n",
@@ -35,10 +39,13 @@ fn hash_config(cache: &Path) -> Config {
     Config::from_toml_str(&text, "<bench>", None, &Env::isolated()).expect("bench config")
 }
 
-
 fn png(seed: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(128, 96, |x, y| {
-        image::Rgb([(x + seed) as u8, (y * 3 + seed / 256) as u8, (x ^ y ^ seed) as u8])
+        image::Rgb([
+            (x + seed) as u8,
+            (y * 3 + seed / 256) as u8,
+            (x ^ y ^ seed) as u8,
+        ])
     });
     let mut out = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
@@ -85,7 +92,10 @@ async fn cache_hits(compile_cache: &Path) {
     let bytes = png(7);
     for (name, config) in [
         ("hash plugin", hash_config(compile_cache)),
-        ("ollama stand-in, describe-then-embed", imbed_tests::bench::ollama_config(&ollama, 2, compile_cache)),
+        (
+            "ollama stand-in, describe-then-embed",
+            imbed_tests::bench::ollama_config(&ollama, 2, compile_cache),
+        ),
     ] {
         let db_dir = tempfile::tempdir().unwrap();
         let store = Store::open(db_dir.path().join("imbed.db")).unwrap();
@@ -126,9 +136,10 @@ async fn indexing(compile_cache: &Path) {
     for jobs in [1, 2, 4] {
         let db_dir = tempfile::tempdir().unwrap();
         let store = Store::open(db_dir.path().join("imbed.db")).unwrap();
-        let imbed = Imbed::with_options(hash_config(compile_cache), Options::default().store(store))
-            .await
-            .unwrap();
+        let imbed =
+            Imbed::with_options(hash_config(compile_cache), Options::default().store(store))
+                .await
+                .unwrap();
         let (rate, s) = index_rate(&imbed, &photos, jobs).await;
         assert_eq!(s.embedded, n as u64);
         let (again, s) = index_rate(&imbed, &photos, jobs).await;
@@ -199,7 +210,11 @@ fn structured_set(n: usize, dims: usize, seed: u64) -> SpaceVectors {
 
 fn search() {
     println!("## search, top 10 (p50 / p99 over 100 queries; recall@10 of approximate vs exact)");
-    let sizes: &[usize] = if quick() { &[10_000] } else { &[10_000, 100_000] };
+    let sizes: &[usize] = if quick() {
+        &[10_000]
+    } else {
+        &[10_000, 100_000]
+    };
     for &n in sizes {
         for dims in [384, 768] {
             // The queries come from the same distribution as the collection (the same seed

@@ -31,14 +31,22 @@ fn per_sec(n: usize, d: Duration) -> f64 {
 fn sentences() -> Vec<String> {
     let path = imbed_tests::repo_root().join("tests/fixtures/minilm/bench_sentences.txt");
     let text = std::fs::read_to_string(&path).expect("bench_sentences.txt is committed");
-    let s: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
+    let s: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
     assert_eq!(s.len(), 32);
     s
 }
 
 fn config(cache: &Path, model_dir: &Path, memory_mb: u64) -> Config {
     let wasm = imbed_tests::wasm_dir().join("imbed_minilm.wasm");
-    assert!(wasm.is_file(), "{} is missing: run scripts/setup first", wasm.display());
+    assert!(
+        wasm.is_file(),
+        "{} is missing: run scripts/setup first",
+        wasm.display()
+    );
     let text = format!(
         "cache_dir = {:?}\n[chain]\n[[chain.steps]]\nkind = \"description\"\nembedder = \"minilm\"\n\
          [plugins.minilm]\nfile = {:?}\n[plugins.minilm.limits]\ninstances = 1\nmemory_mb = {memory_mb}\n\
@@ -105,7 +113,8 @@ async fn main() {
     // Native, one thread.
     let rss_before = status_kib("VmHWM:").unwrap_or(0);
     let t = Instant::now();
-    let native = SentenceEmbedder::load(&ModelDir::open(&model_dir, REGISTRY_NAME).unwrap()).unwrap();
+    let native =
+        SentenceEmbedder::load(&ModelDir::open(&model_dir, REGISTRY_NAME).unwrap()).unwrap();
     let native_load = t.elapsed();
     let (n_one, n_b32) = time_both(&sentences, |batch| {
         let native = &native;
@@ -122,8 +131,14 @@ async fn main() {
 
     // In the sandbox, through the host (one instance).
     let cache = tempfile::tempdir().unwrap();
-    drop(Imbed::new(config(cache.path(), &model_dir, 1024)).await.unwrap()); // compile once, cached
-    let imbed = Imbed::new(config(cache.path(), &model_dir, 1024)).await.unwrap();
+    drop(
+        Imbed::new(config(cache.path(), &model_dir, 1024))
+            .await
+            .unwrap(),
+    ); // compile once, cached
+    let imbed = Imbed::new(config(cache.path(), &model_dir, 1024))
+        .await
+        .unwrap();
     let t = Instant::now();
     imbed.embed_text("warm up").await.unwrap();
     let wasm_load = t.elapsed();
@@ -138,7 +153,11 @@ async fn main() {
     .await;
     drop(imbed);
 
-    println!("first call (load weights + embed): sandbox {}, native {}", ms(wasm_load), ms(native_load));
+    println!(
+        "first call (load weights + embed): sandbox {}, native {}",
+        ms(wasm_load),
+        ms(native_load)
+    );
     println!(
         "one sentence:    sandbox {} ({:.0}/s)   native 1 thread {} ({:.0}/s)   ratio {:.2}x",
         ms(w_one),
@@ -163,14 +182,23 @@ async fn main() {
     let cap_typical = smallest_cap(cache.path(), &model_dir, &sentences).await;
     let cap_long = smallest_cap(cache.path(), &model_dir, &long).await;
     println!("peak linear memory of one instance: {cap_typical} MiB for these 32 sentences, {cap_long} MiB for 32 texts of 256 word pieces");
-    println!("native process peak RSS growth (load + the runs above): {:.0} MiB", native_peak as f64 / 1024.0);
+    println!(
+        "native process peak RSS growth (load + the runs above): {:.0} MiB",
+        native_peak as f64 / 1024.0
+    );
 
     if let Ok(python) = std::env::var("IMBED_BENCH_PYTHON") {
         let script = imbed_tests::repo_root().join("tests/fixtures/minilm/bench_reference.py");
-        let out = std::process::Command::new(python).arg(script).env("HF_HUB_OFFLINE", "1").output();
+        let out = std::process::Command::new(python)
+            .arg(script)
+            .env("HF_HUB_OFFLINE", "1")
+            .output();
         match out {
             Ok(o) if o.status.success() => print!("{}", String::from_utf8_lossy(&o.stdout)),
-            Ok(o) => println!("the sentence-transformers run failed:\n{}", String::from_utf8_lossy(&o.stderr)),
+            Ok(o) => println!(
+                "the sentence-transformers run failed:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
             Err(e) => println!("cannot run IMBED_BENCH_PYTHON: {e}"),
         }
     } else {

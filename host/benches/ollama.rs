@@ -9,7 +9,6 @@ use futures::StreamExt;
 use imbed::{ImageRequest, ImageSource, Imbed};
 use imbed_tests::ollama::OllamaStandIn;
 
-
 fn pct(xs: &mut [Duration], p: f64) -> Duration {
     xs.sort();
     xs[((xs.len() - 1) as f64 * p).round() as usize]
@@ -37,7 +36,9 @@ async fn main() {
     let ollama = OllamaStandIn::start();
 
     // Overhead: one text embedding through the plugin vs the same request sent directly.
-    let imbed = Imbed::new(imbed_tests::bench::ollama_config(&ollama, 1, cache.path())).await.unwrap();
+    let imbed = Imbed::new(imbed_tests::bench::ollama_config(&ollama, 1, cache.path()))
+        .await
+        .unwrap();
     let client = reqwest::Client::new();
     let body = serde_json::json!({ "model": "nomic-embed-text", "input": ["a cat on a laptop"], "truncate": true })
         .to_string();
@@ -86,9 +87,13 @@ async fn main() {
     // Throughput: describe-then-embed (two requests of 200 ms each per image).
     ollama.set_latency(Duration::from_millis(200));
     for in_flight in [1usize, 4, 16] {
-        let imbed = Imbed::new(imbed_tests::bench::ollama_config(&ollama, in_flight, cache.path()))
-            .await
-            .unwrap();
+        let imbed = Imbed::new(imbed_tests::bench::ollama_config(
+            &ollama,
+            in_flight,
+            cache.path(),
+        ))
+        .await
+        .unwrap();
         imbed.embed_text("warm").await.unwrap();
         let count = in_flight * 4;
         let requests: Vec<ImageRequest> = (0..count as u32)

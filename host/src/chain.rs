@@ -822,7 +822,9 @@ impl Imbed {
         }
         let items = out
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| (Err(CallError::new(FailureKind::Other, "no answer")), false)))
+            .map(|o| {
+                o.unwrap_or_else(|| (Err(CallError::new(FailureKind::Other, "no answer")), false))
+            })
             .collect();
         Ok((plugin.id.clone(), model, items))
     }
@@ -905,7 +907,9 @@ impl Imbed {
                 let prompt_key = prompt.clone().unwrap_or_default();
                 let cached = {
                     let (sha, id, p) = (image.sha256.clone(), identity.clone(), prompt_key.clone());
-                    self.cache(move |s| s.description(&sha, &id, &p)).await.flatten()
+                    self.cache(move |s| s.description(&sha, &id, &p))
+                        .await
+                        .flatten()
                 };
                 let (description, described_from_cache) = match cached {
                     Some(c) => (

@@ -685,9 +685,9 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         database: match &raw.cache.database {
             Some(db) if db.get_ref().trim().is_empty() => None,
             Some(db) => Some(ctx.path(db)?),
-            None => Some(
-                PathBuf::from(ctx.env.get("IMBED_HOME").unwrap_or_default()).join("imbed.db"),
-            ),
+            None => {
+                Some(PathBuf::from(ctx.env.get("IMBED_HOME").unwrap_or_default()).join("imbed.db"))
+            }
         },
     };
 

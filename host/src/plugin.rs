@@ -467,7 +467,10 @@ impl Runtime {
                 // `imbed models pull <name>` puts a model in `<models dir>/<name>`, so the folder's
                 // name is the model's when the grant follows that layout.
                 let pull = match dir.file_name().and_then(|n| n.to_str()) {
-                    Some(name) if crate::models::Registry::builtin().is_ok_and(|r| r.get(name).is_ok()) => {
+                    Some(name)
+                        if crate::models::Registry::builtin()
+                            .is_ok_and(|r| r.get(name).is_ok()) =>
+                    {
                         format!("`imbed models pull {name}`")
                     }
                     _ => "`imbed models pull <model>` (`imbed models list` names them)".to_string(),

@@ -254,9 +254,10 @@ impl AnnIndex {
                     })
                 })
                 .collect();
-            workers
-                .into_iter()
-                .try_for_each(|w| w.join().map_err(|_| "an index thread panicked".to_string())?)
+            workers.into_iter().try_for_each(|w| {
+                w.join()
+                    .map_err(|_| "an index thread panicked".to_string())?
+            })
         })
     }
 
@@ -332,8 +333,14 @@ impl AnnIndex {
                         }
                         return Ok(index);
                     }
-                    Ok(_) => tracing::info!("approximate index for {:?} is out of date; rebuilding", set.space),
-                    Err(e) => tracing::warn!("approximate index {} unusable ({e}); rebuilding", path.display()),
+                    Ok(_) => tracing::info!(
+                        "approximate index for {:?} is out of date; rebuilding",
+                        set.space
+                    ),
+                    Err(e) => tracing::warn!(
+                        "approximate index {} unusable ({e}); rebuilding",
+                        path.display()
+                    ),
                 }
             }
         }
@@ -451,7 +458,12 @@ mod tests {
 
     #[test]
     fn top_k_is_ordered_and_skips() {
-        let set = set_of(&[vec![1.0, 0.0], vec![0.0, 1.0], vec![0.7, 0.7], vec![-1.0, 0.0]]);
+        let set = set_of(&[
+            vec![1.0, 0.0],
+            vec![0.0, 1.0],
+            vec![0.7, 0.7],
+            vec![-1.0, 0.0],
+        ]);
         let top = exact_top_k(&set, &[1.0, 0.0], 3, &|_| false);
         assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![0, 2, 1]);
         let top = exact_top_k(&set, &[1.0, 0.0], 2, &|i| i == 0);

@@ -540,7 +540,16 @@ impl Store {
                 "INSERT OR REPLACE INTO descriptions
                  (image, describer, prompt, text, plugin, model, structured, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![image, describer, prompt, d.text, d.plugin, d.model, d.structured, now()],
+                params![
+                    image,
+                    describer,
+                    prompt,
+                    d.text,
+                    d.plugin,
+                    d.model,
+                    d.structured,
+                    now()
+                ],
             )
             .map(drop)
             .map_err(|e| self.sql(e))
@@ -788,7 +797,11 @@ impl Store {
     /// Entries in `space` with a row id above `after`, for bringing an index up to date.
     pub fn space_since(&self, space: &str, after: i64) -> Result<SpaceVectors> {
         let mut all = self.load_space(space)?;
-        let keep = all.ids.iter().position(|&id| id > after).unwrap_or(all.ids.len());
+        let keep = all
+            .ids
+            .iter()
+            .position(|&id| id > after)
+            .unwrap_or(all.ids.len());
         let dims = all.dims;
         all.ids.drain(..keep);
         all.images.drain(..keep);
@@ -957,7 +970,10 @@ impl Store {
             // path; they go too: prune keeps what an index can still find.)
             let orphan = "SELECT sha256 FROM images WHERE sha256 NOT IN (SELECT sha256 FROM files)";
             report.entries += tx
-                .execute(&format!("DELETE FROM entries WHERE image IN ({orphan})"), [])
+                .execute(
+                    &format!("DELETE FROM entries WHERE image IN ({orphan})"),
+                    [],
+                )
                 .map_err(|e| self.sql(e))? as u64;
             for table in ["descriptions", "image_vectors"] {
                 tx.execute(
@@ -967,7 +983,10 @@ impl Store {
                 .map_err(|e| self.sql(e))?;
             }
             report.images += tx
-                .execute(&format!("DELETE FROM images WHERE sha256 IN ({orphan})"), [])
+                .execute(
+                    &format!("DELETE FROM images WHERE sha256 IN ({orphan})"),
+                    [],
+                )
                 .map_err(|e| self.sql(e))? as u64;
             tx.commit().map_err(|e| self.sql(e))?;
         }
@@ -1074,7 +1093,10 @@ const NOT_DESCRIBING: &[&str] = &[
 
 /// The identity of a describer for the description cache: its name and the settings that can
 /// change a description, hashed.
-pub fn describer_identity(plugin_name: &str, settings: &std::collections::BTreeMap<String, String>) -> String {
+pub fn describer_identity(
+    plugin_name: &str,
+    settings: &std::collections::BTreeMap<String, String>,
+) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(plugin_name.as_bytes());
@@ -1122,12 +1144,21 @@ mod tests {
         let mut b = a.clone();
         b.insert("embed_model".to_string(), "all-minilm".to_string());
         b.insert("base_url".to_string(), "http://b:11434".to_string());
-        assert_eq!(describer_identity("ollama", &a), describer_identity("ollama", &b));
+        assert_eq!(
+            describer_identity("ollama", &a),
+            describer_identity("ollama", &b)
+        );
         let mut c = a.clone();
         c.insert("vision_model".to_string(), "moondream".to_string());
-        assert_ne!(describer_identity("ollama", &a), describer_identity("ollama", &c));
+        assert_ne!(
+            describer_identity("ollama", &a),
+            describer_identity("ollama", &c)
+        );
         let mut d = a.clone();
         d.insert("prompt".to_string(), "List the objects.".to_string());
-        assert_ne!(describer_identity("ollama", &a), describer_identity("ollama", &d));
+        assert_ne!(
+            describer_identity("ollama", &a),
+            describer_identity("ollama", &d)
+        );
     }
 }

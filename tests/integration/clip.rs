@@ -30,7 +30,10 @@ async fn imbed_with(spec: PluginSpec) -> Imbed {
 }
 
 async fn embed_file(imbed: &Imbed, path: PathBuf) -> Embedding {
-    imbed.embed_image(ImageRequest::new(ImageSource::Path(path))).await.expect("an answer")
+    imbed
+        .embed_image(ImageRequest::new(ImageSource::Path(path)))
+        .await
+        .expect("an answer")
 }
 
 fn image_path(file: &str) -> PathBuf {
@@ -39,7 +42,11 @@ fn image_path(file: &str) -> PathBuf {
 
 #[track_caller]
 fn assert_from_clip(e: &Embedding, space: &str) {
-    assert_eq!(e.provenance.plugin.key, "clip", "answered by {:?}", e.provenance);
+    assert_eq!(
+        e.provenance.plugin.key, "clip",
+        "answered by {:?}",
+        e.provenance
+    );
     assert_eq!(e.provenance.space, space);
     assert_eq!(e.provenance.dimensions, 16);
     assert!(!e.provenance.degraded, "{:?}", e.provenance.attempts);
@@ -60,12 +67,20 @@ async fn check_images(imbed: &Imbed, space: &str, min_cos: f32) {
         // The fixture is sensitive enough to catch a wrong resize: bilinear instead of bicubic
         // lands far below the bar.
         let near_miss = cosine(&e.vector, &floats(&item["bilinear_embedding"]));
-        assert!(near_miss < 0.9995, "{file}: the bilinear near-miss is at {near_miss}");
+        assert!(
+            near_miss < 0.9995,
+            "{file}: the bilinear near-miss is at {near_miss}"
+        );
     }
 }
 
 fn texts() -> Vec<String> {
-    reference()["texts"].as_array().unwrap().iter().map(|t| t["text"].as_str().unwrap().to_string()).collect()
+    reference()["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["text"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// All fixture texts in one batch, checked against transformers at `min_cos`.
@@ -76,7 +91,11 @@ async fn check_texts(imbed: &Imbed, space: &str, min_cos: f32) {
         let e = result.expect("the text is embedded");
         assert_from_clip(&e, space);
         let c = cosine(&e.vector, &floats(&item["embedding"]));
-        assert!(c >= min_cos, "{}: cosine {c} with transformers", item["text"]);
+        assert!(
+            c >= min_cos,
+            "{}: cosine {c} with transformers",
+            item["text"]
+        );
     }
 }
 
@@ -133,7 +152,11 @@ async fn preprocessing_matches_the_reference_tensor() {
     let ours = imbed_clip::preprocess::Preprocessor::clip(224).pixel_values(&img);
     let want = clip::reference_pixels();
     assert_eq!(ours.len(), 3 * 224 * 224);
-    let worst = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let worst = ours
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert_eq!(worst, 0.0, "largest difference from transformers: {worst}");
     // And the config file in the model folder says the same as the defaults.
     let cfg = std::fs::read(clip::fixtures().join("model/preprocessor_config.json")).unwrap();
@@ -144,7 +167,11 @@ async fn preprocessing_matches_the_reference_tensor() {
 #[tokio::test]
 async fn texts_past_77_tokens_are_truncated_as_transformers_does() {
     let r = reference();
-    let long = r["texts"].as_array().unwrap().iter().find(|t| t["ids"].as_array().unwrap().len() == 77);
+    let long = r["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["ids"].as_array().unwrap().len() == 77);
     let long = long.expect("the fixtures hold a text past 77 tokens");
     let text = long["text"].as_str().unwrap();
     let dir = model_dir(Weights::F32, Some("clip-tiny-random"));
@@ -152,12 +179,22 @@ async fn texts_past_77_tokens_are_truncated_as_transformers_does() {
     let e = imbed.embed_text(text).await.unwrap();
     assert!(cosine(&e.vector, &floats(&long["embedding"])) >= 0.9999);
     // Whatever follows the 75th token is cut: more words change nothing.
-    let longer = imbed.embed_text(&format!("{text} and then a completely different ending")).await.unwrap();
-    assert!(cosine(&e.vector, &longer.vector) > 0.999_999, "truncated texts differ");
+    let longer = imbed
+        .embed_text(&format!("{text} and then a completely different ending"))
+        .await
+        .unwrap();
+    assert!(
+        cosine(&e.vector, &longer.vector) > 0.999_999,
+        "truncated texts differ"
+    );
     // While cutting inside the window does: the text features are read at <|endoftext|>, so
     // truncating at fewer tokens than 77 would show.
     let half = imbed.embed_text(&text[..text.len() / 2]).await.unwrap();
-    assert!(cosine(&e.vector, &half.vector) < 0.99, "{}", cosine(&e.vector, &half.vector));
+    assert!(
+        cosine(&e.vector, &half.vector) < 0.99,
+        "{}",
+        cosine(&e.vector, &half.vector)
+    );
 }
 
 #[tokio::test]
@@ -169,7 +206,10 @@ async fn batches_match_single_calls_and_images_run_concurrently() {
     let batch = imbed.embed_texts(&texts()).await;
     for (text, b) in texts().iter().zip(batch) {
         let alone = imbed.embed_text(text).await.unwrap();
-        assert!(cosine(&alone.vector, &b.unwrap().vector) > 0.999_999, "{text}");
+        assert!(
+            cosine(&alone.vector, &b.unwrap().vector) > 0.999_999,
+            "{text}"
+        );
     }
     // Images through two instances at once, in input order.
     use futures::StreamExt;
@@ -183,7 +223,11 @@ async fn batches_match_single_calls_and_images_run_concurrently() {
     for (item, e) in items.iter().zip(results) {
         let e = e.unwrap();
         assert_eq!(e.provenance.plugin.key, "clip");
-        assert!(cosine(&e.vector, &floats(&item["embedding"])) >= 0.9999, "{}", item["file"]);
+        assert!(
+            cosine(&e.vector, &floats(&item["embedding"])) >= 0.9999,
+            "{}",
+            item["file"]
+        );
     }
 }
 
@@ -193,9 +237,14 @@ async fn jpeg_input_is_embedded() {
     // vector must still be close to the PNG original's.
     let dir = model_dir(Weights::F32, Some("clip-tiny-random"));
     let imbed = imbed_with(clip_spec(dir.path())).await;
-    let img = image::open(image_path("landscape_320x240.png")).unwrap().to_rgb8();
+    let img = image::open(image_path("landscape_320x240.png"))
+        .unwrap()
+        .to_rgb8();
     let jpeg = images::jpeg_of(&img, 95);
-    let e = imbed.embed_image(ImageRequest::new(ImageSource::Bytes(jpeg))).await.unwrap();
+    let e = imbed
+        .embed_image(ImageRequest::new(ImageSource::Bytes(jpeg)))
+        .await
+        .unwrap();
     assert_eq!(e.provenance.plugin.key, "clip");
     let png = floats(&reference()["images"][0]["embedding"]);
     assert!(cosine(&e.vector, &png) > 0.95);
@@ -210,10 +259,19 @@ async fn falls_back(spec: PluginSpec, kind: FailureKind) -> String {
     assert_eq!(e.provenance.step_kind, StepKind::Hash);
     assert!(e.provenance.degraded);
     let a = &e.provenance.attempts[0];
-    assert_eq!((a.plugin.as_deref(), a.kind), (Some("clip"), kind), "{}", a.message);
+    assert_eq!(
+        (a.plugin.as_deref(), a.kind),
+        (Some("clip"), kind),
+        "{}",
+        a.message
+    );
     let t = imbed.embed_text("a photo of a cat").await.unwrap();
     assert_eq!(t.provenance.plugin.key, "hash");
-    assert_eq!(t.provenance.attempts[0].kind, kind, "{}", t.provenance.attempts[0].message);
+    assert_eq!(
+        t.provenance.attempts[0].kind, kind,
+        "{}",
+        t.provenance.attempts[0].message
+    );
     a.message.clone()
 }
 
@@ -222,17 +280,30 @@ async fn missing_weights_say_to_pull_the_model_and_the_chain_moves_on() {
     let dir = model_dir(Weights::F32, None);
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
     let message = falls_back(clip_spec(dir.path()), FailureKind::ModelNotFound).await;
-    assert!(message.contains("model not found") && message.contains("/model/model.safetensors"), "{message}");
+    assert!(
+        message.contains("model not found") && message.contains("/model/model.safetensors"),
+        "{message}"
+    );
     assert!(message.contains(PULL), "{message}");
 }
 
 #[tokio::test]
 async fn a_missing_model_folder_says_to_pull_the_model() {
     let dir = tempfile::tempdir().unwrap();
-    let message = falls_back(clip_spec(&dir.path().join("not-pulled")), FailureKind::ModelNotFound).await;
+    let message = falls_back(
+        clip_spec(&dir.path().join("not-pulled")),
+        FailureKind::ModelNotFound,
+    )
+    .await;
     // The host checks the grant before the plugin loads, and says how to fill or fix it.
-    assert!(message.contains("not-pulled") && message.contains("imbed models pull"), "{message}");
-    assert!(message.contains("[plugins.clip.grants] model_dir"), "{message}");
+    assert!(
+        message.contains("not-pulled") && message.contains("imbed models pull"),
+        "{message}"
+    );
+    assert!(
+        message.contains("[plugins.clip.grants] model_dir"),
+        "{message}"
+    );
     // A folder named after a registry model names the exact command.
     let models = tempfile::tempdir().unwrap();
     let message = falls_back(
@@ -251,12 +322,18 @@ async fn corrupt_weights_say_to_pull_again_and_the_chain_moves_on() {
     let bytes = std::fs::read(&w).unwrap();
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
     let message = falls_back(clip_spec(dir.path()), FailureKind::ModelNotFound).await;
-    assert!(message.contains("corrupt") && message.contains(PULL), "{message}");
+    assert!(
+        message.contains("corrupt") && message.contains(PULL),
+        "{message}"
+    );
 
     // Garbage where the header should be.
     std::fs::write(&w, b"this is not a safetensors file at all").unwrap();
     let message = falls_back(clip_spec(dir.path()), FailureKind::ModelNotFound).await;
-    assert!(message.contains("corrupt") && message.contains(PULL), "{message}");
+    assert!(
+        message.contains("corrupt") && message.contains(PULL),
+        "{message}"
+    );
 
     // A well-formed file with other shapes than config.json describes.
     std::fs::copy(clip::fixtures().join("model/model.safetensors"), &w).unwrap();
@@ -265,7 +342,10 @@ async fn corrupt_weights_say_to_pull_again_and_the_chain_moves_on() {
     assert_ne!(config, wider);
     std::fs::write(dir.path().join("config.json"), wider).unwrap();
     let message = falls_back(clip_spec(dir.path()), FailureKind::ModelNotFound).await;
-    assert!(message.contains("corrupt") && message.contains(PULL), "{message}");
+    assert!(
+        message.contains("corrupt") && message.contains(PULL),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -273,11 +353,23 @@ async fn the_plugin_sees_only_its_model_folder() {
     // The weights reached through a link out of the granted folder: fine outside the sandbox,
     // invisible inside it, so the plugin cannot read them and the chain moves on.
     let dir = model_dir(Weights::F32, None);
-    let outside = clip::fixtures().join("model/model.safetensors").canonicalize().unwrap();
+    let outside = clip::fixtures()
+        .join("model/model.safetensors")
+        .canonicalize()
+        .unwrap();
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
     std::os::unix::fs::symlink(&outside, dir.path().join("model.safetensors")).unwrap();
-    assert!(dir.path().join("model.safetensors").is_file(), "the link works outside the sandbox");
+    assert!(
+        dir.path().join("model.safetensors").is_file(),
+        "the link works outside the sandbox"
+    );
     let message = falls_back(clip_spec(dir.path()), FailureKind::ModelNotFound).await;
-    assert!(message.contains("/model/model.safetensors") && message.contains(PULL), "{message}");
-    assert!(!message.contains(&outside.display().to_string()), "the host path leaked: {message}");
+    assert!(
+        message.contains("/model/model.safetensors") && message.contains(PULL),
+        "{message}"
+    );
+    assert!(
+        !message.contains(&outside.display().to_string()),
+        "the host path leaked: {message}"
+    );
 }

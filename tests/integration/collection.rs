@@ -128,7 +128,11 @@ async fn a_folder_is_indexed_once_and_a_rerun_redoes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let photos = dir.path().join("photos");
     for i in 0..10u32 {
-        write(&photos, &format!("sub{}/p{i}.png", i % 3), &unique_png(i * 7 + 1));
+        write(
+            &photos,
+            &format!("sub{}/p{i}.png", i % 3),
+            &unique_png(i * 7 + 1),
+        );
     }
     let dup = unique_png(1);
     write(&photos, "copy-of-p0.png", &dup);
@@ -140,9 +144,15 @@ async fn a_folder_is_indexed_once_and_a_rerun_redoes_nothing() {
 
     // One at a time, so the duplicate's outcome does not depend on timing.
     let first = index(&imbed, &photos, IndexOptions::new(1)).await;
-    assert_eq!(first.total, 11, "text files and hidden folders are not indexed");
+    assert_eq!(
+        first.total, 11,
+        "text files and hidden folders are not indexed"
+    );
     assert_eq!(first.embedded + first.known_content, 11);
-    assert_eq!(first.known_content, 1, "the copy is recognised by content: {first:?}");
+    assert_eq!(
+        first.known_content, 1,
+        "the copy is recognised by content: {first:?}"
+    );
 
     let again = index(&imbed, &photos, IndexOptions::new(4)).await;
     assert_eq!(again.unchanged, 11, "{again:?}");
@@ -193,9 +203,17 @@ async fn a_repeated_image_is_answered_by_the_cache_without_calling_the_backend()
         second.provenance.description.as_ref().map(|d| &d.text),
         first.provenance.description.as_ref().map(|d| &d.text)
     );
-    assert_eq!(ollama.vision_calls(), 0, "the vision model was not asked again");
+    assert_eq!(
+        ollama.vision_calls(),
+        0,
+        "the vision model was not asked again"
+    );
     // Only the plugin's one-off probe of the embedding model's dimensions reached Ollama.
-    assert!(ollama.hits(Route::Embed) <= 1, "{}", ollama.hits(Route::Embed));
+    assert!(
+        ollama.hits(Route::Embed) <= 1,
+        "{}",
+        ollama.hits(Route::Embed)
+    );
 
     // A query text is cached too.
     let q1 = imbed.embed_text("a red square").await.unwrap();
@@ -210,7 +228,11 @@ async fn swapping_the_embedding_model_reuses_every_description() {
     let dir = tempfile::tempdir().unwrap();
     let photos = dir.path().join("photos");
     for i in 0..5u32 {
-        write(&photos, &format!("p{i}.png"), &coloured_png([30, 30, 200], i));
+        write(
+            &photos,
+            &format!("p{i}.png"),
+            &coloured_png([30, 30, 200], i),
+        );
     }
     let db = dir.path().join("imbed.db");
 
@@ -222,7 +244,10 @@ async fn swapping_the_embedding_model_reuses_every_description() {
 
     let minilm = open(&ollama_chain(&ollama, "all-minilm", &db), &db).await;
     let s = index(&minilm, &photos, IndexOptions::new(3)).await;
-    assert_eq!(s.embedded, 5, "answers in the old space are not this chain's: {s:?}");
+    assert_eq!(
+        s.embedded, 5,
+        "answers in the old space are not this chain's: {s:?}"
+    );
     assert_eq!(ollama.vision_calls(), 5, "no image was described again");
     let store = minilm.store().unwrap().clone();
     let spaces: Vec<(String, u64)> = store
@@ -252,7 +277,11 @@ async fn text_search_ranks_by_description_and_never_mixes_spaces() {
     let ollama = OllamaStandIn::start();
     let dir = tempfile::tempdir().unwrap();
     let photos = dir.path().join("photos");
-    let colours = [("red", [210, 25, 25]), ("blue", [25, 25, 210]), ("green", [25, 190, 25])];
+    let colours = [
+        ("red", [210, 25, 25]),
+        ("blue", [25, 25, 210]),
+        ("green", [25, 190, 25]),
+    ];
     for (name, rgb) in colours {
         for i in 0..3u32 {
             write(&photos, &format!("{name}-{i}.png"), &coloured_png(rgb, i));
@@ -274,14 +303,27 @@ async fn text_search_ranks_by_description_and_never_mixes_spaces() {
     for (colour, _) in colours {
         let q = imbed.embed_text(colour).await.unwrap();
         assert_eq!(q.provenance.space, "imbed-hash/text@v1:256");
-        let r = imbed::search::search(&store, &q.provenance.space, &q.vector, 3, Method::Exact, None)
-            .unwrap();
+        let r = imbed::search::search(
+            &store,
+            &q.provenance.space,
+            &q.vector,
+            3,
+            Method::Exact,
+            None,
+        )
+        .unwrap();
         assert_eq!(r.space, q.provenance.space);
         assert_eq!(r.searched, 9);
         let names: Vec<String> = r
             .hits
             .iter()
-            .map(|h| h.paths[0].file_name().unwrap().to_string_lossy().into_owned())
+            .map(|h| {
+                h.paths[0]
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         assert!(
             names.iter().all(|n| n.starts_with(colour)),
@@ -298,17 +340,34 @@ async fn text_search_ranks_by_description_and_never_mixes_spaces() {
     let hash_only = open(&hash_chain(&db), &db).await;
     index(&hash_only, &others, IndexOptions::new(2)).await;
     let q = imbed.embed_text("red").await.unwrap();
-    let r = imbed::search::search(&store, &q.provenance.space, &q.vector, 20, Method::Exact, None)
-        .unwrap();
+    let r = imbed::search::search(
+        &store,
+        &q.provenance.space,
+        &q.vector,
+        20,
+        Method::Exact,
+        None,
+    )
+    .unwrap();
     assert_eq!(r.searched, 9, "only the query's space is searched");
     assert!(r.hits.iter().all(|h| h.paths[0].starts_with(&photos)));
 
     // A space with nothing in it says what the cache holds instead.
-    let err = imbed::search::search(&store, "ollama/nomic-embed-text", &[0.1; 768], 3, Method::Exact, None)
-        .unwrap_err();
+    let err = imbed::search::search(
+        &store,
+        "ollama/nomic-embed-text",
+        &[0.1; 768],
+        3,
+        Method::Exact,
+        None,
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, SearchError::EmptySpace { .. }), "{msg}");
-    assert!(msg.contains("imbed-hash/text@v1:256") && msg.contains("imbed-hash/image@v1:256"), "{msg}");
+    assert!(
+        msg.contains("imbed-hash/text@v1:256") && msg.contains("imbed-hash/image@v1:256"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -325,7 +384,10 @@ async fn similar_finds_the_near_duplicate_and_leaves_out_the_query() {
     let imbed = open(&hash_chain(&db), &db).await;
     index(&imbed, &photos, IndexOptions::new(2)).await;
 
-    let image = imbed.load_image(&ImageSource::Path(original)).await.unwrap();
+    let image = imbed
+        .load_image(&ImageSource::Path(original))
+        .await
+        .unwrap();
     let e = imbed.embed_valid_image(&image, None).await.unwrap();
     assert!(e.provenance.cached);
     let r = imbed::search::search(
@@ -339,7 +401,11 @@ async fn similar_finds_the_near_duplicate_and_leaves_out_the_query() {
     .unwrap();
     assert_eq!(r.hits.len(), 3);
     assert!(r.hits.iter().all(|h| h.image != image.sha256));
-    assert!(r.hits[0].paths[0].ends_with("recompressed.jpg"), "{:?}", r.hits);
+    assert!(
+        r.hits[0].paths[0].ends_with("recompressed.jpg"),
+        "{:?}",
+        r.hits
+    );
 }
 
 #[tokio::test]
@@ -348,7 +414,11 @@ async fn upgrade_re_embeds_exactly_the_degraded_images_once_ollama_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let photos = dir.path().join("photos");
     for i in 0..4u32 {
-        write(&photos, &format!("p{i}.png"), &coloured_png([200, 200, 30], i));
+        write(
+            &photos,
+            &format!("p{i}.png"),
+            &coloured_png([200, 200, 30], i),
+        );
     }
     let db = dir.path().join("imbed.db");
     let cfg = ollama_chain(&ollama, "nomic-embed-text", &db);
@@ -365,12 +435,19 @@ async fn upgrade_re_embeds_exactly_the_degraded_images_once_ollama_is_back() {
     ollama.reset_log();
     let up = open(&cfg, &db).await;
     let s = index(&up, &photos, IndexOptions::new(2)).await;
-    assert_eq!(s.unchanged, 4, "a plain re-run keeps degraded answers: {s:?}");
+    assert_eq!(
+        s.unchanged, 4,
+        "a plain re-run keeps degraded answers: {s:?}"
+    );
     assert_eq!(ollama.vision_calls(), 0);
 
     let s = index(&up, &photos, IndexOptions::new(2).upgrade(true)).await;
     assert_eq!(s.upgraded, 4, "{s:?}");
-    assert_eq!(ollama.vision_calls(), 4, "each degraded image described once");
+    assert_eq!(
+        ollama.vision_calls(),
+        4,
+        "each degraded image described once"
+    );
     assert!(up.store().unwrap().degraded_files(None).unwrap().is_empty());
 
     let s = index(&up, &photos, IndexOptions::new(2).upgrade(true)).await;
@@ -432,7 +509,11 @@ async fn killing_an_index_run_loses_nothing_finished_and_a_rerun_completes_it() 
         .filter(|sha| !store.entries_of(sha).unwrap().is_empty())
         .cloned()
         .collect();
-    assert!(finished.len() >= 6 && finished.len() < 24, "{}", finished.len());
+    assert!(
+        finished.len() >= 6 && finished.len() < 24,
+        "{}",
+        finished.len()
+    );
     drop(store);
 
     ollama.reset_log();
@@ -443,7 +524,12 @@ async fn killing_an_index_run_loses_nothing_finished_and_a_rerun_completes_it() 
         .arg(&photos)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let last = String::from_utf8_lossy(&out.stdout)
         .lines()
         .last()
@@ -462,11 +548,20 @@ async fn killing_an_index_run_loses_nothing_finished_and_a_rerun_completes_it() 
         .into_iter()
         .filter(|sha| finished.contains(sha))
         .collect();
-    assert!(redone.is_empty(), "described again after the kill: {redone:?}");
+    assert!(
+        redone.is_empty(),
+        "described again after the kill: {redone:?}"
+    );
 
     let store = Store::open(&db).unwrap();
     assert!(store.integrity_problems().unwrap().is_empty());
-    let all: u64 = store.stats().unwrap().spaces.iter().map(|s| s.entries).sum();
+    let all: u64 = store
+        .stats()
+        .unwrap()
+        .spaces
+        .iter()
+        .map(|s| s.entries)
+        .sum();
     assert_eq!(all, 24);
 }
 
@@ -485,14 +580,30 @@ async fn prune_forgets_vanished_files_and_stats_add_up() {
     // A query vector in the same database (another table).
     imbed.embed_text("a query").await.unwrap();
     let before = store.stats().unwrap();
-    assert_eq!((before.files, before.images, before.text_vectors), (6, 6, 1));
+    assert_eq!(
+        (before.files, before.images, before.text_vectors),
+        (6, 6, 1)
+    );
 
     std::fs::remove_file(&paths[0]).unwrap();
     std::fs::remove_file(&paths[1]).unwrap();
     let report = store
-        .prune(&PruneOptions::default().missing_files().text_vectors().vacuum())
+        .prune(
+            &PruneOptions::default()
+                .missing_files()
+                .text_vectors()
+                .vacuum(),
+        )
         .unwrap();
-    assert_eq!((report.files, report.images, report.entries, report.text_vectors), (2, 2, 2, 1));
+    assert_eq!(
+        (
+            report.files,
+            report.images,
+            report.entries,
+            report.text_vectors
+        ),
+        (2, 2, 2, 1)
+    );
     let after = store.stats().unwrap();
     assert_eq!((after.files, after.images, after.text_vectors), (4, 4, 0));
     assert_eq!(after.spaces[0].entries, 4);
@@ -506,7 +617,12 @@ async fn prune_forgets_vanished_files_and_stats_add_up() {
         .args(["cache", "stats", "--json"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["files"], 4);
     assert_eq!(v["schema_version"], imbed::store::SCHEMA_VERSION);
@@ -524,17 +640,33 @@ async fn old_schemas_are_migrated_and_newer_ones_refused() {
             .await
             .unwrap();
         imbed
-            .embed_image(ImageRequest::new(ImageSource::Bytes(images::png(40, 30, 5))))
+            .embed_image(ImageRequest::new(ImageSource::Bytes(images::png(
+                40, 30, 5,
+            ))))
             .await
             .unwrap();
     }
     let store = Store::open(&db).unwrap();
-    assert_eq!(store.schema_version().unwrap(), imbed::store::SCHEMA_VERSION);
+    assert_eq!(
+        store.schema_version().unwrap(),
+        imbed::store::SCHEMA_VERSION
+    );
     let set = store.load_space("imbed-hash/image@v1:256").unwrap();
-    assert_eq!(set.len(), 1, "data written under schema 1 survives the migration");
+    assert_eq!(
+        set.len(),
+        1,
+        "data written under schema 1 survives the migration"
+    );
     // The table schema 2 added works.
-    let r = imbed::search::search(&store, &set.space, set.vector(0), 1, Method::Approximate, None)
-        .unwrap();
+    let r = imbed::search::search(
+        &store,
+        &set.space,
+        set.vector(0),
+        1,
+        Method::Approximate,
+        None,
+    )
+    .unwrap();
     assert!((r.hits[0].score - 1.0).abs() < 1e-4);
     drop(store);
 
@@ -552,7 +684,9 @@ async fn old_schemas_are_migrated_and_newer_ones_refused() {
 
 /// Random unit vectors, deterministic.
 fn random_unit_vectors(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = move || {
         state ^= state << 13;
         state ^= state >> 7;
@@ -598,7 +732,9 @@ fn approximate_search_agrees_with_exact_search_and_stays_up_to_date() {
     let space = "test/random:48";
     let vectors = random_unit_vectors(3000, 48, 7);
     for (i, v) in vectors.iter().enumerate() {
-        store.put_entry(&meta(i), &fake_embedding(v.clone(), space)).unwrap();
+        store
+            .put_entry(&meta(i), &fake_embedding(v.clone(), space))
+            .unwrap();
     }
     let queries = random_unit_vectors(40, 48, 99);
     let recall = |store: &Store| {
@@ -609,7 +745,11 @@ fn approximate_search_agrees_with_exact_search_and_stays_up_to_date() {
                 imbed::search::search(store, space, q, 10, Method::Approximate, None).unwrap();
             assert_eq!(approx.method, Method::Approximate);
             let want: HashSet<_> = exact.hits.iter().map(|h| h.image.clone()).collect();
-            found += approx.hits.iter().filter(|h| want.contains(&h.image)).count();
+            found += approx
+                .hits
+                .iter()
+                .filter(|h| want.contains(&h.image))
+                .count();
         }
         found as f64 / (queries.len() * 10) as f64
     };
@@ -619,10 +759,14 @@ fn approximate_search_agrees_with_exact_search_and_stays_up_to_date() {
     // New entries are added to the saved index; a replaced one forces a rebuild. Either way
     // the newest vector is found.
     let extra = random_unit_vectors(1, 48, 12345).remove(0);
-    store.put_entry(&meta(5000), &fake_embedding(extra.clone(), space)).unwrap();
+    store
+        .put_entry(&meta(5000), &fake_embedding(extra.clone(), space))
+        .unwrap();
     let hit = imbed::search::search(&store, space, &extra, 1, Method::Approximate, None).unwrap();
     assert_eq!(hit.hits[0].image, meta(5000).sha256);
-    store.put_entry(&meta(3), &fake_embedding(extra.clone(), space)).unwrap();
+    store
+        .put_entry(&meta(3), &fake_embedding(extra.clone(), space))
+        .unwrap();
     let hits = imbed::search::search(&store, space, &extra, 2, Method::Approximate, None).unwrap();
     let got: HashSet<_> = hits.hits.iter().map(|h| h.image.clone()).collect();
     assert_eq!(got, HashSet::from([meta(5000).sha256, meta(3).sha256]));
@@ -648,20 +792,36 @@ fn search_output_on_the_command_line_names_the_space() {
             .unwrap()
     };
     let out = run(&["index", photos.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("3 embedded"));
     let out = run(&["similar", query.to_str().unwrap(), "-k", "2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with("space imbed-hash/image@v1:256 (exact search over 3 images)"), "{text}");
+    assert!(
+        lines[0].starts_with("space imbed-hash/image@v1:256 (exact search over 3 images)"),
+        "{text}"
+    );
     assert!(lines[1].ends_with("a-small.jpg"), "{text}");
     assert_eq!(lines.len(), 3, "{text}");
     // Text lands in the hash text space, where nothing is indexed: a clear refusal.
     let out = run(&["search", "anything"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("never compared") && err.contains("imbed-hash/image@v1:256"), "{err}");
+    assert!(
+        err.contains("never compared") && err.contains("imbed-hash/image@v1:256"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -670,7 +830,10 @@ async fn a_plugin_without_network_grants_gets_at_most_one_instance_per_core() {
     let cores = std::thread::available_parallelism().unwrap().get();
     let cfg = TestConfig::new()
         .plugin("hash", PluginSpec::hash().instances(cores + 7))
-        .plugin("ollama", ollama_plugin(&ollama, "nomic-embed-text").instances(cores + 7))
+        .plugin(
+            "ollama",
+            ollama_plugin(&ollama, "nomic-embed-text").instances(cores + 7),
+        )
         .describe_then_embed("ollama", "ollama")
         .hash("hash");
     let imbed = Imbed::new(cfg.build()).await.unwrap();
@@ -683,7 +846,11 @@ async fn a_plugin_without_network_grants_gets_at_most_one_instance_per_core() {
             .unwrap()
     };
     assert_eq!(instances("hash"), cores, "CPU-bound: capped at the cores");
-    assert_eq!(instances("ollama"), cores + 7, "waits on the network: as configured");
+    assert_eq!(
+        instances("ollama"),
+        cores + 7,
+        "waits on the network: as configured"
+    );
 }
 
 /// Search on the real all-MiniLM-L6-v2 weights: images indexed with their captions (the
@@ -719,7 +886,10 @@ async fn search_on_the_real_minilm_weights_finds_the_right_captions() {
             )
             .await
             .unwrap();
-        assert!(e.provenance.space.starts_with("sentence-transformers/all-MiniLM-L6-v2@"));
+        assert!(e
+            .provenance
+            .space
+            .starts_with("sentence-transformers/all-MiniLM-L6-v2@"));
     }
     let store = imbed.store().unwrap().clone();
     for (query, want) in [
@@ -731,8 +901,15 @@ async fn search_on_the_real_minilm_weights_finds_the_right_captions() {
         ("dog playing fetch", 5),
     ] {
         let q = imbed.embed_text(query).await.unwrap();
-        let r = imbed::search::search(&store, &q.provenance.space, &q.vector, 6, Method::Exact, None)
-            .unwrap();
+        let r = imbed::search::search(
+            &store,
+            &q.provenance.space,
+            &q.vector,
+            6,
+            Method::Exact,
+            None,
+        )
+        .unwrap();
         assert_eq!(r.searched, 6);
         let best = r.hits[0].image.clone();
         let wanted = imbed
@@ -740,6 +917,10 @@ async fn search_on_the_real_minilm_weights_finds_the_right_captions() {
             .await
             .unwrap()
             .sha256;
-        assert_eq!(best, wanted, "query {query:?}: best score {}", r.hits[0].score);
+        assert_eq!(
+            best, wanted,
+            "query {query:?}: best score {}",
+            r.hits[0].score
+        );
     }
 }

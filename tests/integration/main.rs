@@ -3,8 +3,8 @@
 mod blocking;
 mod cache;
 mod chain;
-mod clip;
 mod cli;
+mod clip;
 mod collection;
 mod hash;
 mod input;

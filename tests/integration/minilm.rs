@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use imbed::{Embedding, Error, FailureKind, ImageRequest, ImageSource, Imbed, StepKind};
-use imbed_tests::{component, cosine, images, models::minilm_dir, repo_root, PluginSpec, TestConfig};
+use imbed_tests::{
+    component, cosine, images, models::minilm_dir, repo_root, PluginSpec, TestConfig,
+};
 use serde_json::Value;
 
 fn reference() -> Value {
@@ -38,7 +40,11 @@ async fn imbed_with(model_dir: &Path) -> Imbed {
 
 #[track_caller]
 fn assert_from_minilm(e: &Embedding) {
-    assert_eq!(e.provenance.plugin.key, "minilm", "answered by {:?}", e.provenance);
+    assert_eq!(
+        e.provenance.plugin.key, "minilm",
+        "answered by {:?}",
+        e.provenance
+    );
     assert_eq!(e.provenance.model, "all-MiniLM-L6-v2");
     assert_eq!(e.provenance.space, expected_space());
     assert_eq!(e.provenance.dimensions, 384);
@@ -50,14 +56,28 @@ async fn matches_sentence_transformers_on_the_real_weights() {
     let imbed = imbed_with(&minilm_dir()).await;
     let reference = reference();
     let items = reference["items"].as_array().unwrap();
-    let texts: Vec<String> = items.iter().map(|i| i["text"].as_str().unwrap().to_string()).collect();
+    let texts: Vec<String> = items
+        .iter()
+        .map(|i| i["text"].as_str().unwrap().to_string())
+        .collect();
     let expected: Vec<Vec<f32>> = items
         .iter()
-        .map(|i| i["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .map(|i| {
+            i["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
         .collect();
     // The fixtures hold texts past 128 and past 256 word pieces: truncation is exercised.
-    assert!(items.iter().any(|i| (129..=256).contains(&i["word_pieces"].as_u64().unwrap())));
-    assert!(items.iter().any(|i| i["word_pieces"].as_u64().unwrap() > 256));
+    assert!(items
+        .iter()
+        .any(|i| (129..=256).contains(&i["word_pieces"].as_u64().unwrap())));
+    assert!(items
+        .iter()
+        .any(|i| i["word_pieces"].as_u64().unwrap() > 256));
 
     let batch = imbed.embed_texts(&texts).await;
     for ((text, want), got) in texts.iter().zip(&expected).zip(&batch) {
@@ -118,8 +138,14 @@ async fn the_right_caption_ranks_first() {
     let qs = embed(&queries).await;
     for (i, (query, q)) in queries.iter().zip(&qs).enumerate() {
         let scores: Vec<f32> = caps.iter().map(|c| cosine(q, c)).collect();
-        let best = (0..scores.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap();
-        assert_eq!(best, i, "{query:?} ranked {:?} first; scores {scores:?}", captions[best]);
+        let best = (0..scores.len())
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .unwrap();
+        assert_eq!(
+            best, i,
+            "{query:?} ranked {:?} first; scores {scores:?}",
+            captions[best]
+        );
     }
 }
 
@@ -128,10 +154,15 @@ async fn an_item_without_text_fails_alone() {
     let imbed = imbed_with(&minilm_dir()).await;
     // The host refuses the empty item itself; the zero-width space reaches the plugin, which has
     // nothing to embed either (and neither has the hash fallback).
-    let texts: Vec<String> = ["a cat on a sofa", "", "\u{200b}\u{200b}", "a dog in the rain"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let texts: Vec<String> = [
+        "a cat on a sofa",
+        "",
+        "\u{200b}\u{200b}",
+        "a dog in the rain",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let out = imbed.embed_texts(&texts).await;
     assert_from_minilm(out[0].as_ref().unwrap());
     assert_from_minilm(out[3].as_ref().unwrap());
@@ -141,7 +172,11 @@ async fn an_item_without_text_fails_alone() {
             let first = &attempts[0];
             assert_eq!(first.plugin.as_deref(), Some("minilm"));
             assert_eq!(first.kind, FailureKind::BadInput, "{}", first.message);
-            assert!(first.message.contains("nothing to embed"), "{}", first.message);
+            assert!(
+                first.message.contains("nothing to embed"),
+                "{}",
+                first.message
+            );
         }
         other => panic!("expected the invisible text to fail: {other:?}"),
     }
@@ -152,7 +187,9 @@ async fn a_callers_description_lands_in_the_query_space() {
     let imbed = imbed_with(&minilm_dir()).await;
     let text = "a red bicycle leaning against a brick wall";
     let image = imbed
-        .embed_image(ImageRequest::new(ImageSource::Bytes(images::png(64, 48, 2))).with_description(text))
+        .embed_image(
+            ImageRequest::new(ImageSource::Bytes(images::png(64, 48, 2))).with_description(text),
+        )
         .await
         .unwrap();
     assert_eq!(image.provenance.step_kind, StepKind::Description);
@@ -199,7 +236,12 @@ async fn falls_back(dir: &Path) -> String {
     assert!(e.provenance.degraded);
     let attempt = &e.provenance.attempts[0];
     assert_eq!(attempt.plugin.as_deref(), Some("minilm"));
-    assert_eq!(attempt.kind, FailureKind::ModelNotFound, "{}", attempt.message);
+    assert_eq!(
+        attempt.kind,
+        FailureKind::ModelNotFound,
+        "{}",
+        attempt.message
+    );
     attempt.message.clone()
 }
 
@@ -221,9 +263,17 @@ async fn corrupt_weights_say_to_pull_again() {
 
     // Truncated: the last tensors are cut off.
     let dir = model_copy();
-    replace(dir.path(), "model.safetensors", &weights[..weights.len() / 2]);
+    replace(
+        dir.path(),
+        "model.safetensors",
+        &weights[..weights.len() / 2],
+    );
     let message = falls_back(dir.path()).await;
-    assert!(message.contains("model files corrupt: /model/model.safetensors") && message.contains(again), "{message}");
+    assert!(
+        message.contains("model files corrupt: /model/model.safetensors")
+            && message.contains(again),
+        "{message}"
+    );
     assert!(message.contains("beyond"), "{message}");
 
     // Garbled header.
@@ -231,7 +281,12 @@ async fn corrupt_weights_say_to_pull_again() {
     garbled[8..64].iter_mut().for_each(|b| *b = b'#');
     replace(dir.path(), "model.safetensors", &garbled);
     let message = falls_back(dir.path()).await;
-    assert!(message.contains("model files corrupt") && message.contains("not valid JSON") && message.contains(again), "{message}");
+    assert!(
+        message.contains("model files corrupt")
+            && message.contains("not valid JSON")
+            && message.contains(again),
+        "{message}"
+    );
 
     // Weights that do not fit the config: the config asks for wider layers.
     replace(dir.path(), "model.safetensors", &weights);
@@ -240,7 +295,12 @@ async fn corrupt_weights_say_to_pull_again() {
     assert_ne!(config, wider);
     replace(dir.path(), "config.json", wider.as_bytes());
     let message = falls_back(dir.path()).await;
-    assert!(message.contains("model files corrupt") && message.contains("shape mismatch") && message.contains(again), "{message}");
+    assert!(
+        message.contains("model files corrupt")
+            && message.contains("shape mismatch")
+            && message.contains(again),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -251,8 +311,14 @@ async fn files_outside_the_model_dir_are_out_of_reach() {
     let outside: PathBuf = minilm_dir().join("config.json").canonicalize().unwrap();
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
     std::os::unix::fs::symlink(&outside, dir.path().join("config.json")).unwrap();
-    assert!(dir.path().join("config.json").is_file(), "the link works outside the sandbox");
+    assert!(
+        dir.path().join("config.json").is_file(),
+        "the link works outside the sandbox"
+    );
     let message = falls_back(dir.path()).await;
     assert!(message.contains("/model/config.json"), "{message}");
-    assert!(!message.contains(&outside.display().to_string()), "the host path leaked: {message}");
+    assert!(
+        !message.contains(&outside.display().to_string()),
+        "the host path leaked: {message}"
+    );
 }

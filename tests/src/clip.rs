@@ -17,18 +17,27 @@ pub fn fixtures() -> PathBuf {
 /// reference.json: per image and per text, transformers' embedding (and token ids).
 pub fn reference() -> Value {
     let path = fixtures().join("reference.json");
-    serde_json::from_slice(&std::fs::read(&path).expect("reference.json is committed")).expect("reference.json parses")
+    serde_json::from_slice(&std::fs::read(&path).expect("reference.json is committed"))
+        .expect("reference.json parses")
 }
 
 /// A JSON array of numbers as floats.
 pub fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().expect("an array").iter().map(|x| x.as_f64().expect("a number") as f32).collect()
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .map(|x| x.as_f64().expect("a number") as f32)
+        .collect()
 }
 
 /// The preprocessed pixels of `reference()["pixels_image"]`, 3x224x224, channel-first.
 pub fn reference_pixels() -> Vec<f32> {
-    let bytes = std::fs::read(fixtures().join("pixel_values.f32")).expect("pixel_values.f32 is committed");
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    let bytes =
+        std::fs::read(fixtures().join("pixel_values.f32")).expect("pixel_values.f32 is committed");
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// Which weights a model folder gets.
@@ -55,10 +64,20 @@ pub fn model_dir(weights: Weights, manifest: Option<&str>) -> tempfile::TempDir 
     };
     std::fs::copy(w, dir.path().join("model.safetensors")).expect("copy weights");
     if let Some(name) = manifest {
-        let files: serde_json::Map<String, Value> = ["model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json"]
-            .iter()
-            .map(|f| (f.to_string(), Value::String(sha256_hex(&dir.path().join(f)))))
-            .collect();
+        let files: serde_json::Map<String, Value> = [
+            "model.safetensors",
+            "config.json",
+            "tokenizer.json",
+            "preprocessor_config.json",
+        ]
+        .iter()
+        .map(|f| {
+            (
+                f.to_string(),
+                Value::String(sha256_hex(&dir.path().join(f))),
+            )
+        })
+        .collect();
         let m = serde_json::json!({ "name": name, "files": files, "source": "import:tests/fixtures/clip" });
         std::fs::write(dir.path().join("imbed-model.json"), m.to_string()).expect("write manifest");
     }
@@ -68,7 +87,10 @@ pub fn model_dir(weights: Weights, manifest: Option<&str>) -> tempfile::TempDir 
 /// SHA-256 of a file, lowercase hex.
 pub fn sha256_hex(path: &Path) -> String {
     let bytes = std::fs::read(path).expect("read file");
-    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Cosine similarity of two vectors of any length (the references are not normalised; the

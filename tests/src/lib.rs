@@ -15,12 +15,12 @@ use std::time::Duration;
 use imbed::{Config, Env};
 
 pub mod bench;
+pub mod clip;
+pub mod files;
+pub mod models;
 pub mod ollama;
 pub mod openai;
 pub mod python;
-pub mod files;
-pub mod models;
-pub mod clip;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

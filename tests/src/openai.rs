@@ -68,7 +68,8 @@ pub const BAD_INPUT: &str =
 /// The 429 text of a spent quota.
 pub const QUOTA: &str = "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.";
 /// The 500 text of [`Failure::Server`].
-pub const SERVER_ERROR: &str = "The server had an error while processing your request. Sorry about that!";
+pub const SERVER_ERROR: &str =
+    "The server had an error while processing your request. Sorry about that!";
 /// The 503 text of [`Failure::Overloaded`].
 pub const OVERLOADED: &str = "The engine is currently overloaded, please try again later.";
 
@@ -108,24 +109,49 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// A text-only chat model.
     pub fn chat(id: &str) -> Self {
-        ModelSpec { id: id.into(), kind: ModelKind::Chat { vision: false, reasoning: false }, owned_by: "openai".into() }
+        ModelSpec {
+            id: id.into(),
+            kind: ModelKind::Chat {
+                vision: false,
+                reasoning: false,
+            },
+            owned_by: "openai".into(),
+        }
     }
 
     /// A chat model that sees images.
     pub fn vision(id: &str) -> Self {
-        ModelSpec { id: id.into(), kind: ModelKind::Chat { vision: true, reasoning: false }, owned_by: "system".into() }
+        ModelSpec {
+            id: id.into(),
+            kind: ModelKind::Chat {
+                vision: true,
+                reasoning: false,
+            },
+            owned_by: "system".into(),
+        }
     }
 
     /// A reasoning model that sees images.
     pub fn reasoning(id: &str) -> Self {
-        ModelSpec { id: id.into(), kind: ModelKind::Chat { vision: true, reasoning: true }, owned_by: "system".into() }
+        ModelSpec {
+            id: id.into(),
+            kind: ModelKind::Chat {
+                vision: true,
+                reasoning: true,
+            },
+            owned_by: "system".into(),
+        }
     }
 
     /// An embedding model of `dims` dimensions that accepts `dimensions`, context 8192 tokens.
     pub fn embedding(id: &str, dims: usize) -> Self {
         ModelSpec {
             id: id.into(),
-            kind: ModelKind::Embedding { dims, flexible: true, context: 8192 },
+            kind: ModelKind::Embedding {
+                dims,
+                flexible: true,
+                context: 8192,
+            },
             owned_by: "system".into(),
         }
     }
@@ -133,7 +159,11 @@ impl ModelSpec {
     /// An embedding model that refuses `dimensions` (like `text-embedding-ada-002`).
     pub fn fixed_embedding(id: &str, dims: usize) -> Self {
         let mut m = Self::embedding(id, dims);
-        m.kind = ModelKind::Embedding { dims, flexible: false, context: 8192 };
+        m.kind = ModelKind::Embedding {
+            dims,
+            flexible: false,
+            context: 8192,
+        };
         m.owned_by = "openai-internal".into();
         m
     }
@@ -196,7 +226,12 @@ pub enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 4] = [Route::Models, Route::Model, Route::ChatCompletions, Route::Embeddings];
+    const ALL: [Route; 4] = [
+        Route::Models,
+        Route::Model,
+        Route::ChatCompletions,
+        Route::Embeddings,
+    ];
 
     fn index(self) -> usize {
         self as usize
@@ -229,17 +264,24 @@ pub struct Recorded {
 impl Recorded {
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The bearer token sent, if any.
     pub fn bearer(&self) -> Option<&str> {
-        self.header("authorization").and_then(|v| v.strip_prefix("Bearer "))
+        self.header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
     }
 
     /// A top-level string field of the JSON body (`model`, ...).
     pub fn field(&self, name: &str) -> Option<&str> {
-        self.body.as_ref().and_then(|b| b.get(name)).and_then(Value::as_str)
+        self.body
+            .as_ref()
+            .and_then(|b| b.get(name))
+            .and_then(Value::as_str)
     }
 }
 
@@ -252,7 +294,10 @@ pub struct OpenAiStandInBuilder {
 
 impl Default for OpenAiStandInBuilder {
     fn default() -> Self {
-        OpenAiStandInBuilder { api_key: None, models: default_models() }
+        OpenAiStandInBuilder {
+            api_key: None,
+            models: default_models(),
+        }
     }
 }
 
@@ -283,7 +328,9 @@ impl OpenAiStandInBuilder {
     pub fn start(self) -> OpenAiStandIn {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
-        listener.set_nonblocking(true).expect("non-blocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         // Its own runtime on its own thread, so that it serves the same from a plain #[test],
         // from either flavour of #[tokio::test], and to child processes.
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -305,7 +352,11 @@ impl OpenAiStandInBuilder {
         });
         let router = Router::new()
             .fallback(
-                |State(s): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes| async move {
+                |State(s): State<Arc<Shared>>,
+                 method: Method,
+                 uri: Uri,
+                 headers: HeaderMap,
+                 body: Bytes| async move {
                     dispatch(s, method, uri, headers, body).await
                 },
             )
@@ -330,7 +381,12 @@ impl OpenAiStandInBuilder {
                 runtime.shutdown_timeout(Duration::from_secs(1));
             })
             .expect("spawn the stand-in's thread");
-        OpenAiStandIn { addr, shared, stop: Some(stop), thread: Some(thread) }
+        OpenAiStandIn {
+            addr,
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 }
 
@@ -344,7 +400,9 @@ pub struct OpenAiStandIn {
 
 impl std::fmt::Debug for OpenAiStandIn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiStandIn").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("OpenAiStandIn")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -461,7 +519,11 @@ impl OpenAiStandIn {
 
     /// The requests received on one route.
     pub fn requests_to(&self, route: Route) -> Vec<Recorded> {
-        lock(&self.shared.log).iter().filter(|r| r.route == Some(route)).cloned().collect()
+        lock(&self.shared.log)
+            .iter()
+            .filter(|r| r.route == Some(route))
+            .cloned()
+            .collect()
     }
 
     /// Chat requests that carried at least one image.
@@ -487,7 +549,12 @@ impl OpenAiStandIn {
 
     /// The vector `/v1/embeddings` answers for `text` on `model` with `dimensions`, or `None` for
     /// a model that is not there or does not embed.
-    pub fn expected_embedding(&self, model: &str, text: &str, dimensions: Option<usize>) -> Option<Vec<f32>> {
+    pub fn expected_embedding(
+        &self,
+        model: &str,
+        text: &str,
+        dimensions: Option<usize>,
+    ) -> Option<Vec<f32>> {
         let spec = self.shared.model(model)?;
         let ModelKind::Embedding { dims, .. } = spec.kind else {
             return None;
@@ -582,7 +649,13 @@ impl Shared {
         let latency = {
             let mut k = lock(&self.knobs);
             if k.insufficient_quota {
-                return Err(error_resp(429, QUOTA, "insufficient_quota", None, Some("insufficient_quota")));
+                return Err(error_resp(
+                    429,
+                    QUOTA,
+                    "insufficient_quota",
+                    None,
+                    Some("insufficient_quota"),
+                ));
             }
             if k.rate_limit_next > 0 {
                 k.rate_limit_next -= 1;
@@ -591,10 +664,15 @@ impl Shared {
                     "Rate limit reached for {model} in organization {ORGANIZATION} on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in {}ms. Visit https://platform.openai.com/account/rate-limits to learn more.",
                     wait.as_millis()
                 );
-                let mut r = error_resp(429, &message, "requests", None, Some("rate_limit_exceeded"));
+                let mut r =
+                    error_resp(429, &message, "requests", None, Some("rate_limit_exceeded"));
                 set_header(&mut r, "x-ratelimit-limit-requests", "3".into());
                 set_header(&mut r, "x-ratelimit-remaining-requests", "0".into());
-                set_header(&mut r, "x-ratelimit-reset-requests", format!("{}ms", wait.as_millis()));
+                set_header(
+                    &mut r,
+                    "x-ratelimit-reset-requests",
+                    format!("{}ms", wait.as_millis()),
+                );
                 if let Some(after) = k.retry_after {
                     set_retry_after(&mut r, after);
                 }
@@ -616,17 +694,33 @@ impl Shared {
         Ok(ticket)
     }
 
-    fn record(&self, route: Option<Route>, method: &Method, uri: &Uri, headers: &HeaderMap, raw: &[u8], body: Option<Value>) -> usize {
+    fn record(
+        &self,
+        route: Option<Route>,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        raw: &[u8],
+        body: Option<Value>,
+    ) -> usize {
         if let Some(r) = route {
             self.counts[r.index()].fetch_add(1, Ordering::SeqCst);
         }
         let rec = Recorded {
             route,
             method: method.to_string(),
-            path: uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| uri.path().to_string()),
+            path: uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| uri.path().to_string()),
             headers: headers
                 .iter()
-                .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect(),
             images: body.as_ref().map(count_images).unwrap_or(0),
             body,
@@ -677,13 +771,23 @@ fn json_resp(status: u16, value: &Value) -> Response {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
 /// OpenAI's error object.
-fn error_resp(status: u16, message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Response {
-    json_resp(status, &json!({ "error": { "message": message, "type": kind, "param": param, "code": code } }))
+fn error_resp(
+    status: u16,
+    message: &str,
+    kind: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+) -> Response {
+    json_resp(
+        status,
+        &json!({ "error": { "message": message, "type": kind, "param": param, "code": code } }),
+    )
 }
 
 fn invalid(message: &str, param: Option<&str>, code: Option<&str>) -> Response {
@@ -700,7 +804,12 @@ fn failure_resp(f: &Failure) -> Response {
             }
             r
         }
-        Failure::Status { status, message, kind, code } => error_resp(*status, message, kind, None, code.as_deref()),
+        Failure::Status {
+            status,
+            message,
+            kind,
+            code,
+        } => error_resp(*status, message, kind, None, code.as_deref()),
     }
 }
 
@@ -756,20 +865,37 @@ fn check_key(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> 
     }
 }
 
-async fn dispatch(shared: Arc<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn dispatch(
+    shared: Arc<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_string();
     let route = match path.as_str() {
         "/v1/models" => Some((Route::Models, Method::GET)),
         "/v1/chat/completions" => Some((Route::ChatCompletions, Method::POST)),
         "/v1/embeddings" => Some((Route::Embeddings, Method::POST)),
-        p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => Some((Route::Model, Method::GET)),
+        p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
+            Some((Route::Model, Method::GET))
+        }
         _ => None,
     };
     let parsed = serde_json::from_slice::<Value>(&body).ok();
-    let index = shared.record(route.as_ref().map(|r| r.0), &method, &uri, &headers, &body, parsed.clone());
+    let index = shared.record(
+        route.as_ref().map(|r| r.0),
+        &method,
+        &uri,
+        &headers,
+        &body,
+        parsed.clone(),
+    );
     let response = match &route {
         None => invalid_url(404, "Invalid URL", &method, &path),
-        Some((_, expected)) if method != *expected => invalid_url(405, "Invalid method for URL", &method, &path),
+        Some((_, expected)) if method != *expected => {
+            invalid_url(405, "Invalid method for URL", &method, &path)
+        }
         Some((route, _)) => match check_key(&shared, &headers) {
             Err(r) => *r,
             Ok(()) => match route {
@@ -787,7 +913,13 @@ async fn dispatch(shared: Arc<Shared>, method: Method, uri: Uri, headers: Header
 }
 
 fn invalid_url(status: u16, what: &str, method: &Method, path: &str) -> Response {
-    error_resp(status, &format!("{what} ({method} {path})"), "invalid_request_error", None, None)
+    error_resp(
+        status,
+        &format!("{what} ({method} {path})"),
+        "invalid_request_error",
+        None,
+        None,
+    )
 }
 
 const CREATED: u64 = 1_715_367_049;
@@ -815,7 +947,10 @@ fn get_model(shared: &Shared, id: &str) -> Response {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn words(text: &str) -> usize {
@@ -831,7 +966,11 @@ fn read_content(messages: &[Value], vision: bool) -> Result<(String, Vec<Vec<u8>
     let mut images = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let Some(role) = m.get("role").and_then(Value::as_str) else {
-            return refuse(invalid(&format!("Missing required parameter: 'messages[{i}].role'."), Some(&format!("messages[{i}].role")), Some("missing_required_parameter")));
+            return refuse(invalid(
+                &format!("Missing required parameter: 'messages[{i}].role'."),
+                Some(&format!("messages[{i}].role")),
+                Some("missing_required_parameter"),
+            ));
         };
         if !matches!(role, "system" | "developer" | "user" | "assistant" | "tool") {
             return refuse(invalid(
@@ -853,14 +992,29 @@ fn read_content(messages: &[Value], vision: bool) -> Result<(String, Vec<Vec<u8>
                     match p.get("type").and_then(Value::as_str) {
                         Some("text") => match p.get("text").and_then(Value::as_str) {
                             Some(t) => text.push_str(t),
-                            None => return refuse(invalid(&format!("Missing required parameter: '{at}.text'."), Some(&format!("{at}.text")), Some("missing_required_parameter"))),
+                            None => {
+                                return refuse(invalid(
+                                    &format!("Missing required parameter: '{at}.text'."),
+                                    Some(&format!("{at}.text")),
+                                    Some("missing_required_parameter"),
+                                ))
+                            }
                         },
                         Some("image_url") => {
                             if !vision || role != "user" {
-                                return refuse(invalid(NO_VISION, Some(&format!("messages.[{i}].content.[{j}].type")), None));
+                                return refuse(invalid(
+                                    NO_VISION,
+                                    Some(&format!("messages.[{i}].content.[{j}].type")),
+                                    None,
+                                ));
                             }
-                            let Some(url) = p.pointer("/image_url/url").and_then(Value::as_str) else {
-                                return refuse(invalid(&format!("Missing required parameter: '{at}.image_url.url'."), Some(&format!("{at}.image_url.url")), Some("missing_required_parameter")));
+                            let Some(url) = p.pointer("/image_url/url").and_then(Value::as_str)
+                            else {
+                                return refuse(invalid(
+                                    &format!("Missing required parameter: '{at}.image_url.url'."),
+                                    Some(&format!("{at}.image_url.url")),
+                                    Some("missing_required_parameter"),
+                                ));
                             };
                             if let Some(d) = p.pointer("/image_url/detail") {
                                 if !matches!(d.as_str(), Some("low" | "high" | "auto")) {
@@ -874,7 +1028,9 @@ fn read_content(messages: &[Value], vision: bool) -> Result<(String, Vec<Vec<u8>
                             images.push(decode_image_url(url)?);
                         }
                         other => {
-                            let shown = other.map(|t| format!("'{t}'")).unwrap_or_else(|| "null".into());
+                            let shown = other
+                                .map(|t| format!("'{t}'"))
+                                .unwrap_or_else(|| "null".into());
                             return refuse(invalid(
                                 &format!("Invalid value: {shown}. Supported values are: 'text', 'image_url', 'input_audio', 'refusal', 'audio', and 'file'."),
                                 Some(&format!("{at}.type")),
@@ -888,7 +1044,11 @@ fn read_content(messages: &[Value], vision: bool) -> Result<(String, Vec<Vec<u8>
                 }
             }
             _ => {
-                return refuse(invalid(&format!("Missing required parameter: 'messages[{i}].content'."), Some(&format!("messages[{i}].content")), Some("missing_required_parameter")));
+                return refuse(invalid(
+                    &format!("Missing required parameter: 'messages[{i}].content'."),
+                    Some(&format!("messages[{i}].content")),
+                    Some("missing_required_parameter"),
+                ));
             }
         }
     }
@@ -906,17 +1066,30 @@ fn decode_image_url(url: &str) -> Result<Vec<u8>, Box<Response>> {
         )
     };
     let Some(rest) = url.strip_prefix("data:") else {
-        return refuse(invalid(&format!("Error while downloading {url}."), None, Some("invalid_image_url")));
+        return refuse(invalid(
+            &format!("Error while downloading {url}."),
+            None,
+            Some("invalid_image_url"),
+        ));
     };
     let Some((mime, data)) = rest.split_once(";base64,") else {
         return refuse(invalid("Invalid image URL. The URL must be a valid HTTP or HTTPS URL, or a data URL with base64 encoding.", None, Some("invalid_image_url")));
     };
-    if !matches!(mime, "image/png" | "image/jpeg" | "image/jpg" | "image/gif" | "image/webp") {
+    if !matches!(
+        mime,
+        "image/png" | "image/jpeg" | "image/jpg" | "image/gif" | "image/webp"
+    ) {
         return refuse(unsupported());
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data)
-        .or_else(|_| refuse(invalid("Invalid base64 image_url.", None, Some("invalid_image_url"))))?;
+        .or_else(|_| {
+            refuse(invalid(
+                "Invalid base64 image_url.",
+                None,
+                Some("invalid_image_url"),
+            ))
+        })?;
     if describe_image(&bytes).is_none() {
         return refuse(unsupported());
     }
@@ -945,7 +1118,11 @@ async fn chat(shared: &Arc<Shared>, parsed: Option<Value>) -> Response {
     let Some(v) = parsed.filter(Value::is_object) else {
         return invalid(BAD_JSON, None, None);
     };
-    let Some(model) = v.get("model").and_then(Value::as_str).filter(|m| !m.is_empty()) else {
+    let Some(model) = v
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+    else {
         return invalid("you must provide a model parameter", None, None);
     };
     let messages = match v.get("messages") {
@@ -960,7 +1137,14 @@ async fn chat(shared: &Arc<Shared>, parsed: Option<Value>) -> Response {
     for key in ["max_tokens", "max_completion_tokens", "n", "seed"] {
         if let Some(x) = number(key) {
             if !x.is_i64() {
-                return invalid(&format!("Invalid type for '{key}': expected an integer, but got {} instead.", type_name(x)), Some(key), Some("invalid_type"));
+                return invalid(
+                    &format!(
+                        "Invalid type for '{key}': expected an integer, but got {} instead.",
+                        type_name(x)
+                    ),
+                    Some(key),
+                    Some("invalid_type"),
+                );
             }
         }
     }
@@ -987,7 +1171,10 @@ async fn chat(shared: &Arc<Shared>, parsed: Option<Value>) -> Response {
         if number("max_tokens").is_some() {
             return invalid("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.", Some("max_tokens"), Some("unsupported_parameter"));
         }
-        if let Some(t) = number("temperature").and_then(Value::as_f64).filter(|t| *t != 1.0) {
+        if let Some(t) = number("temperature")
+            .and_then(Value::as_f64)
+            .filter(|t| *t != 1.0)
+        {
             return invalid(
                 &format!("Unsupported value: 'temperature' does not support {t} with this model. Only the default (1) value is supported."),
                 Some("temperature"),
@@ -1006,13 +1193,22 @@ async fn chat(shared: &Arc<Shared>, parsed: Option<Value>) -> Response {
         .map(|n| n as usize);
     let n = number("n").and_then(Value::as_i64).unwrap_or(1).max(1) as usize;
     let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = v.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = v
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let ticket = match shared.schedule(model).await {
         Ok(t) => t,
         Err(r) => return r,
     };
     // Decoding a large image takes a while: keep it off the threads that serve other requests.
-    let descriptions = tokio::task::spawn_blocking(move || images.iter().filter_map(|i| describe_image(i)).collect::<Vec<_>>()).await;
+    let descriptions = tokio::task::spawn_blocking(move || {
+        images
+            .iter()
+            .filter_map(|i| describe_image(i))
+            .collect::<Vec<_>>()
+    })
+    .await;
     let Ok(descriptions) = descriptions else {
         return error_resp(500, SERVER_ERROR, "server_error", None, None);
     };
@@ -1044,10 +1240,13 @@ async fn chat(shared: &Arc<Shared>, parsed: Option<Value>) -> Response {
                 "finish_reason": finish,
             }))
             .collect();
-        return json_resp(200, &json!({
-            "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": choices, "usage": usage, "service_tier": "default", "system_fingerprint": FINGERPRINT,
-        }));
+        return json_resp(
+            200,
+            &json!({
+                "id": id, "object": "chat.completion", "created": created, "model": model,
+                "choices": choices, "usage": usage, "service_tier": "default", "system_fingerprint": FINGERPRINT,
+            }),
+        );
     }
     let cut = lock(&shared.knobs).cut_streams;
     let chunk = |choices: Value, usage_field: Option<Value>| {
@@ -1074,7 +1273,10 @@ async fn chat(shared: &Arc<Shared>, parsed: Option<Value>) -> Response {
     }
     if !cut {
         for i in 0..n {
-            events.push(chunk(json!([{ "index": i, "delta": {}, "logprobs": null, "finish_reason": finish }]), None));
+            events.push(chunk(
+                json!([{ "index": i, "delta": {}, "logprobs": null, "finish_reason": finish }]),
+                None,
+            ));
         }
         if include_usage {
             events.push(chunk(json!([]), Some(usage)));
@@ -1087,7 +1289,10 @@ async fn chat(shared: &Arc<Shared>, parsed: Option<Value>) -> Response {
         Ok::<_, std::convert::Infallible>(Bytes::from(e))
     }));
     let mut r = Response::new(Body::from_stream(stream));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
     r
 }
 
@@ -1109,7 +1314,10 @@ fn type_name(v: &Value) -> &'static str {
 /// string, a list of strings, a list of token ids or a list of such lists, or is empty.
 fn embed_inputs(v: &Value) -> Option<Vec<String>> {
     let tokens = |items: &[Value]| -> Option<String> {
-        let ids: Option<Vec<String>> = items.iter().map(|t| t.as_u64().map(|n| n.to_string())).collect();
+        let ids: Option<Vec<String>> = items
+            .iter()
+            .map(|t| t.as_u64().map(|n| n.to_string()))
+            .collect();
         ids.map(|ids| ids.join(" ")).filter(|s| !s.is_empty())
     };
     let inputs = match v {
@@ -1125,7 +1333,9 @@ fn embed_inputs(v: &Value) -> Option<Vec<String>> {
             .collect::<Option<Vec<_>>>()?,
         _ => return None,
     };
-    let ok = !inputs.is_empty() && inputs.len() <= MAX_EMBED_INPUTS && inputs.iter().all(|s| !s.is_empty());
+    let ok = !inputs.is_empty()
+        && inputs.len() <= MAX_EMBED_INPUTS
+        && inputs.iter().all(|s| !s.is_empty());
     ok.then_some(inputs)
 }
 
@@ -1133,11 +1343,19 @@ async fn embeddings(shared: &Arc<Shared>, parsed: Option<Value>) -> Response {
     let Some(v) = parsed.filter(Value::is_object) else {
         return invalid(BAD_JSON, None, None);
     };
-    let Some(model) = v.get("model").and_then(Value::as_str).filter(|m| !m.is_empty()) else {
+    let Some(model) = v
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+    else {
         return invalid("you must provide a model parameter", None, None);
     };
     let Some(input) = v.get("input").filter(|i| !i.is_null()) else {
-        return invalid("Missing required parameter: 'input'.", Some("input"), Some("missing_required_parameter"));
+        return invalid(
+            "Missing required parameter: 'input'.",
+            Some("input"),
+            Some("missing_required_parameter"),
+        );
     };
     let Some(inputs) = embed_inputs(input) else {
         return invalid(BAD_INPUT, None, None);
@@ -1157,9 +1375,18 @@ async fn embeddings(shared: &Arc<Shared>, parsed: Option<Value>) -> Response {
     let Some(spec) = shared.model(model) else {
         return model_not_found(model);
     };
-    let ModelKind::Embedding { dims, flexible, context } = spec.kind else {
+    let ModelKind::Embedding {
+        dims,
+        flexible,
+        context,
+    } = spec.kind
+    else {
         // OpenAI's own wording for this case is not documented; the envelope is.
-        return invalid(&format!("The model `{model}` does not support embeddings."), Some("model"), None);
+        return invalid(
+            &format!("The model `{model}` does not support embeddings."),
+            Some("model"),
+            None,
+        );
     };
     let dimensions = match v.get("dimensions").filter(|d| !d.is_null()) {
         None => None,
@@ -1200,10 +1427,13 @@ async fn embeddings(shared: &Arc<Shared>, parsed: Option<Value>) -> Response {
     if lock(&shared.knobs).shuffle {
         data.reverse();
     }
-    json_resp(200, &json!({
-        "object": "list", "data": data, "model": model,
-        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
-    }))
+    json_resp(
+        200,
+        &json!({
+            "object": "list", "data": data, "model": model,
+            "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+        }),
+    )
 }
 
 /// A feature hash of the words: each word adds ±1 at one place and ±0.5 at another, seeded by
@@ -1213,7 +1443,10 @@ async fn embeddings(shared: &Arc<Shared>, parsed: Option<Value>) -> Response {
 fn embed_text(model: &str, dims: usize, text: &str, dimensions: Option<usize>) -> Vec<f32> {
     let mut v = vec![0f32; dims.max(1)];
     let n = v.len() as u64;
-    for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
         let h = mix(fnv(&[model.as_bytes(), word.to_lowercase().as_bytes()]));
         v[(h % n) as usize] += if h >> 63 == 1 { -1.0 } else { 1.0 };
         let h2 = mix(h ^ 0x2545_f491_4f6c_dd1d);
@@ -1273,15 +1506,24 @@ mod tests {
         let short = embed_text("m", 1536, "a red bicycle leaning on a wall", Some(256));
         assert_eq!(short.len(), 256);
         assert!((dot(&short, &short) - 1.0).abs() < 1e-5);
-        assert_ne!(embed_text("other", 1536, "a red bicycle", None), embed_text("m", 1536, "a red bicycle", None));
+        assert_ne!(
+            embed_text("other", 1536, "a red bicycle", None),
+            embed_text("m", 1536, "a red bicycle", None)
+        );
     }
 
     #[test]
     fn inputs_take_every_documented_shape() {
         assert_eq!(embed_inputs(&json!("hi")), Some(vec!["hi".to_string()]));
         assert_eq!(embed_inputs(&json!(["a", "b"])).map(|v| v.len()), Some(2));
-        assert_eq!(embed_inputs(&json!([1, 2, 3])), Some(vec!["1 2 3".to_string()]));
-        assert_eq!(embed_inputs(&json!([[1, 2], [3]])).map(|v| v.len()), Some(2));
+        assert_eq!(
+            embed_inputs(&json!([1, 2, 3])),
+            Some(vec!["1 2 3".to_string()])
+        );
+        assert_eq!(
+            embed_inputs(&json!([[1, 2], [3]])).map(|v| v.len()),
+            Some(2)
+        );
         assert_eq!(embed_inputs(&json!("")), None);
         assert_eq!(embed_inputs(&json!([])), None);
         assert_eq!(embed_inputs(&json!(["a", 1.5])), None);

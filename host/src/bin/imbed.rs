@@ -267,7 +267,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     // Neither does creating a plugin.
     if let Command::Plugins {
-        action: Some(PluginsAction::New { name, kind, dir, sdk }),
+        action:
+            Some(PluginsAction::New {
+                name,
+                kind,
+                dir,
+                sdk,
+            }),
         ..
     } = &cli.command
     {
@@ -289,7 +295,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             ..
         } => plugins_check(&file, json).await,
         Command::Plugins {
-            action: Some(PluginsAction::New { name, kind, dir, sdk }),
+            action:
+                Some(PluginsAction::New {
+                    name,
+                    kind,
+                    dir,
+                    sdk,
+                }),
             ..
         } => plugins_new::run(&name, &kind, dir, sdk),
         Command::Plugins { json, action: None } => plugins(config, json).await,
@@ -311,11 +323,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             command: CacheCommand::Stats { json },
         } => collection::cache_stats(config, json).await,
         Command::Cache {
-            command: CacheCommand::Prune {
-                spaces,
-                queries,
-                json,
-            },
+            command:
+                CacheCommand::Prune {
+                    spaces,
+                    queries,
+                    json,
+                },
         } => collection::cache_prune(config, spaces, queries, json).await,
     }
 }

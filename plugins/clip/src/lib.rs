@@ -77,7 +77,9 @@ pub struct Clip {
 
 impl std::fmt::Debug for Clip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Clip").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("Clip")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,7 +89,9 @@ impl Clip {
     pub fn load(dir: impl AsRef<Path>, model: &str) -> Result<Clip, ClipError> {
         let dir = ModelDir::open(dir.as_ref(), model)?;
         let config: ClipConfig = dir.read_json("config.json")?;
-        config.validate().map_err(|reason| corrupt(&dir, "config.json", reason))?;
+        config
+            .validate()
+            .map_err(|reason| corrupt(&dir, "config.json", reason))?;
         let image_size = config.vision_config.image_size as u32;
         let preprocessor = if dir.has("preprocessor_config.json") {
             Preprocessor::from_json(&dir.read("preprocessor_config.json")?, image_size)
@@ -95,9 +99,11 @@ impl Clip {
         } else {
             Preprocessor::clip(image_size)
         };
-        let tokenizer =
-            ClipTokenizer::from_json(&dir.read_string("tokenizer.json")?, config.text_config.max_position_embeddings)
-                .map_err(|reason| corrupt(&dir, "tokenizer.json", reason))?;
+        let tokenizer = ClipTokenizer::from_json(
+            &dir.read_string("tokenizer.json")?,
+            config.text_config.max_position_embeddings,
+        )
+        .map_err(|reason| corrupt(&dir, "tokenizer.json", reason))?;
         let weights = dir.load_weights("model.safetensors", DType::F32, &Device::Cpu)?;
         let info = ModelInfo {
             model_id: dir.model_name().to_string(),
@@ -105,7 +111,12 @@ impl Clip {
             space_id: format!("clip/{}@{}", dir.model_name(), weights.revision()),
         };
         let model = weights.build(|vb| ClipModel::new(vb, &config))?;
-        Ok(Clip { model, tokenizer, preprocessor, info })
+        Ok(Clip {
+            model,
+            tokenizer,
+            preprocessor,
+            info,
+        })
     }
 
     /// Model id, dimensions and space id (the same for texts and images).
@@ -121,13 +132,18 @@ impl Clip {
     /// Token ids of a text as the text tower sees them (truncated to the context length).
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, ClipError> {
         if text.trim().is_empty() {
-            return Err(ClipError::BadInput("the text is empty: there is nothing to embed".into()));
+            return Err(ClipError::BadInput(
+                "the text is empty: there is nothing to embed".into(),
+            ));
         }
         self.tokenizer.encode(text).map_err(ClipError::BadInput)
     }
 
     /// Embed texts: one result per text, in order; an untokenisable text fails alone.
-    pub fn embed_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Result<Vec<f32>, ClipError>>, ClipError> {
+    pub fn embed_texts<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+    ) -> Result<Vec<Result<Vec<f32>, ClipError>>, ClipError> {
         let mut out: Vec<Result<Vec<f32>, ClipError>> = Vec::with_capacity(texts.len());
         let mut ready = Vec::new();
         for (i, text) in texts.iter().enumerate() {
@@ -152,7 +168,10 @@ impl Clip {
     pub fn embed_images(&self, images: &[&DynamicImage]) -> Result<Vec<Vec<f32>>, ClipError> {
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(IMAGE_CHUNK) {
-            let pixels: Vec<Vec<f32>> = chunk.iter().map(|img| self.preprocessor.pixel_values(img)).collect();
+            let pixels: Vec<Vec<f32>> = chunk
+                .iter()
+                .map(|img| self.preprocessor.pixel_values(img))
+                .collect();
             out.extend(self.model.image_features(&pixels)?);
         }
         Ok(out)
@@ -175,7 +194,11 @@ impl Clip {
 }
 
 fn corrupt(dir: &ModelDir, file: &str, reason: String) -> ClipError {
-    ClipError::Model(ModelError::Corrupt { path: dir.path(file), reason, model: dir.model_name().to_string() })
+    ClipError::Model(ModelError::Corrupt {
+        path: dir.path(file),
+        reason,
+        model: dir.model_name().to_string(),
+    })
 }
 
 /// The component glue (on the guest SDK; natively its macro only checks the trait impls).

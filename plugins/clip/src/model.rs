@@ -128,7 +128,10 @@ impl ClipConfig {
             ("projection_dim", self.projection_dim),
             ("text_config.hidden_size", t.hidden_size),
             ("text_config.num_attention_heads", t.num_attention_heads),
-            ("text_config.max_position_embeddings", t.max_position_embeddings),
+            (
+                "text_config.max_position_embeddings",
+                t.max_position_embeddings,
+            ),
             ("text_config.vocab_size", t.vocab_size),
             ("vision_config.hidden_size", v.hidden_size),
             ("vision_config.num_attention_heads", v.num_attention_heads),
@@ -137,7 +140,9 @@ impl ClipConfig {
         if let Some((name, _)) = positive.iter().find(|(_, n)| *n == 0) {
             return Err(format!("{name} is 0"));
         }
-        if !t.hidden_size.is_multiple_of(t.num_attention_heads) || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
+        if !t.hidden_size.is_multiple_of(t.num_attention_heads)
+            || !v.hidden_size.is_multiple_of(v.num_attention_heads)
+        {
             return Err("hidden_size is not a multiple of num_attention_heads".into());
         }
         if v.image_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
@@ -205,7 +210,9 @@ impl Attention {
     fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, n, hidden) = xs.dims3()?;
         let split = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+            t.reshape((b, n, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = split(self.q.forward(xs)?)?;
         let k = split(self.k.forward(xs)?)?;
@@ -233,7 +240,11 @@ struct EncoderLayer {
 impl EncoderLayer {
     fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let h = (self.attn.forward(&self.ln1.forward(xs)?, mask)? + xs)?;
-        let m = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.ln2.forward(&h)?)?)?)?;
+        let m = self.fc2.forward(
+            &self
+                .act
+                .forward(&self.fc1.forward(&self.ln2.forward(&h)?)?)?,
+        )?;
         m + h
     }
 }
@@ -292,9 +303,14 @@ struct TextTower {
 impl TextTower {
     fn new(vb: VarBuilder, c: &TextConfig, projection_dim: usize) -> Result<Self> {
         let emb = vb.pp("text_model").pp("embeddings");
-        let token_embedding =
-            Embedding::new(emb.get((c.vocab_size, c.hidden_size), "token_embedding.weight")?, c.hidden_size);
-        let position_embedding = emb.get((c.max_position_embeddings, c.hidden_size), "position_embedding.weight")?;
+        let token_embedding = Embedding::new(
+            emb.get((c.vocab_size, c.hidden_size), "token_embedding.weight")?,
+            c.hidden_size,
+        );
+        let position_embedding = emb.get(
+            (c.max_position_embeddings, c.hidden_size),
+            "position_embedding.weight",
+        )?;
         let shape = EncoderShape {
             hidden: c.hidden_size,
             intermediate: c.intermediate_size,
@@ -307,7 +323,11 @@ impl TextTower {
             token_embedding,
             position_embedding,
             encoder: Encoder::new(vb.pp("text_model").pp("encoder"), &shape)?,
-            final_ln: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("text_model").pp("final_layer_norm"))?,
+            final_ln: layer_norm(
+                c.hidden_size,
+                c.layer_norm_eps,
+                vb.pp("text_model").pp("final_layer_norm"),
+            )?,
             projection: linear_no_bias(c.hidden_size, projection_dim, vb.pp("text_projection"))?,
             eos_token_id: c.eos_token_id,
         })
@@ -336,11 +356,17 @@ impl TextTower {
             flat[row * n..row * n + ids.len()].copy_from_slice(ids);
         }
         let ids = Tensor::from_vec(flat, (b, n), device)?;
-        let xs = self.token_embedding.forward(&ids)?.broadcast_add(&self.position_embedding.i(..n)?)?;
-        let mask: Vec<f32> =
-            (0..n).flat_map(|i| (0..n).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let xs = self
+            .token_embedding
+            .forward(&ids)?
+            .broadcast_add(&self.position_embedding.i(..n)?)?;
+        let mask: Vec<f32> = (0..n)
+            .flat_map(|i| (0..n).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
         let mask = Tensor::from_vec(mask, (1, 1, n, n), device)?;
-        let hidden = self.final_ln.forward(&self.encoder.forward(&xs, Some(&mask))?)?;
+        let hidden = self
+            .final_ln
+            .forward(&self.encoder.forward(&xs, Some(&mask))?)?;
         let pooled = batch
             .iter()
             .enumerate()
@@ -372,7 +398,10 @@ impl VisionTower {
         let emb = m.pp("embeddings");
         let positions = (c.image_size / c.patch_size).pow(2) + 1;
         let patch_weight = emb
-            .get((c.hidden_size, c.num_channels, c.patch_size, c.patch_size), "patch_embedding.weight")?
+            .get(
+                (c.hidden_size, c.num_channels, c.patch_size, c.patch_size),
+                "patch_embedding.weight",
+            )?
             .flatten_from(1)?;
         let shape = EncoderShape {
             hidden: c.hidden_size,
@@ -409,7 +438,10 @@ impl VisionTower {
             .reshape((b, g * g, c * p * p))?;
         let embeds = patches.broadcast_matmul(&self.patch_weight)?;
         let hidden = self.class_embedding.dim(0)?;
-        let class = self.class_embedding.reshape((1, 1, hidden))?.broadcast_as((b, 1, hidden))?;
+        let class = self
+            .class_embedding
+            .reshape((1, 1, hidden))?
+            .broadcast_as((b, 1, hidden))?;
         let xs = Tensor::cat(&[&class, &embeds], 1)?.broadcast_add(&self.position_embedding)?;
         let xs = self.encoder.forward(&self.pre_ln.forward(&xs)?, None)?;
         let pooled = self.post_ln.forward(&xs.i((.., 0))?)?;
@@ -457,7 +489,11 @@ impl ClipModel {
         }
         let s = self.vision.image_size;
         let flat: Vec<f32> = pixel_values.iter().flatten().copied().collect();
-        let pixels = Tensor::from_vec(flat, (pixel_values.len(), self.vision.channels, s, s), &self.device)?;
+        let pixels = Tensor::from_vec(
+            flat,
+            (pixel_values.len(), self.vision.channels, s, s),
+            &self.device,
+        )?;
         normalised_rows(&self.vision.forward(&pixels)?)
     }
 }

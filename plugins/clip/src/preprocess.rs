@@ -135,16 +135,26 @@ impl Preprocessor {
     /// Read a `preprocessor_config.json` as transformers writes it; absent fields take CLIP's
     /// defaults for a model whose vision tower sees `image_size` pixels square.
     pub fn from_json(bytes: &[u8], image_size: u32) -> Result<Self, String> {
-        let raw: RawPreprocessor = serde_json::from_slice(bytes).map_err(|e| format!("bad JSON: {e}"))?;
+        let raw: RawPreprocessor =
+            serde_json::from_slice(bytes).map_err(|e| format!("bad JSON: {e}"))?;
         let mut p = Preprocessor::clip(image_size);
         if !raw.do_resize.unwrap_or(true) {
             p.resize = None;
         } else if let Some(size) = raw.size {
             p.resize = Some(match size {
                 RawSize::Int(n) => ResizeTo::ShortestEdge(n),
-                RawSize::Dict { shortest_edge: Some(n), .. } => ResizeTo::ShortestEdge(n),
-                RawSize::Dict { height: Some(height), width: Some(width), .. } => ResizeTo::Exact { height, width },
-                RawSize::Dict { .. } => return Err("`size` needs `shortest_edge`, or `height` and `width`".into()),
+                RawSize::Dict {
+                    shortest_edge: Some(n),
+                    ..
+                } => ResizeTo::ShortestEdge(n),
+                RawSize::Dict {
+                    height: Some(height),
+                    width: Some(width),
+                    ..
+                } => ResizeTo::Exact { height, width },
+                RawSize::Dict { .. } => {
+                    return Err("`size` needs `shortest_edge`, or `height` and `width`".into())
+                }
             });
         }
         if let Some(code) = raw.resample {
@@ -157,7 +167,11 @@ impl Preprocessor {
         } else if let Some(size) = raw.crop_size {
             p.crop = Some(match size {
                 RawSize::Int(n) => (n, n),
-                RawSize::Dict { height: Some(h), width: Some(w), .. } => (h, w),
+                RawSize::Dict {
+                    height: Some(h),
+                    width: Some(w),
+                    ..
+                } => (h, w),
                 RawSize::Dict { .. } => return Err("`crop_size` needs `height` and `width`".into()),
             });
         }
@@ -202,7 +216,11 @@ impl Preprocessor {
             // transformers' get_resize_output_image_size(default_to_square=False): the long side
             // is int(size * long / short), truncated.
             Some(ResizeTo::ShortestEdge(size)) => {
-                let (short, long) = if width <= height { (width, height) } else { (height, width) };
+                let (short, long) = if width <= height {
+                    (width, height)
+                } else {
+                    (height, width)
+                };
                 let new_long = (size as f64 * long as f64 / short as f64) as u32;
                 if width <= height {
                     (new_long, size)
@@ -217,7 +235,11 @@ impl Preprocessor {
     pub fn pixel_values(&self, image: &DynamicImage) -> Vec<f32> {
         let rgb = to_rgb(image);
         let (h, w) = self.resized_size(rgb.width(), rgb.height());
-        let resized = if (w, h) == rgb.dimensions() { rgb } else { resize(&rgb, w, h, self.resample) };
+        let resized = if (w, h) == rgb.dimensions() {
+            rgb
+        } else {
+            resize(&rgb, w, h, self.resample)
+        };
         let (out_h, out_w) = self.crop.unwrap_or((h, w));
         // transformers' center_crop: the top-left corner at floor((size - crop) / 2); a crop larger
         // than the image pads it with zeros (black), centred with the extra row/column at the end.
@@ -282,7 +304,11 @@ struct RawPreprocessor {
 #[serde(untagged)]
 enum RawSize {
     Int(u32),
-    Dict { shortest_edge: Option<u32>, height: Option<u32>, width: Option<u32> },
+    Dict {
+        shortest_edge: Option<u32>,
+        height: Option<u32>,
+        width: Option<u32>,
+    },
 }
 
 /// RGB as transformers' `convert_to_rgb` makes it: an image with transparency is composited onto
@@ -354,11 +380,19 @@ fn coefficients(in_size: u32, out_size: u32, filter: Resample) -> Coefficients {
         for (x, kx) in k.iter().enumerate().take(count) {
             let w = if ww != 0.0 { kx / ww } else { *kx };
             let fixed = w * (1u32 << PRECISION_BITS) as f64;
-            weights[xx * ksize + x] = if w < 0.0 { (-0.5 + fixed) as i32 } else { (0.5 + fixed) as i32 };
+            weights[xx * ksize + x] = if w < 0.0 {
+                (-0.5 + fixed) as i32
+            } else {
+                (0.5 + fixed) as i32
+            };
         }
         bounds.push((xmin, count));
     }
-    Coefficients { ksize, bounds, weights }
+    Coefficients {
+        ksize,
+        bounds,
+        weights,
+    }
 }
 
 fn clip8(v: i64) -> u8 {
@@ -378,7 +412,11 @@ pub fn resize(src: &RgbImage, width: u32, height: u32, filter: Resample) -> RgbI
     let horiz = coefficients(in_w, width, filter);
     let vert = coefficients(in_h, height, filter);
     let first_row = vert.bounds[0].0;
-    let last_row = vert.bounds.last().map(|(min, n)| min + n).unwrap_or(first_row);
+    let last_row = vert
+        .bounds
+        .last()
+        .map(|(min, n)| min + n)
+        .unwrap_or(first_row);
 
     let temp;
     let (rows, row_offset, row_width): (&[u8], usize, u32) = if width != in_w {
@@ -464,11 +502,19 @@ mod tests {
 
     #[test]
     fn config_must_yield_the_model_input_size() {
-        let json = br#"{"size": {"shortest_edge": 224}, "crop_size": {"height": 256, "width": 256}}"#;
-        assert!(Preprocessor::from_json(json, 224).unwrap_err().contains("224x224"));
+        let json =
+            br#"{"size": {"shortest_edge": 224}, "crop_size": {"height": 256, "width": 256}}"#;
+        assert!(Preprocessor::from_json(json, 224)
+            .unwrap_err()
+            .contains("224x224"));
         let json = br#"{"resample": 0}"#;
-        assert!(Preprocessor::from_json(json, 224).unwrap_err().contains("resample"));
+        assert!(Preprocessor::from_json(json, 224)
+            .unwrap_err()
+            .contains("resample"));
         let json = br#"{"size": 224, "crop_size": 224, "resample": 3}"#;
-        assert_eq!(Preprocessor::from_json(json, 224).unwrap(), Preprocessor::clip(224));
+        assert_eq!(
+            Preprocessor::from_json(json, 224).unwrap(),
+            Preprocessor::clip(224)
+        );
     }
 }

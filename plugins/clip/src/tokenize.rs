@@ -20,7 +20,9 @@ impl ClipTokenizer {
     /// truncation set to `max_len` tokens including the special tokens, as transformers does with
     /// `truncation=True, max_length=77`.
     pub fn from_json(json: &str, max_len: usize) -> Result<Self, String> {
-        let mut inner: Tokenizer = json.parse().map_err(|e| format!("not a tokenizer.json: {e}"))?;
+        let mut inner: Tokenizer = json
+            .parse()
+            .map_err(|e| format!("not a tokenizer.json: {e}"))?;
         inner.with_padding(None);
         inner
             .with_truncation(Some(TruncationParams {

@@ -48,7 +48,9 @@ mod component {
                 ));
                 self.model = Some(loaded);
             }
-            self.model.as_ref().ok_or_else(|| Error::other("the model did not stay loaded"))
+            self.model
+                .as_ref()
+                .ok_or_else(|| Error::other("the model did not stay loaded"))
         }
     }
 
@@ -82,7 +84,10 @@ mod component {
 
         fn embed_text(&mut self, text: &str) -> Result<Vector, Error> {
             let m = self.model()?;
-            m.embed(&[text]).pop().map(item).unwrap_or_else(|| Err(Error::other("no result for the text")))
+            m.embed(&[text])
+                .pop()
+                .map(item)
+                .unwrap_or_else(|| Err(Error::other("no result for the text")))
         }
 
         /// One call per batch: texts of similar length share forward passes.

@@ -124,11 +124,14 @@ impl SentenceEmbedder {
         let max_seq_length = max_seq_length.clamp(2, config.max_position_embeddings);
         if dir.has("1_Pooling/config.json") {
             let p: PoolingConfig = dir.read_json("1_Pooling/config.json")?;
-            let others = p.pooling_mode_cls_token || p.pooling_mode_max_tokens || p.pooling_mode_mean_sqrt_len_tokens;
+            let others = p.pooling_mode_cls_token
+                || p.pooling_mode_max_tokens
+                || p.pooling_mode_mean_sqrt_len_tokens;
             if !p.pooling_mode_mean_tokens || others {
                 return Err(corrupt(
                     "1_Pooling/config.json",
-                    "this plugin implements mean pooling only, and the folder asks for another".into(),
+                    "this plugin implements mean pooling only, and the folder asks for another"
+                        .into(),
                 ));
             }
         }
@@ -142,7 +145,12 @@ impl SentenceEmbedder {
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
             }))
-            .map_err(|e| corrupt("tokenizer.json", format!("cannot truncate at {max_seq_length}: {e}")))?;
+            .map_err(|e| {
+                corrupt(
+                    "tokenizer.json",
+                    format!("cannot truncate at {max_seq_length}: {e}"),
+                )
+            })?;
         // Batches are padded here, to their longest item, not to the file's fixed 128.
         tokenizer.with_padding(None);
 
@@ -189,7 +197,9 @@ impl SentenceEmbedder {
         // sentence-transformers strips each text before tokenising.
         let text = text.trim();
         if text.is_empty() {
-            return Err(EmbedError::BadInput("the text is empty: there is nothing to embed".into()));
+            return Err(EmbedError::BadInput(
+                "the text is empty: there is nothing to embed".into(),
+            ));
         }
         let enc = self
             .tokenizer
@@ -197,7 +207,11 @@ impl SentenceEmbedder {
             .map_err(|e| EmbedError::Compute(format!("tokenising failed: {e}")))?;
         // Text of only control or invisible characters (a zero-width space) normalises to
         // nothing; a vector of [CLS] [SEP] alone would mean nothing either.
-        if enc.get_special_tokens_mask().iter().all(|&special| special == 1) {
+        if enc
+            .get_special_tokens_mask()
+            .iter()
+            .all(|&special| special == 1)
+        {
             return Err(EmbedError::BadInput(
                 "the text has nothing to embed: only invisible or control characters".into(),
             ));
@@ -210,7 +224,8 @@ impl SentenceEmbedder {
     /// so that padding wastes little and memory stays bounded; masking makes the result of each
     /// text independent of its batch mates.
     pub fn embed(&self, texts: &[&str]) -> Vec<Result<Vec<f32>, EmbedError>> {
-        let mut out: Vec<Option<Result<Vec<f32>, EmbedError>>> = (0..texts.len()).map(|_| None).collect();
+        let mut out: Vec<Option<Result<Vec<f32>, EmbedError>>> =
+            (0..texts.len()).map(|_| None).collect();
         let mut encoded = Vec::with_capacity(texts.len());
         for (i, text) in texts.iter().enumerate() {
             match self.encode(text) {
@@ -231,13 +246,17 @@ impl SentenceEmbedder {
                 }
                 Err(e) => {
                     for (i, _) in chunk {
-                        out[*i] = Some(Err(EmbedError::Compute(format!("the forward pass failed: {e}"))));
+                        out[*i] = Some(Err(EmbedError::Compute(format!(
+                            "the forward pass failed: {e}"
+                        ))));
                     }
                 }
             }
         }
         out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(EmbedError::Compute("no result for this text".into()))))
+            .map(|r| {
+                r.unwrap_or_else(|| Err(EmbedError::Compute("no result for this text".into())))
+            })
             .collect()
     }
 
@@ -265,7 +284,11 @@ impl SentenceEmbedder {
         let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?; // (n, 1)
         let mean = summed.broadcast_div(&counts)?;
         // torch.nn.functional.normalize: x / max(‖x‖, 1e-12).
-        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+        let norm = mean
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12f32, f32::MAX)?;
         mean.broadcast_div(&norm)?.to_vec2::<f32>()
     }
 }
@@ -283,9 +306,13 @@ mod tests {
     }
 
     fn load_real() -> SentenceEmbedder {
-        let dir = std::env::var_os("IMBED_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/models").join(REGISTRY_NAME)
-        });
+        let dir = std::env::var_os("IMBED_MINILM_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../target/models")
+                    .join(REGISTRY_NAME)
+            });
         assert!(
             dir.join(WEIGHTS_FILE).is_file(),
             "the all-MiniLM-L6-v2 files are missing from {}: run scripts/setup --test",
@@ -328,7 +355,8 @@ mod tests {
     #[test]
     fn vectors_are_normalised_and_independent_of_batch_mates() {
         let e = embedder();
-        let long = "a sentence that is a good deal longer than the others in this batch, ".repeat(5);
+        let long =
+            "a sentence that is a good deal longer than the others in this batch, ".repeat(5);
         let texts = ["a cat on a laptop", long.as_str(), "dogs"];
         let batch = e.embed(&texts);
         for (text, got) in texts.iter().zip(&batch) {
@@ -336,7 +364,10 @@ mod tests {
             assert_eq!(got.len(), 384);
             assert!((dot(got, got) - 1.0).abs() < 1e-5);
             let alone = e.embed(&[text]).remove(0).unwrap();
-            assert!(dot(got, &alone) > 0.99999, "padding changed the vector of {text:?}");
+            assert!(
+                dot(got, &alone) > 0.99999,
+                "padding changed the vector of {text:?}"
+            );
         }
     }
 
@@ -355,7 +386,10 @@ mod tests {
     fn space_id_carries_the_weights_revision() {
         let e = embedder();
         assert_eq!(e.revision().len(), 12);
-        assert_eq!(e.space_id(), format!("sentence-transformers/all-MiniLM-L6-v2@{}", e.revision()));
+        assert_eq!(
+            e.space_id(),
+            format!("sentence-transformers/all-MiniLM-L6-v2@{}", e.revision())
+        );
         assert_eq!(e.dimensions(), 384);
     }
 }

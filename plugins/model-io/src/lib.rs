@@ -43,7 +43,9 @@
 #![deny(missing_docs)]
 
 #[cfg(target_endian = "big")]
-compile_error!("safetensors files are little-endian; imbed-model-io reads them on little-endian targets only");
+compile_error!(
+    "safetensors files are little-endian; imbed-model-io reads them on little-endian targets only"
+);
 
 mod safetensors;
 
@@ -126,14 +128,27 @@ impl ModelDir {
     /// not pulled) and with [`ModelError::Corrupt`] when the manifest is unreadable.
     pub fn open(root: impl Into<PathBuf>, model: &str) -> Result<Self, ModelError> {
         let root = root.into();
-        let mut dir = ModelDir { root, model: model.to_string(), manifest: None };
+        let mut dir = ModelDir {
+            root,
+            model: model.to_string(),
+            manifest: None,
+        };
         match std::fs::metadata(&dir.root) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(dir.corrupt(dir.root.clone(), "not a directory".into())),
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(ModelError::NotFound { path: dir.root.clone(), model: dir.model.clone() })
+                return Err(ModelError::NotFound {
+                    path: dir.root.clone(),
+                    model: dir.model.clone(),
+                })
             }
-            Err(source) => return Err(ModelError::Io { path: dir.root.clone(), source, model: dir.model.clone() }),
+            Err(source) => {
+                return Err(ModelError::Io {
+                    path: dir.root.clone(),
+                    source,
+                    model: dir.model.clone(),
+                })
+            }
         }
         match std::fs::read(dir.root.join(MANIFEST_FILE)) {
             Ok(bytes) => {
@@ -147,7 +162,11 @@ impl ModelDir {
             // A folder the user pointed at by hand has no manifest; revisions are computed.
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(ModelError::Io { path: dir.root.join(MANIFEST_FILE), source, model: dir.model.clone() })
+                return Err(ModelError::Io {
+                    path: dir.root.join(MANIFEST_FILE),
+                    source,
+                    model: dir.model.clone(),
+                })
             }
         }
         Ok(dir)
@@ -187,14 +206,16 @@ impl ModelDir {
     /// Read a whole (small) UTF-8 file, such as a `tokenizer.json`.
     pub fn read_string(&self, file: &str) -> Result<String, ModelError> {
         let bytes = self.read(file)?;
-        String::from_utf8(bytes).map_err(|_| self.corrupt(self.path(file), "not valid UTF-8".into()))
+        String::from_utf8(bytes)
+            .map_err(|_| self.corrupt(self.path(file), "not valid UTF-8".into()))
     }
 
     /// Read and parse a JSON file, such as a model's `config.json`. A parse error (bad JSON, a
     /// missing field) is [`ModelError::Corrupt`].
     pub fn read_json<T: serde::de::DeserializeOwned>(&self, file: &str) -> Result<T, ModelError> {
         let bytes = self.read(file)?;
-        serde_json::from_slice(&bytes).map_err(|e| self.corrupt(self.path(file), format!("bad JSON: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| self.corrupt(self.path(file), format!("bad JSON: {e}")))
     }
 
     /// Read the safetensors file `file`, turning every floating-point tensor (F64, F32, F16, BF16)
@@ -203,16 +224,26 @@ impl ModelDir {
     /// weights plus one tensor. The header's offsets and shapes are checked against the file's
     /// size before anything is read. When the manifest has no SHA-256 for the file, it is computed
     /// from the bytes as they are read (the file is read to its end once).
-    pub fn load_weights(&self, file: &str, dtype: DType, device: &Device) -> Result<Weights, ModelError> {
+    pub fn load_weights(
+        &self,
+        file: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Weights, ModelError> {
         let path = self.path(file);
-        let known = self.manifest.as_ref().and_then(|m| m.files.get(file)).cloned();
+        let known = self
+            .manifest
+            .as_ref()
+            .and_then(|m| m.files.get(file))
+            .cloned();
         // Without a manifest the revision comes from the bytes as they stream past.
         let mut hasher = Sha256::new();
-        let tensors = safetensors::load(&path, dtype, device, known.is_none().then_some(&mut hasher))
-            .map_err(|e| match e {
-                safetensors::LoadError::Io(e) => self.io_error(path.clone(), e),
-                safetensors::LoadError::Corrupt(reason) => self.corrupt(path.clone(), reason),
-            })?;
+        let tensors =
+            safetensors::load(&path, dtype, device, known.is_none().then_some(&mut hasher))
+                .map_err(|e| match e {
+                    safetensors::LoadError::Io(e) => self.io_error(path.clone(), e),
+                    safetensors::LoadError::Corrupt(reason) => self.corrupt(path.clone(), reason),
+                })?;
         let sha256 = known.unwrap_or_else(|| hex(&hasher.finalize()));
         Ok(Weights {
             tensors,
@@ -226,14 +257,25 @@ impl ModelDir {
 
     fn io_error(&self, path: PathBuf, e: std::io::Error) -> ModelError {
         if e.kind() == ErrorKind::NotFound {
-            ModelError::NotFound { path, model: self.model.clone() }
+            ModelError::NotFound {
+                path,
+                model: self.model.clone(),
+            }
         } else {
-            ModelError::Io { path, source: e, model: self.model.clone() }
+            ModelError::Io {
+                path,
+                source: e,
+                model: self.model.clone(),
+            }
         }
     }
 
     fn corrupt(&self, path: PathBuf, reason: String) -> ModelError {
-        ModelError::Corrupt { path, reason, model: self.model.clone() }
+        ModelError::Corrupt {
+            path,
+            reason,
+            model: self.model.clone(),
+        }
     }
 }
 
@@ -245,11 +287,17 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("bad JSON: {e}"))?;
     for (file, sha) in &manifest.files {
         if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("the SHA-256 of {file:?} is {sha:?}, not 64 hex digits"));
+            return Err(format!(
+                "the SHA-256 of {file:?} is {sha:?}, not 64 hex digits"
+            ));
         }
     }
     Ok(Manifest {
-        files: manifest.files.into_iter().map(|(f, s)| (f, s.to_ascii_lowercase())).collect(),
+        files: manifest
+            .files
+            .into_iter()
+            .map(|(f, s)| (f, s.to_ascii_lowercase()))
+            .collect(),
         ..manifest
     })
 }
@@ -294,18 +342,34 @@ impl Weights {
 
     /// The total size of the tensors in memory, in bytes.
     pub fn size_bytes(&self) -> usize {
-        self.tensors.values().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+        self.tensors
+            .values()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
     }
 
     /// Build a model: `load` gets a [`VarBuilder`] over these tensors. A candle error while
     /// building (a tensor missing or of the wrong shape) means the file does not hold the model
     /// the config describes, and becomes [`ModelError::Corrupt`].
-    pub fn build<M>(self, load: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<M>) -> Result<M, ModelError> {
-        let Weights { tensors, dtype, device, path, model, .. } = self;
+    pub fn build<M>(
+        self,
+        load: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<M>,
+    ) -> Result<M, ModelError> {
+        let Weights {
+            tensors,
+            dtype,
+            device,
+            path,
+            model,
+            ..
+        } = self;
         let vb = VarBuilder::from_tensors(tensors, dtype, &device);
         load(vb).map_err(|e| ModelError::Corrupt {
             path,
-            reason: format!("does not hold the model its config describes: {}", first_line(&e)),
+            reason: format!(
+                "does not hold the model its config describes: {}",
+                first_line(&e)
+            ),
             model,
         })
     }

@@ -93,9 +93,11 @@ struct Entry {
 
 /// Parse and check the header against the size of the data that follows it.
 fn parse_header(header: &[u8], data_len: u64) -> Result<Vec<Entry>, LoadError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(header).map_err(|e| corrupt(format!("the header is not valid JSON: {e}")))?;
-    let map = value.as_object().ok_or_else(|| corrupt("the header is not a JSON object"))?;
+    let value: serde_json::Value = serde_json::from_slice(header)
+        .map_err(|e| corrupt(format!("the header is not valid JSON: {e}")))?;
+    let map = value
+        .as_object()
+        .ok_or_else(|| corrupt("the header is not a JSON object"))?;
     let mut entries = Vec::with_capacity(map.len());
     for (name, info) in map {
         if name == "__metadata__" {
@@ -139,11 +141,20 @@ fn parse_header(header: &[u8], data_len: u64) -> Result<Vec<Entry>, LoadError> {
                 end - begin
             )));
         }
-        entries.push(Entry { name: name.clone(), dtype, shape, begin, end });
+        entries.push(Entry {
+            name: name.clone(),
+            dtype,
+            shape,
+            begin,
+            end,
+        });
     }
     entries.sort_by_key(|e| e.begin);
     if let Some(w) = entries.windows(2).find(|w| w[1].begin < w[0].end) {
-        return Err(corrupt(format!("tensors {:?} and {:?} overlap in the file", w[0].name, w[1].name)));
+        return Err(corrupt(format!(
+            "tensors {:?} and {:?} overlap in the file",
+            w[0].name, w[1].name
+        )));
     }
     Ok(entries)
 }
@@ -192,7 +203,10 @@ impl Stream<'_> {
 
     /// Read `count` elements into a typed buffer; `T`'s bytes are read as stored (little-endian,
     /// the target's byte order, checked at the crate root).
-    fn read_vec<T: bytemuck::Pod + bytemuck::Zeroable>(&mut self, count: usize) -> std::io::Result<Vec<T>> {
+    fn read_vec<T: bytemuck::Pod + bytemuck::Zeroable>(
+        &mut self,
+        count: usize,
+    ) -> std::io::Result<Vec<T>> {
         let mut v = vec![T::zeroed(); count];
         self.read_exact(bytemuck::cast_slice_mut(&mut v))?;
         Ok(v)
@@ -208,10 +222,16 @@ pub(crate) fn load(
 ) -> Result<HashMap<String, Tensor>, LoadError> {
     let file = File::open(path).map_err(LoadError::Io)?;
     let file_len = file.metadata().map_err(LoadError::Io)?.len();
-    let mut stream = Stream { inner: BufReader::with_capacity(1 << 20, file), hasher, pos: 0 };
+    let mut stream = Stream {
+        inner: BufReader::with_capacity(1 << 20, file),
+        hasher,
+        pos: 0,
+    };
 
     if file_len < 8 {
-        return Err(corrupt(format!("{file_len} bytes is too short for a safetensors file")));
+        return Err(corrupt(format!(
+            "{file_len} bytes is too short for a safetensors file"
+        )));
     }
     let mut len_bytes = [0u8; 8];
     stream.read_exact(&mut len_bytes)?;
@@ -248,7 +268,13 @@ pub(crate) fn load(
         // The stored buffer is dropped as soon as the converted one exists: one tensor's worth of
         // overhead at a time.
         let tensor = tensor
-            .and_then(|t| if stored.is_float() && t.dtype() != dtype { t.to_dtype(dtype) } else { Ok(t) })
+            .and_then(|t| {
+                if stored.is_float() && t.dtype() != dtype {
+                    t.to_dtype(dtype)
+                } else {
+                    Ok(t)
+                }
+            })
             .map_err(|e| corrupt(format!("tensor {:?}: {e}", entry.name)))?;
         debug_assert_eq!(stream.pos, data_start + entry.end);
         tensors.insert(entry.name, tensor);

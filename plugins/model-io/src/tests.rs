@@ -31,7 +31,9 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()
+    v.iter()
+        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+        .collect()
 }
 
 fn sample_dir() -> tempfile::TempDir {
@@ -39,9 +41,19 @@ fn sample_dir() -> tempfile::TempDir {
     write_safetensors(
         &dir.path().join("model.safetensors"),
         &[
-            ("dense.weight", "F32", vec![2, 3], f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])),
+            (
+                "dense.weight",
+                "F32",
+                vec![2, 3],
+                f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+            ),
             ("dense.bias", "F16", vec![2], f16_bytes(&[0.5, -1.25])),
-            ("position_ids", "I64", vec![1, 3], [0i64, 1, 2].iter().flat_map(|x| x.to_le_bytes()).collect()),
+            (
+                "position_ids",
+                "I64",
+                vec![1, 3],
+                [0i64, 1, 2].iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
             ("ignored", "I16", vec![2], vec![1, 0, 2, 0]),
         ],
     );
@@ -56,13 +68,21 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn loads_f32_and_f16_as_f32_and_keeps_integers() {
     let dir = sample_dir();
     let md = ModelDir::open(dir.path(), "toy").unwrap();
-    let w = md.load_weights("model.safetensors", DType::F32, &Device::Cpu).unwrap();
+    let w = md
+        .load_weights("model.safetensors", DType::F32, &Device::Cpu)
+        .unwrap();
     let t = w.tensors();
-    assert_eq!(t["dense.weight"].to_vec2::<f32>().unwrap(), vec![vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]]);
+    assert_eq!(
+        t["dense.weight"].to_vec2::<f32>().unwrap(),
+        vec![vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]]
+    );
     assert_eq!(t["dense.bias"].dtype(), DType::F32);
     assert_eq!(t["dense.bias"].to_vec1::<f32>().unwrap(), vec![0.5, -1.25]);
     assert_eq!(t["position_ids"].dtype(), DType::I64);
-    assert!(!t.contains_key("ignored"), "dtypes candle does not compute with are skipped");
+    assert!(
+        !t.contains_key("ignored"),
+        "dtypes candle does not compute with are skipped"
+    );
     assert_eq!(w.size_bytes(), 6 * 4 + 2 * 4 + 3 * 8);
 }
 
@@ -70,7 +90,9 @@ fn loads_f32_and_f16_as_f32_and_keeps_integers() {
 fn converts_to_f16_when_asked() {
     let dir = sample_dir();
     let md = ModelDir::open(dir.path(), "toy").unwrap();
-    let w = md.load_weights("model.safetensors", DType::F16, &Device::Cpu).unwrap();
+    let w = md
+        .load_weights("model.safetensors", DType::F16, &Device::Cpu)
+        .unwrap();
     assert_eq!(w.tensors()["dense.weight"].dtype(), DType::F16);
     assert_eq!(w.tensors()["position_ids"].dtype(), DType::I64);
 }
@@ -81,7 +103,9 @@ fn without_manifest_the_revision_is_the_files_sha256() {
     let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
     let md = ModelDir::open(dir.path(), "toy").unwrap();
     assert!(md.manifest().is_none());
-    let w = md.load_weights("model.safetensors", DType::F32, &Device::Cpu).unwrap();
+    let w = md
+        .load_weights("model.safetensors", DType::F32, &Device::Cpu)
+        .unwrap();
     assert_eq!(w.sha256(), sha256_hex(&bytes));
     assert_eq!(w.revision(), &sha256_hex(&bytes)[..12]);
 }
@@ -91,9 +115,18 @@ fn trailing_bytes_count_for_the_computed_revision() {
     let dir = sample_dir();
     let path = dir.path().join("model.safetensors");
     let md = ModelDir::open(dir.path(), "toy").unwrap();
-    let before = md.load_weights("model.safetensors", DType::F32, &Device::Cpu).unwrap();
-    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"xx").unwrap();
-    let after = md.load_weights("model.safetensors", DType::F32, &Device::Cpu).unwrap();
+    let before = md
+        .load_weights("model.safetensors", DType::F32, &Device::Cpu)
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"xx")
+        .unwrap();
+    let after = md
+        .load_weights("model.safetensors", DType::F32, &Device::Cpu)
+        .unwrap();
     assert_ne!(before.sha256(), after.sha256());
     assert_eq!(after.sha256(), sha256_hex(&std::fs::read(&path).unwrap()));
 }
@@ -110,13 +143,21 @@ fn manifest_gives_the_revision_and_the_name() {
     let md = ModelDir::open(dir.path(), "toy").unwrap();
     assert_eq!(md.model_name(), "toy-v2");
     assert_eq!(md.manifest().unwrap().source.as_deref(), Some("import:/x"));
-    let w = md.load_weights("model.safetensors", DType::F32, &Device::Cpu).unwrap();
+    let w = md
+        .load_weights("model.safetensors", DType::F32, &Device::Cpu)
+        .unwrap();
     assert_eq!(w.sha256(), "ab".repeat(32));
     assert_eq!(w.revision(), "abababababab");
     // A file the manifest does not list is hashed.
-    std::fs::copy(dir.path().join("model.safetensors"), dir.path().join("other.safetensors")).unwrap();
+    std::fs::copy(
+        dir.path().join("model.safetensors"),
+        dir.path().join("other.safetensors"),
+    )
+    .unwrap();
     let bytes = std::fs::read(dir.path().join("other.safetensors")).unwrap();
-    let w = md.load_weights("other.safetensors", DType::F32, &Device::Cpu).unwrap();
+    let w = md
+        .load_weights("other.safetensors", DType::F32, &Device::Cpu)
+        .unwrap();
     assert_eq!(w.sha256(), sha256_hex(&bytes));
 }
 
@@ -126,9 +167,16 @@ fn bad_manifest_is_corrupt() {
     std::fs::write(dir.path().join(MANIFEST_FILE), "{ not json").unwrap();
     let err = ModelDir::open(dir.path(), "toy").unwrap_err();
     assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
-    std::fs::write(dir.path().join(MANIFEST_FILE), r#"{"name": "toy", "files": {"model.safetensors": "abc"}}"#).unwrap();
+    std::fs::write(
+        dir.path().join(MANIFEST_FILE),
+        r#"{"name": "toy", "files": {"model.safetensors": "abc"}}"#,
+    )
+    .unwrap();
     let err = ModelDir::open(dir.path(), "toy").unwrap_err().to_string();
-    assert!(err.contains("not 64 hex digits") && err.contains("run `imbed models pull toy` again"), "{err}");
+    assert!(
+        err.contains("not 64 hex digits") && err.contains("run `imbed models pull toy` again"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -137,22 +185,37 @@ fn missing_directory_and_file_say_to_pull() {
     let err = ModelDir::open(dir.path().join("nope"), "all-minilm-l6-v2").unwrap_err();
     assert!(matches!(err, ModelError::NotFound { .. }));
     let md = ModelDir::open(dir.path(), "all-minilm-l6-v2").unwrap();
-    let err = md.load_weights("model.safetensors", DType::F32, &Device::Cpu).unwrap_err();
+    let err = md
+        .load_weights("model.safetensors", DType::F32, &Device::Cpu)
+        .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, ModelError::NotFound { .. }), "{msg}");
     assert!(msg.starts_with("model not found: "), "{msg}");
-    assert!(msg.contains("model.safetensors is missing — run `imbed models pull all-minilm-l6-v2`"), "{msg}");
-    let err = md.read_json::<serde_json::Value>("config.json").unwrap_err();
+    assert!(
+        msg.contains("model.safetensors is missing — run `imbed models pull all-minilm-l6-v2`"),
+        "{msg}"
+    );
+    let err = md
+        .read_json::<serde_json::Value>("config.json")
+        .unwrap_err();
     assert!(matches!(err, ModelError::NotFound { .. }));
 }
 
 fn load_err(dir: &Path) -> String {
     let md = ModelDir::open(dir, "toy").unwrap();
-    let err = md.load_weights("model.safetensors", DType::F32, &Device::Cpu).unwrap_err();
-    assert!(matches!(err, ModelError::Corrupt { .. }), "expected corrupt, got {err}");
+    let err = md
+        .load_weights("model.safetensors", DType::F32, &Device::Cpu)
+        .unwrap_err();
+    assert!(
+        matches!(err, ModelError::Corrupt { .. }),
+        "expected corrupt, got {err}"
+    );
     let msg = err.to_string();
     assert!(msg.starts_with("model files corrupt: "), "{msg}");
-    assert!(msg.ends_with("— run `imbed models pull toy` again"), "{msg}");
+    assert!(
+        msg.ends_with("— run `imbed models pull toy` again"),
+        "{msg}"
+    );
     msg
 }
 
@@ -186,7 +249,9 @@ fn garbled_header_is_corrupt() {
     std::fs::write(&path, &bytes).unwrap();
     assert!(load_err(dir.path()).contains("header claims"));
     // Random bytes throughout.
-    let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(&path, &noise).unwrap();
     load_err(dir.path());
 }
@@ -194,9 +259,15 @@ fn garbled_header_is_corrupt() {
 #[test]
 fn shape_that_disagrees_with_offsets_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
-    write_safetensors(&dir.path().join("model.safetensors"), &[("w", "F32", vec![2, 2], f32_bytes(&[1.0, 2.0, 3.0]))]);
+    write_safetensors(
+        &dir.path().join("model.safetensors"),
+        &[("w", "F32", vec![2, 2], f32_bytes(&[1.0, 2.0, 3.0]))],
+    );
     assert!(load_err(dir.path()).contains("needs 16 bytes but the offsets span 12"));
-    write_safetensors(&dir.path().join("model.safetensors"), &[("w", "Q4", vec![1], vec![0])]);
+    write_safetensors(
+        &dir.path().join("model.safetensors"),
+        &[("w", "Q4", vec![1], vec![0])],
+    );
     assert!(load_err(dir.path()).contains("unknown dtype Q4"));
 }
 
@@ -220,7 +291,11 @@ fn building_a_model_from_the_wrong_weights_is_corrupt() {
         .unwrap()
         .build(|vb| candle_nn::linear(3, 2, vb.pp("dense")))
         .unwrap();
-    let out = candle_nn::Module::forward(&ok, &Tensor::new(&[[1f32, 0.0, 0.0]], &Device::Cpu).unwrap()).unwrap();
+    let out = candle_nn::Module::forward(
+        &ok,
+        &Tensor::new(&[[1f32, 0.0, 0.0]], &Device::Cpu).unwrap(),
+    )
+    .unwrap();
     assert_eq!(out.to_vec2::<f32>().unwrap(), vec![vec![1.5, 2.75]]);
 
     let err = md
@@ -229,7 +304,10 @@ fn building_a_model_from_the_wrong_weights_is_corrupt() {
         .build(|vb| candle_nn::linear(4, 2, vb.pp("dense")))
         .unwrap_err()
         .to_string();
-    assert!(err.starts_with("model files corrupt: ") && err.contains("shape mismatch"), "{err}");
+    assert!(
+        err.starts_with("model files corrupt: ") && err.contains("shape mismatch"),
+        "{err}"
+    );
     assert!(!err.contains('\n'), "one line, no backtrace: {err}");
     let err = md
         .load_weights("model.safetensors", DType::F32, &Device::Cpu)
@@ -245,7 +323,9 @@ fn read_json_reports_bad_json_as_corrupt() {
     let dir = sample_dir();
     std::fs::write(dir.path().join("config.json"), "{\"hidden\": ").unwrap();
     let md = ModelDir::open(dir.path(), "toy").unwrap();
-    let err = md.read_json::<serde_json::Value>("config.json").unwrap_err();
+    let err = md
+        .read_json::<serde_json::Value>("config.json")
+        .unwrap_err();
     assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
     assert!(md.has("config.json") && !md.has("nope.json"));
 }

@@ -137,7 +137,11 @@ impl Settings {
     /// Read settings through `get`, validating each.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, Failure> {
         // An unset `${VAR:-}` arrives as an empty string: treat it as absent.
-        let get = |key: &str| get(key).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let get = |key: &str| {
+            get(key)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         let number = |key: &str, default: u32| -> Result<u32, Failure> {
             match get(key) {
                 None => Ok(default),
@@ -190,7 +194,13 @@ impl Settings {
             None if is_openai => TokenField::MaxCompletionTokens,
             None | Some("max_tokens") => TokenField::MaxTokens,
             Some("max_completion_tokens") => TokenField::MaxCompletionTokens,
-            Some(v) => return Err(bad("max_tokens_field", v, "use max_tokens or max_completion_tokens")),
+            Some(v) => {
+                return Err(bad(
+                    "max_tokens_field",
+                    v,
+                    "use max_tokens or max_completion_tokens",
+                ))
+            }
         };
         let temperature = match get("temperature").as_deref() {
             None => Some(0.0),
@@ -199,13 +209,18 @@ impl Settings {
                 v.parse::<f64>()
                     .ok()
                     .filter(|t| (0.0..=2.0).contains(t))
-                    .ok_or_else(|| bad("temperature", v, "use a number from 0 to 2, or \"default\""))?,
+                    .ok_or_else(|| {
+                        bad("temperature", v, "use a number from 0 to 2, or \"default\"")
+                    })?,
             ),
         };
         let seed = match get("seed").as_deref() {
             None => Some(42),
             Some("none") => None,
-            Some(v) => Some(v.parse().map_err(|_| bad("seed", v, "use a whole number, or \"none\""))?),
+            Some(v) => Some(
+                v.parse()
+                    .map_err(|_| bad("seed", v, "use a whole number, or \"none\""))?,
+            ),
         };
         let detail = match get("detail") {
             None => None,
@@ -223,7 +238,11 @@ impl Settings {
         };
         let batch_size = number("batch_size", 64)?;
         if batch_size == 0 || batch_size > 2048 {
-            return Err(bad("batch_size", &batch_size.to_string(), "use 1 to 2048 (OpenAI's limit per request)"));
+            return Err(bad(
+                "batch_size",
+                &batch_size.to_string(),
+                "use 1 to 2048 (OpenAI's limit per request)",
+            ));
         }
         let max_tokens = number("max_tokens", 300)?;
         if max_tokens == 0 {
@@ -235,7 +254,9 @@ impl Settings {
                 Ok(Value::Object(map)) => map
                     .into_iter()
                     .map(|(k, v)| match v {
-                        Value::String(s) if header_safe(&k) && header_safe(&s) => Ok((k.to_ascii_lowercase(), s)),
+                        Value::String(s) if header_safe(&k) && header_safe(&s) => {
+                            Ok((k.to_ascii_lowercase(), s))
+                        }
                         _ => Err(bad("headers", &k, "every value must be a one-line string")),
                     })
                     .collect::<Result<_, _>>()?,
@@ -299,7 +320,11 @@ impl Settings {
         let base = if self.is_openai() {
             format!("openai/{}", self.embed_model)
         } else {
-            format!("openai-compat/{}/{}", host_of(&self.base_url), self.embed_model)
+            format!(
+                "openai-compat/{}/{}",
+                host_of(&self.base_url),
+                self.embed_model
+            )
         };
         match self.dimensions {
             Some(d) => format!("{base}:{d}"),
@@ -318,7 +343,13 @@ impl Settings {
     }
 
     /// Body of a `/chat/completions` request describing one image.
-    pub fn describe_body(&self, prompt: &str, mime: &str, data: &[u8], adapt: &Adaptations) -> Value {
+    pub fn describe_body(
+        &self,
+        prompt: &str,
+        mime: &str,
+        data: &[u8],
+        adapt: &Adaptations,
+    ) -> Value {
         let url = format!(
             "data:{mime};base64,{}",
             base64::engine::general_purpose::STANDARD.encode(data)
@@ -369,8 +400,16 @@ impl Settings {
 pub fn host_of(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let authority = authority.rsplit('@').next().unwrap_or(authority).to_ascii_lowercase();
-    let default_port = if scheme.eq_ignore_ascii_case("https") { ":443" } else { ":80" };
+    let authority = authority
+        .rsplit('@')
+        .next()
+        .unwrap_or(authority)
+        .to_ascii_lowercase();
+    let default_port = if scheme.eq_ignore_ascii_case("https") {
+        ":443"
+    } else {
+        ":80"
+    };
     authority
         .strip_suffix(default_port)
         .map(str::to_string)
@@ -429,7 +468,10 @@ impl ApiError {
     pub fn parse(body: &[u8]) -> ApiError {
         let text = String::from_utf8_lossy(body);
         let Ok(v) = serde_json::from_str::<Value>(&text) else {
-            return ApiError { message: truncate(text.trim(), 300), ..ApiError::default() };
+            return ApiError {
+                message: truncate(text.trim(), 300),
+                ..ApiError::default()
+            };
         };
         let string = |v: Option<&Value>| match v {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
@@ -438,7 +480,12 @@ impl ApiError {
         };
         let obj = match v.get("error") {
             Some(e @ Value::Object(_)) => e,
-            Some(Value::String(s)) => return ApiError { message: s.clone(), ..ApiError::default() },
+            Some(Value::String(s)) => {
+                return ApiError {
+                    message: s.clone(),
+                    ..ApiError::default()
+                }
+            }
             // vLLM's older envelope puts the fields at the top level.
             _ => &v,
         };
@@ -473,7 +520,13 @@ impl Role {
 }
 
 /// What went wrong, from a non-2xx answer to a request for `role`.
-pub fn map_status(s: &Settings, role: Role, status: u16, headers: &[(String, String)], body: &[u8]) -> Failure {
+pub fn map_status(
+    s: &Settings,
+    role: Role,
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Failure {
     let e = ApiError::parse(body);
     let msg = &e.message;
     let lower = msg.to_lowercase();
@@ -590,7 +643,13 @@ pub fn retry_after_ms(headers: &[(String, String)]) -> Option<u64> {
 /// Whether to send a refused request again, and after how long. Only a 429 (not a spent quota)
 /// or a 503 that says how long to wait, only when that wait is short, and only `max_retries`
 /// times: a longer or unspecified wait is better spent on the chain's next step.
-pub fn retry_delay(s: &Settings, attempt: u32, status: u16, headers: &[(String, String)], body: &[u8]) -> Option<u64> {
+pub fn retry_delay(
+    s: &Settings,
+    attempt: u32,
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Option<u64> {
     if attempt >= s.max_retries || !matches!(status, 429 | 503) {
         return None;
     }
@@ -636,14 +695,27 @@ pub fn parse_chat(s: &Settings, body: &[u8]) -> Result<Answer, Failure> {
         .get("choices")
         .and_then(Value::as_array)
         .and_then(|c| c.first())
-        .ok_or_else(|| Failure::Other(format!("{server}'s /chat/completions answer has no choices")))?;
+        .ok_or_else(|| {
+            Failure::Other(format!(
+                "{server}'s /chat/completions answer has no choices"
+            ))
+        })?;
     let message = choice.get("message");
-    if let Some(refusal) = message.and_then(|m| m.get("refusal")).and_then(Value::as_str) {
-        return Err(Failure::Other(format!("model \"{}\" refused to describe the image: {refusal}", s.vision_model)));
+    if let Some(refusal) = message
+        .and_then(|m| m.get("refusal"))
+        .and_then(Value::as_str)
+    {
+        return Err(Failure::Other(format!(
+            "model \"{}\" refused to describe the image: {refusal}",
+            s.vision_model
+        )));
     }
     Ok(Answer {
         text: content_text(message.and_then(|m| m.get("content"))),
-        finish_reason: choice.get("finish_reason").and_then(Value::as_str).map(str::to_string),
+        finish_reason: choice
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         model: v.get("model").and_then(Value::as_str).map(str::to_string),
     })
 }
@@ -655,7 +727,11 @@ pub fn parse_stream(s: &Settings, body: &[u8]) -> Result<Answer, Failure> {
     let server = s.server();
     let text = std::str::from_utf8(body)
         .map_err(|_| Failure::Other(format!("{server}'s event stream is not UTF-8")))?;
-    let mut out = Answer { text: String::new(), finish_reason: None, model: None };
+    let mut out = Answer {
+        text: String::new(),
+        finish_reason: None,
+        model: None,
+    };
     let mut done = false;
     let mut refusal = String::new();
     for line in text.lines() {
@@ -668,16 +744,27 @@ pub fn parse_stream(s: &Settings, body: &[u8]) -> Result<Answer, Failure> {
             break;
         }
         let v: Value = serde_json::from_str(data).map_err(|e| {
-            Failure::Other(format!("{server} sent an event that is not JSON ({e}): {}", truncate(data, 200)))
+            Failure::Other(format!(
+                "{server} sent an event that is not JSON ({e}): {}",
+                truncate(data, 200)
+            ))
         })?;
         if v.get("error").is_some() {
             let e = ApiError::parse(data.as_bytes());
-            return Err(Failure::Other(format!("{server} failed while answering: {}", e.message)));
+            return Err(Failure::Other(format!(
+                "{server} failed while answering: {}",
+                e.message
+            )));
         }
         if out.model.is_none() {
             out.model = v.get("model").and_then(Value::as_str).map(str::to_string);
         }
-        for choice in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        for choice in v
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(delta) = choice.get("delta") {
                 out.text.push_str(&content_text(delta.get("content")));
                 if let Some(r) = delta.get("refusal").and_then(Value::as_str) {
@@ -690,10 +777,15 @@ pub fn parse_stream(s: &Settings, body: &[u8]) -> Result<Answer, Failure> {
         }
     }
     if !refusal.is_empty() {
-        return Err(Failure::Other(format!("model \"{}\" refused to describe the image: {refusal}", s.vision_model)));
+        return Err(Failure::Other(format!(
+            "model \"{}\" refused to describe the image: {refusal}",
+            s.vision_model
+        )));
     }
     if !done && out.finish_reason.is_none() {
-        return Err(Failure::Unavailable(format!("{server}'s event stream ended before the answer was complete: try again")));
+        return Err(Failure::Unavailable(format!(
+            "{server}'s event stream ended before the answer was complete: try again"
+        )));
     }
     Ok(out)
 }
@@ -735,7 +827,10 @@ pub fn parse_embeddings(s: &Settings, n: usize, body: &[u8]) -> Result<Embedded,
         .and_then(Value::as_array)
         .ok_or_else(|| fail("has no `data` list".into()))?;
     if data.len() != n {
-        return Err(fail(format!("has {} embeddings for {n} inputs", data.len())));
+        return Err(fail(format!(
+            "has {} embeddings for {n} inputs",
+            data.len()
+        )));
     }
     let mut slots: Vec<Option<Vec<f32>>> = vec![None; n];
     for (position, item) in data.iter().enumerate() {
@@ -757,7 +852,9 @@ pub fn parse_embeddings(s: &Settings, n: usize, body: &[u8]) -> Result<Embedded,
                 // the vector is then refused as a whole.
                 .map(|x| x.as_f64().map_or(f32::NAN, |f| f as f32))
                 .collect(),
-            Some(Value::String(b64)) => decode_f32(b64).ok_or_else(|| fail(format!("has item {index} in bad base64")))?,
+            Some(Value::String(b64)) => {
+                decode_f32(b64).ok_or_else(|| fail(format!("has item {index} in bad base64")))?
+            }
             _ => return Err(fail(format!("has item {index} without an embedding"))),
         };
         slots[index] = Some(vector);
@@ -770,7 +867,9 @@ pub fn parse_embeddings(s: &Settings, n: usize, body: &[u8]) -> Result<Embedded,
 }
 
 fn decode_f32(b64: &str) -> Option<Vec<f32>> {
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
     if bytes.len() % 4 != 0 {
         return None;
     }
@@ -790,11 +889,16 @@ pub fn vector_problem(s: &Settings, v: &[f32], dims: Option<usize>) -> Option<St
     }
     if let Some(d) = dims {
         if v.len() != d {
-            return Some(format!("{server} returned a vector of length {} where {d} were expected", v.len()));
+            return Some(format!(
+                "{server} returned a vector of length {} where {d} were expected",
+                v.len()
+            ));
         }
     }
     if v.iter().any(|x| !x.is_finite()) {
-        return Some(format!("{server} returned a vector containing NaN or infinity"));
+        return Some(format!(
+            "{server} returned a vector containing NaN or infinity"
+        ));
     }
     None
 }
@@ -812,13 +916,18 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
-        let map: std::collections::HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_lookup(|k| map.get(k).cloned()).unwrap()
     }
 
     fn local() -> Settings {
-        settings(&[("base_url", "http://127.0.0.1:1234/v1/"), ("embed_model", "nomic-embed-text-v1.5")])
+        settings(&[
+            ("base_url", "http://127.0.0.1:1234/v1/"),
+            ("embed_model", "nomic-embed-text-v1.5"),
+        ])
     }
 
     #[test]
@@ -837,7 +946,10 @@ mod tests {
         let parts = &body["messages"][0]["content"];
         assert_eq!(parts[0], json!({ "type": "text", "text": "p" }));
         assert_eq!(parts[1]["type"], "image_url");
-        assert_eq!(parts[1]["image_url"]["url"], "data:image/png;base64,iVBORw==");
+        assert_eq!(
+            parts[1]["image_url"]["url"],
+            "data:image/png;base64,iVBORw=="
+        );
         assert!(parts[1]["image_url"].get("detail").is_none());
     }
 
@@ -845,40 +957,66 @@ mod tests {
     fn local_servers_get_their_own_space_and_max_tokens() {
         let s = local();
         assert_eq!(s.base_url, "http://127.0.0.1:1234/v1");
-        assert_eq!(s.space_id(), "openai-compat/127.0.0.1:1234/nomic-embed-text-v1.5");
+        assert_eq!(
+            s.space_id(),
+            "openai-compat/127.0.0.1:1234/nomic-embed-text-v1.5"
+        );
         assert_eq!(s.server(), "the server at http://127.0.0.1:1234/v1");
         let body = s.describe_body("p", "image/jpeg", b"x", &Adaptations::default());
         assert_eq!(body["max_tokens"], 300);
-        let dims = settings(&[("dimensions", "256"), ("embed_model", "text-embedding-3-large")]);
+        let dims = settings(&[
+            ("dimensions", "256"),
+            ("embed_model", "text-embedding-3-large"),
+        ]);
         assert_eq!(dims.space_id(), "openai/text-embedding-3-large:256");
-        assert_eq!(dims.embed_body(&["a", "b"]), json!({
-            "model": "text-embedding-3-large", "input": ["a", "b"], "encoding_format": "float", "dimensions": 256,
-        }));
-        let pinned = settings(&[("base_url", "http://gpu-2:8000/v1"), ("space", "team/nomic-v1.5")]);
+        assert_eq!(
+            dims.embed_body(&["a", "b"]),
+            json!({
+                "model": "text-embedding-3-large", "input": ["a", "b"], "encoding_format": "float", "dimensions": 256,
+            })
+        );
+        let pinned = settings(&[
+            ("base_url", "http://gpu-2:8000/v1"),
+            ("space", "team/nomic-v1.5"),
+        ]);
         assert_eq!(pinned.space_id(), "team/nomic-v1.5");
-        assert_eq!(host_of("HTTPS://user:pw@Api.OpenAI.com:443/v1"), "api.openai.com");
+        assert_eq!(
+            host_of("HTTPS://user:pw@Api.OpenAI.com:443/v1"),
+            "api.openai.com"
+        );
         assert_eq!(host_of("http://localhost:80/v1"), "localhost");
         assert_eq!(host_of("http://localhost:8080"), "localhost:8080");
     }
 
     #[test]
     fn the_key_goes_in_a_bearer_header_and_nowhere_else() {
-        let s = settings(&[("api_key", "sk-secret"), ("headers", r#"{"OpenAI-Organization": "org-1"}"#)]);
+        let s = settings(&[
+            ("api_key", "sk-secret"),
+            ("headers", r#"{"OpenAI-Organization": "org-1"}"#),
+        ]);
         let h = s.request_headers();
         assert!(h.contains(&("authorization".into(), "Bearer sk-secret".into())));
         assert!(h.contains(&("openai-organization".into(), "org-1".into())));
         assert!(!format!("{s:?}").contains("sk-secret"));
         // An unset ${OPENAI_API_KEY:-} arrives empty: no header at all.
         let none = settings(&[("api_key", "  ")]);
-        assert!(none.request_headers().iter().all(|(k, _)| k != "authorization"));
+        assert!(none
+            .request_headers()
+            .iter()
+            .all(|(k, _)| k != "authorization"));
     }
 
     #[test]
     fn bad_settings_say_what_to_use() {
         let err = |pairs: &[(&str, &str)]| {
-            let map: std::collections::HashMap<String, String> =
-                pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            Settings::from_lookup(|k| map.get(k).cloned()).unwrap_err().message().to_string()
+            let map: std::collections::HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Settings::from_lookup(|k| map.get(k).cloned())
+                .unwrap_err()
+                .message()
+                .to_string()
         };
         assert!(err(&[("base_url", "localhost:1234")]).contains("http:// or https://"));
         assert!(err(&[("base_url", "http://x/v1/embeddings")]).contains("leave out /embeddings"));
@@ -896,34 +1034,124 @@ mod tests {
         let body = |message: &str, kind: &str, param: Value, code: Value| {
             serde_json::to_vec(&json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })).unwrap()
         };
-        let f = map_status(&s, Role::Describe, 404, &[], &body(
-            "The model `gpt-9` does not exist or you do not have access to it.", "invalid_request_error", Value::Null, json!("model_not_found")));
-        assert!(matches!(&f, Failure::ModelNotFound(m) if m.contains("model \"gpt-4o-mini\" not found on OpenAI") && m.contains("does not exist")), "{f:?}");
+        let f = map_status(
+            &s,
+            Role::Describe,
+            404,
+            &[],
+            &body(
+                "The model `gpt-9` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                Value::Null,
+                json!("model_not_found"),
+            ),
+        );
+        assert!(
+            matches!(&f, Failure::ModelNotFound(m) if m.contains("model \"gpt-4o-mini\" not found on OpenAI") && m.contains("does not exist")),
+            "{f:?}"
+        );
         let f = map_status(&s, Role::Embed, 401, &[], &body(
             "Incorrect API key provided: sk-x. You can find your API key at https://platform.openai.com/account/api-keys.", "invalid_request_error", Value::Null, json!("invalid_api_key")));
-        assert!(matches!(&f, Failure::Other(m) if m.contains("check api_key") && m.contains("Incorrect API key")), "{f:?}");
-        let f = map_status(&settings(&[]), Role::Embed, 401, &[], &body("You didn't provide an API key.", "invalid_request_error", Value::Null, Value::Null));
-        assert!(matches!(&f, Failure::Other(m) if m.contains("no api_key is set")), "{f:?}");
-        let f = map_status(&s, Role::Describe, 400, &[], &body(
-            "Invalid content type. image_url is only supported by certain models.", "invalid_request_error", json!("messages.[0].content.[1].type"), Value::Null));
-        assert!(matches!(&f, Failure::Other(m) if m.contains("cannot see images")), "{f:?}");
+        assert!(
+            matches!(&f, Failure::Other(m) if m.contains("check api_key") && m.contains("Incorrect API key")),
+            "{f:?}"
+        );
+        let f = map_status(
+            &settings(&[]),
+            Role::Embed,
+            401,
+            &[],
+            &body(
+                "You didn't provide an API key.",
+                "invalid_request_error",
+                Value::Null,
+                Value::Null,
+            ),
+        );
+        assert!(
+            matches!(&f, Failure::Other(m) if m.contains("no api_key is set")),
+            "{f:?}"
+        );
+        let f = map_status(
+            &s,
+            Role::Describe,
+            400,
+            &[],
+            &body(
+                "Invalid content type. image_url is only supported by certain models.",
+                "invalid_request_error",
+                json!("messages.[0].content.[1].type"),
+                Value::Null,
+            ),
+        );
+        assert!(
+            matches!(&f, Failure::Other(m) if m.contains("cannot see images")),
+            "{f:?}"
+        );
         let headers = vec![("retry-after".to_string(), "2".to_string())];
-        let f = map_status(&s, Role::Embed, 429, &headers, &body("Rate limit reached", "requests", Value::Null, json!("rate_limit_exceeded")));
-        assert!(matches!(&f, Failure::Unavailable(m) if m.contains("rate-limiting") && m.contains("2.0 s")), "{f:?}");
-        let f = map_status(&s, Role::Embed, 429, &[], &body("You exceeded your current quota", "insufficient_quota", Value::Null, json!("insufficient_quota")));
-        assert!(matches!(&f, Failure::Other(m) if m.contains("billing")), "{f:?}");
-        assert!(matches!(map_status(&s, Role::Embed, 503, &[], b"overloaded"), Failure::Unavailable(m) if m.contains("overloaded")));
+        let f = map_status(
+            &s,
+            Role::Embed,
+            429,
+            &headers,
+            &body(
+                "Rate limit reached",
+                "requests",
+                Value::Null,
+                json!("rate_limit_exceeded"),
+            ),
+        );
+        assert!(
+            matches!(&f, Failure::Unavailable(m) if m.contains("rate-limiting") && m.contains("2.0 s")),
+            "{f:?}"
+        );
+        let f = map_status(
+            &s,
+            Role::Embed,
+            429,
+            &[],
+            &body(
+                "You exceeded your current quota",
+                "insufficient_quota",
+                Value::Null,
+                json!("insufficient_quota"),
+            ),
+        );
+        assert!(
+            matches!(&f, Failure::Other(m) if m.contains("billing")),
+            "{f:?}"
+        );
+        assert!(
+            matches!(map_status(&s, Role::Embed, 503, &[], b"overloaded"), Failure::Unavailable(m) if m.contains("overloaded"))
+        );
         let f = map_status(&s, Role::Embed, 400, &[], &body(
             "This model's maximum context length is 8192 tokens, however you requested 9000 tokens", "invalid_request_error", Value::Null, Value::Null));
         assert!(matches!(f, Failure::BadInput(_)));
-        let f = map_status(&s, Role::Embed, 404, &[], &body("Invalid URL (POST /embeddings)", "invalid_request_error", Value::Null, Value::Null));
-        assert!(matches!(&f, Failure::Other(m) if m.contains("ending in /v1")), "{f:?}");
+        let f = map_status(
+            &s,
+            Role::Embed,
+            404,
+            &[],
+            &body(
+                "Invalid URL (POST /embeddings)",
+                "invalid_request_error",
+                Value::Null,
+                Value::Null,
+            ),
+        );
+        assert!(
+            matches!(&f, Failure::Other(m) if m.contains("ending in /v1")),
+            "{f:?}"
+        );
     }
 
     #[test]
     fn other_servers_error_envelopes_parse() {
         let llama = ApiError::parse(br#"{"error":{"code":400,"message":"image input is not supported by this server","type":"invalid_request_error"}}"#);
-        assert_eq!((llama.code.as_deref(), llama.kind.as_deref()), (Some("400"), Some("invalid_request_error")));
+        assert_eq!(
+            (llama.code.as_deref(), llama.kind.as_deref()),
+            (Some("400"), Some("invalid_request_error"))
+        );
         let vllm = ApiError::parse(br#"{"object":"error","message":"The model `x` does not exist.","type":"NotFoundError","param":null,"code":404}"#);
         assert_eq!(vllm.message, "The model `x` does not exist.");
         let lmstudio = ApiError::parse(br#"{"error":"Model does not support images"}"#);
@@ -932,23 +1160,49 @@ mod tests {
         let s = local();
         assert!(matches!(map_status(&s, Role::Embed, 404, &[], br#"{"object":"error","message":"The model `x` does not exist.","type":"NotFoundError","param":null,"code":404}"#), Failure::ModelNotFound(_)));
         assert!(matches!(map_status(&s, Role::Describe, 500, &[], br#"{"error":{"code":500,"message":"image input is not supported by this server","type":"server_error"}}"#), Failure::Unavailable(_)));
-        assert!(matches!(map_status(&s, Role::Describe, 400, &[], br#"{"error":{"code":400,"message":"image input is not supported - hint: if this is unexpected, you may need to provide the mmproj","type":"invalid_request_error"}}"#), Failure::Other(m) if m.contains("cannot see images")));
+        assert!(
+            matches!(map_status(&s, Role::Describe, 400, &[], br#"{"error":{"code":400,"message":"image input is not supported - hint: if this is unexpected, you may need to provide the mmproj","type":"invalid_request_error"}}"#), Failure::Other(m) if m.contains("cannot see images"))
+        );
     }
 
     #[test]
     fn retries_follow_retry_after_within_bounds() {
         let s = settings(&[("max_retries", "2"), ("retry_max_wait_ms", "1000")]);
         let h = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
-        assert_eq!(retry_delay(&s, 0, 429, &h("retry-after-ms", "250"), b"{}"), Some(250));
-        assert_eq!(retry_delay(&s, 0, 503, &h("Retry-After", "1"), b"{}"), Some(1000));
-        assert_eq!(retry_delay(&s, 0, 429, &h("retry-after", "0.2"), b"{}"), Some(200));
-        assert_eq!(retry_delay(&s, 0, 429, &h("retry-after", "30"), b"{}"), None, "too long to wait");
-        assert_eq!(retry_delay(&s, 2, 429, &h("retry-after", "1"), b"{}"), None, "out of retries");
-        assert_eq!(retry_delay(&s, 0, 429, &[], b"{}"), None, "no hint: move on");
+        assert_eq!(
+            retry_delay(&s, 0, 429, &h("retry-after-ms", "250"), b"{}"),
+            Some(250)
+        );
+        assert_eq!(
+            retry_delay(&s, 0, 503, &h("Retry-After", "1"), b"{}"),
+            Some(1000)
+        );
+        assert_eq!(
+            retry_delay(&s, 0, 429, &h("retry-after", "0.2"), b"{}"),
+            Some(200)
+        );
+        assert_eq!(
+            retry_delay(&s, 0, 429, &h("retry-after", "30"), b"{}"),
+            None,
+            "too long to wait"
+        );
+        assert_eq!(
+            retry_delay(&s, 2, 429, &h("retry-after", "1"), b"{}"),
+            None,
+            "out of retries"
+        );
+        assert_eq!(
+            retry_delay(&s, 0, 429, &[], b"{}"),
+            None,
+            "no hint: move on"
+        );
         assert_eq!(retry_delay(&s, 0, 500, &h("retry-after", "1"), b"{}"), None);
         let quota = br#"{"error":{"message":"quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
         assert_eq!(retry_delay(&s, 0, 429, &h("retry-after", "1"), quota), None);
-        assert_eq!(retry_after_ms(&h("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")), None);
+        assert_eq!(
+            retry_after_ms(&h("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
     }
 
     #[test]
@@ -958,7 +1212,10 @@ mod tests {
             serde_json::to_vec(&json!({ "error": { "message": "Unsupported", "type": "invalid_request_error", "param": param, "code": code } })).unwrap()
         };
         assert!(a.learn(400, &refuse("max_tokens", "unsupported_parameter")));
-        assert!(!a.learn(400, &refuse("max_tokens", "unsupported_parameter")), "nothing new");
+        assert!(
+            !a.learn(400, &refuse("max_tokens", "unsupported_parameter")),
+            "nothing new"
+        );
         assert!(a.learn(400, &refuse("temperature", "unsupported_value")));
         assert!(!a.learn(400, &refuse("messages", "invalid_value")));
         assert!(!a.learn(404, &refuse("seed", "unsupported_parameter")));
@@ -972,20 +1229,39 @@ mod tests {
     fn chat_answers_and_streams_parse() {
         let s = local();
         let a = parse_chat(&s, br#"{"id":"c","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"A cat.","refusal":null},"finish_reason":"stop"}]}"#).unwrap();
-        assert_eq!((a.text.as_str(), a.finish_reason.as_deref()), ("A cat.", Some("stop")));
+        assert_eq!(
+            (a.text.as_str(), a.finish_reason.as_deref()),
+            ("A cat.", Some("stop"))
+        );
         let refused = parse_chat(&s, br#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"refusal":"I can't help with that."},"finish_reason":"stop"}]}"#);
         assert!(matches!(refused, Err(Failure::Other(m)) if m.contains("refused")));
         assert!(parse_chat(&s, b"{}").is_err());
-        let empty = Answer { text: String::new(), finish_reason: Some("length".into()), model: None };
-        assert!(description(&s, &empty).unwrap_err().message().contains("raise max_tokens"));
+        let empty = Answer {
+            text: String::new(),
+            finish_reason: Some("length".into()),
+            model: None,
+        };
+        assert!(description(&s, &empty)
+            .unwrap_err()
+            .message()
+            .contains("raise max_tokens"));
 
         let sse = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n: keep-alive\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"A \"},\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"cat.\"},\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\ndata: [DONE]\n\n";
         let a = parse_stream(&s, sse).unwrap();
-        assert_eq!((a.text.as_str(), a.finish_reason.as_deref()), ("A cat.", Some("stop")));
+        assert_eq!(
+            (a.text.as_str(), a.finish_reason.as_deref()),
+            ("A cat.", Some("stop"))
+        );
         let cut = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"A \"},\"finish_reason\":null}]}\n\n";
-        assert!(matches!(parse_stream(&s, cut), Err(Failure::Unavailable(_))));
+        assert!(matches!(
+            parse_stream(&s, cut),
+            Err(Failure::Unavailable(_))
+        ));
         let failed = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"A \"}}]}\n\ndata: {\"error\":{\"message\":\"model crashed\"}}\n\n";
-        assert!(parse_stream(&s, failed).unwrap_err().message().contains("model crashed"));
+        assert!(parse_stream(&s, failed)
+            .unwrap_err()
+            .message()
+            .contains("model crashed"));
     }
 
     #[test]
@@ -996,14 +1272,33 @@ mod tests {
         assert_eq!(e.vectors, vec![vec![1.0, 0.0], vec![0.0, 1.0]]);
         assert_eq!(e.model.as_deref(), Some("m"));
         // base64: little-endian f32 1.0 and -2.0
-        let b64 = base64::engine::general_purpose::STANDARD.encode([1.0f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat());
+        let b64 = base64::engine::general_purpose::STANDARD
+            .encode([1.0f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat());
         let body = format!(r#"{{"data":[{{"index":0,"embedding":"{b64}"}}]}}"#);
-        assert_eq!(parse_embeddings(&s, 1, body.as_bytes()).unwrap().vectors, vec![vec![1.0, -2.0]]);
-        assert!(parse_embeddings(&s, 3, br#"{"data":[{"index":0,"embedding":[1]}]}"#).unwrap_err().message().contains("1 embeddings for 3 inputs"));
-        assert!(parse_embeddings(&s, 2, br#"{"data":[{"index":0,"embedding":[1]},{"index":0,"embedding":[1]}]}"#).unwrap_err().message().contains("two items with index 0"));
+        assert_eq!(
+            parse_embeddings(&s, 1, body.as_bytes()).unwrap().vectors,
+            vec![vec![1.0, -2.0]]
+        );
+        assert!(
+            parse_embeddings(&s, 3, br#"{"data":[{"index":0,"embedding":[1]}]}"#)
+                .unwrap_err()
+                .message()
+                .contains("1 embeddings for 3 inputs")
+        );
+        assert!(parse_embeddings(
+            &s,
+            2,
+            br#"{"data":[{"index":0,"embedding":[1]},{"index":0,"embedding":[1]}]}"#
+        )
+        .unwrap_err()
+        .message()
+        .contains("two items with index 0"));
         assert!(parse_embeddings(&s, 1, br#"{"data":[{"index":5,"embedding":[1]}]}"#).is_err());
-        let nan = parse_embeddings(&s, 1, br#"{"data":[{"index":0,"embedding":[1.0,null]}]}"#).unwrap();
-        assert!(vector_problem(&s, &nan.vectors[0], None).unwrap().contains("NaN"));
+        let nan =
+            parse_embeddings(&s, 1, br#"{"data":[{"index":0,"embedding":[1.0,null]}]}"#).unwrap();
+        assert!(vector_problem(&s, &nan.vectors[0], None)
+            .unwrap()
+            .contains("NaN"));
         assert!(vector_problem(&s, &[1.0, 2.0], Some(3)).is_some());
     }
 }

@@ -43,8 +43,7 @@ pub async fn imbed_with_cache(config: Config) -> anyhow::Result<Imbed> {
 async fn imbed_needing_cache(config: Config) -> anyhow::Result<(Imbed, Store)> {
     let store = open_store(&config)?.ok_or_else(|| {
         Error::Usage(
-            "this command needs the cache, which the config turns off: set [cache] database"
-                .into(),
+            "this command needs the cache, which the config turns off: set [cache] database".into(),
         )
     })?;
     let imbed = Imbed::with_options(config, Options::default().store(store.clone())).await?;
@@ -84,11 +83,10 @@ pub async fn index(
             .await
             .context("cache task failed")??
     } else {
-        let (found, problems) = tokio::task::spawn_blocking(move || {
-            imbed::index::find_images(&paths)
-        })
-        .await
-        .context("the folder walk failed")?;
+        let (found, problems) =
+            tokio::task::spawn_blocking(move || imbed::index::find_images(&paths))
+                .await
+                .context("the folder walk failed")?;
         for p in &problems {
             eprintln!("imbed: skipping {p}");
         }
@@ -101,7 +99,8 @@ pub async fn index(
     let total = files.len() as u64;
     let mut progress = Progress::new(total);
     let mut summary = Summary::default();
-    let mut stream = imbed::index::index_files(&imbed, files, &IndexOptions::new(jobs).upgrade(upgrade))?;
+    let mut stream =
+        imbed::index::index_files(&imbed, files, &IndexOptions::new(jobs).upgrade(upgrade))?;
     let started = Instant::now();
     let interrupted = loop {
         tokio::select! {
@@ -300,7 +299,12 @@ async fn search_with(
             query.provenance.step, query.provenance.step_kind, query.provenance.space
         );
     }
-    let (space, vector, method, k) = (query.provenance.space, query.vector, how.method(), how.limit);
+    let (space, vector, method, k) = (
+        query.provenance.space,
+        query.vector,
+        how.method(),
+        how.limit,
+    );
     let result = tokio::task::spawn_blocking(move || {
         imbed::search::search(&store, &space, &vector, k, method, exclude.as_deref())
     })
@@ -343,7 +347,12 @@ pub async fn cache_stats(config: Config, json_out: bool) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(exit::OK);
     }
-    println!("cache {} (schema {}), {} on disk", stats.path.display(), stats.schema_version, mib(stats.bytes_on_disk));
+    println!(
+        "cache {} (schema {}), {} on disk",
+        stats.path.display(),
+        stats.schema_version,
+        mib(stats.bytes_on_disk)
+    );
     println!(
         "  {} images, {} file paths, {} descriptions, {} text vectors, {} image vectors",
         stats.images, stats.files, stats.descriptions, stats.text_vectors, stats.image_vectors
