@@ -459,31 +459,37 @@ impl Store {
 
     fn migrate(&self) -> Result<()> {
         let mut conn = self.conn();
-        let found: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| self.sql(e))?;
-        if found > SCHEMA_VERSION {
-            return Err(StoreError::TooNew {
-                path: self.path.clone(),
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        for (from, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-            // Each step and its version bump commit together: a crash mid-migration leaves
-            // the previous version, which the next open migrates again.
-            let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        loop {
+            // One step per transaction, taken with the write lock (IMMEDIATE) and the version
+            // read inside it: two imbed processes opening a new file at once must not both run
+            // the same step. The second waits (busy timeout), then finds the step done. A crash
+            // mid-step leaves the previous version, which the next open migrates again.
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| self.sql(e))?;
+            let found: i64 = tx
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(|e| self.sql(e))?;
+            if found > SCHEMA_VERSION {
+                return Err(StoreError::TooNew {
+                    path: self.path.clone(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            let Some(sql) = MIGRATIONS.get(found as usize) else {
+                return tx.commit().map_err(|e| self.sql(e));
+            };
             tx.execute_batch(sql).map_err(|e| self.sql(e))?;
-            tx.pragma_update(None, "user_version", (from + 1) as i64)
+            tx.pragma_update(None, "user_version", found + 1)
                 .map_err(|e| self.sql(e))?;
             tx.commit().map_err(|e| self.sql(e))?;
             tracing::debug!(
                 "cache database {} migrated to schema {}",
                 self.path.display(),
-                from + 1
+                found + 1
             );
         }
-        Ok(())
     }
 
     /// SQLite's own consistency check of the whole file: empty when it is sound.
@@ -1126,6 +1132,34 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_schema_version_is_the_number_of_migrations() {
+        assert_eq!(SCHEMA_VERSION as usize, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn many_processes_opening_a_new_database_at_once_all_succeed() {
+        // Separate connections race to create the schema, as two imbed processes would.
+        for round in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("race{round}.db"));
+            let barrier = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                let opened: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            Store::open(&path).map(|st| st.schema_version().unwrap())
+                        })
+                    })
+                    .collect();
+                for o in opened {
+                    assert_eq!(o.join().unwrap().unwrap(), SCHEMA_VERSION);
+                }
+            });
+        }
+    }
 
     #[test]
     fn blobs_round_trip_and_reject_damage() {
