@@ -364,6 +364,29 @@ fn from_blob(b: &[u8]) -> Option<Vec<f32>> {
     )
 }
 
+/// Switch `conn` to WAL. The switch needs the exclusive lock, and SQLite answers BUSY at once,
+/// without calling the busy handler, when another connection is upgrading its lock at the same
+/// time (it would deadlock otherwise): seen when several imbed processes open a new file
+/// together. Retry for as long as the busy timeout would have waited.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     /// Open (creating if needed) the database at `path` and bring its schema up to date.
     pub fn open(path: impl Into<PathBuf>) -> Result<Store> {
@@ -381,8 +404,14 @@ impl Store {
         // consistency. Two imbed processes wait for each other instead of failing.
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| open_err(e.to_string()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| open_err(format!("{e} (is it an SQLite database?)")))?;
+        set_wal(&conn).map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                open_err(format!(
+                    "{e}: another process has held it for over 10 s; stop it or wait"
+                ))
+            }
+            _ => open_err(format!("{e} (is it an SQLite database?)")),
+        })?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| open_err(e.to_string()))?;
         let store = Store {
