@@ -543,6 +543,23 @@ fn valid_plugin_key(key: &str) -> bool {
 }
 
 impl Config {
+    /// Config keys of the plugins granted `dir` as their model directory. After `imbed models
+    /// pull` into a folder no plugin is granted, the files sit there unused; the CLI says so.
+    pub fn plugins_granted_model_dir(&self, dir: &Path) -> Vec<&str> {
+        let same = |granted: &Path| {
+            granted == dir
+                || matches!(
+                    (granted.canonicalize(), dir.canonicalize()),
+                    (Ok(a), Ok(b)) if a == b
+                )
+        };
+        self.plugins
+            .iter()
+            .filter(|(_, p)| p.grants.model_dir.as_deref().is_some_and(same))
+            .map(|(key, _)| key.as_str())
+            .collect()
+    }
+
     /// Parse and validate a config from TOML text. `file` names it in errors; relative paths in
     /// it resolve against `base` (the config file's folder), or the current directory when `None`.
     pub fn from_toml_str(

@@ -666,6 +666,11 @@ fn the_cli_pulls_lists_imports_and_removes() {
     let err = stderr(&out);
     assert!(err.contains("weights.safetensors"), "{err}");
     assert!(!err.contains('\u{1b}'), "{err}");
+    // No plugin of this config reads the folder: the CLI says which grant to set.
+    assert!(
+        err.contains("no plugin in") && err.contains("[plugins.tiny.grants]"),
+        "{err}"
+    );
 
     let out = run(&["models", "list", "--json", "--verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -715,11 +720,28 @@ fn the_cli_pulls_lists_imports_and_removes() {
     );
     assert!(!dir.exists());
 
+    // Now a plugin is granted the folder: no note.
+    std::fs::write(
+        &config,
+        format!(
+            "{}[models]\nregistry = \"{}\"\n",
+            TestConfig::new()
+                .plugin(
+                    "tiny",
+                    PluginSpec::file("/nonexistent/tiny.wasm").grant_model_dir(&dir)
+                )
+                .hash("tiny")
+                .toml(),
+            registry_file.display()
+        ),
+    )
+    .unwrap();
     let good = tmp.path().join("good");
     fixture.write_folder(&good);
     let out = run(&["models", "import", NAME, good.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_model_matches(&dir, &fixture);
+    assert!(!stderr(&out).contains("no plugin in"), "{}", stderr(&out));
 
     // A mirror serving a corrupt file: exit 1, the file named, nothing left behind.
     run(&["models", "remove", NAME]);

@@ -56,17 +56,47 @@ pub(crate) async fn run(config: &Config, command: ModelsCommand) -> anyhow::Resu
     let progress = CliProgress::new();
     let result = match command {
         ModelsCommand::Pull { name, from } => {
-            pull(&models, &name, from.as_deref(), &progress).await
+            let r = pull(&models, &name, from.as_deref(), &progress).await;
+            note_grant(config, &models, &name, &r);
+            r
         }
         ModelsCommand::List { verify, json } => list(&models, verify, json, &progress).await,
         ModelsCommand::Remove { name } => remove(&models, &name).await,
-        ModelsCommand::Import { name, folder } => import(&models, &name, &folder, &progress).await,
+        ModelsCommand::Import { name, folder } => {
+            let r = import(&models, &name, &folder, &progress).await;
+            note_grant(config, &models, &name, &r);
+            r
+        }
     };
     progress.clear();
     Ok(match result {
         Ok(code) => code,
         Err(e) => fail(&e),
     })
+}
+
+/// After a pull or import: the files are only used if some plugin is granted their folder.
+/// Moving `[models] dir` does not move the plugins' `model_dir` grants, so say which to change.
+fn note_grant(config: &Config, models: &Models, name: &str, result: &Result<u8, ModelError>) {
+    if !matches!(result, Ok(0)) {
+        return;
+    }
+    let dir = models.model_dir(name);
+    if !config.plugins_granted_model_dir(&dir).is_empty() {
+        return;
+    }
+    let plugin = models
+        .registry()
+        .get(name)
+        .map(|spec| spec.plugin.clone())
+        .unwrap_or_else(|_| "<plugin>".into());
+    eprintln!(
+        "imbed: note: no plugin in {} is granted {}, so nothing will read these files; set \
+         `model_dir = \"{}\"` under [plugins.{plugin}.grants]",
+        config.source,
+        dir.display(),
+        dir.display()
+    );
 }
 
 /// Print the error; scripts tell usage mistakes (2) and bad import folders (3) from failed
