@@ -707,7 +707,7 @@ impl Imbed {
             }
             Ok(found) => {
                 if let Some(required) = &self.inner.config.chain.require_space {
-                    if &found.model.space != required {
+                    if !crate::types::space_meets(&found.model.space, required) {
                         record(
                             Some(found.plugin.key.clone()),
                             space_mismatch(&found.model.space, required),
@@ -739,7 +739,7 @@ impl Imbed {
     /// model already says it answers in another space.
     fn precheck(&self, key: &str, model: &ModelInfo) -> std::result::Result<(), StepError> {
         match &self.inner.config.chain.require_space {
-            Some(required) if &model.space != required => {
+            Some(required) if !crate::types::space_meets(&model.space, required) => {
                 Err(StepError::of(key, space_mismatch(&model.space, required)))
             }
             _ => Ok(()),

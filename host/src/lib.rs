@@ -46,6 +46,6 @@ pub use input::{ImageSource, InputError, UrlGuard, ValidImage};
 pub use plugin::{ComponentReport, Roles};
 pub use store::{Store, StoreError};
 pub use types::{
-    Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance,
-    StepKind, StructuredDescription,
+    space_meets, Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId,
+    Provenance, StepKind, StructuredDescription,
 };

@@ -674,7 +674,7 @@ async fn openai(state: &AppState, body: Bytes) -> Result<Response, Failure> {
         if let Some((i, e)) = embeddings
             .iter()
             .enumerate()
-            .find(|(_, e)| e.provenance.space != requested_model)
+            .find(|(_, e)| !crate::types::space_meets(&e.provenance.space, &requested_model))
         {
             return Err(Failure {
                 status: StatusCode::SERVICE_UNAVAILABLE,

@@ -200,3 +200,49 @@ impl std::fmt::Display for Attempt {
         write!(f, "): {}: {}", self.kind, self.message)
     }
 }
+
+/// Whether an answer in space `found` meets a requirement for space `required` (`[chain]
+/// require_space`, or a space id as the OpenAI route's `model`). Space ids carry the weights'
+/// revision after `@` (`ollama/nomic-embed-text@0a109f422b47`, `clip/...@b33cedfd...`); a
+/// requirement written without one accepts any revision of that model, so a config need not
+/// change when the model is pulled again. The vectors still carry their full space, and only
+/// equal spaces are ever compared.
+pub fn space_meets(found: &str, required: &str) -> bool {
+    found == required || (!required.contains('@') && without_revision(found) == required)
+}
+
+/// `found` without its `@revision` part (up to the next `:`, which starts a dimension suffix).
+fn without_revision(space: &str) -> std::borrow::Cow<'_, str> {
+    let Some(at) = space.find('@') else {
+        return space.into();
+    };
+    let rest = &space[at + 1..];
+    let tail = rest.find(':').map(|i| &rest[i..]).unwrap_or("");
+    format!("{}{tail}", &space[..at]).into()
+}
+
+#[cfg(test)]
+mod space_tests {
+    use super::space_meets;
+
+    #[test]
+    fn a_requirement_without_revision_accepts_every_revision_and_nothing_else() {
+        let ollama = "ollama/nomic-embed-text@0a109f422b47";
+        assert!(space_meets(ollama, "ollama/nomic-embed-text"));
+        assert!(space_meets(ollama, ollama));
+        assert!(!space_meets(ollama, "ollama/nomic-embed-text@111111111111"));
+        assert!(!space_meets(ollama, "ollama/nomic-embed"));
+        assert!(!space_meets(ollama, "ollama/mxbai-embed-large"));
+        assert!(space_meets("ollama/m@abc:256", "ollama/m:256"));
+        assert!(!space_meets("ollama/m@abc:256", "ollama/m"));
+        assert!(!space_meets("ollama/m@abc", "ollama/m:256"));
+        assert!(space_meets(
+            "ollama/nomic-embed-text",
+            "ollama/nomic-embed-text"
+        ));
+        assert!(!space_meets(
+            "ollama/nomic-embed-text",
+            "ollama/nomic-embed-text@0a109f422b47"
+        ));
+    }
+}

@@ -11,7 +11,7 @@ use imbed::index::{IndexOptions, Summary};
 use imbed::search::{Method, SearchError};
 use imbed::store::{PruneOptions, Store, StoreError};
 use imbed::{ImageRequest, ImageSource, Imbed, Options};
-use imbed_tests::ollama::{OllamaStandIn, Route};
+use imbed_tests::ollama::{ModelSpec, OllamaStandIn, Route};
 use imbed_tests::{images, PluginSpec, TestConfig};
 use sha2::{Digest, Sha256};
 
@@ -270,6 +270,62 @@ async fn swapping_the_embedding_model_reuses_every_description() {
     let expected = ollama.expected_embedding("all-minilm", text).unwrap();
     assert_eq!(e.vector.len(), 384);
     assert!(imbed_tests::cosine(&e.vector, &expected) > 0.9999);
+}
+
+#[tokio::test]
+async fn pulling_new_weights_under_the_same_name_starts_a_new_space() {
+    // `ollama pull nomic-embed-text` can move the tag to other weights; their vectors must not be
+    // served from, or searched with, the old ones.
+    let ollama = OllamaStandIn::start();
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    for i in 0..3u32 {
+        write(
+            &photos,
+            &format!("p{i}.png"),
+            &coloured_png([200, 30, 30], i),
+        );
+    }
+    let db = dir.path().join("imbed.db");
+    let cfg = ollama_chain(&ollama, "nomic-embed-text", &db);
+    let before = open(&cfg, &db).await;
+    assert_eq!(
+        index(&before, &photos, IndexOptions::new(3)).await.embedded,
+        3
+    );
+    let old_space = ollama.space("nomic-embed-text").unwrap();
+    drop(before);
+
+    ollama.add_model(ModelSpec::embedding("nomic-embed-text", 768).with_revision("v2"));
+    let new_space = ollama.space("nomic-embed-text").unwrap();
+    assert_ne!(old_space, new_space);
+    ollama.reset_log();
+    let after = open(&cfg, &db).await;
+    let s = index(&after, &photos, IndexOptions::new(3)).await;
+    assert_eq!(s.embedded, 3, "the old answers are another space: {s:?}");
+    assert_eq!(ollama.vision_calls(), 0, "the descriptions are the same");
+    let img = std::fs::read(photos.join("p1.png")).unwrap();
+    let e = after
+        .embed_image(ImageRequest::new(ImageSource::Bytes(img)))
+        .await
+        .unwrap();
+    assert_eq!(e.provenance.space, new_space);
+    let text = &e.provenance.description.as_ref().unwrap().text;
+    let fresh = ollama.expected_embedding("nomic-embed-text", text).unwrap();
+    assert!(imbed_tests::cosine(&e.vector, &fresh) > 0.9999);
+    let spaces: Vec<String> = after
+        .store()
+        .unwrap()
+        .stats()
+        .unwrap()
+        .spaces
+        .into_iter()
+        .map(|s| s.space)
+        .collect();
+    assert!(
+        spaces.contains(&old_space) && spaces.contains(&new_space),
+        "{spaces:?}"
+    );
 }
 
 #[tokio::test]

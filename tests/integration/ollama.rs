@@ -67,8 +67,13 @@ async fn describe_then_embed_through_the_real_plugin() {
     assert_eq!((p.step, p.degraded), (0, false), "{:?}", p.attempts);
     assert_eq!(
         (p.model.as_str(), p.space.as_str(), p.dimensions),
-        ("nomic-embed-text", "ollama/nomic-embed-text", 768)
+        (
+            "nomic-embed-text",
+            "ollama/nomic-embed-text@10886753ec3b",
+            768
+        )
     );
+    assert_eq!(Some(p.space.clone()), ollama.space("nomic-embed-text"));
     let d = p.description.as_ref().unwrap();
     // The stand-in's description names the decoded size and the hash of the bytes it received.
     assert!(
@@ -116,7 +121,11 @@ async fn texts_embed_in_one_batch_and_a_bad_item_does_not_sink_the_rest() {
     assert_eq!(results.len(), 4);
     for i in [0, 2, 3] {
         let e = results[i].as_ref().unwrap();
-        assert_eq!(e.provenance.space, "ollama/nomic-embed-text", "item {i}");
+        assert_eq!(
+            Some(e.provenance.space.clone()),
+            ollama.space("nomic-embed-text"),
+            "item {i}"
+        );
         let expected = ollama
             .expected_embedding("nomic-embed-text", &texts[i])
             .unwrap();
@@ -171,8 +180,8 @@ async fn models_swap_by_config_and_by_environment() {
     let imbed = Imbed::new(cfg.build()).await.unwrap();
     let e = embed_bytes(&imbed, images::png(32, 32, 2)).await;
     assert_eq!(
-        (e.provenance.space.as_str(), e.vector.len()),
-        ("ollama/mxbai-embed-large", 1024)
+        (Some(e.provenance.space.clone()), e.vector.len()),
+        (ollama.space("mxbai-embed-large"), 1024)
     );
     assert_eq!(
         e.provenance.description.unwrap().model.as_deref(),
@@ -188,8 +197,8 @@ async fn models_swap_by_config_and_by_environment() {
     let imbed = Imbed::new(by_env.build_with_env(&env)).await.unwrap();
     let e = embed_bytes(&imbed, images::png(32, 32, 2)).await;
     assert_eq!(
-        (e.provenance.space.as_str(), e.vector.len()),
-        ("ollama/all-minilm", 384)
+        (Some(e.provenance.space.clone()), e.vector.len()),
+        (ollama.space("all-minilm"), 384)
     );
     assert_eq!(
         e.provenance.description.unwrap().model.as_deref(),

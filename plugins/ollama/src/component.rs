@@ -33,6 +33,23 @@ fn settings() -> Result<Settings, Error> {
 }
 
 impl Ollama {
+    /// Which weights `embed_model` names right now, from `/api/tags`. A server that cannot list
+    /// it (a proxy passing only the inference routes) leaves the space without a revision.
+    fn revision(&mut self, s: &Settings) -> Result<Option<String>, Error> {
+        let (status, answer) = self.send(s, "GET", "/api/tags", None, &s.embed_model)?;
+        let revision = (200..300)
+            .contains(&status)
+            .then(|| protocol::model_revision(&answer, &s.embed_model))
+            .flatten();
+        if revision.is_none() {
+            log::warn(&format!(
+                "Ollama at {} did not list the digest of {:?} (GET /api/tags answered {status}); its space id has no revision",
+                s.base_url, s.embed_model
+            ));
+        }
+        Ok(revision)
+    }
+
     /// Send a request to Ollama about `model`; the first request for a model may have to load
     /// it and gets the longer deadline.
     fn send(
@@ -263,7 +280,11 @@ impl Embedder for Ollama {
         let s = settings()?;
         // The vector length is whatever the model actually returns: ask it once.
         let probe = single(self.embed_batch(&s, &["dimension probe"]))?;
-        Ok(ModelInfo::new(s.embed_model.clone(), s.space_id()).with_dimensions(probe.len() as u32))
+        let revision = self.revision(&s)?;
+        Ok(
+            ModelInfo::new(s.embed_model.clone(), s.space_id(revision.as_deref()))
+                .with_dimensions(probe.len() as u32),
+        )
     }
 
     fn embed_text(&mut self, text: &str) -> Result<Vector, Error> {

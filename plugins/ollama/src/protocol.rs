@@ -146,14 +146,18 @@ impl Settings {
     }
 
     /// The embedding space of `embed_model`: Ollama names `x` and `x:latest` the same model.
-    pub fn space_id(&self) -> String {
+    /// `revision` is the first 12 hex digits of the model's digest (see [`model_revision`]): a
+    /// name is only a tag, and `ollama pull` can move it to other weights (nomic-embed-text's
+    /// `latest` did), whose vectors must not be mixed with the old ones.
+    pub fn space_id(&self, revision: Option<&str>) -> String {
         let model = self
             .embed_model
             .strip_suffix(":latest")
             .unwrap_or(&self.embed_model);
+        let revision = revision.map(|r| format!("@{r}")).unwrap_or_default();
         match self.dimensions {
-            Some(d) => format!("ollama/{model}:{d}"),
-            None => format!("ollama/{model}"),
+            Some(d) => format!("ollama/{model}{revision}:{d}"),
+            None => format!("ollama/{model}{revision}"),
         }
     }
 
@@ -345,6 +349,29 @@ pub fn parse_structured(text: &str) -> Option<Structured> {
     })
 }
 
+/// The first 12 hex digits of `model`'s digest in an `/api/tags` answer, or `None` when the
+/// answer does not list it with a digest. `x` and `x:latest` are the same model.
+pub fn model_revision(tags_answer: &[u8], model: &str) -> Option<String> {
+    let full = |name: &str| {
+        if name.contains(':') {
+            name.to_string()
+        } else {
+            format!("{name}:latest")
+        }
+    };
+    let wanted = full(model);
+    let v: Value = serde_json::from_slice(tags_answer).ok()?;
+    let entry = v.get("models")?.as_array()?.iter().find(|m| {
+        ["name", "model"]
+            .iter()
+            .any(|k| m.get(*k).and_then(Value::as_str).map(full).as_deref() == Some(&wanted))
+    })?;
+    let digest = entry.get("digest")?.as_str()?;
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    (hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| hex[..12].to_ascii_lowercase())
+}
+
 /// The vectors of an `/api/embed` answer.
 pub fn parse_embed(body: &[u8]) -> Result<Vec<Vec<f32>>, Error> {
     let v: Value = serde_json::from_slice(body)
@@ -447,7 +474,11 @@ mod tests {
             ("llava", "nomic-embed-text")
         );
         assert_eq!(s.prompt, DEFAULT_PROMPT);
-        assert_eq!(s.space_id(), "ollama/nomic-embed-text");
+        assert_eq!(s.space_id(None), "ollama/nomic-embed-text");
+        assert_eq!(
+            s.space_id(Some("0a109f422b47")),
+            "ollama/nomic-embed-text@0a109f422b47"
+        );
         let body = s.describe_body("p", "AAAA".into());
         assert_eq!(body["stream"], false);
         assert_eq!(body["options"]["temperature"], 0.0);
@@ -531,5 +562,24 @@ mod tests {
         assert_eq!(v, vec![0.6, 0.8]);
         assert!(vector_problem(&[f32::NAN], None).is_some());
         assert!(vector_problem(&[1.0, 2.0], Some(3)).is_some());
+    }
+
+    #[test]
+    fn the_revision_comes_from_the_tags_listing() {
+        let tags = br#"{"models":[
+            {"name":"llava:latest","model":"llava:latest","digest":"8dd30f6b0cb19f555f2c7a7ebda861449ea2cc76bf1f44e262931f45fc81d081"},
+            {"name":"nomic-embed-text:latest","model":"nomic-embed-text:latest","digest":"0A109F422B47E3A30BA2B10ECA18548E944E8A23073EE3F3E947EFCF3C45E59F"},
+            {"name":"all-minilm:l6-v2","model":"all-minilm:l6-v2","digest":"sha256:1b226e2802dbb772b5fc32a58f103ca1804ef7501331012de126ab22f67475ef"},
+            {"name":"broken:latest","digest":"xyz"}]}"#;
+        let rev = |m| model_revision(tags, m);
+        assert_eq!(rev("nomic-embed-text").as_deref(), Some("0a109f422b47"));
+        assert_eq!(
+            rev("nomic-embed-text:latest").as_deref(),
+            Some("0a109f422b47")
+        );
+        assert_eq!(rev("all-minilm:l6-v2").as_deref(), Some("1b226e2802db"));
+        assert_eq!(rev("all-minilm"), None);
+        assert_eq!(rev("broken"), None);
+        assert_eq!(model_revision(b"not json", "llava"), None);
     }
 }
