@@ -42,7 +42,7 @@ impl Ollama {
             .then(|| protocol::model_revision(&answer, &s.embed_model))
             .flatten();
         if revision.is_none() {
-            log::warn(&format!(
+            log::warn(format!(
                 "Ollama at {} did not list the digest of {:?} (GET /api/tags answered {status}); its space id has no revision",
                 s.base_url, s.embed_model
             ));
