@@ -174,7 +174,7 @@ pub trait Describer: Plugin {
 
 /// Export a [`Plugin`] type as the component's implementation of the roles listed.
 ///
-/// ```ignore
+/// ```text
 /// export_plugin!(MyPlugin: embedder);
 /// export_plugin!(MyPlugin: embedder, image_embedder);
 /// export_plugin!(MyPlugin: describer, embedder);
