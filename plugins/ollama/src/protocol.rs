@@ -147,8 +147,8 @@ impl Settings {
 
     /// The embedding space of `embed_model`: Ollama names `x` and `x:latest` the same model.
     /// `revision` is the first 12 hex digits of the model's digest (see [`model_revision`]): a
-    /// name is only a tag, and `ollama pull` can move it to other weights (nomic-embed-text's
-    /// `latest` did), whose vectors must not be mixed with the old ones.
+    /// name is only a tag, and `ollama pull` can move it to other weights (tags such as `latest`
+    /// are mutable), whose vectors must not be mixed with the old ones.
     pub fn space_id(&self, revision: Option<&str>) -> String {
         let model = self
             .embed_model
