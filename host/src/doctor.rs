@@ -73,6 +73,13 @@ pub struct ModelDirCheck {
     pub exists: bool,
     /// The files in it.
     pub files: Vec<String>,
+    /// The registry model this folder holds (by folder name), when it is one.
+    pub model: Option<String>,
+    /// That model's state by the registry's sizes and manifest (no hashing: `imbed models list
+    /// --verify` hashes).
+    pub state: Option<crate::models::ModelState>,
+    /// What is missing or wrong, and what to do (`imbed models pull <name>`).
+    pub problems: Vec<String>,
 }
 
 fn with_latest(name: &str) -> String {
@@ -214,7 +221,12 @@ pub async fn run(imbed: &Imbed) -> Report {
             ollama.push(check_ollama(key, &p.settings).await);
         }
     }
-    let model_dirs = config
+    // The registry knows each model's files: a folder named after a registry model is checked
+    // against it, the way `imbed models list` does.
+    let registry = crate::models::Models::from_config(config, &crate::config::Env::isolated())
+        .map(|m| m.registry().clone())
+        .ok();
+    let mut model_dirs: Vec<ModelDirCheck> = config
         .plugins
         .iter()
         .filter_map(|(key, p)| p.grants.model_dir.as_ref().map(|d| (key, d)))
@@ -234,9 +246,28 @@ pub async fn run(imbed: &Imbed) -> Report {
                 dir: dir.clone(),
                 exists: dir.is_dir(),
                 files,
+                model: None,
+                state: None,
+                problems: vec![],
             }
         })
         .collect();
+    if let Some(registry) = registry {
+        for check in &mut model_dirs {
+            let name = check.dir.file_name().and_then(|n| n.to_str());
+            let (Some(spec), Some(parent)) =
+                (name.and_then(|n| registry.get(n).ok()), check.dir.parent())
+            else {
+                continue;
+            };
+            let models = crate::models::Models::new(registry.clone(), parent);
+            if let Ok(status) = models.status(spec, false, &crate::models::NoProgress).await {
+                check.model = Some(spec.name.clone());
+                check.state = Some(status.state);
+                check.problems = status.problems;
+            }
+        }
+    }
     Report {
         config: config.source.clone(),
         plugins: imbed.plugins(),

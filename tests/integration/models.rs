@@ -758,3 +758,70 @@ fn the_cli_pulls_lists_imports_and_removes() {
     assert!(!dir.join("weights.safetensors").exists());
     assert!(!dir.join("weights.safetensors.part").exists());
 }
+
+#[tokio::test]
+async fn doctor_checks_granted_model_folders_against_the_registry() {
+    let tmp = tempfile::tempdir_in(imbed_tests::repo_root().join("target")).unwrap();
+    let minilm = tmp.path().join("all-minilm-l6-v2");
+    let clip = tmp.path().join("clip-vit-base-patch32");
+    Models::new(Registry::builtin().unwrap(), tmp.path())
+        .import(
+            "all-minilm-l6-v2",
+            &imbed_tests::models::minilm_dir(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    let cfg = TestConfig::new()
+        .plugin(
+            "minilm",
+            PluginSpec::file("/nonexistent/minilm.wasm").grant_model_dir(&minilm),
+        )
+        .plugin(
+            "clip",
+            PluginSpec::file("/nonexistent/clip.wasm").grant_model_dir(&clip),
+        )
+        .plugin("hash", PluginSpec::hash())
+        .hash("hash");
+    let doctor = || async {
+        let imbed = imbed::Imbed::new(cfg.build()).await.unwrap();
+        imbed::doctor::run(&imbed).await.model_dirs
+    };
+    let of = |dirs: &[imbed::doctor::ModelDirCheck], plugin: &str| {
+        dirs.iter().find(|d| d.plugin == plugin).unwrap().clone()
+    };
+
+    let dirs = doctor().await;
+    let m = of(&dirs, "minilm");
+    assert_eq!(
+        (m.model.as_deref(), m.state),
+        (Some("all-minilm-l6-v2"), Some(ModelState::Complete)),
+        "{:?}",
+        m.problems
+    );
+    let c = of(&dirs, "clip");
+    assert_eq!(
+        (c.model.as_deref(), c.state, c.exists),
+        (
+            Some("clip-vit-base-patch32"),
+            Some(ModelState::Absent),
+            false
+        )
+    );
+
+    // A truncated weights file: corrupt, with the command that repairs it.
+    let weights = minilm.join("model.safetensors");
+    let data = std::fs::read(&weights).unwrap();
+    std::fs::remove_file(&weights).unwrap(); // a hard link: do not truncate the original
+    std::fs::write(&weights, &data[..1000]).unwrap();
+    let m = of(&doctor().await, "minilm");
+    assert_eq!(m.state, Some(ModelState::Corrupt));
+    assert!(
+        m.problems
+            .iter()
+            .any(|p| p.contains("model.safetensors is 1000 bytes")
+                && p.contains("imbed models pull all-minilm-l6-v2")),
+        "{:?}",
+        m.problems
+    );
+}

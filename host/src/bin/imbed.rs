@@ -711,7 +711,26 @@ async fn doctor(config: Config, json_out: bool) -> anyhow::Result<u8> {
         }
     }
     for d in &report.model_dirs {
-        if d.exists {
+        if let (Some(model), Some(state)) = (&d.model, d.state) {
+            use imbed::models::ModelState;
+            let what = match state {
+                ModelState::Complete => "complete",
+                ModelState::Incomplete => "INCOMPLETE",
+                ModelState::Corrupt => "CORRUPT",
+                _ => "MISSING",
+            };
+            println!(
+                "model files for {}: {model} {what} in {}",
+                d.plugin,
+                d.dir.display()
+            );
+            if state == ModelState::Absent {
+                println!("  run `imbed models pull {model}`");
+            }
+            for p in &d.problems {
+                println!("  {p}");
+            }
+        } else if d.exists {
             println!(
                 "model files for {}: {} ({})",
                 d.plugin,
