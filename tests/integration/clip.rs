@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use imbed::{Embedding, FailureKind, ImageRequest, ImageSource, Imbed, StepKind};
-use imbed_tests::clip::{self, cos as cosine, floats, model_dir, reference, Weights};
+use imbed_tests::clip::{self, floats, model_dir, reference, Weights};
+use imbed_tests::cosine;
 use imbed_tests::{component, images, PluginSpec, TestConfig};
 
 /// What the error messages must tell the user to run.

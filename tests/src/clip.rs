@@ -92,12 +92,3 @@ pub fn sha256_hex(path: &Path) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
-
-/// Cosine similarity of two vectors of any length (the references are not normalised; the
-/// crate's `cosine` assumes unit vectors).
-pub fn cos(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "vectors of different lengths");
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| *x as f64 * *x as f64).sum::<f64>().sqrt();
-    (dot / (norm(a) * norm(b))) as f32
-}

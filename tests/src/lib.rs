@@ -660,8 +660,20 @@ pub fn free_local_port() -> u16 {
         .port()
 }
 
-/// Cosine similarity of two unit vectors.
+/// Cosine similarity, computed in f64 and normalised, so that a vector that is not unit length
+/// (a plugin that forgot to normalise, a reference from another implementation) is compared
+/// by direction and not passed or failed by its length. An all-zero vector has similarity 0.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "vectors of different lengths");
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let (mut dot, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(*x), f64::from(*y));
+        dot += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa == 0.0 || bb == 0.0 {
+        return 0.0;
+    }
+    (dot / (aa.sqrt() * bb.sqrt())) as f32
 }
