@@ -88,6 +88,15 @@ fn unique_png(seed: u32) -> Vec<u8> {
     images::png_of(&img)
 }
 
+/// `<parent>/photos/p0.png` .. `p<n-1>.png`: `n` distinct images of one colour.
+fn photo_folder(parent: &Path, n: u32, rgb: [u8; 3]) -> PathBuf {
+    let photos = parent.join("photos");
+    for i in 0..n {
+        write(&photos, &format!("p{i}.png"), &coloured_png(rgb, i));
+    }
+    photos
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -226,14 +235,7 @@ async fn a_repeated_image_is_answered_by_the_cache_without_calling_the_backend()
 async fn swapping_the_embedding_model_reuses_every_description() {
     let ollama = OllamaStandIn::start();
     let dir = tempfile::tempdir().unwrap();
-    let photos = dir.path().join("photos");
-    for i in 0..5u32 {
-        write(
-            &photos,
-            &format!("p{i}.png"),
-            &coloured_png([30, 30, 200], i),
-        );
-    }
+    let photos = photo_folder(dir.path(), 5, [30, 30, 200]);
     let db = dir.path().join("imbed.db");
 
     let nomic = open(&ollama_chain(&ollama, "nomic-embed-text", &db), &db).await;
@@ -278,14 +280,7 @@ async fn pulling_new_weights_under_the_same_name_starts_a_new_space() {
     // served from, or searched with, the old ones.
     let ollama = OllamaStandIn::start();
     let dir = tempfile::tempdir().unwrap();
-    let photos = dir.path().join("photos");
-    for i in 0..3u32 {
-        write(
-            &photos,
-            &format!("p{i}.png"),
-            &coloured_png([200, 30, 30], i),
-        );
-    }
+    let photos = photo_folder(dir.path(), 3, [200, 30, 30]);
     let db = dir.path().join("imbed.db");
     let cfg = ollama_chain(&ollama, "nomic-embed-text", &db);
     let before = open(&cfg, &db).await;
@@ -468,14 +463,7 @@ async fn similar_finds_the_near_duplicate_and_leaves_out_the_query() {
 async fn upgrade_re_embeds_exactly_the_degraded_images_once_ollama_is_back() {
     let ollama = OllamaStandIn::start();
     let dir = tempfile::tempdir().unwrap();
-    let photos = dir.path().join("photos");
-    for i in 0..4u32 {
-        write(
-            &photos,
-            &format!("p{i}.png"),
-            &coloured_png([200, 200, 30], i),
-        );
-    }
+    let photos = photo_folder(dir.path(), 4, [200, 200, 30]);
     let db = dir.path().join("imbed.db");
     let cfg = ollama_chain(&ollama, "nomic-embed-text", &db);
 
