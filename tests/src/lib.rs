@@ -21,6 +21,7 @@ pub mod models;
 pub mod ollama;
 pub mod openai;
 pub mod python;
+pub mod request_log;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

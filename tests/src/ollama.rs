@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::request_log::RequestLog;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::CONTENT_TYPE;
@@ -360,10 +361,6 @@ impl Route {
         }
     }
 
-    fn index(self) -> usize {
-        self as usize
-    }
-
     fn takes_json(self) -> bool {
         matches!(
             self,
@@ -373,45 +370,7 @@ impl Route {
 }
 
 /// One request as the stand-in received it.
-#[derive(Clone, Debug)]
-pub struct Recorded {
-    /// The route it matched; `None` for a 404 or 405.
-    pub route: Option<Route>,
-    /// `GET`, `POST`, ...
-    pub method: String,
-    /// Path and query.
-    pub path: String,
-    /// Headers, names lowercase.
-    pub headers: Vec<(String, String)>,
-    /// The body as JSON, when it parsed as the server parses it.
-    pub body: Option<Value>,
-    /// The body's bytes.
-    pub raw: Vec<u8>,
-    /// Images carried (`images` of generate, plus every message's `images` in chat).
-    pub images: usize,
-    /// The status answered; `None` while the request is still waiting (a hang, a latency).
-    pub status: Option<u16>,
-    /// When it arrived.
-    pub at: Instant,
-}
-
-impl Recorded {
-    /// A header's value.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// A top-level string field of the JSON body (`model`, `prompt`, ...).
-    pub fn field(&self, name: &str) -> Option<&str> {
-        self.body
-            .as_ref()
-            .and_then(|b| b.get(name))
-            .and_then(Value::as_str)
-    }
-}
+pub type Recorded = crate::request_log::Recorded<Route>;
 
 /// Settings fixed at start; everything else is a knob on [`OllamaStandIn`].
 #[derive(Clone, Debug)]
@@ -485,8 +444,7 @@ impl OllamaStandInBuilder {
                 ..Knobs::default()
             }),
             hang,
-            counts: Default::default(),
-            log: Mutex::default(),
+            log: RequestLog::new(count_images),
             loaded: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
@@ -680,29 +638,24 @@ impl OllamaStandIn {
 
     /// Requests received on a route, errors included.
     pub fn hits(&self, route: Route) -> usize {
-        self.shared.counts[route.index()].load(Ordering::SeqCst)
+        self.shared.log.count(|r| r.route == Some(route))
     }
 
     /// Every request received, oldest first (404s and 405s included).
     pub fn requests(&self) -> Vec<Recorded> {
-        lock(&self.shared.log).clone()
+        self.shared.log.all()
     }
 
     /// The requests received on one route.
     pub fn requests_to(&self, route: Route) -> Vec<Recorded> {
-        lock(&self.shared.log)
-            .iter()
-            .filter(|r| r.route == Some(route))
-            .cloned()
-            .collect()
+        self.shared.log.to(route)
     }
 
     /// Generate and chat requests that carried at least one image.
     pub fn vision_calls(&self) -> usize {
-        lock(&self.shared.log)
-            .iter()
-            .filter(|r| matches!(r.route, Some(Route::Generate | Route::Chat)) && r.images > 0)
-            .count()
+        self.shared
+            .log
+            .count(|r| matches!(r.route, Some(Route::Generate | Route::Chat)) && r.images > 0)
     }
 
     /// Model requests in flight now.
@@ -717,10 +670,7 @@ impl OllamaStandIn {
 
     /// Clear the request log, the counters and the peak.
     pub fn reset_log(&self) {
-        lock(&self.shared.log).clear();
-        for c in &self.shared.counts {
-            c.store(0, Ordering::SeqCst);
-        }
+        self.shared.log.clear();
         self.shared.peak_in_flight.store(
             self.shared.in_flight.load(Ordering::SeqCst),
             Ordering::SeqCst,
@@ -807,8 +757,7 @@ struct Shared {
     models: RwLock<Vec<ModelSpec>>,
     knobs: Mutex<Knobs>,
     hang: watch::Sender<bool>,
-    counts: [AtomicUsize; Route::ALL.len()],
-    log: Mutex<Vec<Recorded>>,
+    log: RequestLog<Route>,
     /// Models that have been "loaded"; the cell is filled once the cold start is over.
     loaded: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
     in_flight: AtomicUsize,
@@ -854,54 +803,6 @@ impl Shared {
         }
     }
 
-    fn record(
-        &self,
-        route: Option<Route>,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        raw: &[u8],
-        body: Option<Value>,
-    ) -> usize {
-        if let Some(r) = route {
-            self.counts[r.index()].fetch_add(1, Ordering::SeqCst);
-        }
-        let images = body.as_ref().map(count_images).unwrap_or(0);
-        let rec = Recorded {
-            route,
-            method: method.to_string(),
-            path: uri
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| uri.path().to_string()),
-            headers: headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body,
-            raw: raw.to_vec(),
-            images,
-            status: None,
-            at: Instant::now(),
-        };
-        let mut log = lock(&self.log);
-        log.push(rec);
-        log.len() - 1
-    }
-
-    fn set_status(&self, index: usize, status: StatusCode) {
-        if let Some(r) = lock(&self.log).get_mut(index) {
-            r.status = Some(status.as_u16());
-        }
-    }
-
-    /// Where the real server hands a validated request to its scheduler: the queue, injected
-    /// failures, a hang, the model load, then the "inference" latency.
     async fn schedule(self: &Arc<Self>, spec: &ModelSpec) -> Result<Ticket, Response> {
         let (cold_start, latency) = {
             let mut k = lock(&self.knobs);
@@ -989,8 +890,8 @@ fn app(shared: Arc<Shared>) -> Router {
              uri: Uri,
              headers: HeaderMap,
              body: Bytes| async move {
-                let i = s.record(None, &method, &uri, &headers, &body, None);
-                s.set_status(i, StatusCode::METHOD_NOT_ALLOWED);
+                let i = s.log.record(None, &method, &uri, &headers, &body, None);
+                s.log.set_status(i, StatusCode::METHOD_NOT_ALLOWED);
                 text_resp(405, "text/plain", "405 method not allowed")
             },
         )
@@ -1000,8 +901,8 @@ fn app(shared: Arc<Shared>) -> Router {
              uri: Uri,
              headers: HeaderMap,
              body: Bytes| async move {
-                let i = s.record(None, &method, &uri, &headers, &body, None);
-                s.set_status(i, StatusCode::NOT_FOUND);
+                let i = s.log.record(None, &method, &uri, &headers, &body, None);
+                s.log.set_status(i, StatusCode::NOT_FOUND);
                 not_found()
             },
         )
@@ -1024,13 +925,17 @@ async fn dispatch(
     };
     let legacy = lock(&shared.knobs).legacy;
     if route == Route::Embed && legacy {
-        let i = shared.record(Some(route), &method, &uri, &headers, &body, None);
-        shared.set_status(i, StatusCode::NOT_FOUND);
+        let i = shared
+            .log
+            .record(Some(route), &method, &uri, &headers, &body, None);
+        shared.log.set_status(i, StatusCode::NOT_FOUND);
         return not_found();
     }
     let parsed = route.takes_json().then(|| go::bind(&body));
     let logged = parsed.as_ref().and_then(|p| p.as_ref().ok().cloned());
-    let index = shared.record(Some(route), &method, &uri, &headers, &body, logged);
+    let index = shared
+        .log
+        .record(Some(route), &method, &uri, &headers, &body, logged);
     let parsed = parsed.unwrap_or(Ok(Value::Null));
     let response = match route {
         Route::Root => text_resp(200, "text/plain; charset=utf-8", "Ollama is running"),
@@ -1042,7 +947,7 @@ async fn dispatch(
         Route::Embed => embed(&shared, parsed, start).await,
         Route::Embeddings => embeddings(&shared, parsed).await,
     };
-    shared.set_status(index, response.status());
+    shared.log.set_status(index, response.status());
     response
 }
 

@@ -33,8 +33,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::request_log::RequestLog;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::CONTENT_TYPE;
@@ -225,65 +226,8 @@ pub enum Route {
     Embeddings,
 }
 
-impl Route {
-    const ALL: [Route; 4] = [
-        Route::Models,
-        Route::Model,
-        Route::ChatCompletions,
-        Route::Embeddings,
-    ];
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
 /// One request as the stand-in received it.
-#[derive(Clone, Debug)]
-pub struct Recorded {
-    /// The route it matched; `None` for a 404 or 405.
-    pub route: Option<Route>,
-    /// `GET`, `POST`, ...
-    pub method: String,
-    /// Path and query.
-    pub path: String,
-    /// Headers, names lowercase.
-    pub headers: Vec<(String, String)>,
-    /// The body as JSON, when it parsed.
-    pub body: Option<Value>,
-    /// The body's bytes.
-    pub raw: Vec<u8>,
-    /// `image_url` parts carried.
-    pub images: usize,
-    /// The status answered; `None` while the request is still waiting.
-    pub status: Option<u16>,
-    /// When it arrived.
-    pub at: Instant,
-}
-
-impl Recorded {
-    /// A header's value.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The bearer token sent, if any.
-    pub fn bearer(&self) -> Option<&str> {
-        self.header("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-    }
-
-    /// A top-level string field of the JSON body (`model`, ...).
-    pub fn field(&self, name: &str) -> Option<&str> {
-        self.body
-            .as_ref()
-            .and_then(|b| b.get(name))
-            .and_then(Value::as_str)
-    }
-}
+pub type Recorded = crate::request_log::Recorded<Route>;
 
 /// Settings fixed at start; everything else is a knob on [`OpenAiStandIn`].
 #[derive(Clone, Debug)]
@@ -345,8 +289,7 @@ impl OpenAiStandInBuilder {
             models: RwLock::new(self.models),
             knobs: Mutex::default(),
             hang,
-            counts: Default::default(),
-            log: Mutex::default(),
+            log: RequestLog::new(count_images),
             ids: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
         });
@@ -509,29 +452,24 @@ impl OpenAiStandIn {
 
     /// Requests received on a route, errors included.
     pub fn hits(&self, route: Route) -> usize {
-        self.shared.counts[route.index()].load(Ordering::SeqCst)
+        self.shared.log.count(|r| r.route == Some(route))
     }
 
     /// Every request received, oldest first (404s and 405s included).
     pub fn requests(&self) -> Vec<Recorded> {
-        lock(&self.shared.log).clone()
+        self.shared.log.all()
     }
 
     /// The requests received on one route.
     pub fn requests_to(&self, route: Route) -> Vec<Recorded> {
-        lock(&self.shared.log)
-            .iter()
-            .filter(|r| r.route == Some(route))
-            .cloned()
-            .collect()
+        self.shared.log.to(route)
     }
 
     /// Chat requests that carried at least one image.
     pub fn vision_calls(&self) -> usize {
-        lock(&self.shared.log)
-            .iter()
-            .filter(|r| r.route == Some(Route::ChatCompletions) && r.images > 0)
-            .count()
+        self.shared
+            .log
+            .count(|r| r.route == Some(Route::ChatCompletions) && r.images > 0)
     }
 
     /// Model requests in flight now.
@@ -541,10 +479,7 @@ impl OpenAiStandIn {
 
     /// Clear the request log and the counters.
     pub fn reset_log(&self) {
-        lock(&self.shared.log).clear();
-        for c in &self.shared.counts {
-            c.store(0, Ordering::SeqCst);
-        }
+        self.shared.log.clear();
     }
 
     /// The vector `/v1/embeddings` answers for `text` on `model` with `dimensions`, or `None` for
@@ -603,8 +538,7 @@ struct Shared {
     models: RwLock<Vec<ModelSpec>>,
     knobs: Mutex<Knobs>,
     hang: watch::Sender<bool>,
-    counts: [AtomicUsize; Route::ALL.len()],
-    log: Mutex<Vec<Recorded>>,
+    log: RequestLog<Route>,
     ids: AtomicU64,
     in_flight: AtomicUsize,
 }
@@ -692,51 +626,6 @@ impl Shared {
             tokio::time::sleep(latency).await;
         }
         Ok(ticket)
-    }
-
-    fn record(
-        &self,
-        route: Option<Route>,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        raw: &[u8],
-        body: Option<Value>,
-    ) -> usize {
-        if let Some(r) = route {
-            self.counts[r.index()].fetch_add(1, Ordering::SeqCst);
-        }
-        let rec = Recorded {
-            route,
-            method: method.to_string(),
-            path: uri
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| uri.path().to_string()),
-            headers: headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            images: body.as_ref().map(count_images).unwrap_or(0),
-            body,
-            raw: raw.to_vec(),
-            status: None,
-            at: Instant::now(),
-        };
-        let mut log = lock(&self.log);
-        log.push(rec);
-        log.len() - 1
-    }
-
-    fn set_status(&self, index: usize, status: StatusCode) {
-        if let Some(r) = lock(&self.log).get_mut(index) {
-            r.status = Some(status.as_u16());
-        }
     }
 }
 
@@ -883,7 +772,7 @@ async fn dispatch(
         _ => None,
     };
     let parsed = serde_json::from_slice::<Value>(&body).ok();
-    let index = shared.record(
+    let index = shared.log.record(
         route.as_ref().map(|r| r.0),
         &method,
         &uri,
@@ -906,7 +795,7 @@ async fn dispatch(
             },
         },
     };
-    shared.set_status(index, response.status());
+    shared.log.set_status(index, response.status());
     let mut response = response;
     set_header(&mut response, "x-request-id", shared.next_id("req_"));
     response
