@@ -7,8 +7,8 @@ use base64::Engine as _;
 use imbed_plugin_sdk::http::{HttpError, Request};
 use imbed_plugin_sdk::settings::Settings as HostSettings;
 use imbed_plugin_sdk::{
-    export_plugin, log, Batch, Describer, Description, Embedder, Error, Image, ModelInfo, Plugin,
-    Structured, Vector,
+    embed_non_blank, export_plugin, log, Batch, Describer, Description, Embedder, Error, Image,
+    ModelInfo, Plugin, Structured, Vector,
 };
 use serde_json::Value;
 
@@ -293,29 +293,7 @@ impl Embedder for Ollama {
 
     fn embed_texts(&mut self, texts: Vec<String>) -> Batch {
         let s = settings()?;
-        let wanted: Vec<&str> = texts
-            .iter()
-            .map(String::as_str)
-            .filter(|t| !t.trim().is_empty())
-            .collect();
-        let mut answers = if wanted.is_empty() {
-            Vec::new()
-        } else {
-            self.embed_batch(&s, &wanted)?
-        }
-        .into_iter();
-        Ok(texts
-            .iter()
-            .map(|t| {
-                if t.trim().is_empty() {
-                    Err(Error::BadInput("the text is empty".into()))
-                } else {
-                    answers
-                        .next()
-                        .unwrap_or_else(|| Err(Error::Other("no answer for the item".into())))
-                }
-            })
-            .collect())
+        embed_non_blank(&texts, |wanted| self.embed_batch(&s, wanted))
     }
 }
 

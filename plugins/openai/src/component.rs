@@ -46,36 +46,20 @@ impl Embedder for OpenAi {
 
     fn embed_texts(&mut self, texts: Vec<String>) -> Batch {
         let s = settings()?;
-        let wanted: Vec<&str> = texts
-            .iter()
-            .map(String::as_str)
-            .filter(|t| !t.trim().is_empty())
-            .collect();
-        let mut answers = Vec::with_capacity(wanted.len());
-        for (i, chunk) in wanted.chunks(s.batch_size).enumerate() {
-            match self.embed_chunk(&s, chunk) {
-                Ok(items) => answers.extend(items),
-                // Nothing done yet and the server is down, the model missing or the key wrong:
-                // the whole batch fails, and the host moves every item on at once.
-                Err(f) if i == 0 => return Err(to_error(f)),
-                // Later chunks keep what the earlier ones got.
-                Err(f) => answers.extend(chunk.iter().map(|_| Err(f.clone()))),
-            }
-        }
-        let mut answers = answers.into_iter();
-        Ok(texts
-            .iter()
-            .map(|t| {
-                if t.trim().is_empty() {
-                    Err(Error::bad_input("the text is empty"))
-                } else {
-                    answers
-                        .next()
-                        .unwrap_or_else(|| Err(Failure::Other("no answer for the text".into())))
-                        .map_err(to_error)
+        embed_non_blank(&texts, |wanted| {
+            let mut answers = Vec::with_capacity(wanted.len());
+            for (i, chunk) in wanted.chunks(s.batch_size).enumerate() {
+                match self.embed_chunk(&s, chunk) {
+                    Ok(items) => answers.extend(items),
+                    // Nothing done yet and the server is down, the model missing or the key
+                    // wrong: the whole batch fails, and the host moves every item on at once.
+                    Err(f) if i == 0 => return Err(to_error(f)),
+                    // Later chunks keep what the earlier ones got.
+                    Err(f) => answers.extend(chunk.iter().map(|_| Err(f.clone()))),
                 }
-            })
-            .collect())
+            }
+            Ok(answers.into_iter().map(|a| a.map_err(to_error)).collect())
+        })
     }
 }
 

@@ -104,8 +104,8 @@ pub mod __private {
 pub mod prelude {
     pub use crate::http::{Request, Response};
     pub use crate::{
-        export_plugin, log, settings, Batch, Describer, Description, Embedder, Error, Image,
-        ImageEmbedder, ModelInfo, Plugin, PluginInfo, Structured, Vector,
+        embed_non_blank, export_plugin, log, settings, Batch, Describer, Description, Embedder,
+        Error, Image, ImageEmbedder, ModelInfo, Plugin, PluginInfo, Structured, Vector,
     };
 }
 
@@ -148,6 +148,36 @@ pub trait Embedder: Plugin {
     fn embed_texts(&mut self, texts: Vec<String>) -> Batch {
         Ok(texts.iter().map(|t| self.embed_text(t)).collect())
     }
+}
+
+/// Embed the texts that have something in them with one call of `embed` (given them in order)
+/// and answer each empty or blank text with `bad-input` in its place, for backends that take
+/// batches: an empty item costs no request, and a backend that refuses empty input cannot fail
+/// the whole batch over it. `embed` is not called when no text is left.
+pub fn embed_non_blank(texts: &[String], embed: impl FnOnce(&[&str]) -> Batch) -> Batch {
+    let wanted: Vec<&str> = texts
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !t.trim().is_empty())
+        .collect();
+    let mut answers = if wanted.is_empty() {
+        Vec::new()
+    } else {
+        embed(&wanted)?
+    }
+    .into_iter();
+    Ok(texts
+        .iter()
+        .map(|t| {
+            if t.trim().is_empty() {
+                Err(Error::BadInput("the text is empty".into()))
+            } else {
+                answers
+                    .next()
+                    .unwrap_or_else(|| Err(Error::Other("no answer for the text".into())))
+            }
+        })
+        .collect())
 }
 
 /// Images to vectors without going through text (steps `image-embed` and `hash`).
@@ -360,4 +390,30 @@ macro_rules! __export_role {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blank_texts_answer_bad_input_in_place_and_are_not_sent() {
+        let texts: Vec<String> = ["a", "", "bb", " \n", "ccc"].map(String::from).to_vec();
+        let mut sent = Vec::new();
+        let out = embed_non_blank(&texts, |wanted| {
+            sent = wanted.iter().map(|t| t.to_string()).collect();
+            Ok(wanted.iter().map(|t| Ok(vec![t.len() as f32])).collect())
+        })
+        .unwrap();
+        assert_eq!(sent, ["a", "bb", "ccc"]);
+        let lengths: Vec<Option<f32>> = out.iter().map(|r| r.as_ref().ok().map(|v| v[0])).collect();
+        assert_eq!(lengths, [Some(1.0), None, Some(2.0), None, Some(3.0)]);
+        assert!(matches!(out[1], Err(Error::BadInput(_))));
+
+        let blank = ["", "  "].map(String::from).to_vec();
+        let out = embed_non_blank(&blank, |_| panic!("nothing to send")).unwrap();
+        assert!(out.iter().all(|r| matches!(r, Err(Error::BadInput(_)))));
+        // A batch-wide failure stays batch-wide.
+        assert!(embed_non_blank(&texts, |_| Err(Error::Unavailable("down".into()))).is_err());
+    }
 }
