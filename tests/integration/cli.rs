@@ -357,4 +357,20 @@ fn plugins_check_describes_a_component_and_refuses_other_contract_versions() {
         "{}",
         stderr(&out)
     );
+
+    // Checking needs no config: a broken ./imbed.toml does not stop it, while commands that
+    // need the config refuse with exit 2.
+    std::fs::write(dir.path().join("imbed.toml"), "this is = = broken").unwrap();
+    let hash = component("hash");
+    let out = imbed(dir.path())
+        .args(["plugins", "check", hash.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = imbed(dir.path())
+        .args(["embed-text", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("imbed.toml:1"), "{}", stderr(&out));
 }

@@ -257,30 +257,10 @@ fn init_logging(level: &str) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    // Checking a file needs no config: a broken config must not stop a plugin author.
-    if let Command::Plugins {
-        action: Some(PluginsAction::Check { file, json }),
-        ..
-    } = &cli.command
-    {
-        return plugins_check(file, *json).await;
-    }
-    // Neither does creating a plugin.
-    if let Command::Plugins {
-        action:
-            Some(PluginsAction::New {
-                name,
-                kind,
-                dir,
-                sdk,
-            }),
-        ..
-    } = &cli.command
-    {
-        return plugins_new::run(name, kind, dir.clone(), sdk.clone());
-    }
+    // Each command reads the config when it needs one: checking or creating a plugin needs
+    // none, and a broken config must not stop a plugin author.
     let env = Env::from_process();
-    let config = Config::discover(cli.config.as_deref(), &env).map_err(Error::from)?;
+    let config = || Config::discover(cli.config.as_deref(), &env).map_err(Error::from);
     match cli.command {
         Command::Embed {
             inputs,
@@ -288,8 +268,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             description,
             output,
             concurrency,
-        } => embed(config, inputs, base64, description, output, concurrency).await,
-        Command::EmbedText { texts, output } => embed_text(config, texts, output).await,
+        } => embed(config()?, inputs, base64, description, output, concurrency).await,
+        Command::EmbedText { texts, output } => embed_text(config()?, texts, output).await,
         Command::Plugins {
             action: Some(PluginsAction::Check { file, json }),
             ..
@@ -304,24 +284,24 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 }),
             ..
         } => plugins_new::run(&name, &kind, dir, sdk),
-        Command::Plugins { json, action: None } => plugins(config, json).await,
-        Command::Doctor { json } => doctor(config, json).await,
-        Command::Serve { listen } => serve(config, listen).await,
+        Command::Plugins { json, action: None } => plugins(config()?, json).await,
+        Command::Doctor { json } => doctor(config()?, json).await,
+        Command::Serve { listen } => serve(config()?, listen).await,
         Command::Config {
             command: ConfigCommand::Check { json },
-        } => config_check(config, json).await,
-        Command::Models { command } => models_cmd::run(&config, command).await,
+        } => config_check(config()?, json).await,
+        Command::Models { command } => models_cmd::run(&config()?, command).await,
         Command::Index {
             paths,
             jobs,
             upgrade,
             json,
-        } => collection::index(config, paths, jobs, upgrade, json).await,
-        Command::Search { query, how } => collection::search(config, query, how).await,
-        Command::Similar { image, how } => collection::similar(config, image, how).await,
+        } => collection::index(config()?, paths, jobs, upgrade, json).await,
+        Command::Search { query, how } => collection::search(config()?, query, how).await,
+        Command::Similar { image, how } => collection::similar(config()?, image, how).await,
         Command::Cache {
             command: CacheCommand::Stats { json },
-        } => collection::cache_stats(config, json).await,
+        } => collection::cache_stats(config()?, json).await,
         Command::Cache {
             command:
                 CacheCommand::Prune {
@@ -329,7 +309,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     queries,
                     json,
                 },
-        } => collection::cache_prune(config, spaces, queries, json).await,
+        } => collection::cache_prune(config()?, spaces, queries, json).await,
     }
 }
 
