@@ -174,6 +174,8 @@ const HEAD: &str = include_str!("../templates/plugin/src/head.rs");
 const EMBEDDER: &str = include_str!("../templates/plugin/src/embedder.rs");
 const IMAGE_EMBEDDER: &str = include_str!("../templates/plugin/src/image_embedder.rs");
 const DESCRIBER: &str = include_str!("../templates/plugin/src/describer.rs");
+/// The test picture both pixel-reading roles' tests use, written once when either is there.
+const TEST_PNG: &str = include_str!("../templates/plugin/src/test_png.rs");
 
 /// Names that cargo or Rust reserve.
 const RESERVED: &[&str] = &[
@@ -294,6 +296,9 @@ pub fn render(plan: &NewPlugin, sdk_path: &Path) -> Vec<(PathBuf, String)> {
     if kind.image_embedder() {
         roles.push("image_embedder");
         lib.push_str(IMAGE_EMBEDDER);
+    }
+    if kind.reads_pixels() {
+        lib.push_str(TEST_PNG);
     }
     lib.push_str(&format!(
         "\n// The component exports `imbed:plugin/plugin` and exactly these roles.\nexport_plugin!({{{{Type}}}}: {});\n",

@@ -54,14 +54,6 @@ impl Describer for {{Type}} {
 mod describer_tests {
     use super::*;
 
-    fn png(width: u32, height: u32, rgb: [u8; 3]) -> Image {
-        let mut data = std::io::Cursor::new(Vec::new());
-        image::RgbImage::from_pixel(width, height, image::Rgb(rgb))
-            .write_to(&mut data, image::ImageFormat::Png)
-            .unwrap();
-        Image { data: data.into_inner(), mime_type: "image/png".into(), width, height }
-    }
-
     #[test]
     fn the_description_names_shape_size_and_colour() {
         let d = {{Type}}.describe(png(40, 20, [20, 60, 210]), None).unwrap();

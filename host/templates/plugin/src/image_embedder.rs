@@ -30,15 +30,6 @@ impl ImageEmbedder for {{Type}} {
 mod image_embedder_tests {
     use super::*;
 
-    /// A PNG of one colour, as the host would hand it over.
-    fn png(width: u32, height: u32, rgb: [u8; 3]) -> Image {
-        let mut data = std::io::Cursor::new(Vec::new());
-        image::RgbImage::from_pixel(width, height, image::Rgb(rgb))
-            .write_to(&mut data, image::ImageFormat::Png)
-            .unwrap();
-        Image { data: data.into_inner(), mime_type: "image/png".into(), width, height }
-    }
-
     #[test]
     fn every_pixel_counts_in_its_colour_bin() {
         let v = colour_histogram(&png(8, 4, [250, 10, 10])).unwrap();
