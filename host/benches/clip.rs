@@ -187,12 +187,7 @@ fn write_model(dir: &Path) -> u64 {
 }
 
 fn config(cache: &Path, model_dir: &Path, memory_mb: u64) -> Config {
-    let wasm = imbed_tests::wasm_dir().join("imbed_clip.wasm");
-    assert!(
-        wasm.is_file(),
-        "{} is missing: run scripts/setup first",
-        wasm.display()
-    );
+    let wasm = imbed_tests::bench::built_plugin("clip");
     let text = format!(
         "cache_dir = {:?}\n[chain]\n[[chain.steps]]\nkind = \"image-embed\"\nplugin = \"clip\"\n\
          [plugins.clip]\nfile = {:?}\n[plugins.clip.limits]\ninstances = 1\nmemory_mb = {memory_mb}\n\

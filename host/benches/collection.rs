@@ -24,12 +24,7 @@ fn quick() -> bool {
 }
 
 fn hash_config(cache: &Path) -> Config {
-    let wasm = imbed_tests::wasm_dir().join("imbed_hash.wasm");
-    assert!(
-        wasm.is_file(),
-        "{} is missing: run scripts/setup first",
-        wasm.display()
-    );
+    let wasm = imbed_tests::bench::built_plugin("hash");
     let text = format!(
         "cache_dir = {cache:?}\n[chain]\n[[chain.steps]]\nkind = \"hash\"\nplugin = \"hash\"\n\
          [plugins.hash]\nfile = {wasm:?}\n[plugins.hash.limits]\ninstances = 2\n",

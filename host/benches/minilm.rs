@@ -41,12 +41,7 @@ fn sentences() -> Vec<String> {
 }
 
 fn config(cache: &Path, model_dir: &Path, memory_mb: u64) -> Config {
-    let wasm = imbed_tests::wasm_dir().join("imbed_minilm.wasm");
-    assert!(
-        wasm.is_file(),
-        "{} is missing: run scripts/setup first",
-        wasm.display()
-    );
+    let wasm = imbed_tests::bench::built_plugin("minilm");
     let text = format!(
         "cache_dir = {:?}\n[chain]\n[[chain.steps]]\nkind = \"description\"\nembedder = \"minilm\"\n\
          [plugins.minilm]\nfile = {:?}\n[plugins.minilm.limits]\ninstances = 1\nmemory_mb = {memory_mb}\n\

@@ -4,27 +4,19 @@
 //!
 //! Figures are medians over repeated runs on this machine; compare ratios measured in one run.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use imbed::{Config, Env, ImageSource, Imbed, PluginHealth};
-
-fn hash_wasm() -> PathBuf {
-    let p = imbed_tests::wasm_dir().join("imbed_hash.wasm");
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/setup first",
-        p.display()
-    );
-    p
-}
 
 fn config(cache: &Path) -> Config {
     let text = format!(
         "cache_dir = {:?}\n[chain]\n[[chain.steps]]\nkind = \"hash\"\nplugin = \"hash\"\n\
          [plugins.hash]\nfile = {:?}\n[plugins.hash.limits]\ninstances = 1\n",
         cache.display().to_string(),
-        hash_wasm().display().to_string()
+        imbed_tests::bench::built_plugin("hash")
+            .display()
+            .to_string()
     );
     Config::from_toml_str(&text, "<bench>", None, &Env::isolated()).expect("bench config")
 }

@@ -14,12 +14,7 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let wasm = imbed_tests::wasm_dir().join("imbed_hash.wasm");
-    assert!(
-        wasm.is_file(),
-        "{} is missing: run scripts/setup first",
-        wasm.display()
-    );
+    let wasm = imbed_tests::bench::built_plugin("hash");
     let config = dir.path().join("imbed.toml");
     std::fs::write(
         &config,

@@ -1,21 +1,28 @@
 //! Helpers the benchmarks share.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use imbed::{Config, Env};
 
 use crate::ollama::OllamaStandIn;
 
-/// A config whose only step is the Ollama plugin describing and embedding through `ollama`,
-/// with `instances` requests in flight at most and compiled plugins cached in `cache`.
-pub fn ollama_config(ollama: &OllamaStandIn, instances: usize, cache: &Path) -> Config {
-    let wasm = crate::wasm_dir().join("imbed_ollama.wasm");
+/// The installed build of plugin `name` (`imbed_<name>.wasm`). Benchmarks time what setup
+/// built rather than building it themselves (a debug build would be timed otherwise).
+pub fn built_plugin(name: &str) -> PathBuf {
+    let wasm = crate::wasm_dir().join(format!("imbed_{name}.wasm"));
     assert!(
         wasm.is_file(),
         "{} is missing: run scripts/setup first",
         wasm.display()
     );
+    wasm
+}
+
+/// A config whose only step is the Ollama plugin describing and embedding through `ollama`,
+/// with `instances` requests in flight at most and compiled plugins cached in `cache`.
+pub fn ollama_config(ollama: &OllamaStandIn, instances: usize, cache: &Path) -> Config {
+    let wasm = built_plugin("ollama");
     let text = format!(
         "cache_dir = {cache:?}\n[chain]\n[[chain.steps]]\nkind = \"describe-then-embed\"\ndescriber = \"ollama\"\nembedder = \"ollama\"\n\
          [plugins.ollama]\nfile = {wasm:?}\n[plugins.ollama.limits]\ninstances = {instances}\n\
