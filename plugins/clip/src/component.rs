@@ -2,8 +2,8 @@
 //! once loaded (on first use or in `warm`); everything else is [`crate::Clip`].
 
 use imbed_plugin_sdk::{
-    export_plugin, log, settings, Batch, Embedder, Error, Image, ImageEmbedder, ModelInfo, Plugin,
-    Vector,
+    export_plugin, log, settings, single, Batch, Embedder, Error, Image, ImageEmbedder, ModelInfo,
+    Plugin, Vector,
 };
 
 use crate::{Clip, ClipError, DEFAULT_MODEL};
@@ -59,9 +59,7 @@ impl Embedder for ClipPlugin {
     }
 
     fn embed_text(&mut self, text: &str) -> Result<Vector, Error> {
-        self.embed_texts(vec![text.to_string()])?
-            .pop()
-            .unwrap_or_else(|| Err(Error::other("clip: no vector for the text")))
+        single(self.embed_texts(vec![text.to_string()]))
     }
 
     /// One call per batch: the text tower runs the texts together.
@@ -77,9 +75,7 @@ impl ImageEmbedder for ClipPlugin {
     }
 
     fn embed_image(&mut self, image: &Image) -> Result<Vector, Error> {
-        self.embed_images(vec![image.clone()])?
-            .pop()
-            .unwrap_or_else(|| Err(Error::other("clip: no vector for the image")))
+        single(self.embed_images(vec![image.clone()]))
     }
 
     fn embed_images(&mut self, images: Vec<Image>) -> Batch {

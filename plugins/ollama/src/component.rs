@@ -7,8 +7,8 @@ use base64::Engine as _;
 use imbed_plugin_sdk::http::{HttpError, Request};
 use imbed_plugin_sdk::settings::Settings as HostSettings;
 use imbed_plugin_sdk::{
-    embed_non_blank, export_plugin, log, Batch, Describer, Description, Embedder, Error, Image,
-    ModelInfo, Plugin, Structured, Vector,
+    embed_non_blank, export_plugin, log, single, Batch, Describer, Description, Embedder, Error,
+    Image, ModelInfo, Plugin, Structured, Vector,
 };
 use serde_json::Value;
 
@@ -108,14 +108,6 @@ fn ok_or_mapped(
 }
 
 type Item = Result<Vector, Error>;
-
-fn single(batch: Result<Vec<Item>, Error>) -> Item {
-    batch.and_then(|mut items| {
-        items
-            .pop()
-            .unwrap_or_else(|| Err(Error::Other("no answer for the item".into())))
-    })
-}
 
 impl Ollama {
     /// Refuse a model that cannot see images before sending it one: Ollama before 0.30 ignored

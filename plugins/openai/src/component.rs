@@ -38,10 +38,7 @@ impl Embedder for OpenAi {
     }
 
     fn embed_text(&mut self, text: &str) -> Result<Vector, Error> {
-        let mut batch = self.embed_texts(vec![text.to_string()])?;
-        batch
-            .pop()
-            .unwrap_or_else(|| Err(Error::other("no answer for the text")))
+        imbed_plugin_sdk::single(self.embed_texts(vec![text.to_string()]))
     }
 
     fn embed_texts(&mut self, texts: Vec<String>) -> Batch {

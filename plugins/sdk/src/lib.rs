@@ -104,8 +104,8 @@ pub mod __private {
 pub mod prelude {
     pub use crate::http::{Request, Response};
     pub use crate::{
-        embed_non_blank, export_plugin, log, settings, Batch, Describer, Description, Embedder,
-        Error, Image, ImageEmbedder, ModelInfo, Plugin, PluginInfo, Structured, Vector,
+        embed_non_blank, export_plugin, log, settings, single, Batch, Describer, Description,
+        Embedder, Error, Image, ImageEmbedder, ModelInfo, Plugin, PluginInfo, Structured, Vector,
     };
 }
 
@@ -148,6 +148,16 @@ pub trait Embedder: Plugin {
     fn embed_texts(&mut self, texts: Vec<String>) -> Batch {
         Ok(texts.iter().map(|t| self.embed_text(t)).collect())
     }
+}
+
+/// The answer of a one-item batch, for plugins whose `embed_text` or `embed_image` sends a
+/// batch of one through their batch path.
+pub fn single(batch: Batch) -> Result<Vector, Error> {
+    batch.and_then(|mut items| {
+        items
+            .pop()
+            .unwrap_or_else(|| Err(Error::Other("no answer for the item".into())))
+    })
 }
 
 /// Embed the texts that have something in them with one call of `embed` (given them in order)
