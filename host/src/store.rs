@@ -364,21 +364,27 @@ fn from_blob(b: &[u8]) -> Option<Vec<f32>> {
     )
 }
 
+/// How long an imbed process waits for another one holding the database's write lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Another connection holds the lock.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// Switch `conn` to WAL. The switch needs the exclusive lock, and SQLite answers BUSY at once,
 /// without calling the busy handler, when another connection is upgrading its lock at the same
 /// time (it would deadlock otherwise): seen when several imbed processes open a new file
 /// together. Retry for as long as the busy timeout would have waited.
 fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
     let mut pause = std::time::Duration::from_millis(1);
     loop {
         match conn.pragma_update(None, "journal_mode", "WAL") {
-            Err(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-                ) && std::time::Instant::now() < deadline =>
-            {
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(std::time::Duration::from_millis(50));
             }
@@ -402,15 +408,17 @@ impl Store {
         // WAL: readers never block the writer and a crash never leaves a half-written
         // transaction visible. NORMAL sync: a power cut may lose the last commits, never
         // consistency. Two imbed processes wait for each other instead of failing.
-        conn.busy_timeout(std::time::Duration::from_secs(10))
+        conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| open_err(e.to_string()))?;
-        set_wal(&conn).map_err(|e| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+        set_wal(&conn).map_err(|e| {
+            if is_busy(&e) {
                 open_err(format!(
-                    "{e}: another process has held it for over 10 s; stop it or wait"
+                    "{e}: another process has held it for over {} s; stop it or wait",
+                    BUSY_TIMEOUT.as_secs()
                 ))
+            } else {
+                open_err(format!("{e} (is it an SQLite database?)"))
             }
-            _ => open_err(format!("{e} (is it an SQLite database?)")),
         })?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| open_err(e.to_string()))?;
