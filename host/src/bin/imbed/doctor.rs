@@ -1,0 +1,159 @@
+//! `imbed doctor` and `imbed config check`: diagnosis, printed for a person or as JSON.
+
+use imbed::{Config, Imbed, PluginHealth};
+use serde_json::json;
+
+use super::exit;
+
+pub(crate) async fn config_check(config: Config, json_out: bool) -> anyhow::Result<u8> {
+    let source = config.source.clone();
+    let steps: Vec<String> = config
+        .chain
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{i}: {} ({})", s.kind(), s.plugins().join(" + ")))
+        .collect();
+    let require_space = config.chain.require_space.clone();
+    let imbed = Imbed::new(config).await?;
+    let statuses = imbed.plugins();
+    let usable = imbed
+        .config()
+        .chain
+        .steps
+        .iter()
+        .filter(|step| {
+            step.plugins().iter().all(|p| {
+                statuses
+                    .iter()
+                    .any(|s| s.key == *p && matches!(s.health, PluginHealth::Ready { .. }))
+            })
+        })
+        .count();
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "config": source, "valid": true, "steps": steps, "require_space": require_space,
+                "usable_steps": usable, "plugins": statuses,
+            }))?
+        );
+    } else {
+        println!("config {source}: valid");
+        if let Some(space) = &require_space {
+            println!("only answers in space {space:?} are accepted");
+        }
+        println!("chain:");
+        for s in &steps {
+            println!("  {s}");
+        }
+        for s in &statuses {
+            match &s.health {
+                PluginHealth::Ready { name, version, .. } => {
+                    println!("plugin {}: loads ({name} {version})", s.key)
+                }
+                PluginHealth::Failed { message, .. } => {
+                    println!("plugin {}: does not load — {message}", s.key)
+                }
+            }
+        }
+        println!("{usable} of {} steps have all their plugins", steps.len());
+    }
+    // The config is valid even when plugins are missing; those steps are skipped at run time.
+    Ok(exit::OK)
+}
+
+pub(crate) async fn doctor(config: Config, json_out: bool) -> anyhow::Result<u8> {
+    let imbed = Imbed::new(config).await?;
+    let report = imbed::doctor::run(&imbed).await;
+    let code = if report.can_answer() {
+        exit::OK
+    } else {
+        exit::EXHAUSTED
+    };
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(code);
+    }
+    println!("config: {}", report.config);
+    for o in &report.ollama {
+        match (&o.version, &o.error) {
+            (_, Some(e)) => println!(
+                "ollama ({}): NOT REACHABLE at {} — {e}",
+                o.plugin, o.base_url
+            ),
+            (v, None) => println!(
+                "ollama ({}): reachable at {} (version {})",
+                o.plugin,
+                o.base_url,
+                v.as_deref().unwrap_or("unknown")
+            ),
+        }
+        for m in &o.models {
+            match &m.fix {
+                None => println!("  {} model {}: present", m.role, m.name),
+                Some(fix) => println!("  {} model {}: PROBLEM — {fix}", m.role, m.name),
+            }
+        }
+    }
+    for p in &report.plugins {
+        match &p.health {
+            PluginHealth::Ready { name, version, .. } => {
+                println!("plugin {}: loads ({name} {version})", p.key)
+            }
+            PluginHealth::Failed { message, .. } => {
+                println!("plugin {}: DOES NOT LOAD — {message}", p.key)
+            }
+        }
+    }
+    for d in &report.model_dirs {
+        if let (Some(model), Some(state)) = (&d.model, d.state) {
+            use imbed::models::ModelState;
+            let what = match state {
+                ModelState::Complete => "complete",
+                ModelState::Incomplete => "INCOMPLETE",
+                ModelState::Corrupt => "CORRUPT",
+                _ => "MISSING",
+            };
+            println!(
+                "model files for {}: {model} {what} in {}",
+                d.plugin,
+                d.dir.display()
+            );
+            if state == ModelState::Absent {
+                println!("  run `imbed models pull {model}`");
+            }
+            for p in &d.problems {
+                println!("  {p}");
+            }
+        } else if d.exists {
+            println!(
+                "model files for {}: {} ({})",
+                d.plugin,
+                d.dir.display(),
+                d.files.join(", ")
+            );
+        } else {
+            println!(
+                "model files for {}: MISSING — {} does not exist",
+                d.plugin,
+                d.dir.display()
+            );
+        }
+    }
+    println!("chain steps, tried on a test image:");
+    for s in &report.steps {
+        let what = format!("{} {} ({})", s.step, s.kind, s.plugins.join(" + "));
+        match (&s.space, &s.problem) {
+            (Some(space), _) => println!("  {what}: can answer, space {space}"),
+            (_, problem) => println!(
+                "  {what}: cannot answer — {}",
+                problem.as_deref().unwrap_or("unknown")
+            ),
+        }
+    }
+    if !report.can_answer() {
+        println!("no step can answer: fix one of the problems above");
+    }
+    Ok(code)
+}

@@ -1,0 +1,308 @@
+//! The `imbed` command line: a thin layer over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use imbed::{Config, Env, Error};
+
+use embed::Output;
+
+// Commands over the persistent cache.
+mod collection;
+// `imbed doctor` and `imbed config check`.
+mod doctor;
+// `imbed embed` and `imbed embed-text`.
+mod embed;
+// `imbed models ...`.
+mod models;
+// `imbed plugins` and `imbed plugins check`.
+mod plugins;
+// `imbed plugins new`.
+mod plugins_new;
+// `imbed serve`.
+mod serve;
+
+/// Exit codes scripts can rely on (documented in the README).
+mod exit {
+    pub const OK: u8 = 0;
+    /// No step of the chain answered for at least one input.
+    pub const EXHAUSTED: u8 = 1;
+    /// Bad usage or bad config: nothing was embedded.
+    pub const USAGE: u8 = 2;
+    /// At least one input could not be read or is not a usable image.
+    pub const BAD_INPUT: u8 = 3;
+    /// Stopped by Ctrl-C; what finished is kept (`imbed index`).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "imbed",
+    version,
+    about = "Turn images into embedding vectors through sandboxed WebAssembly plugins"
+)]
+struct Cli {
+    /// Config file (default: $IMBED_CONFIG, ./imbed.toml, ~/.config/imbed/config.toml, else the built-in default).
+    #[arg(long, global = true, env = "IMBED_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log level for messages on stderr (error, warn, info, debug, trace); also $IMBED_LOG.
+    #[arg(long, global = true, default_value = "warn", env = "IMBED_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed images: file paths, http(s) URLs, `data:` URIs, or `-` for stdin.
+    Embed {
+        /// The images.
+        inputs: Vec<String>,
+        /// An image given as base64 text (raw or `data:` URI); may repeat.
+        #[arg(long = "base64", value_name = "BASE64")]
+        base64: Vec<String>,
+        /// Your own description of the image(s), used by `description` steps.
+        #[arg(long)]
+        description: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Jsonl)]
+        output: Output,
+        /// How many images to embed at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
+    /// Embed texts (search queries) into the same space as the chain's image results.
+    EmbedText {
+        /// The texts.
+        #[arg(required = true)]
+        texts: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Jsonl)]
+        output: Output,
+    },
+    /// List the configured plugins: loaded or not, what they export, what they are granted.
+    Plugins {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<PluginsAction>,
+    },
+    /// Troubleshoot: is Ollama reachable and are its models pulled, do plugins load, are model
+    /// files present, which chain steps can answer right now.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the HTTP API (OpenAI- and Ollama-compatible embeddings, native endpoints,
+    /// /health, /metrics) until Ctrl-C or SIGTERM; requests in flight are finished first.
+    Serve {
+        /// Address to listen on (default: [server] listen, else 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Config commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Model files for local plugins (CLIP, MiniLM): pull, list, remove, import.
+    Models {
+        #[command(subcommand)]
+        command: models::ModelsCommand,
+    },
+    /// Embed every image under folders (and files) into the cache, a few at a time, with
+    /// progress. Interrupt it any time and run it again: finished images are not redone.
+    Index {
+        /// Folders and image files.
+        paths: Vec<PathBuf>,
+        /// Images in flight at once (default: the largest plugin instance count in the config).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Re-embed images whose only answers came from a fallback step (all such images in
+        /// the cache when no path is given).
+        #[arg(long)]
+        upgrade: bool,
+        /// Print one JSON line per file and a summary line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find indexed images closest to a text, in the space the chain embeds the text into.
+    Search {
+        /// What to look for.
+        query: String,
+        #[command(flatten)]
+        how: collection::SearchArgs,
+    },
+    /// Find indexed images closest to an image (a path or URL), in the space the chain embeds it into.
+    Similar {
+        /// The image.
+        image: String,
+        #[command(flatten)]
+        how: collection::SearchArgs,
+    },
+    /// The persistent cache: sizes, pruning.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// What the cache holds: images, paths, descriptions, vectors per space, size on disk.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget files that are gone or changed (and content no path refers to), optionally
+    /// whole spaces and cached queries, then compact the file.
+    Prune {
+        /// Also drop everything stored in this embedding space (may repeat).
+        #[arg(long = "space")]
+        spaces: Vec<String>,
+        /// Also drop cached query vectors.
+        #[arg(long)]
+        queries: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsAction {
+    /// Check a component file against the contract: what it imports and exports, which contract
+    /// version it targets, what it may need granted, and whether it loads and answers.
+    Check {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a new plugin crate: builds to a component with `cargo build --release`, with
+    /// example logic, native unit tests and a README of the next steps.
+    New {
+        /// The plugin's name: lowercase letters, digits and dashes (e.g. `my-backend`).
+        name: String,
+        /// Its roles: embedder, image-embedder, describer, dual-embedder (text and images),
+        /// describer-embedder, or backend (all three).
+        #[arg(long, default_value = "embedder")]
+        kind: String,
+        /// The folder to create (default: ./NAME); it must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The guest SDK, plugins/sdk of an imbed checkout (default: the checkout this imbed
+        /// was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the config and load every plugin it names.
+    Check {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("imbed: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::EXHAUSTED);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("imbed: {e:#}");
+            let code = match e.downcast_ref::<Error>() {
+                Some(Error::Config(_)) | Some(Error::Usage(_)) => exit::USAGE,
+                Some(Error::Input(_)) => exit::BAD_INPUT,
+                _ if e.downcast_ref::<imbed::ConfigError>().is_some() => exit::USAGE,
+                _ => exit::EXHAUSTED,
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    // Each command reads the config when it needs one: checking or creating a plugin needs
+    // none, and a broken config must not stop a plugin author.
+    let env = Env::from_process();
+    let config = || Config::discover(cli.config.as_deref(), &env).map_err(Error::from);
+    match cli.command {
+        Command::Embed {
+            inputs,
+            base64,
+            description,
+            output,
+            concurrency,
+        } => embed::embed(config()?, inputs, base64, description, output, concurrency).await,
+        Command::EmbedText { texts, output } => embed::embed_text(config()?, texts, output).await,
+        Command::Plugins {
+            action: Some(PluginsAction::Check { file, json }),
+            ..
+        } => plugins::check(&file, json).await,
+        Command::Plugins {
+            action:
+                Some(PluginsAction::New {
+                    name,
+                    kind,
+                    dir,
+                    sdk,
+                }),
+            ..
+        } => plugins_new::run(&name, &kind, dir, sdk),
+        Command::Plugins { json, action: None } => plugins::list(config()?, json).await,
+        Command::Doctor { json } => doctor::doctor(config()?, json).await,
+        Command::Serve { listen } => serve::serve(config()?, listen).await,
+        Command::Config {
+            command: ConfigCommand::Check { json },
+        } => doctor::config_check(config()?, json).await,
+        Command::Models { command } => models::run(&config()?, command).await,
+        Command::Index {
+            paths,
+            jobs,
+            upgrade,
+            json,
+        } => collection::index(config()?, paths, jobs, upgrade, json).await,
+        Command::Search { query, how } => collection::search(config()?, query, how).await,
+        Command::Similar { image, how } => collection::similar(config()?, image, how).await,
+        Command::Cache {
+            command: CacheCommand::Stats { json },
+        } => collection::cache_stats(config()?, json).await,
+        Command::Cache {
+            command:
+                CacheCommand::Prune {
+                    spaces,
+                    queries,
+                    json,
+                },
+        } => collection::cache_prune(config()?, spaces, queries, json).await,
+    }
+}
