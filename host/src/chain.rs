@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::config::{Config, Step};
 use crate::error::{Error, Result};
 use crate::input::{self, ImageSource, ValidImage};
-use crate::plugin::{CallError, ItemResult, ModelInfo, Plugin, Roles, Runtime};
+use crate::runtime::{CallError, ItemResult, ModelInfo, Plugin, Roles, Runtime};
 use crate::store::{self, CachedDescription, ImageMeta, Store, StoreError};
 use crate::types::{
     Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, StepKind,
@@ -73,7 +73,7 @@ pub struct PluginStatus {
 /// it with nothing granted to see whether it answers. For `imbed plugins check`.
 pub async fn check_plugin(
     path: &std::path::Path,
-) -> Result<(crate::plugin::ComponentReport, PluginHealth)> {
+) -> Result<(crate::runtime::ComponentReport, PluginHealth)> {
     let bytes = tokio::fs::read(path).await.map_err(|source| {
         Error::Input(crate::input::InputError::Read {
             path: path.to_path_buf(),

@@ -20,7 +20,6 @@
 //! tokio runtime.
 #![deny(missing_docs)]
 
-mod bindings;
 pub mod blocking;
 mod chain;
 pub mod config;
@@ -29,7 +28,7 @@ pub mod error;
 pub mod index;
 pub mod input;
 pub mod models;
-mod plugin;
+mod runtime;
 pub mod search;
 pub mod server;
 pub mod store;
@@ -43,7 +42,7 @@ pub use chain::{
 pub use config::{Config, ConfigError, Env};
 pub use error::{Error, Result};
 pub use input::{ImageSource, InputError, UrlGuard, ValidImage};
-pub use plugin::{ComponentReport, Roles};
+pub use runtime::{ComponentReport, Roles};
 pub use store::{Store, StoreError};
 pub use types::{
     space_meets, Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId,

@@ -1,0 +1,149 @@
+//! The host functions a plugin imports (log, settings, HTTP), each answering from what the
+//! plugin was granted; HTTP checks the origin grant before anything is sent.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::contract::{host, http, wit};
+use super::sandbox::PluginState;
+use crate::input::describe_reqwest;
+
+/// Largest HTTP response body handed to a plugin.
+const HTTP_BODY_CAP: usize = 256 << 20;
+
+/// What every instance of one plugin shares: its identity, settings and HTTP grants.
+pub(crate) struct Shared {
+    pub(crate) key: String,
+    pub(crate) settings: BTreeMap<String, String>,
+    pub(crate) http_origins: Vec<url::Origin>,
+    pub(crate) client: reqwest::Client,
+}
+
+impl wit::Host for PluginState {}
+
+impl host::Host for PluginState {
+    async fn log(&mut self, level: host::LogLevel, message: String) -> wasmtime::Result<()> {
+        let plugin = self.shared.key.as_str();
+        let message: String = message.chars().take(4096).collect();
+        match level {
+            host::LogLevel::Trace => tracing::trace!(target: "imbed::plugin", plugin, "{message}"),
+            host::LogLevel::Debug => tracing::debug!(target: "imbed::plugin", plugin, "{message}"),
+            host::LogLevel::Info => tracing::info!(target: "imbed::plugin", plugin, "{message}"),
+            host::LogLevel::Warn => tracing::warn!(target: "imbed::plugin", plugin, "{message}"),
+            host::LogLevel::Error => tracing::error!(target: "imbed::plugin", plugin, "{message}"),
+        }
+        Ok(())
+    }
+
+    async fn get_setting(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.shared.settings.get(&key).cloned())
+    }
+
+    async fn setting_keys(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.shared.settings.keys().cloned().collect())
+    }
+}
+
+impl http::Host for PluginState {
+    async fn send(
+        &mut self,
+        req: http::Request,
+    ) -> wasmtime::Result<Result<http::Response, http::HttpError>> {
+        let shared = self.shared.clone();
+        Ok(shared.send(req, self.deadline).await)
+    }
+}
+
+impl Shared {
+    async fn send(
+        &self,
+        req: http::Request,
+        deadline: Instant,
+    ) -> Result<http::Response, http::HttpError> {
+        use http::HttpError as E;
+        let url = url::Url::parse(&req.url)
+            .map_err(|e| E::Invalid(format!("bad URL {:?}: {e}", req.url)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(E::Denied(format!(
+                "scheme {}: is not allowed; only http and https",
+                url.scheme()
+            )));
+        }
+        let origin = url.origin();
+        if !self.http_origins.contains(&origin) {
+            return Err(E::Denied(format!(
+                "origin {} is not granted to plugin {:?}: add it to [plugins.{}.grants] http in the config",
+                origin.ascii_serialization(),
+                self.key,
+                self.key
+            )));
+        }
+        let method = reqwest::Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| E::Invalid(format!("bad HTTP method {:?}", req.method)))?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let timeout = match req.timeout_ms {
+            Some(ms) => remaining.min(Duration::from_millis(u64::from(ms))),
+            None => remaining,
+        };
+        if timeout.is_zero() {
+            return Err(E::Timeout("the plugin call's deadline has passed".into()));
+        }
+        let mut builder = self.client.request(method, url.clone()).timeout(timeout);
+        for (name, value) in &req.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        if !req.body.is_empty() {
+            builder = builder.body(req.body);
+        }
+        let map_err = |e: reqwest::Error| {
+            let text = format!("{} {}: {}", req.method, url, describe_reqwest(&e));
+            if e.is_timeout() {
+                E::Timeout(text)
+            } else if e.is_connect() {
+                E::Unreachable(text)
+            } else if e.is_builder() {
+                E::Invalid(text)
+            } else {
+                E::Other(text)
+            }
+        };
+        let work = async {
+            let mut response = builder.send().await.map_err(map_err)?;
+            let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(map_err)? {
+                if body.len() + chunk.len() > HTTP_BODY_CAP {
+                    return Err(E::TooLarge(format!(
+                        "response from {url} exceeds {} MiB",
+                        HTTP_BODY_CAP >> 20
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(http::Response {
+                status,
+                headers,
+                body,
+            })
+        };
+        // reqwest's timeout covers the body too, but a belt-and-braces bound keeps a slow
+        // trickle from outliving the plugin's deadline.
+        match tokio::time::timeout(timeout + Duration::from_millis(50), work).await {
+            Ok(r) => r,
+            Err(_) => Err(E::Timeout(format!(
+                "{} {url}: no complete response in time",
+                req.method
+            ))),
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! One loaded plugin: its component ready to instantiate, a small pool of live instances, and
+//! the calls of each role. Every call runs under the plugin's memory cap and deadline; a trap, a
+//! timeout or malformed output is turned into a [`CallError`] and the instance that misbehaved
+//! is thrown away, never reused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::component::InstancePre;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use super::call::{CallError, ItemResult, ModelInfo, PluginDescription, Roles};
+use super::contract::{describer, embedder, image_embedder, plugin, to_wit_image, wit};
+use super::engine::{Runtime, TICK};
+use super::host_fns::Shared;
+use super::sandbox::PluginState;
+use crate::config::PluginConfig;
+use crate::input::ValidImage;
+use crate::types::{FailureKind, PluginId};
+
+/// Guest stderr kept per instance (panic messages land here).
+const STDERR_CAP: usize = 256 * 1024;
+/// Longest side of images sent to describers unless the plugin's config says otherwise.
+const DESCRIBER_MAX_SIDE: u32 = 1024;
+
+/// Where each role's exports are in the component, found once at load.
+pub(crate) struct Indices {
+    pub(crate) plugin: plugin::GuestIndices,
+    pub(crate) describer: Option<describer::GuestIndices>,
+    pub(crate) embedder: Option<embedder::GuestIndices>,
+    pub(crate) image_embedder: Option<image_embedder::GuestIndices>,
+}
+
+struct Exports {
+    plugin: plugin::Guest,
+    describer: Option<describer::Guest>,
+    embedder: Option<embedder::Guest>,
+    image_embedder: Option<image_embedder::Guest>,
+}
+
+/// A live instance, with its store and the permit that counts it against the plugin's limit.
+pub(crate) struct Instance {
+    store: Store<PluginState>,
+    exports: Exports,
+    stderr: MemoryOutputPipe,
+    /// Held while the instance is leased; an idle instance holds none.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// One loaded plugin.
+pub(crate) struct Plugin {
+    pub key: String,
+    pub id: PluginId,
+    pub config: PluginConfig,
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) pre: InstancePre<PluginState>,
+    pub(crate) indices: Indices,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) idle: Mutex<Vec<Instance>>,
+    pub(crate) text_model: Mutex<Option<ModelInfo>>,
+    pub(crate) image_model: Mutex<Option<ModelInfo>>,
+    pub(crate) learned_dims: Mutex<HashMap<String, usize>>,
+    pub from_cache: bool,
+    pub load_time: Duration,
+}
+
+/// Runs one guest function of one role on a leased instance and settles the outcome.
+macro_rules! guest_call {
+    ($self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {{
+        let mut inst = $self.checkout().await?;
+        let budget = $self.arm(&mut inst.store);
+        let outcome = match inst.exports.$role.as_ref() {
+            Some(guest) => {
+                tokio::time::timeout(budget, guest.$method(&mut inst.store $(, $arg)*)).await
+            }
+            None => {
+                return Err(CallError::new(
+                    FailureKind::NotApplicable,
+                    format!("plugin {:?} does not export {}", $self.key, $what),
+                ))
+            }
+        };
+        $self.settle(inst, outcome)
+    }};
+}
+
+impl Plugin {
+    pub(crate) fn roles(&self) -> Roles {
+        Roles {
+            describer: self.indices.describer.is_some(),
+            text_embedder: self.indices.embedder.is_some(),
+            image_embedder: self.indices.image_embedder.is_some(),
+        }
+    }
+
+    /// Lease an idle instance or make a new one, waiting while the plugin is at its limit.
+    async fn checkout(&self) -> Result<Instance, CallError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CallError::new(FailureKind::Other, "the plugin is shutting down"))?;
+        if let Some(mut inst) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            inst.permit = Some(permit);
+            return Ok(inst);
+        }
+        self.instantiate(permit).await
+    }
+
+    async fn instantiate(&self, permit: OwnedSemaphorePermit) -> Result<Instance, CallError> {
+        let cfg = &self.config;
+        let stderr = MemoryOutputPipe::new(STDERR_CAP);
+        let state = PluginState::new(cfg, self.shared.clone(), stderr.clone())?;
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Yield to tokio at every tick so a busy guest cannot starve other tasks.
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            }
+        });
+        let budget = self.arm(&mut store);
+        let fail =
+            |e: wasmtime::Error, store: &Store<PluginState>| self.classify_trap(e, store, &stderr);
+        let instance =
+            match tokio::time::timeout(budget, self.pre.instantiate_async(&mut store)).await {
+                Ok(Ok(i)) => i,
+                Ok(Err(e)) => return Err(fail(e, &store)),
+                Err(_) => return Err(self.timeout_error("starting")),
+            };
+        let load = |store: &mut Store<PluginState>| -> wasmtime::Result<Exports> {
+            Ok(Exports {
+                plugin: self.indices.plugin.load(&mut *store, &instance)?,
+                describer: self
+                    .indices
+                    .describer
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, &instance))
+                    .transpose()?,
+                embedder: self
+                    .indices
+                    .embedder
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, &instance))
+                    .transpose()?,
+                image_embedder: self
+                    .indices
+                    .image_embedder
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, &instance))
+                    .transpose()?,
+            })
+        };
+        let exports = load(&mut store).map_err(|e| {
+            CallError::new(
+                FailureKind::NotInstalled,
+                format!(
+                    "plugin {:?} exports functions of the wrong type: {e:#}",
+                    self.key
+                ),
+            )
+        })?;
+        Ok(Instance {
+            store,
+            exports,
+            stderr,
+            permit: Some(permit),
+        })
+    }
+
+    /// Set the deadline for the next call; returns the wall-clock budget.
+    fn arm(&self, store: &mut Store<PluginState>) -> Duration {
+        store.data_mut().deadline = Instant::now() + self.config.timeout;
+        store.set_epoch_deadline(1);
+        // A little longer than the deadline: the epoch trap should win while the guest runs,
+        // the outer timeout catches time spent waiting in host calls.
+        self.config.timeout + TICK * 5
+    }
+
+    fn timeout_error(&self, what: &str) -> CallError {
+        CallError::new(
+            FailureKind::Timeout,
+            format!(
+                "plugin {:?} ran past its deadline of {} ms while {what}: it was stopped (raise [plugins.{}.limits] timeout_ms if it needs longer)",
+                self.key,
+                self.config.timeout.as_millis(),
+                self.key
+            ),
+        )
+    }
+
+    fn classify_trap(
+        &self,
+        e: wasmtime::Error,
+        store: &Store<PluginState>,
+        stderr: &MemoryOutputPipe,
+    ) -> CallError {
+        if store.data().limiter.exceeded {
+            return CallError::new(
+                FailureKind::MemoryExceeded,
+                format!(
+                    "plugin {:?} exceeded its memory cap of {} MiB and was stopped (raise [plugins.{}.limits] memory_mb if it needs more)",
+                    self.key,
+                    self.config.memory_bytes >> 20,
+                    self.key
+                ),
+            );
+        }
+        if matches!(
+            e.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        ) {
+            return self.timeout_error("running");
+        }
+        let trap = e
+            .downcast_ref::<wasmtime::Trap>()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| format!("{e}"));
+        let output = String::from_utf8_lossy(&stderr.contents()).into_owned();
+        let last: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = last[last.len().saturating_sub(3)..].join(" | ");
+        let mut message = format!("plugin {:?} crashed ({trap})", self.key);
+        if !tail.is_empty() {
+            message.push_str(&format!("; its last output: {tail}"));
+        }
+        CallError::new(FailureKind::Trap, message)
+    }
+
+    /// Turn the outcome of a guest call into a result, returning a healthy instance to the pool
+    /// and discarding one that trapped or timed out.
+    fn settle<T>(
+        &self,
+        inst: Instance,
+        outcome: Result<wasmtime::Result<Result<T, wit::Error>>, tokio::time::error::Elapsed>,
+    ) -> Result<T, CallError> {
+        match outcome {
+            Err(_) => Err(self.timeout_error("running")),
+            Ok(Err(trap)) => Err(self.classify_trap(trap, &inst.store, &inst.stderr)),
+            Ok(Ok(result)) => {
+                self.give_back(inst);
+                result.map_err(CallError::from)
+            }
+        }
+    }
+
+    fn give_back(&self, mut inst: Instance) {
+        inst.permit = None;
+        // An instance whose captured stderr is filling up is retired rather than reused: a full
+        // pipe would make the guest's next write fail.
+        if inst.stderr.contents().len() < STDERR_CAP / 2 {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < self.config.pool_size {
+                idle.push(inst);
+            }
+        }
+    }
+
+    pub(crate) async fn info(&self) -> Result<wit::PluginInfo, CallError> {
+        let mut inst = self.checkout().await?;
+        let budget = self.arm(&mut inst.store);
+        let outcome = tokio::time::timeout(budget, inst.exports.plugin.call_info(&mut inst.store))
+            .await
+            .map(|r| r.map(Ok));
+        self.settle(inst, outcome)
+    }
+
+    /// Ask the plugin to get ready (load its models). Failures are for the log.
+    pub(crate) async fn warm(&self) -> Result<(), CallError> {
+        let mut inst = self.checkout().await?;
+        let budget = self.arm(&mut inst.store);
+        let outcome =
+            tokio::time::timeout(budget, inst.exports.plugin.call_warm(&mut inst.store)).await;
+        self.settle(inst, outcome)
+    }
+
+    pub(crate) async fn text_model(&self) -> Result<ModelInfo, CallError> {
+        if let Some(m) = self
+            .text_model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(m);
+        }
+        let info: ModelInfo =
+            guest_call!(self, embedder, "a text embedder", call_text_model())?.into();
+        check_model(&self.key, &info)?;
+        *self.text_model.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.clone());
+        Ok(info)
+    }
+
+    pub(crate) async fn image_model(&self) -> Result<ModelInfo, CallError> {
+        if let Some(m) = self
+            .image_model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(m);
+        }
+        let info: ModelInfo = guest_call!(
+            self,
+            image_embedder,
+            "an image embedder",
+            call_image_model()
+        )?
+        .into();
+        check_model(&self.key, &info)?;
+        *self.image_model.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.clone());
+        Ok(info)
+    }
+
+    /// Embed a batch of texts: the outer error fails the batch, each item has its own result.
+    pub(crate) async fn embed_texts(
+        &self,
+        texts: &[String],
+    ) -> Result<(ModelInfo, Vec<ItemResult>), CallError> {
+        let model = self.text_model().await?;
+        let items = guest_call!(self, embedder, "a text embedder", call_embed_texts(texts))?;
+        let items = self.check_vectors(&model, texts.len(), items)?;
+        Ok((model, items))
+    }
+
+    /// Embed a batch of images: the outer error fails the batch, each item has its own result.
+    pub(crate) async fn embed_images(
+        &self,
+        images: &[ValidImage],
+    ) -> Result<(ModelInfo, Vec<ItemResult>), CallError> {
+        let model = self.image_model().await?;
+        let mut wit_images = Vec::with_capacity(images.len());
+        for image in images {
+            let image = match self.config.image_max_side {
+                Some(max_side) => self.fit(image, max_side).await?,
+                None => image.clone(),
+            };
+            wit_images.push(to_wit_image(&image));
+        }
+        let vectors = guest_call!(
+            self,
+            image_embedder,
+            "an image embedder",
+            call_embed_images(&wit_images)
+        )?;
+        let vectors = self.check_vectors(&model, images.len(), vectors)?;
+        Ok((model, vectors))
+    }
+
+    pub(crate) async fn describe(
+        &self,
+        image: &ValidImage,
+        prompt: Option<&str>,
+    ) -> Result<PluginDescription, CallError> {
+        let max_side = self.config.image_max_side.unwrap_or(DESCRIBER_MAX_SIDE);
+        let image = self.fit(image, max_side).await?;
+        let wit_image = to_wit_image(&image);
+        let d = guest_call!(
+            self,
+            describer,
+            "a describer",
+            call_describe(&wit_image, prompt)
+        )?;
+        let d = PluginDescription::from(d);
+        if d.text.trim().is_empty() {
+            return Err(CallError::new(
+                FailureKind::Malformed,
+                format!("plugin {:?} returned an empty description", self.key),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// Downsize an image for this plugin, off the async threads.
+    async fn fit(&self, image: &ValidImage, max_side: u32) -> Result<ValidImage, CallError> {
+        if image.width.max(image.height) <= max_side {
+            return Ok(image.clone());
+        }
+        let image = image.clone();
+        tokio::task::spawn_blocking(move || crate::input::downsize(&image, max_side))
+            .await
+            .map_err(|e| CallError::new(FailureKind::Other, format!("downsizing panicked: {e}")))?
+            .map_err(|e| CallError::new(FailureKind::BadInput, e.to_string()))
+    }
+
+    /// Hold a batch to the contract: one entry per input; each vector of the promised length (or
+    /// the length first seen in this space), finite and not all zero. Normalises the vectors.
+    fn check_vectors(
+        &self,
+        model: &ModelInfo,
+        expected: usize,
+        items: Vec<Result<Vec<f32>, wit::Error>>,
+    ) -> Result<Vec<ItemResult>, CallError> {
+        let malformed = |m: String| {
+            CallError::new(FailureKind::Malformed, format!("plugin {:?} {m}", self.key))
+        };
+        if items.len() != expected {
+            return Err(malformed(format!(
+                "returned {} vectors for {expected} inputs",
+                items.len()
+            )));
+        }
+        let dims = match model.dimensions {
+            Some(d) => Some(d),
+            None => items.iter().flatten().next().map(|first| {
+                *self
+                    .learned_dims
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(model.space.clone())
+                    .or_insert(first.len())
+            }),
+        };
+        let check = |i: usize, mut v: Vec<f32>| -> ItemResult {
+            let dims = dims.unwrap_or(v.len());
+            if v.len() != dims {
+                return Err(malformed(format!(
+                    "returned a vector of length {} (item {i}) in space {:?}, whose vectors have {dims} dimensions",
+                    v.len(),
+                    model.space
+                )));
+            }
+            if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+                return Err(malformed(format!(
+                    "returned a vector containing {bad} (item {i})"
+                )));
+            }
+            let norm = v
+                .iter()
+                .map(|x| f64::from(*x) * f64::from(*x))
+                .sum::<f64>()
+                .sqrt();
+            if norm == 0.0 {
+                return Err(malformed(format!("returned an all-zero vector (item {i})")));
+            }
+            v.iter_mut()
+                .for_each(|x| *x = (f64::from(*x) / norm) as f32);
+            Ok(v)
+        };
+        Ok(items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| item.map_err(CallError::from).and_then(|v| check(i, v)))
+            .collect())
+    }
+}
+
+fn check_model(key: &str, info: &ModelInfo) -> Result<(), CallError> {
+    if info.space.trim().is_empty() || info.model.trim().is_empty() {
+        return Err(CallError::new(
+            FailureKind::Malformed,
+            format!("plugin {key:?} reported a model without a model id or space id"),
+        ));
+    }
+    if info.dimensions == Some(0) {
+        return Err(CallError::new(
+            FailureKind::Malformed,
+            format!("plugin {key:?} reported 0 dimensions"),
+        ));
+    }
+    Ok(())
+}
