@@ -1,0 +1,162 @@
+//! The persistent cache around plugin calls: texts and images already embedded in a space, and
+//! descriptions already written, are answered from the store; fresh answers are remembered.
+
+use super::imbed::Imbed;
+use super::walk::{Found, Role, StepError};
+use crate::input::ValidImage;
+use crate::runtime::{CallError, ItemResult, ModelInfo};
+use crate::store::{self, Store, StoreError};
+use crate::types::{Description, FailureKind, PluginId};
+
+impl Imbed {
+    /// Run a cache operation off the async threads (SQLite blocks). A cache failure is logged
+    /// and treated as a miss: the cache may make imbed faster, never make it fail.
+    pub(super) async fn cache<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Store) -> std::result::Result<T, StoreError> + Send + 'static,
+    ) -> Option<T> {
+        let store = self.inner.store.clone()?;
+        match tokio::task::spawn_blocking(move || op(&store)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::warn!("cache: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("cache task failed: {e}");
+                None
+            }
+        }
+    }
+
+    pub(super) async fn embed_one_text(
+        &self,
+        key: &str,
+        text: &str,
+        description: Description,
+    ) -> std::result::Result<Found, StepError> {
+        let (plugin, model, mut items) = self.cached_text_batch(key, &[text.to_string()]).await?;
+        let (vector, cached) = items.remove(0);
+        Ok(Found {
+            plugin,
+            model,
+            vector: vector.map_err(|e| StepError::of(key, e))?,
+            description: Some(description),
+            cached,
+        })
+    }
+
+    /// One text embedder, one batch: checks the space first (before any slow work), answers
+    /// texts already embedded in that space from the cache, sends the rest to the plugin in one
+    /// call and remembers them. Each item says whether the cache answered it.
+    pub(super) async fn cached_text_batch(
+        &self,
+        key: &str,
+        texts: &[String],
+    ) -> std::result::Result<(PluginId, ModelInfo, Vec<(ItemResult, bool)>), StepError> {
+        let plugin = self.plugin(key)?;
+        let model = plugin
+            .text_model()
+            .await
+            .map_err(|e| StepError::in_role(key, Role::Text, e))?;
+        self.precheck(key, &model)?;
+        let keys: Vec<String> = texts.iter().map(|t| store::text_key(t)).collect();
+        let space = model.space.clone();
+        let found = {
+            let keys = keys.clone();
+            self.cache(move |s| {
+                keys.iter()
+                    .map(|k| s.text_vector(k, &space))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            })
+            .await
+            .unwrap_or_else(|| vec![None; texts.len()])
+        };
+        let mut out: Vec<Option<(ItemResult, bool)>> = found
+            .into_iter()
+            .map(|v| {
+                v.filter(|v| model.dimensions.is_none_or(|d| d == v.len()))
+                    .map(|v| (Ok(v), true))
+            })
+            .collect();
+        let missing: Vec<usize> = (0..texts.len()).filter(|&i| out[i].is_none()).collect();
+        let mut model = model;
+        if !missing.is_empty() {
+            let batch: Vec<String> = missing.iter().map(|&i| texts[i].clone()).collect();
+            let (answered_model, items) = plugin
+                .embed_texts(&batch)
+                .await
+                .map_err(|e| StepError::in_role(key, Role::Text, e))?;
+            model = answered_model;
+            let mut fresh = Vec::new();
+            for (&i, item) in missing.iter().zip(items) {
+                if let Ok(v) = &item {
+                    fresh.push((keys[i].clone(), v.clone()));
+                }
+                out[i] = Some((item, false));
+            }
+            let (space, model_id) = (model.space.clone(), model.model.clone());
+            self.cache(move |s| {
+                fresh
+                    .iter()
+                    .try_for_each(|(k, v)| s.put_text_vector(k, &space, &model_id, v))
+            })
+            .await;
+        }
+        let items = out
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| (Err(CallError::new(FailureKind::Other, "no answer")), false))
+            })
+            .collect();
+        Ok((plugin.id.clone(), model, items))
+    }
+
+    pub(super) async fn embed_one_image(
+        &self,
+        key: &str,
+        image: &ValidImage,
+    ) -> std::result::Result<Found, StepError> {
+        let plugin = self.plugin(key)?;
+        let model = plugin
+            .image_model()
+            .await
+            .map_err(|e| StepError::in_role(key, Role::Image, e))?;
+        self.precheck(key, &model)?;
+        let (sha, space) = (image.sha256.clone(), model.space.clone());
+        if let Some(vector) = self
+            .cache(move |s| s.image_vector(&sha, &space))
+            .await
+            .flatten()
+            .filter(|v| model.dimensions.is_none_or(|d| d == v.len()))
+        {
+            return Ok(Found {
+                plugin: plugin.id.clone(),
+                model,
+                vector,
+                description: None,
+                cached: true,
+            });
+        }
+        let (model, mut vectors) = plugin
+            .embed_images(std::slice::from_ref(image))
+            .await
+            .map_err(|e| StepError::in_role(key, Role::Image, e))?;
+        let vector = vectors.remove(0).map_err(|e| StepError::of(key, e))?;
+        let (sha, space, model_id, v) = (
+            image.sha256.clone(),
+            model.space.clone(),
+            model.model.clone(),
+            vector.clone(),
+        );
+        self.cache(move |s| s.put_image_vector(&sha, &space, &model_id, &v))
+            .await;
+        Ok(Found {
+            plugin: plugin.id.clone(),
+            model,
+            vector,
+            description: None,
+            cached: false,
+        })
+    }
+}

@@ -1,0 +1,280 @@
+//! [`Imbed`]: the loaded plugins and what a caller asks of them; set up with [`Options`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::stream::{self, BoxStream, StreamExt};
+
+use super::status::{PluginHealth, PluginStatus};
+use super::walk::StepError;
+use crate::config::{Config, Step};
+use crate::error::{Error, Result};
+use crate::input::{self, ImageSource, ValidImage};
+use crate::runtime::{CallError, Plugin, Runtime};
+use crate::store::Store;
+use crate::types::{Embedding, FailureKind};
+
+/// One image to embed, with an optional description from the caller (used by `description`
+/// steps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRequest {
+    /// Where the image comes from.
+    pub source: ImageSource,
+    /// The caller's own description of the image.
+    pub description: Option<String>,
+}
+
+impl ImageRequest {
+    /// A request for one image with no description.
+    pub fn new(source: ImageSource) -> Self {
+        ImageRequest {
+            source,
+            description: None,
+        }
+    }
+
+    /// Attach the caller's description.
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+}
+
+pub(super) enum Slot {
+    Ready(Arc<Plugin>),
+    Failed(CallError),
+}
+
+/// How an [`Imbed`] is set up beyond its config.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Options {
+    /// Refuse image URLs that lead to non-public addresses (for untrusted callers).
+    pub url_guard: Option<crate::input::UrlGuard>,
+    /// The persistent cache: descriptions and vectors are looked up before plugins are called,
+    /// and every image's answer is recorded for search.
+    pub store: Option<Store>,
+}
+
+impl Options {
+    /// Guard image URLs with `guard`.
+    pub fn url_guard(mut self, guard: crate::input::UrlGuard) -> Self {
+        self.url_guard = Some(guard);
+        self
+    }
+
+    /// Use `store` as the persistent cache.
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+}
+
+pub(super) struct Inner {
+    pub(super) config: Config,
+    pub(super) url_guard: Option<crate::input::UrlGuard>,
+    pub(super) store: Option<Store>,
+    pub(super) plugins: BTreeMap<String, Slot>,
+    pub(super) http: reqwest::Client,
+    // Declared last: dropped after the plugins that use its engine.
+    _runtime: Arc<Runtime>,
+}
+
+/// The embedding runtime: loaded plugins and the chain that uses them. Cheap to clone.
+#[derive(Clone)]
+pub struct Imbed {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl Imbed {
+    /// Start the engine and load every plugin the config lists. A plugin that fails to load
+    /// does not fail this call: its steps are skipped with the reason recorded.
+    pub async fn new(config: Config) -> Result<Imbed> {
+        Imbed::with_options(config, Options::default()).await
+    }
+
+    /// [`Imbed::new`] with [`Options`].
+    pub async fn with_options(config: Config, options: Options) -> Result<Imbed> {
+        let runtime = Arc::new(Runtime::new(config.cache_dir.clone()).map_err(Error::Engine)?);
+        let loads = config.plugins.iter().map(|(key, cfg)| {
+            let runtime = runtime.clone();
+            async move {
+                let slot = match runtime.load(key, cfg).await {
+                    Ok(p) => Slot::Ready(Arc::new(p)),
+                    Err(e) => {
+                        tracing::info!(plugin = key.as_str(), "plugin not loaded: {}", e.message);
+                        Slot::Failed(e)
+                    }
+                };
+                (key.clone(), slot)
+            }
+        });
+        let plugins: BTreeMap<String, Slot> =
+            futures::future::join_all(loads).await.into_iter().collect();
+        for (key, slot) in &plugins {
+            if let Slot::Ready(plugin) = slot {
+                if plugin.config.warm {
+                    // In the background: warming may take as long as loading a model, and the
+                    // first request should not wait behind it when it needs another plugin.
+                    let (plugin, key) = (plugin.clone(), key.clone());
+                    tokio::spawn(async move {
+                        match plugin.warm().await {
+                            Ok(()) => tracing::info!(plugin = key.as_str(), "warmed up"),
+                            Err(e) => tracing::warn!(
+                                plugin = key.as_str(),
+                                "warming failed: {}",
+                                e.message
+                            ),
+                        }
+                    });
+                }
+            }
+        }
+        let user_agent = concat!("imbed/", env!("CARGO_PKG_VERSION"));
+        let http = match &options.url_guard {
+            Some(guard) => guard.client(user_agent).map_err(Error::Engine)?,
+            None => reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::limited(5))
+                .connect_timeout(config.input.download_timeout)
+                .user_agent(user_agent)
+                .build()
+                .map_err(|e| Error::Engine(format!("cannot build the HTTP client: {e}")))?,
+        };
+        Ok(Imbed {
+            inner: Arc::new(Inner {
+                url_guard: options.url_guard,
+                store: options.store,
+                config,
+                plugins,
+                http,
+                _runtime: runtime,
+            }),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The embedding space each chain step answers images in, as far as it can tell now
+    /// (`None` for a step whose plugin is not loaded or whose backend cannot say).
+    pub async fn step_spaces(&self) -> Vec<Option<String>> {
+        let mut out = Vec::new();
+        for step in &self.inner.config.chain.steps {
+            let space = match step {
+                Step::DescribeThenEmbed { embedder, .. } | Step::Description { embedder } => {
+                    match self.plugin(embedder) {
+                        Ok(p) => p.text_model().await.ok().map(|m| m.space),
+                        Err(_) => None,
+                    }
+                }
+                Step::ImageEmbed { plugin } | Step::Hash { plugin } => match self.plugin(plugin) {
+                    Ok(p) => p.image_model().await.ok().map(|m| m.space),
+                    Err(_) => None,
+                },
+            };
+            out.push(space);
+        }
+        out
+    }
+
+    /// The persistent cache, when one is in use.
+    pub fn store(&self) -> Option<&Store> {
+        self.inner.store.as_ref()
+    }
+
+    /// Every configured plugin and whether it loaded.
+    pub fn plugins(&self) -> Vec<PluginStatus> {
+        self.inner
+            .plugins
+            .iter()
+            .map(|(key, slot)| {
+                let cfg = &self.inner.config.plugins[key];
+                PluginStatus {
+                    key: key.clone(),
+                    path: cfg.path.clone(),
+                    http: cfg
+                        .grants
+                        .http
+                        .iter()
+                        .map(|o| o.ascii_serialization())
+                        .collect(),
+                    env: cfg.grants.env.clone(),
+                    model_dir: cfg.grants.model_dir.clone(),
+                    sockets: cfg.grants.sockets.iter().map(|a| a.to_string()).collect(),
+                    memory_mb: cfg.memory_bytes >> 20,
+                    timeout_ms: cfg.timeout.as_millis(),
+                    instances: match slot {
+                        Slot::Ready(p) => p.config.pool_size,
+                        Slot::Failed(_) => cfg.pool_size,
+                    },
+                    health: match slot {
+                        Slot::Ready(p) => PluginHealth::Ready {
+                            name: p.id.name.clone(),
+                            version: p.id.version.clone(),
+                            roles: p.roles(),
+                            from_cache: p.from_cache,
+                            load_ms: p.load_time.as_secs_f64() * 1000.0,
+                        },
+                        Slot::Failed(e) => PluginHealth::Failed {
+                            kind: e.kind,
+                            message: e.message.clone(),
+                        },
+                    },
+                }
+            })
+            .collect()
+    }
+
+    pub(super) fn plugin(&self, key: &str) -> std::result::Result<&Arc<Plugin>, StepError> {
+        match self.inner.plugins.get(key) {
+            Some(Slot::Ready(p)) => Ok(p),
+            Some(Slot::Failed(e)) => Err(StepError::of(key, e.clone())),
+            None => Err(StepError::of(
+                key,
+                CallError::new(
+                    FailureKind::NotInstalled,
+                    format!("no plugin {key:?} is configured"),
+                ),
+            )),
+        }
+    }
+
+    /// Read and validate an image without embedding it.
+    pub async fn load_image(&self, source: &ImageSource) -> Result<ValidImage> {
+        let limits = self.inner.config.input.clone();
+        let guard = self.inner.url_guard.as_ref();
+        let bytes = input::read_source(source, &limits, &self.inner.http, guard).await?;
+        let label = source.label();
+        let validated =
+            tokio::task::spawn_blocking(move || input::validate(bytes, &label, &limits))
+                .await
+                .map_err(|e| Error::Internal(format!("image validation panicked: {e}")))?;
+        Ok(validated?)
+    }
+
+    /// Embed one image: read and validate it, then walk the chain.
+    pub async fn embed_image(&self, request: ImageRequest) -> Result<Embedding> {
+        let image = self.load_image(&request.source).await?;
+        self.embed_valid_image(&image, request.description.as_deref())
+            .await
+    }
+
+    /// Embed many images, at most `concurrency` at once. Results come in input order, each on
+    /// its own: one bad input does not stop the rest.
+    pub fn embed_images(
+        &self,
+        requests: Vec<ImageRequest>,
+        concurrency: usize,
+    ) -> BoxStream<'static, Result<Embedding>> {
+        let this = self.clone();
+        stream::iter(requests)
+            .map(move |r| {
+                let this = this.clone();
+                async move { this.embed_image(r).await }
+            })
+            .buffered(concurrency.max(1))
+            .boxed()
+    }
+}

@@ -1,0 +1,11 @@
+//! The chain: [`Imbed`] walks the configured steps in order until one answers, recording why
+//! each earlier step did not. May use `runtime` (plugin calls), `store` (through `cached` only),
+//! `input`, `config` and `types`; the server and the CLI sit on top of it.
+
+mod cached;
+mod imbed;
+mod status;
+mod walk;
+
+pub use imbed::{ImageRequest, Imbed, Options};
+pub use status::{check_plugin, PluginHealth, PluginStatus, StepCheck};

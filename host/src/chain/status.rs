@@ -1,0 +1,183 @@
+//! What `imbed plugins`, `imbed plugins check` and `imbed doctor` report: each plugin's health
+//! and whether each step can answer right now.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::imbed::Imbed;
+use super::walk::StepError;
+use crate::error::{Error, Result};
+use crate::input::{self, ValidImage};
+use crate::runtime::{Roles, Runtime};
+use crate::types::{FailureKind, StepKind};
+
+/// A plugin's state as `imbed plugins` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    /// The config key.
+    pub key: String,
+    /// The component file.
+    pub path: PathBuf,
+    /// HTTP origins granted.
+    pub http: Vec<String>,
+    /// Environment variables granted.
+    pub env: Vec<String>,
+    /// Read-only model directory granted (mounted at `/model`).
+    pub model_dir: Option<PathBuf>,
+    /// TCP addresses granted for direct connections.
+    pub sockets: Vec<String>,
+    /// Memory cap in MiB.
+    pub memory_mb: u64,
+    /// Deadline per call in milliseconds.
+    pub timeout_ms: u128,
+    /// Instances that may run at once: the configured `instances`, capped at the core count
+    /// for plugins that cannot reach the network (they only compute).
+    pub instances: usize,
+    /// Loaded or not, and why.
+    pub health: PluginHealth,
+}
+
+/// Check a component file as a plugin: compile it, list what it imports and exports, and load
+/// it with nothing granted to see whether it answers. For `imbed plugins check`.
+pub async fn check_plugin(
+    path: &std::path::Path,
+) -> Result<(crate::runtime::ComponentReport, PluginHealth)> {
+    let bytes = tokio::fs::read(path).await.map_err(|source| {
+        Error::Input(crate::input::InputError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
+    let runtime = Arc::new(Runtime::new(None).map_err(Error::Engine)?);
+    let report = runtime.inspect(&bytes).map_err(|e| {
+        // The parser's message spans lines (a hex dump of the header); its first line says it.
+        let first = e.lines().next().unwrap_or_default().to_string();
+        Error::Usage(format!(
+            "{} is not a valid WebAssembly component: {first}",
+            path.display()
+        ))
+    })?;
+    let cfg = crate::config::PluginConfig {
+        path: path.to_path_buf(),
+        memory_bytes: 512 << 20,
+        timeout: std::time::Duration::from_secs(30),
+        pool_size: 1,
+        warm: false,
+        image_max_side: None,
+        grants: Default::default(),
+        settings: Default::default(),
+    };
+    let health = match runtime.load("check", &cfg).await {
+        Ok(p) => PluginHealth::Ready {
+            name: p.id.name.clone(),
+            version: p.id.version.clone(),
+            roles: p.roles(),
+            from_cache: p.from_cache,
+            load_ms: p.load_time.as_secs_f64() * 1000.0,
+        },
+        Err(e) => PluginHealth::Failed {
+            kind: e.kind,
+            message: e.message,
+        },
+    };
+    Ok((report, health))
+}
+
+/// Whether one chain step can answer right now.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepCheck {
+    /// Index in the chain.
+    pub step: usize,
+    /// Kind of step.
+    pub kind: StepKind,
+    /// The plugins it uses.
+    pub plugins: Vec<String>,
+    /// Whether it answered a test image.
+    pub ok: bool,
+    /// The space it answered in, when it did.
+    pub space: Option<String>,
+    /// Why it did not, when it did not.
+    pub problem: Option<String>,
+}
+
+/// Whether a plugin loaded.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum PluginHealth {
+    /// Loaded and answered `info`.
+    Ready {
+        /// The name the plugin reports.
+        name: String,
+        /// The plugin's version.
+        version: String,
+        /// What it exports.
+        roles: Roles,
+        /// Whether the compiled component came from the on-disk cache.
+        from_cache: bool,
+        /// Time to read, compile or load from cache, and instantiate, in milliseconds.
+        load_ms: f64,
+    },
+    /// Could not be loaded; its steps are skipped.
+    Failed {
+        /// The category.
+        kind: FailureKind,
+        /// What went wrong and what to do.
+        message: String,
+    },
+}
+
+impl Imbed {
+    /// Try every step on its own with a small test image and a test description: which steps
+    /// can answer right now, and why the others cannot.
+    pub async fn check_steps(&self) -> Vec<StepCheck> {
+        let probe = probe_image();
+        let mut checks = Vec::new();
+        for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
+            let outcome = match &probe {
+                Ok(image) => {
+                    self.image_step(step, image, Some("a test image for imbed doctor"))
+                        .await
+                }
+                Err(e) => Err(StepError::not_applicable(e.clone())),
+            };
+            let plugins = step.plugins().iter().map(|p| p.to_string()).collect();
+            checks.push(match outcome {
+                Ok(found) => StepCheck {
+                    step: index,
+                    kind: step.kind(),
+                    plugins,
+                    ok: true,
+                    space: Some(found.model.space),
+                    problem: None,
+                },
+                Err(e) => StepCheck {
+                    step: index,
+                    kind: step.kind(),
+                    plugins,
+                    ok: false,
+                    space: None,
+                    problem: Some(format!("{}: {}", e.error.kind, e.error.message)),
+                },
+            });
+        }
+        checks
+    }
+}
+
+/// A 64x64 gradient: small enough to be quick, real enough for every step.
+fn probe_image() -> std::result::Result<ValidImage, String> {
+    let img = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, 128])
+    });
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    input::validate(
+        png,
+        "<doctor probe>",
+        &crate::config::InputLimits::default(),
+    )
+    .map_err(|e| e.to_string())
+}
