@@ -1,0 +1,18 @@
+//! Configuration: the TOML file is parsed into raw structs (`raw`, unknown keys rejected with
+//! file and line), `${VAR}` references are expanded (`env`), then validated (`validate`) into
+//! [`Config`] (`settings`), which the rest of the library uses. Uses only `types`.
+
+mod env;
+mod error;
+mod raw;
+mod settings;
+mod validate;
+
+pub use env::Env;
+pub use error::ConfigError;
+pub use settings::{
+    CacheSettings, ChainConfig, Config, Grants, InputLimits, PluginConfig, ServerSettings, Step,
+};
+
+/// The default configuration, compiled into the binary so `imbed` works without a config file.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");

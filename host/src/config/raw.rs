@@ -1,0 +1,115 @@
+//! The config file as written: serde structs that reject unknown keys and keep each value's
+//! span, so validation can name the line of a bad value.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) plugin_dir: Option<Spanned<String>>,
+    pub(super) cache_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) input: RawInput,
+    pub(super) chain: Spanned<RawChain>,
+    #[serde(default)]
+    pub(super) plugins: BTreeMap<Spanned<String>, Spanned<RawPlugin>>,
+    #[serde(default)]
+    pub(super) server: RawServer,
+    #[serde(default)]
+    pub(super) cache: RawCache,
+    #[serde(default)]
+    pub(super) models: RawModels,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModels {
+    pub(super) dir: Option<Spanned<String>>,
+    pub(super) mirror: Option<Spanned<String>>,
+    pub(super) registry: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) urls: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub(super) database: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) listen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) api_keys: Vec<Spanned<String>>,
+    pub(super) max_body_mb: Option<usize>,
+    pub(super) max_in_flight: Option<usize>,
+    pub(super) request_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub(super) url_allow: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInput {
+    pub(super) max_bytes: Option<u64>,
+    pub(super) max_pixels: Option<u64>,
+    pub(super) max_side: Option<u32>,
+    pub(super) download_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawChain {
+    pub(super) require_space: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) steps: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStep {
+    pub(super) kind: Spanned<String>,
+    pub(super) describer: Option<Spanned<String>>,
+    pub(super) embedder: Option<Spanned<String>>,
+    pub(super) plugin: Option<Spanned<String>>,
+    pub(super) prompt: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPlugin {
+    pub(super) file: Spanned<String>,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
+    #[serde(default)]
+    pub(super) grants: RawGrants,
+    #[serde(default)]
+    pub(super) settings: BTreeMap<String, Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) memory_mb: Option<Spanned<u64>>,
+    pub(super) timeout_ms: Option<Spanned<u64>>,
+    pub(super) instances: Option<Spanned<usize>>,
+    pub(super) warm: Option<bool>,
+    pub(super) image_max_side: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGrants {
+    #[serde(default)]
+    pub(super) http: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) env: Vec<Spanned<String>>,
+    pub(super) model_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) sockets: Vec<Spanned<String>>,
+}

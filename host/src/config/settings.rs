@@ -1,0 +1,194 @@
+//! The validated configuration the rest of the library uses.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::types::StepKind;
+
+/// Limits applied to every input image before any plugin sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputLimits {
+    /// Largest encoded image accepted, in bytes.
+    pub max_bytes: u64,
+    /// Largest width × height accepted, checked from the header before decoding.
+    pub max_pixels: u64,
+    /// Largest width or height accepted.
+    pub max_side: u32,
+    /// Deadline for downloading an image from a URL.
+    pub download_timeout: Duration,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits {
+            max_bytes: 64 << 20,
+            max_pixels: 50_000_000,
+            max_side: 30_000,
+            download_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One step of the priority chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// A describer writes a description, a text embedder embeds it.
+    DescribeThenEmbed {
+        /// Config key of the describer plugin.
+        describer: String,
+        /// Config key of the text embedder plugin.
+        embedder: String,
+        /// Prompt for the describer; the plugin's own default when `None`.
+        prompt: Option<String>,
+    },
+    /// An image embedder embeds the image itself.
+    ImageEmbed {
+        /// Config key of the image embedder plugin.
+        plugin: String,
+    },
+    /// A text embedder embeds the caller's description; skipped when there is none.
+    Description {
+        /// Config key of the text embedder plugin.
+        embedder: String,
+    },
+    /// The last resort: a plugin (the hash plugin) embeds the image itself.
+    Hash {
+        /// Config key of the plugin.
+        plugin: String,
+    },
+}
+
+impl Step {
+    /// The kind of this step.
+    pub fn kind(&self) -> StepKind {
+        match self {
+            Step::DescribeThenEmbed { .. } => StepKind::DescribeThenEmbed,
+            Step::ImageEmbed { .. } => StepKind::ImageEmbed,
+            Step::Description { .. } => StepKind::Description,
+            Step::Hash { .. } => StepKind::Hash,
+        }
+    }
+
+    /// The config keys of the plugins this step uses.
+    pub fn plugins(&self) -> Vec<&str> {
+        match self {
+            Step::DescribeThenEmbed {
+                describer,
+                embedder,
+                ..
+            } => vec![describer, embedder],
+            Step::ImageEmbed { plugin } | Step::Hash { plugin } => vec![plugin],
+            Step::Description { embedder } => vec![embedder],
+        }
+    }
+}
+
+/// The priority chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainConfig {
+    /// When set, only results in this embedding space are accepted; a step that answers in
+    /// another space counts as failed and the chain moves on.
+    pub require_space: Option<String>,
+    /// The steps, tried in order.
+    pub steps: Vec<Step>,
+}
+
+/// What a plugin is allowed to reach. Everything not listed is denied.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Grants {
+    /// HTTP origins (`scheme://host[:port]`) the plugin may send requests to.
+    pub http: Vec<url::Origin>,
+    /// Environment variables passed through from the host's environment, by name.
+    pub env: Vec<String>,
+    /// A directory the plugin may read (not write), mounted at `/model`.
+    pub model_dir: Option<PathBuf>,
+    /// TCP addresses (`ip:port`) the plugin may connect to directly with WASI sockets. Prefer
+    /// `http`: there the host checks every request; a raw socket carries anything.
+    pub sockets: Vec<std::net::SocketAddr>,
+}
+
+/// One plugin's section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    /// The component file.
+    pub path: PathBuf,
+    /// Memory cap for one instance, in bytes.
+    pub memory_bytes: u64,
+    /// Deadline for one call.
+    pub timeout: Duration,
+    /// How many instances may run at once; as many are kept for reuse.
+    pub pool_size: usize,
+    /// Call the plugin's `warm` at start (loads models before the first request).
+    pub warm: bool,
+    /// Images sent to this plugin are downsized so their longer side is at most this many
+    /// pixels. Describers default to 1024 (vision models see a few hundred pixels at most, and a
+    /// 20 MB photo need not travel whole); other roles get the image as it is unless set.
+    pub image_max_side: Option<u32>,
+    /// What the plugin may reach.
+    pub grants: Grants,
+    /// The plugin's own settings, as strings (numbers and booleans in their TOML spelling,
+    /// arrays and tables as JSON).
+    pub settings: BTreeMap<String, String>,
+}
+
+/// Settings of `imbed serve`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub listen: String,
+    /// Bearer tokens that may call the API; empty means no authentication.
+    pub api_keys: Vec<String>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Requests handled at once; more are refused with 503 at once rather than queued.
+    pub max_in_flight: usize,
+    /// Deadline of one request, passed down the chain: work for a caller who has gone is dropped.
+    pub request_timeout: Duration,
+    /// Non-public hosts and addresses that image URLs may still reach.
+    pub url_allow: crate::input::UrlGuard,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: "127.0.0.1:8080".into(),
+            api_keys: Vec::new(),
+            max_body_bytes: 32 << 20,
+            max_in_flight: 64,
+            request_timeout: Duration::from_secs(120),
+            url_allow: Default::default(),
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where this config came from (a path, or `<default>`).
+    pub source: String,
+    /// Where compiled plugins are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Limits on input images.
+    pub input: InputLimits,
+    /// The priority chain.
+    pub chain: ChainConfig,
+    /// Plugins by config key.
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// `imbed serve` settings.
+    pub server: ServerSettings,
+    /// The persistent cache of descriptions and vectors.
+    pub cache: CacheSettings,
+    /// `[models]`: where model files live and where `imbed models pull` fetches them.
+    pub models: crate::models::ModelSettings,
+}
+
+/// `[cache]`: the database of descriptions, vectors and indexed files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// The SQLite file; `None` (`database = ""`) turns the cache off. It lives under
+    /// `IMBED_HOME`, not the cache directory: it holds hours of vision-model work that a cache
+    /// cleaner should not throw away.
+    pub database: Option<PathBuf>,
+}
