@@ -1,0 +1,248 @@
+//! Validating and decoding an image before any plugin sees it, and downsizing it for plugins
+//! that want smaller images.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use image::{ImageFormat, ImageReader};
+use sha2::{Digest, Sha256};
+
+use super::InputError;
+use crate::config::InputLimits;
+
+/// An image that passed validation: what plugins receive.
+#[derive(Debug, Clone)]
+pub struct ValidImage {
+    /// PNG or JPEG bytes.
+    pub data: Arc<[u8]>,
+    /// `image/png` or `image/jpeg`.
+    pub mime_type: &'static str,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// SHA-256 of the bytes as the caller gave them, hex: the image's identity.
+    pub sha256: String,
+}
+
+/// Check an encoded image: a known format, within the pixel limits (read from the header before
+/// anything is decoded), and decodable to the end. Anything that is not PNG or JPEG is
+/// re-encoded to PNG, so plugins only ever see those two. CPU-bound: run it off the async threads.
+pub fn validate(
+    bytes: Vec<u8>,
+    label: &str,
+    limits: &InputLimits,
+) -> Result<ValidImage, InputError> {
+    if bytes.is_empty() {
+        return Err(InputError::Empty(label.to_string()));
+    }
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(InputError::TooManyBytes {
+            label: label.to_string(),
+            limit: limits.max_bytes,
+        });
+    }
+    let sha256 = hex(&Sha256::digest(&bytes));
+    let format = image::guess_format(&bytes).map_err(|_| InputError::NotAnImage {
+        label: label.to_string(),
+        detail: sniff(&bytes),
+    })?;
+    let format_name = format!("{format:?}").to_uppercase();
+    let corrupt = |detail: String| InputError::Corrupt {
+        label: label.to_string(),
+        format: format_name.clone(),
+        detail,
+    };
+    let (width, height) = ImageReader::with_format(Cursor::new(&bytes), format)
+        .into_dimensions()
+        .map_err(|e| match e {
+            image::ImageError::Unsupported(_) => InputError::NotAnImage {
+                label: label.to_string(),
+                detail: format!("{format_name} is not supported"),
+            },
+            other => corrupt(other.to_string()),
+        })?;
+    if width == 0 || height == 0 {
+        return Err(corrupt(format!("the header says {width}x{height} pixels")));
+    }
+    if width > limits.max_side || height > limits.max_side {
+        return Err(InputError::TooLarge {
+            label: label.to_string(),
+            width,
+            height,
+            limit: format!("{} pixels per side", limits.max_side),
+            key: "max_side",
+        });
+    }
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(InputError::TooLarge {
+            label: label.to_string(),
+            width,
+            height,
+            limit: format!("{} pixels", limits.max_pixels),
+            key: "max_pixels",
+        });
+    }
+
+    let mut reader = ImageReader::with_format(Cursor::new(&bytes), format);
+    let mut decode_limits = image::Limits::default();
+    decode_limits.max_image_width = Some(limits.max_side);
+    decode_limits.max_image_height = Some(limits.max_side);
+    // RGBA16 is the widest layout the decoders produce.
+    decode_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(1 << 20));
+    reader.limits(decode_limits);
+    let decoded = reader.decode().map_err(|e| corrupt(e.to_string()))?;
+
+    let (data, mime_type): (Arc<[u8]>, _) = match format {
+        ImageFormat::Png => (bytes.into(), "image/png"),
+        ImageFormat::Jpeg => (bytes.into(), "image/jpeg"),
+        _ => {
+            let mut out = Vec::new();
+            decoded
+                .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+                .map_err(|e| corrupt(format!("cannot re-encode as PNG: {e}")))?;
+            (out.into(), "image/png")
+        }
+    };
+    Ok(ValidImage {
+        data,
+        mime_type,
+        width: decoded.width(),
+        height: decoded.height(),
+        sha256,
+    })
+}
+
+/// A copy of `image` whose longer side is at most `max_side` pixels (aspect kept), re-encoded in
+/// its own format; the image itself when it is already small enough. CPU-bound.
+pub fn downsize(image: &ValidImage, max_side: u32) -> Result<ValidImage, InputError> {
+    if image.width.max(image.height) <= max_side {
+        return Ok(image.clone());
+    }
+    let corrupt = |detail: String| InputError::Corrupt {
+        label: image.sha256.clone(),
+        format: image.mime_type.to_string(),
+        detail,
+    };
+    let decoded = image::load_from_memory(&image.data).map_err(|e| corrupt(e.to_string()))?;
+    // Triangle filtering is a good speed/quality balance for large reductions.
+    let small = decoded.resize(max_side, max_side, image::imageops::FilterType::Triangle);
+    let mut out = Vec::new();
+    let format = if image.mime_type == "image/jpeg" {
+        ImageFormat::Jpeg
+    } else {
+        ImageFormat::Png
+    };
+    let written =
+        match format {
+            ImageFormat::Jpeg => small.to_rgb8().write_with_encoder(
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90),
+            ),
+            _ => small.write_to(&mut Cursor::new(&mut out), ImageFormat::Png),
+        };
+    written.map_err(|e| corrupt(format!("cannot re-encode the downsized image: {e}")))?;
+    Ok(ValidImage {
+        data: out.into(),
+        mime_type: image.mime_type,
+        width: small.width(),
+        height: small.height(),
+        // The identity stays the original's: a downsized copy is the same input.
+        sha256: image.sha256.clone(),
+    })
+}
+
+fn sniff(bytes: &[u8]) -> String {
+    let head = &bytes[..bytes.len().min(512)];
+    let text = String::from_utf8_lossy(head).to_lowercase();
+    if text.trim_start().starts_with("<!doctype html") || text.contains("<html") {
+        "it looks like an HTML page".into()
+    } else if head
+        .iter()
+        .all(|b| b.is_ascii() && (!b.is_ascii_control() || b.is_ascii_whitespace()))
+    {
+        "it looks like text".into()
+    } else {
+        format!("{} bytes of unknown data", bytes.len())
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_png_passes_unchanged() {
+        let bytes = png(20, 10);
+        let v = validate(bytes.clone(), "a.png", &InputLimits::default()).unwrap();
+        assert_eq!((v.width, v.height, v.mime_type), (20, 10, "image/png"));
+        assert_eq!(&*v.data, &bytes[..]);
+    }
+
+    #[test]
+    fn other_formats_are_reencoded_as_png() {
+        let img = image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]));
+        let mut bmp = Vec::new();
+        img.write_to(&mut Cursor::new(&mut bmp), ImageFormat::Bmp)
+            .unwrap();
+        let v = validate(bmp, "a.bmp", &InputLimits::default()).unwrap();
+        assert_eq!(v.mime_type, "image/png");
+        assert_eq!(image::guess_format(&v.data).unwrap(), ImageFormat::Png);
+    }
+
+    #[test]
+    fn truncated_empty_and_text_inputs_are_clear_errors() {
+        let mut bytes = png(64, 64);
+        bytes.truncate(bytes.len() / 2);
+        let e = validate(bytes, "t.png", &InputLimits::default()).unwrap_err();
+        assert!(matches!(e, InputError::Corrupt { .. }), "{e}");
+        assert!(matches!(
+            validate(vec![], "e", &InputLimits::default()),
+            Err(InputError::Empty(_))
+        ));
+        let e = validate(
+            b"<html><body>404</body></html>".to_vec(),
+            "u",
+            &InputLimits::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("HTML page"), "{e}");
+    }
+
+    #[test]
+    fn downsizing_keeps_aspect_and_format() {
+        let v = validate(png(400, 100), "w.png", &InputLimits::default()).unwrap();
+        let d = downsize(&v, 200).unwrap();
+        assert_eq!((d.width, d.height, d.mime_type), (200, 50, "image/png"));
+        assert_eq!(image::load_from_memory(&d.data).unwrap().width(), 200);
+        assert!(std::ptr::eq(
+            downsize(&v, 400).unwrap().data.as_ptr(),
+            v.data.as_ptr()
+        ));
+    }
+
+    #[test]
+    fn pixel_limits_are_checked_before_decoding() {
+        let limits = InputLimits {
+            max_pixels: 100,
+            ..InputLimits::default()
+        };
+        let e = validate(png(20, 10), "big.png", &limits).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("20x10 pixels, over the limit of 100 pixels"),
+            "{e}"
+        );
+    }
+}

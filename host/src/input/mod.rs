@@ -1,0 +1,15 @@
+//! Input: reading images from where callers have them (`read`, with size caps and deadlines),
+//! the URL policy for untrusted callers (`url_guard`), and validating/decoding them before any
+//! plugin sees them (`decode`). Uses only `config` (the limits).
+
+mod decode;
+mod error;
+mod read;
+mod url_guard;
+
+pub(crate) use decode::hex;
+pub use decode::{downsize, validate, ValidImage};
+pub use error::InputError;
+pub use read::{decode_base64, ImageSource};
+pub(crate) use read::{describe_reqwest, read_source};
+pub use url_guard::{is_public, UrlGuard};
