@@ -1,0 +1,64 @@
+//! Model files for local plugins: a registry of known models, and `pull` (download with resume and
+//! SHA-256 checks), `list`, `remove` and `import` (an already-downloaded folder). Uses `config`
+//! (where models live) and `input` (HTTP error text); the runtime asks it only for names.
+//!
+//! Each model lives in `<models dir>/<name>/`, the folder a plugin's `grants.model_dir` points at.
+//! Files arrive as `<file>.part`, are hashed while they are written, and are renamed to their
+//! final name only once their size and SHA-256 match the registry, so a plugin never sees a
+//! half-written or unchecked file under a final name. `imbed-model.json` is written last:
+//! `{"name": ..., "files": {"<path>": "<sha256 hex>"}, "source": "<url or import:<path>>"}`.
+//! Plugins read it to put the weights' revision into their embedding space id.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), imbed::models::ModelError> {
+//! use imbed::models::{Models, NoProgress, Registry};
+//!
+//! let models = Models::new(Registry::builtin()?, "/srv/imbed/models");
+//! let report = models.pull("all-minilm-l6-v2", None, &NoProgress).await?;
+//! println!("{} files downloaded into {}", report.downloaded.len(), report.dir.display());
+//! # Ok(()) }
+//! ```
+
+// The rooms share their imports through this module: each opens with `use super::*`.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::{Config, Env};
+use crate::input::describe_reqwest;
+
+mod error;
+mod files;
+mod import;
+mod local;
+mod pull;
+mod registry;
+mod report;
+
+pub use error::ModelError;
+use files::*;
+pub use local::{human_size, Models};
+pub use registry::{check_base_url, ModelFile, ModelSettings, ModelSpec, Registry};
+pub use report::{
+    FileOutcome, ImportReport, Manifest, ModelState, ModelStatus, NoProgress, Progress,
+    ProgressEvent, PullReport,
+};
+
+/// The registry compiled into imbed: [`config/models.toml`](../../config/models.toml).
+pub const BUILTIN_REGISTRY: &str = include_str!("../../../config/models.toml");
+
+/// The file written last into a model's folder, naming the files and where they came from.
+pub const MANIFEST: &str = "imbed-model.json";
+
+/// Environment variable naming a mirror: files are fetched from `<mirror>/<model>/<path>`.
+pub const MIRROR_ENV: &str = "IMBED_MODEL_MIRROR";
+
+/// Held (with an OS file lock) while a pull, import or remove changes a model's folder.
+const LOCK_FILE: &str = ".imbed-lock";
+
+/// Read and hash files in pieces of this size.
+const CHUNK: usize = 1 << 20;

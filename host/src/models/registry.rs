@@ -1,0 +1,230 @@
+//! The registry of known models (built in, plus the config's extra file) and the `[models]`
+//! settings.
+
+use super::*;
+
+/// One file of a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelFile {
+    /// Path relative to the model's folder, `/`-separated.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the content, lowercase hex.
+    pub sha256: String,
+}
+
+/// A model the registry knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelSpec {
+    /// Name, also the folder name under the models directory.
+    pub name: String,
+    /// Config key of the plugin it is for.
+    pub plugin: String,
+    /// One line for people.
+    pub description: String,
+    /// Base URL: each file is fetched from `<source>/<path>`.
+    pub source: String,
+    /// The files, all required.
+    pub files: Vec<ModelFile>,
+}
+
+impl ModelSpec {
+    /// Total size of the files.
+    pub fn size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// The models `imbed models` knows about.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Registry {
+    models: Vec<ModelSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    #[serde(default)]
+    models: Vec<RawModel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: String,
+    plugin: String,
+    #[serde(default)]
+    description: String,
+    source: String,
+    files: Vec<RawFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    path: String,
+    size: u64,
+    sha256: String,
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+}
+
+/// A relative path that stays inside the model's folder and needs no escaping in a URL.
+fn valid_file_path(path: &str) -> bool {
+    !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && path
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with('.'))
+        && path != MANIFEST
+        && !path.ends_with(".part")
+}
+
+fn valid_sha256(hex: &str) -> bool {
+    hex.len() == 64
+        && hex
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+}
+
+/// Check an http(s) base URL and drop trailing slashes.
+pub fn check_base_url(url: &str) -> Result<String, ModelError> {
+    let bad = |message: &str| ModelError::BadUrl {
+        url: url.to_string(),
+        message: message.to_string(),
+    };
+    let parsed = url::Url::parse(url).map_err(|e| bad(&format!("{e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(bad("write it as http(s)://host[:port]/path"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad(
+            "a base URL has no ?query or #fragment: file paths are appended to it",
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+impl Registry {
+    /// The registry compiled into imbed.
+    pub fn builtin() -> Result<Registry, ModelError> {
+        Registry::from_toml_str(BUILTIN_REGISTRY, "<built-in>")
+    }
+
+    /// Parse a registry (the format of `config/models.toml`); `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Registry, ModelError> {
+        let err = |message: String| ModelError::Registry {
+            origin: origin.to_string(),
+            message,
+        };
+        let raw: RawRegistry = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let mut models: Vec<ModelSpec> = Vec::new();
+        for m in raw.models {
+            if !valid_name(&m.name) {
+                return Err(err(format!(
+                    "model name {:?} is not allowed: use lowercase letters, digits, -, _ and .",
+                    m.name
+                )));
+            }
+            if models.iter().any(|x| x.name == m.name) {
+                return Err(err(format!("model {:?} is listed twice", m.name)));
+            }
+            let source = check_base_url(&m.source)
+                .map_err(|e| err(format!("model {:?}: source: {e}", m.name)))?;
+            if m.files.is_empty() {
+                return Err(err(format!("model {:?} lists no files", m.name)));
+            }
+            let mut files: Vec<ModelFile> = Vec::new();
+            for f in m.files {
+                if !valid_file_path(&f.path) {
+                    return Err(err(format!(
+                        "model {:?}: file path {:?} is not allowed: a relative path of letters, digits, -, _, . and /, without `..`, hidden parts, or the names {MANIFEST} and *.part",
+                        m.name, f.path
+                    )));
+                }
+                if files.iter().any(|x| x.path == f.path) {
+                    return Err(err(format!(
+                        "model {:?}: file {:?} is listed twice",
+                        m.name, f.path
+                    )));
+                }
+                let sha256 = f.sha256.to_ascii_lowercase();
+                if !valid_sha256(&sha256) {
+                    return Err(err(format!(
+                        "model {:?}: file {:?}: sha256 must be 64 hex digits, not {:?} (a file whose SHA-256 is not known cannot be listed)",
+                        m.name, f.path, f.sha256
+                    )));
+                }
+                files.push(ModelFile {
+                    path: f.path,
+                    size: f.size,
+                    sha256,
+                });
+            }
+            models.push(ModelSpec {
+                name: m.name,
+                plugin: m.plugin,
+                description: m.description,
+                source,
+                files,
+            });
+        }
+        Ok(Registry { models })
+    }
+
+    /// Read a registry file.
+    pub fn load(path: &Path) -> Result<Registry, ModelError> {
+        // A registry named in the config that cannot be read is a config mistake, like a bad one.
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Registry {
+            origin: path.display().to_string(),
+            message: format!("cannot read it: {e}"),
+        })?;
+        Registry::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Add `other`'s models; one with the name of a model already here replaces it.
+    pub fn merge(&mut self, other: Registry) {
+        for m in other.models {
+            match self.models.iter_mut().find(|x| x.name == m.name) {
+                Some(slot) => *slot = m,
+                None => self.models.push(m),
+            }
+        }
+    }
+
+    /// All models, in registry order.
+    pub fn models(&self) -> &[ModelSpec] {
+        &self.models
+    }
+
+    /// A model by name; an unknown name is an error that lists the known ones.
+    pub fn get(&self, name: &str) -> Result<&ModelSpec, ModelError> {
+        self.models
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| ModelError::UnknownModel {
+                name: name.to_string(),
+                known: self.models.iter().map(|m| m.name.clone()).collect(),
+            })
+    }
+}
+
+/// The `[models]` section of the config.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModelSettings {
+    /// Where model folders live (default `${IMBED_HOME}/models`).
+    pub dir: PathBuf,
+    /// A mirror: files are fetched from `<mirror>/<model>/<path>`.
+    pub mirror: Option<String>,
+    /// Per-model base URLs: the model's files are fetched from `<url>/<path>`.
+    pub urls: BTreeMap<String, String>,
+    /// An extra registry file whose models are added to (or replace) the built-in ones.
+    pub registry: Option<PathBuf>,
+}
