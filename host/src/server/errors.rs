@@ -1,0 +1,93 @@
+//! Errors in the style of each API, and how a library error maps to a status.
+
+use super::*;
+
+#[derive(Clone, Copy)]
+pub(super) enum Api {
+    OpenAi,
+    Ollama,
+    Native,
+}
+
+pub(super) fn api_of(path: &str) -> Api {
+    if path.starts_with("/v1/") {
+        Api::OpenAi
+    } else if path.starts_with("/api/") {
+        Api::Ollama
+    } else {
+        Api::Native
+    }
+}
+
+pub(super) fn error_response(
+    api: Api,
+    status: StatusCode,
+    message: &str,
+    attempts: &[Attempt],
+) -> Response {
+    let body = match api {
+        Api::OpenAi => json!({ "error": {
+            "message": message,
+            "type": if status.is_server_error() { "server_error" } else { "invalid_request_error" },
+            "param": null,
+            "code": status.canonical_reason().map(|r| r.to_lowercase().replace(' ', "_")),
+        }}),
+        Api::Ollama => json!({ "error": message }),
+        Api::Native => json!({ "error": {
+            "status": status.as_u16(),
+            "message": message,
+            "attempts": attempts,
+        }}),
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// What went wrong while answering, mapped to a status.
+pub(super) struct Failure {
+    pub(super) status: StatusCode,
+    pub(super) message: String,
+    pub(super) attempts: Vec<Attempt>,
+}
+
+impl Failure {
+    pub(super) fn bad(message: impl Into<String>) -> Self {
+        Failure {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            attempts: vec![],
+        }
+    }
+
+    pub(super) fn respond(self, api: Api) -> Response {
+        error_response(api, self.status, &self.message, &self.attempts)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::Input(InputError::TooManyBytes { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Input(_) | Error::Usage(_) => StatusCode::BAD_REQUEST,
+            // No step answered: the service cannot serve this now, but may later.
+            Error::Exhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let attempts = match &e {
+            Error::Exhausted { attempts } => attempts.clone(),
+            _ => vec![],
+        };
+        Failure {
+            status,
+            message: e.to_string(),
+            attempts,
+        }
+    }
+}
+
+pub(super) fn parse_json(body: &Bytes) -> Result<Value, Failure> {
+    if body.is_empty() {
+        return Err(Failure::bad("the request has no body: send JSON"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Failure::bad(format!("the body is not valid JSON: {e}")))
+}

@@ -1,0 +1,38 @@
+//! `GET /health`: which chain steps can answer, probed at most every few seconds.
+
+use super::*;
+
+/// How long a health check's step probes are reused: probing runs the whole chain.
+pub(super) const HEALTH_TTL: Duration = Duration::from_secs(15);
+
+pub(super) async fn health(State(state): State<AppState>) -> Response {
+    let steps = {
+        let mut cached = state.health.lock().await;
+        match cached.as_ref() {
+            Some((at, steps)) if at.elapsed() < HEALTH_TTL => steps.clone(),
+            _ => {
+                let steps = state.imbed().check_steps().await;
+                *cached = Some((Instant::now(), steps.clone()));
+                steps
+            }
+        }
+    };
+    let answering = steps.iter().filter(|s| s.ok).count();
+    let (status, word) = match answering {
+        0 => (StatusCode::SERVICE_UNAVAILABLE, "down"),
+        n if n == steps.len() => (StatusCode::OK, "ok"),
+        _ if steps.first().is_some_and(|s| s.ok) => (StatusCode::OK, "ok"),
+        _ => (StatusCode::OK, "degraded"),
+    };
+    (
+        status,
+        axum::Json(json!({
+            "status": word,
+            "steps": steps,
+            "plugins": state.imbed().plugins(),
+            "config": state.imbed().config().source,
+            "reload": state.reload_status(),
+        })),
+    )
+        .into_response()
+}
