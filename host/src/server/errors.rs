@@ -63,16 +63,18 @@ impl Failure {
     }
 }
 
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        let status = match &e {
+impl Failure {
+    /// The status and message for `e`, read in place: a batch reports each item's error without
+    /// taking it out of the results or turning it into another kind of error.
+    pub(super) fn of(e: &Error) -> Self {
+        let status = match e {
             Error::Input(InputError::TooManyBytes { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Input(_) | Error::Usage(_) => StatusCode::BAD_REQUEST,
             // No step answered: the service cannot serve this now, but may later.
             Error::Exhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let attempts = match &e {
+        let attempts = match e {
             Error::Exhausted { attempts } => attempts.clone(),
             _ => vec![],
         };
@@ -84,10 +86,46 @@ impl From<Error> for Failure {
     }
 }
 
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::of(&e)
+    }
+}
+
 pub(super) fn parse_json(body: &Bytes) -> Result<Value, Failure> {
     if body.is_empty() {
         return Err(Failure::bad("the request has no body: send JSON"));
     }
     serde_json::from_slice(body)
         .map_err(|e| Failure::bad(format!("the body is not valid JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_maps_to_its_status_in_place() {
+        let too_big = Error::Input(InputError::TooManyBytes {
+            label: "item 3".into(),
+            limit: 10,
+        });
+        let f = Failure::of(&too_big);
+        assert_eq!(f.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(f.message, too_big.to_string());
+        let exhausted = Error::Exhausted {
+            attempts: vec![Attempt {
+                step: 0,
+                step_kind: crate::types::StepKind::Hash,
+                plugin: Some("hash".into()),
+                kind: crate::types::FailureKind::Trap,
+                message: "crashed".into(),
+            }],
+        };
+        let f = Failure::of(&exhausted);
+        assert_eq!(f.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(f.attempts.len(), 1);
+        let bad = Error::Input(InputError::Base64("not base64".into()));
+        assert_eq!(Failure::of(&bad).status, StatusCode::BAD_REQUEST);
+    }
 }

@@ -114,19 +114,9 @@ pub(super) fn result_json(r: &Result<Embedding, Error>) -> Value {
     match r {
         Ok(e) => embedding_json(e),
         Err(err) => {
-            let f = Failure::from(clone_error(err));
+            let f = Failure::of(err);
             json!({ "error": { "status": f.status.as_u16(), "message": f.message, "attempts": f.attempts } })
         }
-    }
-}
-
-pub(super) fn clone_error(e: &Error) -> Error {
-    match e {
-        Error::Exhausted { attempts } => Error::Exhausted {
-            attempts: attempts.clone(),
-        },
-        Error::Input(i) => Error::Usage(i.to_string()),
-        other => Error::Usage(other.to_string()),
     }
 }
 
