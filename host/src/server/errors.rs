@@ -43,6 +43,7 @@ pub(super) fn error_response(
 }
 
 /// What went wrong while answering, mapped to a status.
+#[derive(Debug)]
 pub(super) struct Failure {
     pub(super) status: StatusCode,
     pub(super) message: String,
@@ -90,6 +91,24 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         Failure::of(&e)
     }
+}
+
+/// The body as a typed request: invalid JSON and a body of the wrong shape get different
+/// messages, both naming what was expected.
+pub(super) fn parse_body<T: serde::de::DeserializeOwned>(
+    body: &Bytes,
+    what: &str,
+) -> Result<T, Failure> {
+    if body.is_empty() {
+        return Err(Failure::bad("the request has no body: send JSON"));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            Failure::bad(format!("the body is not valid JSON: {e}"))
+        } else {
+            Failure::bad(format!("the body is not {what}: {e}"))
+        }
+    })
 }
 
 pub(super) fn parse_json(body: &Bytes) -> Result<Value, Failure> {

@@ -1,6 +1,9 @@
 //! OpenAI-compatible `POST /v1/embeddings`.
 
+use serde::{Deserialize, Serialize};
+
 use super::*;
+use crate::types::Provenance;
 
 pub(super) async fn openai_embeddings(State(state): State<AppState>, body: Bytes) -> Response {
     openai(&state, body)
@@ -8,55 +11,113 @@ pub(super) async fn openai_embeddings(State(state): State<AppState>, body: Bytes
         .unwrap_or_else(|f| f.respond(Api::OpenAi))
 }
 
-pub(super) async fn openai(state: &AppState, body: Bytes) -> Result<Response, Failure> {
-    let req = parse_json(&body)?;
-    let input = req
-        .get("input")
-        .ok_or_else(|| Failure::bad("`input` is required"))?;
-    let items: Vec<Item> = match input {
-        Value::String(s) => vec![Item::Text(s.clone())],
-        Value::Array(list) if list.is_empty() => {
-            return Err(Failure::bad("`input` must not be empty"))
-        }
-        Value::Array(list) => list
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::String(s) => Ok(Item::Text(s.clone())),
-                Value::Object(o) => match o.get("image").and_then(Value::as_str) {
-                    Some(img) => {
-                        let mut r = ImageRequest::new(image_source(img));
-                        r.description = o.get("text").and_then(Value::as_str).map(str::to_string);
+/// `POST /v1/embeddings` as OpenAI's clients send it. Unknown fields (`user`, ...) are
+/// accepted and ignored, as OpenAI-compatible servers do.
+#[derive(Debug, Deserialize)]
+pub(super) struct OpenAiRequest {
+    input: Input,
+    /// A space id here pins the space; anything else (`"imbed"`, a model name) is a label.
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    encoding_format: EncodingFormat,
+}
+
+/// `input`: one text, or a list of texts and images. Token arrays are recognised only to be
+/// refused with a clear message.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Input {
+    Single(String),
+    Batch(Vec<InputItem>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum InputItem {
+    Text(String),
+    Image(ImageItem),
+    Token(serde::de::IgnoredAny),
+}
+
+/// `{"image": url-or-base64, "text": optional description}`.
+#[derive(Debug, Deserialize)]
+struct ImageItem {
+    image: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum EncodingFormat {
+    #[default]
+    Float,
+    Base64,
+}
+
+#[derive(Serialize)]
+struct OpenAiResponse<'a> {
+    object: &'static str,
+    data: Vec<EmbeddingData<'a>>,
+    model: &'a str,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct EmbeddingData<'a> {
+    object: &'static str,
+    index: usize,
+    embedding: EmbeddingValue<'a>,
+    imbed: &'a Provenance,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EmbeddingValue<'a> {
+    Float(&'a [f32]),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: u32,
+    total_tokens: u32,
+}
+
+impl OpenAiRequest {
+    /// The items to embed, or why the input cannot be embedded.
+    fn items(self) -> Result<Vec<Item>, Failure> {
+        match self.input {
+            Input::Single(text) => Ok(vec![Item::Text(text)]),
+            Input::Batch(list) if list.is_empty() => Err(Failure::bad("`input` must not be empty")),
+            Input::Batch(list) => list
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    InputItem::Text(text) => Ok(Item::Text(text)),
+                    InputItem::Image(ImageItem { image, text }) => {
+                        let mut r = ImageRequest::new(image_source(&image));
+                        r.description = text;
                         Ok(Item::Image(r))
                     }
-                    None => Err(Failure::bad(format!(
-                        "input[{i}]: an object item needs an `image` field (a URL or base64)"
+                    InputItem::Token(_) => Err(Failure::bad(format!(
+                        "input[{i}] must be a string or an {{\"image\": ...}} object (a URL or base64); token arrays are not supported: send the text itself as a string"
                     ))),
-                },
-                Value::Number(_) | Value::Array(_) => Err(Failure::bad(
-                    "token arrays are not supported: send the text itself as a string",
-                )),
-                _ => Err(Failure::bad(format!(
-                    "input[{i}] must be a string or an {{\"image\": ...}} object"
-                ))),
-            })
-            .collect::<Result<_, _>>()?,
-        _ => return Err(Failure::bad("`input` must be a string or an array")),
-    };
-    let base64_out = match req.get("encoding_format").and_then(Value::as_str) {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(Failure::bad(format!(
-                "encoding_format {other:?}: use float or base64"
-            )))
+                })
+                .collect(),
         }
-    };
-    let requested_model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    }
+}
+
+pub(super) async fn openai(state: &AppState, body: Bytes) -> Result<Response, Failure> {
+    let req: OpenAiRequest = parse_body(
+        &body,
+        "an OpenAI embeddings request (`input`: a string, or a list of strings and {\"image\": ...} objects)",
+    )?;
+    let base64_out = req.encoding_format == EncodingFormat::Base64;
+    let requested_model = req.model.clone().unwrap_or_default();
+    let items = req.items()?;
     let results = embed_items(state, items).await;
     let embeddings = all_or_first_error(results).map_err(|(i, mut f)| {
         f.message = format!("input[{i}]: {}", f.message);
@@ -79,28 +140,89 @@ pub(super) async fn openai(state: &AppState, body: Bytes) -> Result<Response, Fa
             });
         }
     }
-    let data: Vec<Value> = embeddings
+    let data = embeddings
         .iter()
         .enumerate()
-        .map(|(i, e)| {
-            let embedding = if base64_out {
+        .map(|(index, e)| EmbeddingData {
+            object: "embedding",
+            index,
+            embedding: if base64_out {
                 let bytes: Vec<u8> = e.vector.iter().flat_map(|f| f.to_le_bytes()).collect();
-                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                EmbeddingValue::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(e.vector)
-            };
-            json!({ "object": "embedding", "index": i, "embedding": embedding, "imbed": e.provenance })
+                EmbeddingValue::Float(&e.vector)
+            },
+            imbed: &e.provenance,
         })
         .collect();
     let model = embeddings
         .first()
-        .map(|e| e.provenance.space.clone())
+        .map(|e| e.provenance.space.as_str())
         .unwrap_or_default();
-    Ok(axum::Json(json!({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": { "prompt_tokens": 0, "total_tokens": 0 },
-    }))
+    Ok(axum::Json(OpenAiResponse {
+        object: "list",
+        data,
+        model,
+        usage: Usage {
+            prompt_tokens: 0,
+            total_tokens: 0,
+        },
+    })
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: Value) -> Result<OpenAiRequest, Failure> {
+        parse_body(&Bytes::from(v.to_string()), "an OpenAI embeddings request")
+    }
+
+    #[test]
+    fn typed_request_reads_texts_and_images_and_refuses_tokens() {
+        let req = parse(json!({
+            "model": "imbed",
+            "user": "someone",
+            "input": ["a text", { "image": "https://example.com/cat.png", "text": "a cat" }],
+        }))
+        .unwrap();
+        assert_eq!(req.encoding_format, EncodingFormat::Float);
+        let items = req.items().unwrap();
+        assert!(matches!(&items[0], Item::Text(t) if t == "a text"));
+        assert!(matches!(&items[1], Item::Image(r)
+            if r.description.as_deref() == Some("a cat")
+                && r.source == ImageSource::Url("https://example.com/cat.png".into())));
+
+        let single = parse(json!({ "input": "one", "encoding_format": "base64" })).unwrap();
+        assert_eq!(single.encoding_format, EncodingFormat::Base64);
+        assert_eq!(single.items().unwrap().len(), 1);
+
+        let tokens = parse(json!({ "input": [1, 2, 3] })).unwrap().items();
+        let f = tokens.err().unwrap();
+        assert_eq!(f.status, StatusCode::BAD_REQUEST);
+        assert!(
+            f.message.contains("token arrays are not supported"),
+            "{}",
+            f.message
+        );
+
+        let empty = parse(json!({ "input": [] }))
+            .unwrap()
+            .items()
+            .err()
+            .unwrap();
+        assert!(empty.message.contains("must not be empty"));
+
+        let f = parse(json!({ "input": "x", "encoding_format": "hex" }))
+            .err()
+            .unwrap();
+        assert!(f.message.contains("base64"), "{}", f.message);
+        let f = parse(json!({ "model": "imbed" })).err().unwrap();
+        assert!(f.message.contains("input"), "{}", f.message);
+        let f = parse_body::<OpenAiRequest>(&Bytes::from_static(b"{not json"), "x")
+            .err()
+            .unwrap();
+        assert!(f.message.contains("not valid JSON"), "{}", f.message);
+    }
 }
