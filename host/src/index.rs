@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::chain::Imbed;
 use crate::input::ImageSource;
 use crate::store::{self, ImageMeta, Store};
+use crate::types::SpaceId;
 
 /// File extensions `find_images` picks up (the formats the host decodes).
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "gif", "webp", "bmp"];
@@ -227,8 +228,8 @@ pub fn index_files(
 
 /// The spaces this chain answers in: its first step's, and every step's it could learn.
 struct Targets {
-    first: Option<String>,
-    all: Vec<String>,
+    first: Option<SpaceId>,
+    all: Vec<SpaceId>,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -249,7 +250,7 @@ fn done(entries: &[store::Entry], upgrade: bool, targets: &Targets) -> bool {
         if upgrade {
             targets.first.as_deref() == Some(e.space.as_str()) && !e.degraded
         } else {
-            targets.all.contains(&e.space)
+            targets.all.iter().any(|s| *s == e.space)
         }
     })
 }
@@ -258,7 +259,7 @@ fn done(entries: &[store::Entry], upgrade: bool, targets: &Targets) -> bool {
 fn degraded_only(entries: &[store::Entry], targets: &Targets) -> bool {
     let ours: Vec<_> = entries
         .iter()
-        .filter(|e| targets.all.contains(&e.space))
+        .filter(|e| targets.all.iter().any(|s| *s == e.space))
         .collect();
     !ours.is_empty() && ours.iter().all(|e| e.degraded)
 }
@@ -326,10 +327,14 @@ async fn try_index_one(
     record_path(meta).await?;
     let p = embedding.provenance;
     Ok(match (was_degraded, p.degraded) {
-        (true, false) => Outcome::Upgraded { space: p.space },
-        (true, true) => Outcome::StillDegraded { space: p.space },
+        (true, false) => Outcome::Upgraded {
+            space: p.space.into(),
+        },
+        (true, true) => Outcome::StillDegraded {
+            space: p.space.into(),
+        },
         (false, degraded) => Outcome::Embedded {
-            space: p.space,
+            space: p.space.into(),
             degraded,
             cached: p.cached,
         },

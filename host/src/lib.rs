@@ -45,6 +45,6 @@ pub use input::{ImageSource, InputError, UrlGuard, ValidImage};
 pub use runtime::{ComponentReport, Roles};
 pub use store::{Store, StoreError};
 pub use types::{
-    space_meets, Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId,
-    Provenance, StepKind, StructuredDescription,
+    Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, SpaceId,
+    StepKind, StructuredDescription,
 };

@@ -80,7 +80,7 @@ pub struct Provenance {
     /// The model that produced the vector.
     pub model: String,
     /// The embedding space; vectors are comparable exactly when these are equal.
-    pub space: String,
+    pub space: SpaceId,
     /// Length of the vector.
     pub dimensions: usize,
     /// The text that was embedded, when the vector was made from text.
@@ -201,17 +201,118 @@ impl std::fmt::Display for Attempt {
     }
 }
 
-/// Whether an answer in space `found` meets a requirement for space `required` (`[chain]
-/// require_space`, or a space id as the OpenAI route's `model`). Space ids carry the weights'
-/// revision after `@` (`ollama/nomic-embed-text@0a109f422b47`, `clip/...@b33cedfd...`); a
-/// requirement written without one accepts any revision of that model, so a config need not
-/// change when the model is pulled again. The vectors still carry their full space, and only
-/// equal spaces are ever compared.
-pub fn space_meets(found: &str, required: &str) -> bool {
-    found == required || (!required.contains('@') && without_revision(found) == required)
+/// An embedding space id, such as `ollama/nomic-embed-text@0a109f422b47` or
+/// `imbed-hash/text@v1:256`: a model, the weights' revision after `@`, and a dimension suffix
+/// after `:`. Vectors are comparable exactly when their space ids are equal; [`SpaceId::meets`]
+/// is the looser rule for a *requirement* (`[chain] require_space`, or a space id as the OpenAI
+/// route's `model`). Reads as a `str` (through `Deref`), serialises as a plain string.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SpaceId(String);
+
+impl SpaceId {
+    /// A space id as a plugin or a user wrote it.
+    pub fn new(id: impl Into<String>) -> Self {
+        SpaceId(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether an answer in this space meets a requirement for space `required`. Space ids
+    /// carry the weights' revision after `@`; a requirement written without one accepts any
+    /// revision of that model, so a config need not change when the model is pulled again. The
+    /// vectors still carry their full space, and only equal spaces are ever compared.
+    pub fn meets(&self, required: &SpaceId) -> bool {
+        let (found, required) = (self.as_str(), required.as_str());
+        found == required || (!required.contains('@') && without_revision(found) == required)
+    }
 }
 
-/// `found` without its `@revision` part (up to the next `:`, which starts a dimension suffix).
+impl std::ops::Deref for SpaceId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for SpaceId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for SpaceId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+// Debug prints the id as a quoted string, as messages (`{space:?}`) always have.
+impl std::fmt::Debug for SpaceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for SpaceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for SpaceId {
+    fn from(id: String) -> Self {
+        SpaceId(id)
+    }
+}
+
+impl From<&str> for SpaceId {
+    fn from(id: &str) -> Self {
+        SpaceId(id.to_string())
+    }
+}
+
+impl From<SpaceId> for String {
+    fn from(id: SpaceId) -> Self {
+        id.0
+    }
+}
+
+impl PartialEq<str> for SpaceId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for SpaceId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for SpaceId {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl PartialEq<SpaceId> for String {
+    fn eq(&self, other: &SpaceId) -> bool {
+        *self == other.0
+    }
+}
+
+impl PartialEq<SpaceId> for &str {
+    fn eq(&self, other: &SpaceId) -> bool {
+        *self == other.0
+    }
+}
+
+/// `space` without its `@revision` part (up to the next `:`, which starts a dimension suffix).
 fn without_revision(space: &str) -> std::borrow::Cow<'_, str> {
     let Some(at) = space.find('@') else {
         return space.into();
@@ -223,7 +324,11 @@ fn without_revision(space: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod space_tests {
-    use super::space_meets;
+    use super::SpaceId;
+
+    fn space_meets(found: &str, required: &str) -> bool {
+        SpaceId::from(found).meets(&SpaceId::from(required))
+    }
 
     #[test]
     fn a_requirement_without_revision_accepts_every_revision_and_nothing_else() {

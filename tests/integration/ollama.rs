@@ -73,7 +73,7 @@ async fn describe_then_embed_through_the_real_plugin() {
             768
         )
     );
-    assert_eq!(Some(p.space.clone()), ollama.space("nomic-embed-text"));
+    assert_eq!(Some(p.space.to_string()), ollama.space("nomic-embed-text"));
     let d = p.description.as_ref().unwrap();
     // The stand-in's description names the decoded size and the hash of the bytes it received.
     assert!(
@@ -122,7 +122,7 @@ async fn texts_embed_in_one_batch_and_a_bad_item_does_not_sink_the_rest() {
     for i in [0, 2, 3] {
         let e = results[i].as_ref().unwrap();
         assert_eq!(
-            Some(e.provenance.space.clone()),
+            Some(e.provenance.space.to_string()),
             ollama.space("nomic-embed-text"),
             "item {i}"
         );
@@ -180,7 +180,7 @@ async fn models_swap_by_config_and_by_environment() {
     let imbed = Imbed::new(cfg.build()).await.unwrap();
     let e = embed_bytes(&imbed, images::png(32, 32, 2)).await;
     assert_eq!(
-        (Some(e.provenance.space.clone()), e.vector.len()),
+        (Some(e.provenance.space.to_string()), e.vector.len()),
         (ollama.space("mxbai-embed-large"), 1024)
     );
     assert_eq!(
@@ -197,7 +197,7 @@ async fn models_swap_by_config_and_by_environment() {
     let imbed = Imbed::new(by_env.build_with_env(&env)).await.unwrap();
     let e = embed_bytes(&imbed, images::png(32, 32, 2)).await;
     assert_eq!(
-        (Some(e.provenance.space.clone()), e.vector.len()),
+        (Some(e.provenance.space.to_string()), e.vector.len()),
         (ollama.space("all-minilm"), 384)
     );
     assert_eq!(

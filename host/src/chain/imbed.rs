@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::input::{self, ImageSource, ValidImage};
 use crate::runtime::{CallError, Plugin, Runtime};
 use crate::store::Store;
-use crate::types::{Embedding, FailureKind};
+use crate::types::{Embedding, FailureKind, SpaceId};
 
 /// One image to embed, with an optional description from the caller (used by `description`
 /// steps).
@@ -159,7 +159,7 @@ impl Imbed {
 
     /// The embedding space each chain step answers images in, as far as it can tell now
     /// (`None` for a step whose plugin is not loaded or whose backend cannot say).
-    pub async fn step_spaces(&self) -> Vec<Option<String>> {
+    pub async fn step_spaces(&self) -> Vec<Option<SpaceId>> {
         let mut out = Vec::new();
         for step in &self.inner.config.chain.steps {
             let space = match step {

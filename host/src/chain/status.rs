@@ -11,7 +11,7 @@ use super::walk::StepError;
 use crate::error::{Error, Result};
 use crate::input::{self, ValidImage};
 use crate::runtime::{Roles, Runtime};
-use crate::types::{FailureKind, StepKind};
+use crate::types::{FailureKind, SpaceId, StepKind};
 
 /// A plugin's state as `imbed plugins` reports it.
 #[derive(Debug, Clone, Serialize)]
@@ -97,7 +97,7 @@ pub struct StepCheck {
     /// Whether it answered a test image.
     pub ok: bool,
     /// The space it answered in, when it did.
-    pub space: Option<String>,
+    pub space: Option<SpaceId>,
     /// Why it did not, when it did not.
     pub problem: Option<String>,
 }

@@ -8,7 +8,8 @@ use crate::input::ValidImage;
 use crate::runtime::{CallError, ModelInfo};
 use crate::store::{self, CachedDescription, ImageMeta};
 use crate::types::{
-    Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, StepKind,
+    Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, SpaceId,
+    StepKind,
 };
 
 /// What one step produced.
@@ -267,7 +268,7 @@ impl Imbed {
             }
             Ok(found) => {
                 if let Some(required) = &self.inner.config.chain.require_space {
-                    if !crate::types::space_meets(&found.model.space, required) {
+                    if !found.model.space.meets(required) {
                         record(
                             Some(found.plugin.key.clone()),
                             space_mismatch(&found.model.space, required),
@@ -303,7 +304,7 @@ impl Imbed {
         model: &ModelInfo,
     ) -> std::result::Result<(), StepError> {
         match &self.inner.config.chain.require_space {
-            Some(required) if !crate::types::space_meets(&model.space, required) => {
+            Some(required) if !model.space.meets(required) => {
                 Err(StepError::of(key, space_mismatch(&model.space, required)))
             }
             _ => Ok(()),
@@ -550,7 +551,7 @@ fn query_description(text: &str) -> Description {
     }
 }
 
-fn space_mismatch(space: &str, required: &str) -> CallError {
+fn space_mismatch(space: &SpaceId, required: &SpaceId) -> CallError {
     CallError::new(
         FailureKind::SpaceMismatch,
         format!("answers in space {space:?}, but the config requires {required:?} ([chain] require_space)"),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::types::StepKind;
+use crate::types::{SpaceId, StepKind};
 
 /// Limits applied to every input image before any plugin sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,7 +90,7 @@ impl Step {
 pub struct ChainConfig {
     /// When set, only results in this embedding space are accepted; a step that answers in
     /// another space counts as failed and the chain moves on.
-    pub require_space: Option<String>,
+    pub require_space: Option<SpaceId>,
     /// The steps, tried in order.
     pub steps: Vec<Step>,
 }

@@ -11,6 +11,7 @@ use toml::Spanned;
 use super::env::{expand_vars, xdg};
 use super::raw::*;
 use super::*;
+use crate::types::SpaceId;
 
 /// Validation context: turns byte spans into line numbers and expands `${VAR}`.
 struct Ctx<'a> {
@@ -213,7 +214,7 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
                 "require_space is empty: name a space or remove the key",
             )
         }
-        Some(s) => Some(ctx.expand(s)?),
+        Some(s) => Some(SpaceId::new(ctx.expand(s)?)),
         None => None,
     };
 

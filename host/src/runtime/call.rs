@@ -1,7 +1,7 @@
 //! What a plugin call answers, in the host's own terms: the generated WIT types are converted
 //! into these in [`super::contract`], and nothing outside the runtime sees a generated type.
 
-use crate::types::{FailureKind, StructuredDescription};
+use crate::types::{FailureKind, SpaceId, StructuredDescription};
 
 /// Why a plugin call did not produce a usable answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub(crate) type ItemResult = Result<Vec<f32>, CallError>;
 pub(crate) struct ModelInfo {
     pub model: String,
     pub dimensions: Option<usize>,
-    pub space: String,
+    pub space: SpaceId,
 }
 
 /// What a describer wrote.

@@ -19,7 +19,7 @@ use super::host_fns::Shared;
 use super::sandbox::PluginState;
 use crate::config::PluginConfig;
 use crate::input::ValidImage;
-use crate::types::{FailureKind, PluginId};
+use crate::types::{FailureKind, PluginId, SpaceId};
 
 /// Guest stderr kept per instance (panic messages land here).
 const STDERR_CAP: usize = 256 * 1024;
@@ -63,7 +63,7 @@ pub(crate) struct Plugin {
     pub(crate) idle: Mutex<Vec<Instance>>,
     pub(crate) text_model: Mutex<Option<ModelInfo>>,
     pub(crate) image_model: Mutex<Option<ModelInfo>>,
-    pub(crate) learned_dims: Mutex<HashMap<String, usize>>,
+    pub(crate) learned_dims: Mutex<HashMap<SpaceId, usize>>,
     pub from_cache: bool,
     pub load_time: Duration,
 }

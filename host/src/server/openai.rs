@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::types::Provenance;
+use crate::types::{Provenance, SpaceId};
 
 pub(super) async fn openai_embeddings(State(state): State<AppState>, body: Bytes) -> Response {
     openai(&state, body)
@@ -117,6 +117,7 @@ pub(super) async fn openai(state: &AppState, body: Bytes) -> Result<Response, Fa
     )?;
     let base64_out = req.encoding_format == EncodingFormat::Base64;
     let requested_model = req.model.clone().unwrap_or_default();
+    let requested_space = SpaceId::new(requested_model.as_str());
     let items = req.items()?;
     let results = embed_items(state, items).await;
     let embeddings = all_or_first_error(results).map_err(|(i, mut f)| {
@@ -128,7 +129,7 @@ pub(super) async fn openai(state: &AppState, body: Bytes) -> Result<Response, Fa
         if let Some((i, e)) = embeddings
             .iter()
             .enumerate()
-            .find(|(_, e)| !crate::types::space_meets(&e.provenance.space, &requested_model))
+            .find(|(_, e)| !e.provenance.space.meets(&requested_space))
         {
             return Err(Failure {
                 status: StatusCode::SERVICE_UNAVAILABLE,

@@ -456,7 +456,7 @@ impl Store {
         let same: Option<bool> = tx
             .query_row(
                 "SELECT vector = ?3 AND degraded = ?4 FROM entries WHERE image = ?1 AND space = ?2",
-                params![image.sha256, p.space, blob, p.degraded],
+                params![image.sha256, p.space.as_str(), blob, p.degraded],
                 |r| r.get(0),
             )
             .optional()
@@ -468,7 +468,7 @@ impl Store {
         // A replaced answer gets a new row id, so approximate indexes (keyed by id) notice it.
         tx.execute(
             "DELETE FROM entries WHERE image = ?1 AND space = ?2",
-            params![image.sha256, p.space],
+            params![image.sha256, p.space.as_str()],
         )
         .map_err(|e| self.sql(e))?;
         tx.execute(
@@ -476,7 +476,7 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 image.sha256,
-                p.space,
+                p.space.as_str(),
                 embedding.vector.len() as i64,
                 blob,
                 provenance,

@@ -34,7 +34,7 @@ impl From<wit::ModelInfo> for ModelInfo {
         ModelInfo {
             model: m.model_id,
             dimensions: m.dimensions.map(|d| d as usize),
-            space: m.space_id,
+            space: m.space_id.into(),
         }
     }
 }
