@@ -292,3 +292,35 @@ async fn a_missing_onnx_runtime_library_is_a_clear_error_not_a_crash() {
     .await;
     refused(&e, "wasi-nn not-found: the ONNX Runtime library /nonexistent/libonnxruntime.so.1.22.1 is not there: run ./imbed.sh once");
 }
+
+#[tokio::test]
+async fn instances_share_one_session_and_compute_concurrently() {
+    let dir = nn::model_dir(&["tiny"], &[]);
+    let imbed = Imbed::new(
+        config(probe("tiny", dir.path()).grant_nn("tiny").instances(2))
+            .nn("runs", "2")
+            .build(),
+    )
+    .await
+    .unwrap();
+    let calls = (0..8).map(|i| {
+        let imbed = imbed.clone();
+        async move { imbed.embed_text(&format!("query {i}")).await.unwrap() }
+    });
+    for e in futures::future::join_all(calls).await {
+        assert_eq!(e.provenance.plugin.key, "probe", "{:?}", e.provenance);
+        assert_close(&e.vector, &[8.5, 9.5, 3.0, 5.0, 7.0]);
+    }
+    let status = imbed.plugins();
+    let nn = status
+        .iter()
+        .find(|p| p.key == "probe")
+        .unwrap()
+        .nn
+        .clone()
+        .unwrap();
+    // One session for both instances: the graph is counted once.
+    assert_eq!(nn.graphs.len(), 1);
+    assert_eq!(nn.graphs[0].state, "loaded");
+    assert_eq!(nn.graphs[0].memory_bytes, Some(nn.memory_used_bytes));
+}
