@@ -67,6 +67,10 @@ pub struct PluginStatus {
     pub instances: usize,
     /// Loaded or not, and why.
     pub health: PluginHealth,
+    /// The `wasi:nn` grants: graphs and their files, the ONNX Runtime library, the native
+    /// memory budget and what is counted against it. Absent for plugins granted no graphs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nn: Option<crate::runtime::nn::NnStatus>,
 }
 
 /// Check a component file as a plugin: compile it, list what it imports and exports, and load
@@ -80,7 +84,7 @@ pub async fn check_plugin(
             source,
         })
     })?;
-    let runtime = Arc::new(Runtime::new(None).map_err(Error::Engine)?);
+    let runtime = Arc::new(Runtime::new(None, &Default::default(), 0).map_err(Error::Engine)?);
     let report = runtime.inspect(&bytes).map_err(|e| {
         // The parser's message spans lines (a hex dump of the header); its first line says it.
         let first = e.lines().next().unwrap_or_default().to_string();
@@ -97,6 +101,7 @@ pub async fn check_plugin(
         warm: false,
         image_max_side: None,
         grants: Default::default(),
+        nn_memory_bytes: 0,
         settings: Default::default(),
     };
     let health = match runtime.load("check", &cfg).await {
@@ -349,7 +354,15 @@ impl Imbed {
 
     /// [`Imbed::new`] with [`Options`].
     pub async fn with_options(config: Config, options: Options) -> Result<Imbed> {
-        let runtime = Arc::new(Runtime::new(config.cache_dir.clone()).map_err(Error::Engine)?);
+        let nn_plugins = config
+            .plugins
+            .values()
+            .filter(|p| !p.grants.nn.is_empty())
+            .count();
+        let runtime = Arc::new(
+            Runtime::new(config.cache_dir.clone(), &config.nn, nn_plugins)
+                .map_err(Error::Engine)?,
+        );
         let loads = config.plugins.iter().map(|(key, cfg)| {
             let runtime = runtime.clone();
             async move {
@@ -483,6 +496,10 @@ impl Imbed {
                         Slot::Ready(p) => p.config.pool_size,
                         Slot::Failed(_) => cfg.pool_size,
                     },
+                    nn: match slot {
+                        Slot::Ready(p) => p.nn_status(),
+                        Slot::Failed(_) => self.inner._runtime.nn_status(key, cfg),
+                    },
                     health: match slot {
                         Slot::Ready(p) => PluginHealth::Ready {
                             name: p.id.name.clone(),
@@ -499,6 +516,17 @@ impl Imbed {
                 }
             })
             .collect()
+    }
+
+    /// Hash the granted wasi-nn graph files of the loaded plugins that were not hashed yet, so
+    /// [`Imbed::plugins`] can say whether each is verified (`imbed plugins` does this first;
+    /// `plugins` itself never hashes, since the server calls it while answering requests).
+    pub async fn verify_nn_graphs(&self) {
+        for slot in self.inner.plugins.values() {
+            if let Slot::Ready(p) = slot {
+                p.verify_nn_files().await;
+            }
+        }
     }
 
     fn plugin(&self, key: &str) -> std::result::Result<&Arc<Plugin>, StepError> {
@@ -614,6 +642,7 @@ impl Imbed {
                     plugin: e.plugin,
                     kind: e.error.kind,
                     message: e.error.message,
+                    inference: e.error.inference,
                 }),
             }
         }
@@ -698,6 +727,7 @@ impl Imbed {
                 plugin,
                 kind: e.kind,
                 message: e.message,
+                inference: e.inference,
             });
         };
         match outcome {
@@ -729,6 +759,7 @@ impl Imbed {
                         degraded: index > 0,
                         cached: found.cached,
                         attempts: std::mem::take(attempts),
+                        inference: found.model.inference,
                     },
                 })
             }

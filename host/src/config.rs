@@ -245,6 +245,9 @@ pub struct Grants {
     /// TCP addresses (`ip:port`) the plugin may connect to directly with WASI sockets. Prefer
     /// `http`: there the host checks every request; a raw socket carries anything.
     pub sockets: Vec<std::net::SocketAddr>,
+    /// Graphs the plugin may run natively through `wasi:nn`, by name: graph `N` is the file
+    /// `<model_dir>/N.onnx`, used only when the folder's manifest vouches for it.
+    pub nn: Vec<String>,
 }
 
 /// One plugin's section.
@@ -266,6 +269,8 @@ pub struct PluginConfig {
     pub image_max_side: Option<u32>,
     /// What the plugin may reach.
     pub grants: Grants,
+    /// Native memory budget for the plugin's `wasi:nn` graphs (`limits.nn_memory_mb`), in bytes.
+    pub nn_memory_bytes: u64,
     /// The plugin's own settings, as strings (numbers and booleans in their TOML spelling,
     /// arrays and tables as JSON).
     pub settings: BTreeMap<String, String>,
@@ -301,6 +306,36 @@ impl Default for ServerSettings {
     }
 }
 
+/// `[nn]`: the native backend (ONNX Runtime) behind the `wasi:nn` capability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NnSettings {
+    /// The library file: `[nn] library`, else `$IMBED_ONNXRUNTIME`, else `$ORT_DYLIB_PATH`.
+    /// `None`: the default locations.
+    pub library: Option<PathBuf>,
+    /// Default locations searched for `libonnxruntime.so.<release>` (`$IMBED_HOME/lib`, where
+    /// `./imbed.sh` installs it); `target/onnxruntime` of the build's checkout comes after.
+    pub library_dirs: Vec<PathBuf>,
+    /// Intra-op threads per graph session (`[nn] threads`); `None`: the cores divided among the
+    /// plugins granted graphs.
+    pub threads: Option<usize>,
+    /// Native runs at once (`[nn] runs`); `None`: one per core.
+    pub runs: Option<usize>,
+    /// Largest tensor a plugin may pass in or get back (`[nn] max_tensor_mb`), in bytes.
+    pub max_tensor_bytes: u64,
+}
+
+impl Default for NnSettings {
+    fn default() -> Self {
+        NnSettings {
+            library: None,
+            library_dirs: Vec::new(),
+            threads: None,
+            runs: None,
+            max_tensor_bytes: 256 << 20,
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -320,6 +355,8 @@ pub struct Config {
     pub cache: CacheSettings,
     /// `[models]`: where model files live and where `imbed models pull` fetches them.
     pub models: crate::models::ModelSettings,
+    /// `[nn]`: the native inference backend of the `wasi:nn` capability.
+    pub nn: NnSettings,
 }
 
 /// `[cache]`: the database of descriptions, vectors and indexed files.
@@ -347,6 +384,17 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     models: RawModels,
+    #[serde(default)]
+    nn: RawNn,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNn {
+    library: Option<Spanned<String>>,
+    threads: Option<Spanned<usize>>,
+    runs: Option<Spanned<usize>>,
+    max_tensor_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -425,6 +473,7 @@ struct RawLimits {
     instances: Option<Spanned<usize>>,
     warm: Option<bool>,
     image_max_side: Option<Spanned<u32>>,
+    nn_memory_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -437,6 +486,8 @@ struct RawGrants {
     model_dir: Option<Spanned<String>>,
     #[serde(default)]
     sockets: Vec<Spanned<String>>,
+    #[serde(default)]
+    nn: Vec<Spanned<String>>,
 }
 
 /// Validation context: turns byte spans into line numbers and expands `${VAR}`.
@@ -709,11 +760,13 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
     };
 
     let models = validate_models(&raw.models, ctx)?;
+    let nn = validate_nn(&raw.nn, ctx)?;
 
     Ok(Config {
         server,
         cache,
         models,
+        nn,
         source: ctx.file.to_string(),
         cache_dir,
         input,
@@ -722,6 +775,40 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
             steps,
         },
         plugins,
+    })
+}
+
+fn validate_nn(raw: &RawNn, ctx: &Ctx<'_>) -> Result<NnSettings, ConfigError> {
+    let defaults = NnSettings::default();
+    let library = match &raw.library {
+        Some(l) if !ctx.expand(l)?.trim().is_empty() => Some(ctx.path(l)?),
+        _ => ["IMBED_ONNXRUNTIME", "ORT_DYLIB_PATH"]
+            .iter()
+            .find_map(|var| ctx.env.get(var).filter(|v| !v.trim().is_empty()))
+            .map(PathBuf::from),
+    };
+    let positive = |v: &Option<Spanned<usize>>, key: &str| -> Result<Option<usize>, ConfigError> {
+        match v {
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > 1024 => {
+                ctx.err(Some(n.span()), format!("[nn] {key} must be from 1 to 1024"))
+            }
+            Some(n) => Ok(Some(*n.get_ref())),
+            None => Ok(None),
+        }
+    };
+    let max_tensor_bytes = match &raw.max_tensor_mb {
+        Some(m) if *m.get_ref() == 0 || *m.get_ref() > 65_536 => {
+            return ctx.err(Some(m.span()), "[nn] max_tensor_mb must be from 1 to 65536")
+        }
+        Some(m) => *m.get_ref() << 20,
+        None => defaults.max_tensor_bytes,
+    };
+    Ok(NnSettings {
+        library,
+        library_dirs: vec![PathBuf::from(ctx.env.get("IMBED_HOME").unwrap_or_default()).join("lib")],
+        threads: positive(&raw.threads, "threads")?,
+        runs: positive(&raw.runs, "runs")?,
+        max_tensor_bytes,
     })
 }
 
@@ -936,6 +1023,41 @@ fn validate_plugin(
         .as_ref()
         .map(|d| ctx.path(d))
         .transpose()?;
+    let mut nn = Vec::new();
+    for graph in &raw.grants.nn {
+        let g = graph.get_ref();
+        let valid = g.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && g.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !g.contains("..");
+        if !valid {
+            return ctx.err(
+                Some(graph.span()),
+                format!("plugin {name:?}: nn graph name {g:?} is not allowed: use letters, digits, -, _ and . (graph N is the file <model_dir>/N.onnx)"),
+            );
+        }
+        if !nn.contains(g) {
+            nn.push(g.clone());
+        }
+    }
+    if let (Some(first), None) = (raw.grants.nn.first(), &model_dir) {
+        return ctx.err(
+            Some(first.span()),
+            format!("plugin {name:?}: the nn grant needs a model_dir grant (graph N is the file <model_dir>/N.onnx)"),
+        );
+    }
+    let nn_memory_mb = raw
+        .limits
+        .nn_memory_mb
+        .as_ref()
+        .map(|m| (*m.get_ref(), m.span()))
+        .unwrap_or((4096, 0..0));
+    if !(1..=1_048_576).contains(&nn_memory_mb.0) {
+        return ctx.err(
+            Some(nn_memory_mb.1),
+            format!("plugin {name:?}: nn_memory_mb must be from 1 to 1048576"),
+        );
+    }
 
     let mut settings = BTreeMap::new();
     for (key, value) in &raw.settings {
@@ -964,7 +1086,9 @@ fn validate_plugin(
             env,
             model_dir,
             sockets,
+            nn,
         },
+        nn_memory_bytes: nn_memory_mb.0 << 20,
         settings,
     })
 }
@@ -1194,5 +1318,56 @@ file = "hash.wasm"
             ),
             ("128", "true", "q")
         );
+    }
+
+    #[test]
+    fn nn_grants_need_a_model_dir_and_plain_graph_names() {
+        let parse = |grants: &str, extra: &str| {
+            let text = format!("{MINIMAL}[plugins.hash.grants]\n{grants}\n{extra}");
+            Config::from_toml_str(&text, "c.toml", None, &Env::isolated())
+        };
+        let msg = parse("nn = [\"text\"]", "").unwrap_err().to_string();
+        assert!(
+            msg.contains("the nn grant needs a model_dir grant"),
+            "{msg}"
+        );
+        let msg = parse("nn = [\"../x\"]\nmodel_dir = \"/m\"", "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("nn graph name \"../x\" is not allowed"),
+            "{msg}"
+        );
+        let cfg = parse(
+            "nn = [\"vision\", \"text\", \"text\"]\nmodel_dir = \"/m\"",
+            "[nn]\nlibrary = \"/opt/libonnxruntime.so.1.22.1\"\nthreads = 3\nmax_tensor_mb = 8\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.plugins["hash"].grants.nn, ["vision", "text"]);
+        assert_eq!(cfg.plugins["hash"].nn_memory_bytes, 4096 << 20);
+        assert_eq!(
+            cfg.nn.library.as_deref(),
+            Some(Path::new("/opt/libonnxruntime.so.1.22.1"))
+        );
+        assert_eq!(
+            (cfg.nn.threads, cfg.nn.max_tensor_bytes),
+            (Some(3), 8 << 20)
+        );
+        let msg = parse("", "[nn]\nthreads = 0\n").unwrap_err().to_string();
+        assert!(msg.contains("[nn] threads must be from 1 to 1024"), "{msg}");
+        let msg = parse("", "[nn]\nlibary = \"x\"\n").unwrap_err().to_string();
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn the_onnx_runtime_library_comes_from_the_environment_when_the_config_names_none() {
+        let env = Env::isolated().set("IMBED_ONNXRUNTIME", "/x/libonnxruntime.so.1.22.1");
+        let cfg = Config::from_toml_str(MINIMAL, "c.toml", None, &env).unwrap();
+        assert_eq!(
+            cfg.nn.library.as_deref(),
+            Some(Path::new("/x/libonnxruntime.so.1.22.1"))
+        );
+        let cfg = Config::from_toml_str(MINIMAL, "c.toml", None, &Env::isolated()).unwrap();
+        assert_eq!(cfg.nn.library, None);
     }
 }

@@ -30,6 +30,7 @@ pub mod index;
 pub mod input;
 pub mod models;
 mod plugin;
+mod runtime;
 pub mod search;
 pub mod server;
 pub mod store;
@@ -44,8 +45,9 @@ pub use config::{Config, ConfigError, Env};
 pub use error::{Error, Result};
 pub use input::{ImageSource, InputError, UrlGuard, ValidImage};
 pub use plugin::{ComponentReport, Roles};
+pub use runtime::nn::{GraphStatus, LibraryStatus, NnStatus};
 pub use store::{Store, StoreError};
 pub use types::{
-    space_meets, Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId,
-    Provenance, StepKind, StructuredDescription,
+    space_meets, Attempt, Description, DescriptionSource, Embedding, FailureKind, Inference,
+    PluginId, Provenance, StepKind, StructuredDescription,
 };

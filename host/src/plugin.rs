@@ -25,7 +25,8 @@ use crate::bindings::{
 };
 use crate::config::PluginConfig;
 use crate::input::{describe_reqwest, hex, ValidImage};
-use crate::types::{FailureKind, PluginId, StructuredDescription};
+use crate::runtime::nn;
+use crate::types::{FailureKind, Inference, PluginId, StructuredDescription};
 
 /// How often the engine's epoch advances: the granularity of deadlines and of yielding.
 const TICK: Duration = Duration::from_millis(10);
@@ -43,6 +44,8 @@ pub(crate) const CONTRACT_VERSION: &str = "0.1.0";
 pub(crate) struct CallError {
     pub kind: FailureKind,
     pub message: String,
+    /// Native inference (wasi-nn) that ran during the failed call.
+    pub inference: Option<Inference>,
 }
 
 impl CallError {
@@ -50,6 +53,7 @@ impl CallError {
         CallError {
             kind,
             message: message.into(),
+            inference: None,
         }
     }
 }
@@ -75,6 +79,8 @@ pub(crate) struct ModelInfo {
     pub model: String,
     pub dimensions: Option<usize>,
     pub space: String,
+    /// On the copy returned with a batch: what ran natively (wasi-nn) to answer it.
+    pub inference: Option<Inference>,
 }
 
 impl From<wit::ModelInfo> for ModelInfo {
@@ -83,6 +89,7 @@ impl From<wit::ModelInfo> for ModelInfo {
             model: m.model_id,
             dimensions: m.dimensions.map(|d| d as usize),
             space: m.space_id,
+            inference: None,
         }
     }
 }
@@ -172,6 +179,8 @@ struct Shared {
     settings: BTreeMap<String, String>,
     http_origins: Vec<url::Origin>,
     client: reqwest::Client,
+    /// The plugin's wasi-nn grants, budget and shared graph sessions.
+    nn: Arc<nn::PluginNn>,
 }
 
 pub(crate) struct PluginState {
@@ -180,6 +189,15 @@ pub(crate) struct PluginState {
     limiter: Limiter,
     shared: Arc<Shared>,
     deadline: Instant,
+    nn: nn::InstanceNn,
+}
+
+fn nn_view(s: &mut PluginState) -> nn::NnView<'_> {
+    nn::NnView {
+        table: &mut s.table,
+        nn: &mut s.nn,
+        deadline: s.deadline,
+    }
 }
 
 impl WasiView for PluginState {
@@ -333,6 +351,7 @@ pub(crate) struct Runtime {
     /// Components this runtime compiled, by the SHA-256 of their bytes: inspecting and then
     /// loading the same file (`imbed plugins check`) compiles it once, not twice.
     compiled: Mutex<HashMap<[u8; 32], Component>>,
+    nn: Arc<nn::NnHost>,
 }
 
 impl Drop for Runtime {
@@ -342,7 +361,12 @@ impl Drop for Runtime {
 }
 
 impl Runtime {
-    pub(crate) fn new(cache_dir: Option<PathBuf>) -> Result<Runtime, String> {
+    /// `nn_plugins`: how many plugins the config grants wasi-nn graphs (for the thread default).
+    pub(crate) fn new(
+        cache_dir: Option<PathBuf>,
+        nn_settings: &crate::config::NnSettings,
+        nn_plugins: usize,
+    ) -> Result<Runtime, String> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
@@ -368,6 +392,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
         bindings::HostView::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| format!("{e:#}"))?;
+        nn::add_to_linker(&mut linker, nn_view).map_err(|e| format!("{e:#}"))?;
 
         let client = reqwest::Client::builder()
             // Plugins see every hop: a redirect to an origin that is not granted must not be
@@ -384,6 +409,7 @@ impl Runtime {
             client,
             stop_ticker: stop,
             compiled: Mutex::new(HashMap::new()),
+            nn: Arc::new(nn::NnHost::new(nn_settings.clone(), nn_plugins)),
         })
     }
 
@@ -524,6 +550,7 @@ impl Runtime {
             settings: cfg.settings.clone(),
             http_origins: cfg.grants.http.clone(),
             client: self.client.clone(),
+            nn: self.nn.plugin(key, cfg),
         });
         // A plugin that can reach no network only computes: more instances than cores would
         // just take turns on them, each holding its own memory (a CLIP instance is ~600 MB).
@@ -594,6 +621,11 @@ pub struct ComponentReport {
 }
 
 impl Runtime {
+    /// The wasi-nn status of a plugin that did not load, from its config.
+    pub(crate) fn nn_status(&self, key: &str, cfg: &PluginConfig) -> Option<nn::NnStatus> {
+        self.nn.plugin(key, cfg).status()
+    }
+
     /// Compile a component file and describe its imports, exports and contract version.
     pub(crate) fn inspect(&self, bytes: &[u8]) -> Result<ComponentReport, String> {
         let (component, _) = self.compile(bytes)?;
@@ -621,6 +653,12 @@ impl Runtime {
         }
         if uses("wasi:cli/environment") {
             capabilities.push("env: environment variables (grants.env), if it reads any".into());
+        }
+        if uses("wasi:nn/") {
+            capabilities.push(
+                "nn: native inference on granted graphs (grants.nn = [\"<graph>\"] with a model_dir)"
+                    .into(),
+            );
         }
         if uses("wasi:sockets/tcp") || uses("wasi:sockets/udp") {
             capabilities
@@ -699,6 +737,27 @@ pub(crate) struct Plugin {
     pub load_time: Duration,
 }
 
+/// Runs one guest function of one role on a leased instance and settles the outcome, with what
+/// ran natively during the call.
+macro_rules! guest_call_traced {
+    ($self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {{
+        let mut inst = $self.checkout().await?;
+        let budget = $self.arm(&mut inst.store);
+        let outcome = match inst.exports.$role.as_ref() {
+            Some(guest) => {
+                tokio::time::timeout(budget, guest.$method(&mut inst.store $(, $arg)*)).await
+            }
+            None => {
+                return Err(CallError::new(
+                    FailureKind::NotApplicable,
+                    format!("plugin {:?} does not export {}", $self.key, $what),
+                ))
+            }
+        };
+        $self.settle_traced(inst, outcome)
+    }};
+}
+
 /// Runs one guest function of one role on a leased instance and settles the outcome.
 macro_rules! guest_call {
     ($self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {{
@@ -720,6 +779,16 @@ macro_rules! guest_call {
 }
 
 impl Plugin {
+    /// The wasi-nn side for `imbed plugins` (`None` without graph grants).
+    pub(crate) fn nn_status(&self) -> Option<nn::NnStatus> {
+        self.shared.nn.status()
+    }
+
+    /// Hash the granted graph files not hashed yet, so the status can say `verified`.
+    pub(crate) async fn verify_nn_files(&self) {
+        self.shared.nn.verify_files().await
+    }
+
     pub(crate) fn roles(&self) -> Roles {
         Roles {
             describer: self.indices.describer.is_some(),
@@ -786,6 +855,7 @@ impl Plugin {
             },
             shared: self.shared.clone(),
             deadline: Instant::now() + cfg.timeout,
+            nn: nn::InstanceNn::new(self.shared.nn.clone()),
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -852,6 +922,7 @@ impl Plugin {
     /// Set the deadline for the next call; returns the wall-clock budget.
     fn arm(&self, store: &mut Store<PluginState>) -> Duration {
         store.data_mut().deadline = Instant::now() + self.config.timeout;
+        store.data_mut().nn.used = None;
         store.set_epoch_deadline(1);
         // A little longer than the deadline: the epoch trap should win while the guest runs,
         // the outer timeout catches time spent waiting in host calls.
@@ -914,12 +985,30 @@ impl Plugin {
         inst: Instance,
         outcome: Result<wasmtime::Result<Result<T, wit::Error>>, tokio::time::error::Elapsed>,
     ) -> Result<T, CallError> {
+        self.settle_traced(inst, outcome).map(|(v, _)| v)
+    }
+
+    /// [`Plugin::settle`], also returning what ran natively (wasi-nn) during the call; a
+    /// failed call carries it in its error.
+    fn settle_traced<T>(
+        &self,
+        mut inst: Instance,
+        outcome: Result<wasmtime::Result<Result<T, wit::Error>>, tokio::time::error::Elapsed>,
+    ) -> Result<(T, Option<Inference>), CallError> {
+        let inference = inst.store.data_mut().nn.used.take();
+        let with = |mut e: CallError| {
+            e.inference = inference.clone();
+            e
+        };
         match outcome {
-            Err(_) => Err(self.timeout_error("running")),
-            Ok(Err(trap)) => Err(self.classify_trap(trap, &inst.store, &inst.stderr)),
+            Err(_) => Err(with(self.timeout_error("running"))),
+            Ok(Err(trap)) => Err(with(self.classify_trap(trap, &inst.store, &inst.stderr))),
             Ok(Ok(result)) => {
                 self.give_back(inst);
-                result.map_err(CallError::from)
+                match result {
+                    Ok(v) => Ok((v, inference)),
+                    Err(e) => Err(with(CallError::from(e))),
+                }
             }
         }
     }
@@ -996,9 +1085,11 @@ impl Plugin {
         &self,
         texts: &[String],
     ) -> Result<(ModelInfo, Vec<ItemResult>), CallError> {
-        let model = self.text_model().await?;
-        let items = guest_call!(self, embedder, "a text embedder", call_embed_texts(texts))?;
+        let mut model = self.text_model().await?;
+        let (items, inference) =
+            guest_call_traced!(self, embedder, "a text embedder", call_embed_texts(texts))?;
         let items = self.check_vectors(&model, texts.len(), items)?;
+        model.inference = inference;
         Ok((model, items))
     }
 
@@ -1007,7 +1098,7 @@ impl Plugin {
         &self,
         images: &[ValidImage],
     ) -> Result<(ModelInfo, Vec<ItemResult>), CallError> {
-        let model = self.image_model().await?;
+        let mut model = self.image_model().await?;
         let mut wit_images = Vec::with_capacity(images.len());
         for image in images {
             let image = match self.config.image_max_side {
@@ -1016,13 +1107,14 @@ impl Plugin {
             };
             wit_images.push(to_wit_image(&image));
         }
-        let vectors = guest_call!(
+        let (vectors, inference) = guest_call_traced!(
             self,
             image_embedder,
             "an image embedder",
             call_embed_images(&wit_images)
         )?;
         let vectors = self.check_vectors(&model, images.len(), vectors)?;
+        model.inference = inference;
         Ok((model, vectors))
     }
 

@@ -10,6 +10,7 @@ mod hash;
 mod input;
 mod minilm;
 mod models;
+mod nn;
 mod ollama;
 mod ollama_standin;
 mod openai;

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod clip;
 pub mod files;
 pub mod models;
+pub mod nn;
 pub mod ollama;
 pub mod openai;
 pub mod python;
@@ -101,6 +102,7 @@ pub struct PluginSpec {
     env: Vec<String>,
     sockets: Vec<String>,
     model_dir: Option<PathBuf>,
+    nn: Vec<String>,
     settings: Vec<(String, String)>,
 }
 
@@ -117,6 +119,7 @@ impl PluginSpec {
             env: vec![],
             sockets: vec![],
             model_dir: None,
+            nn: vec![],
             settings: vec![],
         }
     }
@@ -186,6 +189,12 @@ impl PluginSpec {
         self
     }
 
+    /// Grant a wasi-nn graph by name (the file `<model_dir>/<name>.onnx`).
+    pub fn grant_nn(mut self, graph: &str) -> Self {
+        self.nn.push(graph.into());
+        self
+    }
+
     /// Grant a read-only model directory.
     pub fn grant_model_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.model_dir = Some(dir.into());
@@ -207,6 +216,7 @@ pub struct TestConfig {
     database: Option<PathBuf>,
     input: Vec<String>,
     server: Vec<String>,
+    nn: Vec<String>,
 }
 
 impl TestConfig {
@@ -282,6 +292,12 @@ impl TestConfig {
         self
     }
 
+    /// Set an `[nn]` key to a TOML literal.
+    pub fn nn(mut self, key: &str, toml_literal: &str) -> Self {
+        self.nn.push(format!("{key} = {toml_literal}"));
+        self
+    }
+
     /// Set a `[server]` key to a TOML literal.
     pub fn server(mut self, key: &str, toml_literal: &str) -> Self {
         self.server.push(format!("{key} = {toml_literal}"));
@@ -311,6 +327,13 @@ impl TestConfig {
                 "[cache]\ndatabase = {}\n",
                 toml_string(&db.display().to_string())
             ));
+        }
+        if !self.nn.is_empty() {
+            t.push_str("[nn]\n");
+            for line in &self.nn {
+                t.push_str(line);
+                t.push('\n');
+            }
         }
         if !self.server.is_empty() {
             t.push_str("[server]\n");
@@ -355,10 +378,11 @@ impl TestConfig {
                     .join(", ")
             };
             t.push_str(&format!(
-                "http = [{}]\nenv = [{}]\nsockets = [{}]\n",
+                "http = [{}]\nenv = [{}]\nsockets = [{}]\nnn = [{}]\n",
                 list(&p.http),
                 list(&p.env),
-                list(&p.sockets)
+                list(&p.sockets),
+                list(&p.nn)
             ));
             if let Some(dir) = &p.model_dir {
                 t.push_str(&format!(

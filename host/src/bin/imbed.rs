@@ -532,6 +532,7 @@ fn roles_text(roles: &imbed::Roles) -> String {
 
 async fn plugins(config: Config, json_out: bool) -> anyhow::Result<u8> {
     let imbed = Imbed::new(config).await?;
+    imbed.verify_nn_graphs().await;
     let statuses = imbed.plugins();
     if json_out {
         println!("{}", serde_json::to_string_pretty(&statuses)?);
@@ -585,8 +586,50 @@ async fn plugins(config: Config, json_out: bool) -> anyhow::Result<u8> {
             s.instances,
             if s.instances == 1 { "" } else { "s" }
         );
+        if let Some(nn) = &s.nn {
+            print_nn(nn);
+        }
     }
     Ok(exit::OK)
+}
+
+/// The wasi-nn lines of `imbed plugins`.
+fn print_nn(nn: &imbed::NnStatus) {
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    let lib = &nn.library;
+    let library = match (&lib.path, &lib.version, &lib.problem) {
+        (_, _, Some(problem)) => format!("not usable — {problem}"),
+        (Some(path), Some(version), None) => format!(
+            "ONNX Runtime {version} at {}{}",
+            path.display(),
+            if lib.loaded { " (loaded)" } else { "" }
+        ),
+        _ => "unknown".into(),
+    };
+    println!(
+        "    nn:      {} MiB of {} MiB native memory in use, {} thread{} per graph; library: {library}",
+        mib(nn.memory_used_bytes),
+        mib(nn.memory_budget_bytes),
+        nn.threads,
+        if nn.threads == 1 { "" } else { "s" }
+    );
+    for g in &nn.graphs {
+        let memory = g
+            .memory_bytes
+            .map(|b| format!(", {} MiB", mib(b)))
+            .unwrap_or_default();
+        let problem = g
+            .problem
+            .as_ref()
+            .map(|p| format!(" — {p}"))
+            .unwrap_or_default();
+        println!(
+            "      graph {:?}: {}{memory} ({}){problem}",
+            g.name,
+            g.state,
+            g.file.display()
+        );
+    }
 }
 
 async fn config_check(config: Config, json_out: bool) -> anyhow::Result<u8> {
