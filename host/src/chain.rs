@@ -372,14 +372,23 @@ impl Imbed {
                     // first request should not wait behind it when it needs another plugin.
                     let (plugin, key) = (plugin.clone(), key.clone());
                     tokio::spawn(async move {
-                        match plugin.warm().await {
-                            Ok(()) => tracing::info!(plugin = key.as_str(), "warmed up"),
-                            Err(e) => tracing::warn!(
-                                plugin = key.as_str(),
-                                "warming failed: {}",
-                                e.message
-                            ),
+                        let results = plugin.warm_all().await;
+                        let total = results.len();
+                        let mut warmed = 0;
+                        for result in results {
+                            match result {
+                                Ok(()) => warmed += 1,
+                                Err(e) => tracing::warn!(
+                                    plugin = key.as_str(),
+                                    "warming failed: {}",
+                                    e.message
+                                ),
+                            }
                         }
+                        tracing::info!(
+                            plugin = key.as_str(),
+                            "warmed {warmed} of {total} instances"
+                        );
                     });
                 }
             }

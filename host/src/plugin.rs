@@ -945,13 +945,38 @@ impl Plugin {
         self.settle(inst, outcome)
     }
 
-    /// Ask the plugin to get ready (load its models). Failures are for the log.
-    pub(crate) async fn warm(&self) -> Result<(), CallError> {
-        let mut inst = self.checkout().await?;
-        let budget = self.arm(&mut inst.store);
-        let outcome =
-            tokio::time::timeout(budget, inst.exports.plugin.call_warm(&mut inst.store)).await;
-        self.settle(inst, outcome)
+    /// Ask every instance the plugin may run to get ready (load its models), as the contract
+    /// says: each instance holds its own copy, so warming one would leave the others cold for
+    /// their first request. All are leased first, so each call reaches a different instance,
+    /// then warmed at once, each on its own task (a model load is CPU work; tasks spread over
+    /// the cores). One result per instance; failures are for the log.
+    pub(crate) async fn warm_all(self: &Arc<Self>) -> Vec<Result<(), CallError>> {
+        let leases =
+            futures::future::join_all((0..self.config.pool_size.max(1)).map(|_| self.checkout()))
+                .await;
+        let warms = leases.into_iter().map(|lease| {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut inst = lease?;
+                let budget = this.arm(&mut inst.store);
+                let outcome =
+                    tokio::time::timeout(budget, inst.exports.plugin.call_warm(&mut inst.store))
+                        .await;
+                this.settle(inst, outcome)
+            })
+        });
+        futures::future::join_all(warms)
+            .await
+            .into_iter()
+            .map(|joined| {
+                joined.unwrap_or_else(|e| {
+                    Err(CallError::new(
+                        FailureKind::Other,
+                        format!("warming panicked: {e}"),
+                    ))
+                })
+            })
+            .collect()
     }
 
     pub(crate) async fn text_model(&self) -> Result<ModelInfo, CallError> {
