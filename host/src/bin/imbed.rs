@@ -602,6 +602,19 @@ async fn plugins(config: Config, json_out: bool) -> anyhow::Result<u8> {
             "    grants:  http {http}; env {env}; files {}",
             dir.unwrap_or_else(|| "none".into())
         );
+        match &s.model_name {
+            Some(m) if m.from == "manifest" => {
+                println!(
+                    "    model:   {} (from the folder's imbed-model.json)",
+                    m.name
+                )
+            }
+            Some(m) => println!(
+                "    model:   {} (named after its folder: it has no imbed-model.json)",
+                m.name
+            ),
+            None => {}
+        }
         println!(
             "    limits:  {} MiB memory, {} ms per call, {} instance{}",
             s.memory_mb,
