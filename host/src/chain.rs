@@ -43,6 +43,39 @@ impl ImageRequest {
     }
 }
 
+/// The name of the model in a granted model directory, and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelName {
+    /// The name.
+    pub name: String,
+    /// `manifest` (its `imbed-model.json`) or `folder` (no manifest: the folder's name).
+    pub from: &'static str,
+}
+
+impl ModelName {
+    fn of(dir: &std::path::Path) -> Option<ModelName> {
+        // Only the name, read as leniently as the plugins read it.
+        #[derive(serde::Deserialize)]
+        struct Named {
+            name: String,
+        }
+        let manifest = std::fs::read(dir.join(crate::models::MANIFEST))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Named>(&b).ok())
+            .filter(|m| !m.name.trim().is_empty());
+        match manifest {
+            Some(m) => Some(ModelName {
+                name: m.name,
+                from: "manifest",
+            }),
+            None => crate::plugin::model_dir_name(dir).map(|name| ModelName {
+                name,
+                from: "folder",
+            }),
+        }
+    }
+}
+
 /// A plugin's state as `imbed plugins` reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PluginStatus {
@@ -56,6 +89,9 @@ pub struct PluginStatus {
     pub env: Vec<String>,
     /// Read-only model directory granted (mounted at `/model`).
     pub model_dir: Option<PathBuf>,
+    /// What the model in that directory is called: its manifest's name, or (without an
+    /// `imbed-model.json`) the folder's own name, which the plugin is told as `model_dir_name`.
+    pub model_name: Option<ModelName>,
     /// TCP addresses granted for direct connections.
     pub sockets: Vec<String>,
     /// Memory cap in MiB.
@@ -385,14 +421,23 @@ impl Imbed {
                     // first request should not wait behind it when it needs another plugin.
                     let (plugin, key) = (plugin.clone(), key.clone());
                     tokio::spawn(async move {
-                        match plugin.warm().await {
-                            Ok(()) => tracing::info!(plugin = key.as_str(), "warmed up"),
-                            Err(e) => tracing::warn!(
-                                plugin = key.as_str(),
-                                "warming failed: {}",
-                                e.message
-                            ),
+                        let results = plugin.warm_all().await;
+                        let total = results.len();
+                        let mut warmed = 0;
+                        for result in results {
+                            match result {
+                                Ok(()) => warmed += 1,
+                                Err(e) => tracing::warn!(
+                                    plugin = key.as_str(),
+                                    "warming failed: {}",
+                                    e.message
+                                ),
+                            }
                         }
+                        tracing::info!(
+                            plugin = key.as_str(),
+                            "warmed {warmed} of {total} instances"
+                        );
                     });
                 }
             }
@@ -489,6 +534,7 @@ impl Imbed {
                         .collect(),
                     env: cfg.grants.env.clone(),
                     model_dir: cfg.grants.model_dir.clone(),
+                    model_name: cfg.grants.model_dir.as_deref().and_then(ModelName::of),
                     sockets: cfg.grants.sockets.iter().map(|a| a.to_string()).collect(),
                     memory_mb: cfg.memory_bytes >> 20,
                     timeout_ms: cfg.timeout.as_millis(),

@@ -2,11 +2,12 @@
 
 use std::io::Cursor;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
-use image::{ImageFormat, ImageReader};
+use image::{ImageDecoder as _, ImageFormat, ImageReader};
 use sha2::{Digest, Sha256};
 
 use crate::config::InputLimits;
@@ -95,6 +96,22 @@ pub enum InputError {
         /// The config key that sets it.
         key: &'static str,
     },
+    /// The file ends before its image data does (a cut-off download or copy).
+    #[error("the {format} image {label} is truncated: the file ends before the image data does; copy or download it again")]
+    Truncated {
+        /// Which input.
+        label: String,
+        /// The format from the header.
+        format: String,
+    },
+    /// The path names something that is not a file or a pipe (a device, a socket).
+    #[error("cannot read {path}: it is a {what}, not an image file; give a file, a pipe, a URL or `-` for stdin")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        what: &'static str,
+    },
     /// The image is truncated or corrupt.
     #[error("the {format} image {label} is truncated or corrupt: {detail}")]
     Corrupt {
@@ -178,23 +195,7 @@ pub(crate) async fn read_source(
         limit: limits.max_bytes,
     };
     match source {
-        ImageSource::Path(path) => {
-            let read = |source| InputError::Read {
-                path: path.clone(),
-                source,
-            };
-            let meta = tokio::fs::metadata(path).await.map_err(read)?;
-            if meta.is_dir() {
-                return Err(InputError::Read {
-                    path: path.clone(),
-                    source: std::io::Error::other("it is a directory, not an image file"),
-                });
-            }
-            if meta.len() > limits.max_bytes {
-                return Err(too_many());
-            }
-            tokio::fs::read(path).await.map_err(read)
-        }
+        ImageSource::Path(path) => read_path(path, limits).await,
         ImageSource::Bytes(bytes) => {
             if bytes.len() as u64 > limits.max_bytes {
                 return Err(too_many());
@@ -209,6 +210,140 @@ pub(crate) async fn read_source(
             decode_base64(text)
         }
         ImageSource::Url(url) => download(url, limits, http, guard).await,
+    }
+}
+
+/// Read up to `max_bytes` from `reader`; one byte more is refused, so a stream that never ends
+/// costs at most the cap in memory. For stdin; `label` names the input in errors.
+pub fn read_capped(
+    reader: impl std::io::Read,
+    label: &str,
+    max_bytes: u64,
+) -> Result<Vec<u8>, InputError> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    reader
+        .take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|source| InputError::Read {
+            path: PathBuf::from(label),
+            source,
+        })?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(InputError::TooManyBytes {
+            label: label.to_string(),
+            limit: max_bytes,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Read a file, or a pipe, never more than the cap. The size in the metadata is only a hint:
+/// it is 0 for pipes, devices and `/proc` files, so the cap is enforced while reading.
+async fn read_path(path: &Path, limits: &InputLimits) -> Result<Vec<u8>, InputError> {
+    let read = |source| InputError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let too_many = || InputError::TooManyBytes {
+        label: path.display().to_string(),
+        limit: limits.max_bytes,
+    };
+    let meta = tokio::fs::metadata(path).await.map_err(read)?;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        return Err(read(std::io::Error::other(
+            "it is a directory, not an image file",
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        // A device is no image file, and reading one can block forever (a terminal) or never
+        // end (/dev/zero); a socket cannot be opened at all.
+        let what = if kind.is_char_device() {
+            Some("character device")
+        } else if kind.is_block_device() {
+            Some("block device")
+        } else if kind.is_socket() {
+            Some("socket")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(InputError::NotAFile {
+                path: path.to_path_buf(),
+                what,
+            });
+        }
+        if kind.is_fifo() {
+            return read_fifo(path, limits).await;
+        }
+    }
+    if meta.len() > limits.max_bytes {
+        return Err(too_many());
+    }
+    use tokio::io::AsyncReadExt as _;
+    let file = tokio::fs::File::open(path).await.map_err(read)?;
+    let mut bytes = Vec::with_capacity(meta.len().min(limits.max_bytes) as usize);
+    file.take(limits.max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(read)?;
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(too_many());
+    }
+    Ok(bytes)
+}
+
+/// A named pipe (`mkfifo`, or `<(command)` in a shell) is read without blocking a thread, up to
+/// the cap and within the download deadline: its writer may never finish.
+#[cfg(unix)]
+async fn read_fifo(path: &Path, limits: &InputLimits) -> Result<Vec<u8>, InputError> {
+    let read = |source| InputError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Non-blocking open: a blocking one would wait for a writer that may never come.
+    let receiver = tokio::net::unix::pipe::OpenOptions::new()
+        .open_receiver(path)
+        .map_err(read)?;
+    let work = async {
+        let mut bytes = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        // Before any writer has opened the pipe, a read says "end of data" at once; only a
+        // read that would block proves a writer is there, so until then an empty read is
+        // waited out rather than taken for the end.
+        let mut writer_seen = false;
+        loop {
+            receiver.readable().await.map_err(read)?;
+            match receiver.try_read(&mut chunk) {
+                Ok(0) if writer_seen || !bytes.is_empty() => return Ok(bytes),
+                Ok(0) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Ok(n) => {
+                    writer_seen = true;
+                    if (bytes.len() + n) as u64 > limits.max_bytes {
+                        return Err(InputError::TooManyBytes {
+                            label: path.display().to_string(),
+                            limit: limits.max_bytes,
+                        });
+                    }
+                    bytes.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => writer_seen = true,
+                Err(e) => return Err(read(e)),
+            }
+        }
+    };
+    match tokio::time::timeout(limits.download_timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(read(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the pipe did not end within {} ms: its writer did not finish (raise [input] download_timeout_ms if it needs longer)",
+                limits.download_timeout.as_millis()
+            ),
+        ))),
     }
 }
 
@@ -457,6 +592,16 @@ pub fn validate(
         format: format_name.clone(),
         detail,
     };
+    // Decoders paper over a missing end (the JPEG decoder paints it grey): look at the file's
+    // own structure first, so a cut-off download is named for what it is.
+    let truncated = || InputError::Truncated {
+        label: label.to_string(),
+        format: format_name.clone(),
+    };
+    if complete::check(format, &bytes) == complete::Completeness::Truncated {
+        return Err(truncated());
+    }
+
     let (width, height) = ImageReader::with_format(Cursor::new(&bytes), format)
         .into_dimensions()
         .map_err(|e| match e {
@@ -464,6 +609,7 @@ pub fn validate(
                 label: label.to_string(),
                 detail: format!("{format_name} is not supported"),
             },
+            other if ends_early(&other) => truncated(),
             other => corrupt(other.to_string()),
         })?;
     if width == 0 || height == 0 {
@@ -495,11 +641,37 @@ pub fn validate(
     // RGBA16 is the widest layout the decoders produce.
     decode_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(1 << 20));
     reader.limits(decode_limits);
-    let decoded = reader.decode().map_err(|e| corrupt(e.to_string()))?;
+    let decode_error = |e: image::ImageError| {
+        if ends_early(&e) {
+            truncated()
+        } else {
+            corrupt(e.to_string())
+        }
+    };
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
+    // Cameras store most photos sideways and record the turn in EXIF; every plugin and the
+    // hash signature must see the picture upright, so it is turned here, once. A tag that
+    // cannot be read is no reason to refuse the pixels: the image is then taken as stored.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut decoded = image::DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    let turned = orientation != image::metadata::Orientation::NoTransforms;
+    if turned {
+        decoded.apply_orientation(orientation);
+    }
 
     let (data, mime_type): (Arc<[u8]>, _) = match format {
-        ImageFormat::Png => (bytes.into(), "image/png"),
-        ImageFormat::Jpeg => (bytes.into(), "image/jpeg"),
+        ImageFormat::Png if !turned => (bytes.into(), "image/png"),
+        ImageFormat::Jpeg if !turned => (bytes.into(), "image/jpeg"),
+        // A turned JPEG stays a JPEG (quality 95: a photo as PNG would be many times the size).
+        // Neither re-encoding carries the EXIF tag, so nothing downstream turns it again.
+        ImageFormat::Jpeg => (
+            encode_jpeg(&decoded, 95)
+                .map_err(|e| corrupt(format!("cannot re-encode the turned image: {e}")))?
+                .into(),
+            "image/jpeg",
+        ),
         _ => {
             let mut out = Vec::new();
             decoded
@@ -515,6 +687,31 @@ pub fn validate(
         height: decoded.height(),
         sha256,
     })
+}
+
+/// JPEG holds grey or RGB only: anything else is converted to RGB first.
+fn encode_jpeg(image: &image::DynamicImage, quality: u8) -> image::ImageResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+    match image {
+        image::DynamicImage::ImageLuma8(gray) => gray.write_with_encoder(encoder)?,
+        other => other.to_rgb8().write_with_encoder(encoder)?,
+    }
+    Ok(out)
+}
+
+/// Whether a decoder failed because the data ran out (rather than because it is wrong).
+fn ends_early(e: &image::ImageError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::UnexpectedEof {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// A copy of `image` whose longer side is at most `max_side` pixels (aspect kept), re-encoded in
@@ -574,6 +771,239 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether an encoded image reaches its own end. Decoders are no help here: the JPEG decoder
+/// fills missing data with grey and the GIF decoder stops after the first frame, so each
+/// format's structure is walked far enough to see where its data ends. Bytes after that end
+/// are fine (some tools append them); an end before it is a truncated file.
+mod complete {
+    use image::ImageFormat;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Completeness {
+        /// The data reaches the format's end marker (or its declared size).
+        Complete,
+        /// The file ends first.
+        Truncated,
+        /// The structure is not what the walk expects: the decoder will judge it.
+        Unknown,
+    }
+    use Completeness::*;
+
+    pub(super) fn check(format: ImageFormat, bytes: &[u8]) -> Completeness {
+        match format {
+            ImageFormat::Jpeg => jpeg(bytes),
+            ImageFormat::Png => png(bytes),
+            ImageFormat::Gif => gif(bytes),
+            ImageFormat::WebP => webp(bytes),
+            ImageFormat::Bmp => bmp(bytes),
+            _ => Unknown,
+        }
+    }
+
+    fn be16(b: &[u8], at: usize) -> Option<usize> {
+        Some(usize::from(u16::from_be_bytes(
+            b.get(at..at + 2)?.try_into().ok()?,
+        )))
+    }
+
+    fn le16(b: &[u8], at: usize) -> Option<u16> {
+        Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    }
+
+    fn le32(b: &[u8], at: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    }
+
+    /// Segments from SOI to EOI; after each start-of-scan, the entropy-coded data runs to the
+    /// next marker that is not a stuffed 0xFF00 or a restart marker. Without EOI the scan
+    /// data may have stopped anywhere.
+    fn jpeg(b: &[u8]) -> Completeness {
+        if !b.starts_with(&[0xFF, 0xD8]) {
+            return Unknown;
+        }
+        let mut pos = 2;
+        loop {
+            if pos >= b.len() {
+                return Truncated;
+            }
+            if b[pos] != 0xFF {
+                return Unknown;
+            }
+            // Any number of 0xFF fill bytes may precede a marker.
+            while pos < b.len() && b[pos] == 0xFF {
+                pos += 1;
+            }
+            let Some(&marker) = b.get(pos) else {
+                return Truncated;
+            };
+            pos += 1;
+            match marker {
+                0xD9 => return Complete,
+                0x01 | 0xD0..=0xD7 => continue,
+                0x00 => return Unknown,
+                _ => {}
+            }
+            let Some(len) = be16(b, pos) else {
+                return Truncated;
+            };
+            if len < 2 {
+                return Unknown;
+            }
+            pos += len;
+            if pos > b.len() {
+                return Truncated;
+            }
+            if marker == 0xDA {
+                // Entropy-coded data: find the marker that ends it.
+                loop {
+                    match b[pos..].iter().position(|&x| x == 0xFF) {
+                        None => return Truncated,
+                        Some(i) => pos += i,
+                    }
+                    match b.get(pos + 1) {
+                        None => return Truncated,
+                        Some(0x00) | Some(0xD0..=0xD7) => pos += 2,
+                        // Fill bytes before the marker: the outer loop skips them.
+                        Some(0xFF) => break,
+                        Some(_) => break,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Chunks (length, type, data, CRC) from the signature to IEND.
+    fn png(b: &[u8]) -> Completeness {
+        if !b.starts_with(b"\x89PNG\r\n\x1a\n") {
+            return Unknown;
+        }
+        let mut pos = 8;
+        loop {
+            let Some(len) = b.get(pos..pos + 4) else {
+                return Truncated;
+            };
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            let Some(kind) = b.get(pos + 4..pos + 8) else {
+                return Truncated;
+            };
+            let end = pos.saturating_add(12).saturating_add(len);
+            if end > b.len() {
+                return Truncated;
+            }
+            if kind == b"IEND" {
+                return Complete;
+            }
+            pos = end;
+        }
+    }
+
+    /// Blocks from the screen descriptor to the trailer. A file that stops cleanly between
+    /// blocks after a whole first frame has all the data imbed uses, so only an end inside a
+    /// block, or before the first frame is whole, counts as truncated.
+    fn gif(b: &[u8]) -> Completeness {
+        if !(b.starts_with(b"GIF87a") || b.starts_with(b"GIF89a")) {
+            return Unknown;
+        }
+        let Some(&flags) = b.get(10) else {
+            return Truncated;
+        };
+        let mut pos = 13;
+        if flags & 0x80 != 0 {
+            pos += 3 << ((flags & 0x07) + 1);
+        }
+        let mut frames = 0;
+        // Sub-blocks: a size byte and that many bytes, until a size of 0.
+        let sub_blocks = |mut pos: usize| -> Option<usize> {
+            loop {
+                let size = usize::from(*b.get(pos)?);
+                pos += 1;
+                if size == 0 {
+                    return Some(pos);
+                }
+                pos += size;
+                if pos > b.len() {
+                    return None;
+                }
+            }
+        };
+        loop {
+            let Some(&block) = b.get(pos) else {
+                return if frames > 0 { Complete } else { Truncated };
+            };
+            match block {
+                0x3B => return Complete,
+                0x21 => match sub_blocks(pos + 2) {
+                    Some(next) => pos = next,
+                    None => return Truncated,
+                },
+                0x2C => {
+                    let Some(&local) = b.get(pos + 9) else {
+                        return Truncated;
+                    };
+                    pos += 10;
+                    if local & 0x80 != 0 {
+                        pos += 3 << ((local & 0x07) + 1);
+                    }
+                    // The LZW minimum code size, then the image data.
+                    match sub_blocks(pos + 1) {
+                        Some(next) => pos = next,
+                        None => return Truncated,
+                    }
+                    frames += 1;
+                }
+                _ => return if frames > 0 { Complete } else { Unknown },
+            }
+        }
+    }
+
+    /// RIFF says its own size.
+    fn webp(b: &[u8]) -> Completeness {
+        if b.get(0..4) != Some(b"RIFF") || b.get(8..12) != Some(b"WEBP") {
+            return Unknown;
+        }
+        match le32(b, 4) {
+            Some(size) if (b.len() as u64) < u64::from(size) + 8 => Truncated,
+            Some(_) => Complete,
+            None => Truncated,
+        }
+    }
+
+    /// Uncompressed bitmaps end where the pixel offset plus rows times stride says; compressed
+    /// (RLE) ones are left to the decoder, which reports running out of data.
+    fn bmp(b: &[u8]) -> Completeness {
+        if !b.starts_with(b"BM") {
+            return Unknown;
+        }
+        let (Some(offset), Some(header)) = (le32(b, 10), le32(b, 14)) else {
+            return Truncated;
+        };
+        let (width, height, bpp, compression) = if header == 12 {
+            let (Some(w), Some(h), Some(bpp)) = (le16(b, 18), le16(b, 20), le16(b, 24)) else {
+                return Truncated;
+            };
+            (i64::from(w), i64::from(h), u64::from(bpp), 0)
+        } else {
+            let (Some(w), Some(h), Some(bpp), Some(c)) =
+                (le32(b, 18), le32(b, 22), le16(b, 28), le32(b, 30))
+            else {
+                return Truncated;
+            };
+            (i64::from(w as i32), i64::from(h as i32), u64::from(bpp), c)
+        };
+        // BI_RGB and BI_BITFIELDS (and ALPHABITFIELDS) store plain rows.
+        if !matches!(compression, 0 | 3 | 6) || bpp == 0 {
+            return Unknown;
+        }
+        let stride = (width.unsigned_abs() * bpp).div_ceil(32) * 4;
+        let need = u64::from(offset) + stride * height.unsigned_abs();
+        if (b.len() as u64) < need {
+            Truncated
+        } else {
+            Complete
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,7 +1040,7 @@ mod tests {
         let mut bytes = png(64, 64);
         bytes.truncate(bytes.len() / 2);
         let e = validate(bytes, "t.png", &InputLimits::default()).unwrap_err();
-        assert!(matches!(e, InputError::Corrupt { .. }), "{e}");
+        assert!(matches!(e, InputError::Truncated { .. }), "{e}");
         assert!(matches!(
             validate(vec![], "e", &InputLimits::default()),
             Err(InputError::Empty(_))
@@ -704,5 +1134,118 @@ mod tests {
             decode_base64("data:image/png,abc"),
             Err(InputError::Base64(_))
         ));
+    }
+
+    fn encoded(format: ImageFormat) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(48, 40, |x, y| {
+            image::Rgb([(x * 5) as u8, (y * 6) as u8, ((x ^ y) * 3) as u8])
+        });
+        let mut out = Vec::new();
+        match format {
+            ImageFormat::Jpeg => img
+                .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+                    &mut out, 90,
+                ))
+                .unwrap(),
+            other => img.write_to(&mut Cursor::new(&mut out), other).unwrap(),
+        }
+        out
+    }
+
+    #[test]
+    fn a_file_cut_short_is_truncated_in_every_format_and_trailing_bytes_are_fine() {
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Gif,
+            ImageFormat::WebP,
+            ImageFormat::Bmp,
+        ] {
+            let whole = encoded(format);
+            let limits = InputLimits::default();
+            let mut with_tail = whole.clone();
+            with_tail.extend_from_slice(b"\0\0trailing bytes after the image");
+            for (what, bytes) in [("whole", whole.clone()), ("with a tail", with_tail)] {
+                let v = validate(bytes, "ok", &limits);
+                assert!(v.is_ok(), "{format:?} {what}: {:?}", v.err());
+            }
+            // A GIF without its one-byte trailer still holds every frame whole.
+            let last = if format == ImageFormat::Gif { 2 } else { 1 };
+            for cut in [whole.len() / 2, whole.len() - 2, whole.len() - last, 30] {
+                let e = validate(whole[..cut].to_vec(), "cut", &limits).unwrap_err();
+                assert!(
+                    e.to_string()
+                        .contains("is truncated: the file ends before the image data does"),
+                    "{format:?} cut at {cut} of {}: {e}",
+                    whole.len()
+                );
+            }
+        }
+    }
+
+    /// A minimal big-endian TIFF block holding one Orientation entry: what an eXIf chunk holds.
+    fn exif_orientation(o: u16) -> Vec<u8> {
+        let mut t = b"MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+        t.extend_from_slice(&0x0112u16.to_be_bytes());
+        t.extend_from_slice(&3u16.to_be_bytes());
+        t.extend_from_slice(&1u32.to_be_bytes());
+        t.extend_from_slice(&o.to_be_bytes());
+        t.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        t
+    }
+
+    fn png_with_exif(png: &[u8], exif: &[u8]) -> Vec<u8> {
+        // After the signature and IHDR (8 + 25 bytes).
+        let mut out = png[..33].to_vec();
+        out.extend_from_slice(&(exif.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(b"eXIf");
+        out.extend_from_slice(exif);
+        let mut crc = 0xffff_ffffu32;
+        for &b in &out[start..] {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        out.extend_from_slice(&(!crc).to_be_bytes());
+        out.extend_from_slice(&png[33..]);
+        out
+    }
+
+    #[test]
+    fn a_sideways_png_reaches_plugins_upright() {
+        // Stored turned 90 degrees anticlockwise; orientation 6 says "turn it clockwise".
+        let upright =
+            image::RgbImage::from_fn(30, 20, |x, y| image::Rgb([x as u8 * 8, y as u8 * 12, 9]));
+        let stored = image::DynamicImage::ImageRgb8(upright.clone()).rotate270();
+        let mut png = Vec::new();
+        stored
+            .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .unwrap();
+        let tagged = png_with_exif(&png, &exif_orientation(6));
+        let v = validate(tagged, "sideways.png", &InputLimits::default()).unwrap();
+        assert_eq!((v.width, v.height, v.mime_type), (30, 20, "image/png"));
+        let seen = image::load_from_memory(&v.data).unwrap().to_rgb8();
+        assert_eq!(seen, upright);
+    }
+
+    #[test]
+    fn a_stream_is_read_up_to_the_cap_and_no_further() {
+        let e = read_capped(std::io::repeat(0), "<stdin>", 1000).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the image <stdin> is larger than 1000 bytes: shrink it or raise [input] max_bytes"
+        );
+        assert_eq!(
+            read_capped(&[7u8; 1000][..], "<stdin>", 1000)
+                .unwrap()
+                .len(),
+            1000
+        );
     }
 }

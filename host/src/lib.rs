@@ -39,7 +39,7 @@ pub mod types;
 
 pub use blocking::BlockingImbed;
 pub use chain::{
-    check_plugin, ImageRequest, Imbed, Options, PluginHealth, PluginStatus, StepCheck,
+    check_plugin, ImageRequest, Imbed, ModelName, Options, PluginHealth, PluginStatus, StepCheck,
 };
 pub use config::{Config, ConfigError, Env};
 pub use error::{Error, Result};

@@ -177,6 +177,8 @@ impl ResourceLimiter for Limiter {
 struct Shared {
     key: String,
     settings: BTreeMap<String, String>,
+    /// The granted model folder's own name, answered for [`MODEL_DIR_NAME`].
+    model_dir_name: Option<String>,
     http_origins: Vec<url::Origin>,
     client: reqwest::Client,
     /// The plugin's wasi-nn grants, budget and shared graph sessions.
@@ -226,7 +228,14 @@ impl host::Host for PluginState {
     }
 
     async fn get_setting(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.shared.settings.get(&key).cloned())
+        if let Some(value) = self.shared.settings.get(&key) {
+            return Ok(Some(value.clone()));
+        }
+        // Inside the sandbox the model folder is always `/model`; its real name is the only
+        // name a folder without a manifest has, so the host answers it.
+        Ok((key == MODEL_DIR_NAME)
+            .then(|| self.shared.model_dir_name.clone())
+            .flatten())
     }
 
     async fn setting_keys(&mut self) -> wasmtime::Result<Vec<String>> {
@@ -548,6 +557,7 @@ impl Runtime {
         let shared = Arc::new(Shared {
             key: key.to_string(),
             settings: cfg.settings.clone(),
+            model_dir_name: cfg.grants.model_dir.as_deref().and_then(model_dir_name),
             http_origins: cfg.grants.http.clone(),
             client: self.client.clone(),
             nn: self.nn.plugin(key, cfg),
@@ -593,6 +603,19 @@ impl Runtime {
         plugin.load_time = started.elapsed();
         Ok(plugin)
     }
+}
+
+/// The setting a plugin granted a `model_dir` reads to learn the folder's name on the host (the
+/// folder is `/model` inside): a model folder without an `imbed-model.json` manifest is named
+/// after it. A value in the plugin's own settings table wins.
+pub const MODEL_DIR_NAME: &str = "model_dir_name";
+
+/// The last part of a model folder's path, as plugins are told it.
+/// The name as written wins over the resolved one (a link named `clip-b32` says more than
+/// its target); `.` and `..` are resolved.
+pub(crate) fn model_dir_name(dir: &Path) -> Option<String> {
+    let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    named(dir).or_else(|| dir.canonicalize().ok().as_deref().and_then(named))
 }
 
 /// The version of the `imbed:plugin` contract a component exports, from its export names.
@@ -1034,13 +1057,38 @@ impl Plugin {
         self.settle(inst, outcome)
     }
 
-    /// Ask the plugin to get ready (load its models). Failures are for the log.
-    pub(crate) async fn warm(&self) -> Result<(), CallError> {
-        let mut inst = self.checkout().await?;
-        let budget = self.arm(&mut inst.store);
-        let outcome =
-            tokio::time::timeout(budget, inst.exports.plugin.call_warm(&mut inst.store)).await;
-        self.settle(inst, outcome)
+    /// Ask every instance the plugin may run to get ready (load its models), as the contract
+    /// says: each instance holds its own copy, so warming one would leave the others cold for
+    /// their first request. All are leased first, so each call reaches a different instance,
+    /// then warmed at once, each on its own task (a model load is CPU work; tasks spread over
+    /// the cores). One result per instance; failures are for the log.
+    pub(crate) async fn warm_all(self: &Arc<Self>) -> Vec<Result<(), CallError>> {
+        let leases =
+            futures::future::join_all((0..self.config.pool_size.max(1)).map(|_| self.checkout()))
+                .await;
+        let warms = leases.into_iter().map(|lease| {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut inst = lease?;
+                let budget = this.arm(&mut inst.store);
+                let outcome =
+                    tokio::time::timeout(budget, inst.exports.plugin.call_warm(&mut inst.store))
+                        .await;
+                this.settle(inst, outcome)
+            })
+        });
+        futures::future::join_all(warms)
+            .await
+            .into_iter()
+            .map(|joined| {
+                joined.unwrap_or_else(|e| {
+                    Err(CallError::new(
+                        FailureKind::Other,
+                        format!("warming panicked: {e}"),
+                    ))
+                })
+            })
+            .collect()
     }
 
     pub(crate) async fn text_model(&self) -> Result<ModelInfo, CallError> {

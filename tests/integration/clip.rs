@@ -129,6 +129,54 @@ async fn without_a_manifest_the_revision_is_computed_from_the_weights() {
 }
 
 #[tokio::test]
+async fn without_a_manifest_the_model_is_named_after_its_folder() {
+    // A 16-dimensional test model in a folder the user named: not "clip-vit-base-patch32",
+    // which the plugin used to report for any folder without a manifest.
+    let files = model_dir(Weights::F32, None);
+    let home = tempfile::tempdir().unwrap();
+    let folder = home.path().join("tiny-test-clip");
+    std::fs::create_dir(&folder).unwrap();
+    for entry in std::fs::read_dir(files.path()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), folder.join(entry.file_name())).unwrap();
+    }
+    let rev = &clip::sha256_hex(&folder.join("model.safetensors"))[..12];
+    let imbed = imbed_with(clip_spec(&folder)).await;
+    let e = embed_file(&imbed, image_path("small_97x61.png")).await;
+    assert_from_clip(&e, &format!("clip/tiny-test-clip@{rev}"));
+    assert_eq!(e.provenance.model, "tiny-test-clip");
+    let status = imbed
+        .plugins()
+        .into_iter()
+        .find(|s| s.key == "clip")
+        .unwrap();
+    assert_eq!(
+        status.model_name,
+        Some(imbed::ModelName {
+            name: "tiny-test-clip".into(),
+            from: "folder"
+        })
+    );
+
+    // `imbed plugins` says where the name came from.
+    let cfg = TestConfig::new()
+        .plugin("clip", clip_spec(&folder))
+        .image_embed("clip")
+        .write(home.path());
+    let out = crate::cli::imbed(home.path())
+        .args(["--config", cfg.to_str().unwrap(), "plugins"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "model:   tiny-test-clip (named after its folder: it has no imbed-model.json)"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn f16_weights_load_and_match_closely() {
     let dir = model_dir(Weights::F16, Some("clip-tiny-random"));
     let rev = &clip::sha256_hex(&dir.path().join("model.safetensors"))[..12];

@@ -1,6 +1,6 @@
 //! The `imbed` command line: a thin layer over the library.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,6 +30,9 @@ mod exit {
     pub const USAGE: u8 = 2;
     /// At least one input could not be read or is not a usable image.
     pub const BAD_INPUT: u8 = 3;
+    /// The engine could not start (the async runtime or the WebAssembly engine): nothing was
+    /// tried, so this is not "no step answered".
+    pub const ENGINE: u8 = 4;
     /// Stopped by Ctrl-C; what finished is kept (`imbed index`).
     pub const INTERRUPTED: u8 = 130;
 }
@@ -229,22 +232,45 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("imbed: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::EXHAUSTED);
+            return ExitCode::from(exit::ENGINE);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
+        // The reader went away (`imbed embed ... | head -1`): what it wanted was written, so
+        // this is success, quietly, as ripgrep does.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::OK),
         Err(e) => {
             eprintln!("imbed: {e:#}");
-            let code = match e.downcast_ref::<Error>() {
-                Some(Error::Config(_)) | Some(Error::Usage(_)) => exit::USAGE,
-                Some(Error::Input(_)) => exit::BAD_INPUT,
-                _ if e.downcast_ref::<imbed::ConfigError>().is_some() => exit::USAGE,
-                _ => exit::EXHAUSTED,
-            };
-            ExitCode::from(code)
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The exit code for an error that ended a command.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<Error>() {
+        Some(Error::Config(_)) | Some(Error::Usage(_)) => exit::USAGE,
+        Some(Error::Input(_)) => exit::BAD_INPUT,
+        Some(Error::Engine(_)) => exit::ENGINE,
+        _ if e.downcast_ref::<imbed::ConfigError>().is_some() => exit::USAGE,
+        _ => exit::EXHAUSTED,
+    }
+}
+
+/// Whether writing to stdout failed because its reader closed the pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .map(|io| io.kind())
+            .or_else(|| {
+                cause
+                    .downcast_ref::<serde_json::Error>()
+                    .and_then(|j| j.io_error_kind())
+            });
+        io == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn init_logging(level: &str) {
@@ -313,16 +339,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn parse_input(arg: &str, stdin_used: &mut bool) -> anyhow::Result<ImageSource> {
+fn parse_input(arg: &str, stdin_used: &mut bool, max_bytes: u64) -> anyhow::Result<ImageSource> {
     if arg == "-" {
         if std::mem::replace(stdin_used, true) {
             return Err(Error::Usage("`-` (stdin) can be given only once".into()).into());
         }
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .lock()
-            .read_to_end(&mut bytes)
-            .context("cannot read the image from stdin")?;
+        // Never more than the cap: `imbed embed - < /dev/zero` must end, and quickly.
+        let bytes = imbed::input::read_capped(std::io::stdin().lock(), "<stdin>", max_bytes)
+            .map_err(Error::from)?;
         return Ok(ImageSource::Bytes(bytes));
     }
     if arg.starts_with("http://") || arg.starts_with("https://") {
@@ -460,7 +484,7 @@ async fn embed(
     }
     let inputs = expanded;
     for arg in &inputs {
-        let source = parse_input(arg, &mut stdin_used)?;
+        let source = parse_input(arg, &mut stdin_used, config.input.max_bytes)?;
         labels.push(if arg == "-" {
             "<stdin>".to_string()
         } else {
@@ -579,6 +603,19 @@ async fn plugins(config: Config, json_out: bool) -> anyhow::Result<u8> {
             "    grants:  http {http}; env {env}; files {}",
             dir.unwrap_or_else(|| "none".into())
         );
+        match &s.model_name {
+            Some(m) if m.from == "manifest" => {
+                println!(
+                    "    model:   {} (from the folder's imbed-model.json)",
+                    m.name
+                )
+            }
+            Some(m) => println!(
+                "    model:   {} (named after its folder: it has no imbed-model.json)",
+                m.name
+            ),
+            None => {}
+        }
         println!(
             "    limits:  {} MiB memory, {} ms per call, {} instance{}",
             s.memory_mb,
@@ -882,5 +919,22 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_failure_has_its_documented_exit_code() {
+        let code = |e: Error| exit_code(&anyhow::Error::from(e));
+        assert_eq!(code(Error::Engine("no threads".into())), exit::ENGINE);
+        assert_eq!(code(Error::Usage("x".into())), exit::USAGE);
+        assert_eq!(code(Error::Exhausted { attempts: vec![] }), exit::EXHAUSTED);
+        let pipe = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            .context("writing a result");
+        assert!(is_broken_pipe(&pipe));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
     }
 }

@@ -32,9 +32,18 @@ fn model_info(c: &Clip) -> ModelInfo {
 impl ClipPlugin {
     fn clip(&mut self) -> Result<&Clip, Error> {
         if self.model.is_none() {
-            // `model` names the model for `imbed models pull` when the directory has no manifest.
-            let name = settings::string("model", DEFAULT_MODEL);
-            let loaded = Clip::load(imbed_model_io::MODEL_ROOT, name.trim()).map_err(to_sdk)?;
+            // Without a manifest, the model is what the `model` setting calls it, else it is
+            // named after the folder the host granted (inside it is `/model`; the host tells
+            // its name). Messages about missing files name the model to pull: the setting's,
+            // else the default one.
+            let host = settings::Settings::from_host();
+            let setting = host.get("model").map(|m| m.trim().to_string());
+            let pull = setting.clone().unwrap_or_else(|| DEFAULT_MODEL.to_string());
+            let unnamed = setting
+                .or_else(|| host.get("model_dir_name"))
+                .unwrap_or_else(|| DEFAULT_MODEL.to_string());
+            let loaded =
+                Clip::load_named(imbed_model_io::MODEL_ROOT, &pull, &unnamed).map_err(to_sdk)?;
             log::info(format!("loaded {}", loaded.info().space_id));
             self.model = Some(loaded);
         }

@@ -59,7 +59,7 @@ impl From<candle_core::Error> for ClipError {
 /// What the loaded model reports to the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelInfo {
-    /// The model's name: the manifest's, else the name the plugin was configured with.
+    /// The model's name: the manifest's, else the `model` setting, else the folder's name.
     pub model_id: String,
     /// Length of every vector: the config's `projection_dim`.
     pub dimensions: usize,
@@ -87,7 +87,23 @@ impl Clip {
     /// Load the model in `dir` (inside the sandbox, `/model`). `model` is the name error messages
     /// tell the user to pull, and the model id when the directory has no manifest.
     pub fn load(dir: impl AsRef<Path>, model: &str) -> Result<Clip, ClipError> {
+        Clip::load_named(dir, model, model)
+    }
+
+    /// [`Clip::load`] where a directory without a manifest is called `unnamed` (its folder's
+    /// name, say) rather than `model`: the name to pull is no name for weights someone put
+    /// there by hand, which may be any CLIP.
+    pub fn load_named(
+        dir: impl AsRef<Path>,
+        model: &str,
+        unnamed: &str,
+    ) -> Result<Clip, ClipError> {
         let dir = ModelDir::open(dir.as_ref(), model)?;
+        let name = if dir.manifest().is_some() {
+            dir.model_name().to_string()
+        } else {
+            unnamed.to_string()
+        };
         let config: ClipConfig = dir.read_json("config.json")?;
         config
             .validate()
@@ -106,9 +122,9 @@ impl Clip {
         .map_err(|reason| corrupt(&dir, "tokenizer.json", reason))?;
         let weights = dir.load_weights("model.safetensors", DType::F32, &Device::Cpu)?;
         let info = ModelInfo {
-            model_id: dir.model_name().to_string(),
+            space_id: format!("clip/{name}@{}", weights.revision()),
+            model_id: name,
             dimensions: config.projection_dim,
-            space_id: format!("clip/{}@{}", dir.model_name(), weights.revision()),
         };
         let model = weights.build(|vb| ClipModel::new(vb, &config))?;
         Ok(Clip {
