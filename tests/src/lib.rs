@@ -19,6 +19,7 @@ pub mod clip;
 pub mod files;
 pub mod models;
 pub mod ollama;
+pub mod onnx;
 pub mod openai;
 pub mod python;
 pub mod request_log;
