@@ -95,8 +95,8 @@ pub struct ModelInfo {
 
 /// What runs the towers.
 enum Towers {
-    /// candle, inside the sandbox.
-    Candle(ClipModel),
+    /// candle, inside the sandbox (boxed: the graph variant is a few pointers).
+    Candle(Box<ClipModel>),
     /// Graphs the host runs; `text_inputs` is the text input set accepted last.
     Graphs {
         vision: Box<dyn Infer + Send + Sync>,
@@ -150,7 +150,7 @@ impl Clip {
         };
         let model = weights.build(|vb| ClipModel::new(vb, &config))?;
         Ok(Clip {
-            towers: Towers::Candle(model),
+            towers: Towers::Candle(Box::new(model)),
             tokenizer,
             preprocessor,
             info,

@@ -110,8 +110,11 @@ struct PoolingConfig {
 
 /// What runs the transformer.
 enum Encoder {
-    /// candle's BERT, inside the sandbox.
-    Candle { model: BertModel, device: Device },
+    /// candle's BERT, inside the sandbox (boxed: the graph variant is a few pointers).
+    Candle {
+        model: Box<BertModel>,
+        device: Device,
+    },
     /// A graph the host runs; `inputs` is the input set it accepted last (see [`input_sets`]).
     Graph {
         graph: Box<dyn Infer + Send + Sync>,
@@ -146,7 +149,10 @@ impl SentenceEmbedder {
         let revision = weights.revision().to_string();
         let model = weights.build(|vb| BertModel::load(vb, &front.config))?;
         Ok(SentenceEmbedder {
-            encoder: Encoder::Candle { model, device },
+            encoder: Encoder::Candle {
+                model: Box::new(model),
+                device,
+            },
             tokenizer: front.tokenizer,
             dimensions: front.config.hidden_size,
             max_seq_length: front.max_seq_length,

@@ -417,11 +417,7 @@ mod imp {
                 ))
             }
         };
-        Ok(tensor::Tensor::new(
-            &t.shape().to_vec(),
-            ty,
-            &t.bytes().to_vec(),
-        ))
+        Ok(tensor::Tensor::new(t.shape(), ty, t.bytes()))
     }
 
     fn from_wit(t: &tensor::Tensor) -> Result<Tensor, NnError> {
