@@ -186,6 +186,52 @@ fn write_model(dir: &Path) -> u64 {
     std::fs::metadata(&path).unwrap().len()
 }
 
+/// The same weights converted by scripts/onnx/clip.py into `vision.onnx` and `text.onnx` (what
+/// the host runs for the graph path), timed in Python onnxruntime on 1 and 2 threads: ONNX
+/// Runtime alone (no decoding or preprocessing), for side-by-side figures.
+fn onnxruntime_in_python(model_dir: &Path) {
+    use imbed_tests::onnx::nn::Tensor;
+    use imbed_tests::onnx::{convert_clip, PythonGraph};
+
+    let t = Instant::now();
+    convert_clip(model_dir, model_dir);
+    println!(
+        "converted to vision.onnx and text.onnx in {}",
+        ms(t.elapsed())
+    );
+    let pixels = |n: usize| {
+        let values: Vec<f32> = (0..n * 3 * 224 * 224)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        Tensor::f32(&[n, 3, 224, 224], &values).unwrap()
+    };
+    // "a photo of a cat" with CLIP's real tokenizer: <|startoftext|> ... <|endoftext|>.
+    let ids = Tensor::i64(&[1, 7], &[49406, 320, 1125, 539, 320, 2368, 49407]).unwrap();
+    let mask = Tensor::i64(&[1, 7], &[1; 7]).unwrap();
+    let (one, eight) = (pixels(1), pixels(8));
+    for threads in [1, 2] {
+        let median = |graph: &str, inputs: &[(&str, &Tensor)]| {
+            let g = PythonGraph {
+                path: model_dir.join(graph),
+                threads,
+            };
+            match g.run_timed(inputs, ROUNDS) {
+                Ok((_, mut secs)) => {
+                    secs.sort_by(f64::total_cmp);
+                    format!("{:.1} ms", secs[secs.len() / 2] * 1e3)
+                }
+                Err(e) => format!("failed: {e}"),
+            }
+        };
+        println!(
+            "Python onnxruntime, {threads} thread(s), same graphs: image one {}, 8 images {}, text one {}",
+            median("vision.onnx", &[("pixel_values", &one)]),
+            median("vision.onnx", &[("pixel_values", &eight)]),
+            median("text.onnx", &[("input_ids", &ids), ("attention_mask", &mask)]),
+        );
+    }
+}
+
 fn config(cache: &Path, model_dir: &Path, memory_mb: u64) -> Config {
     let wasm = imbed_tests::bench::built_plugin("clip");
     let text = format!(
@@ -273,6 +319,7 @@ async fn main() {
     );
     let images = pngs(8);
     let texts = texts();
+    onnxruntime_in_python(model.path());
 
     // In the sandbox, through the host (one instance).
     let cache = tempfile::tempdir().unwrap();

@@ -91,6 +91,72 @@ async fn smallest_cap(cache: &Path, model_dir: &Path, texts: &[String]) -> u64 {
     imbed_tests::bench::smallest_memory_mb(64, 2048, 8, works).await
 }
 
+/// The same `text.onnx` the host runs (converted by scripts/setup), timed in Python onnxruntime
+/// on 1 and 2 threads: ONNX Runtime alone, without tokenising or pooling, for side-by-side
+/// figures with the sandbox + graph path.
+fn onnxruntime_in_python(
+    native: &SentenceEmbedder,
+    model_dir: &std::path::Path,
+    sentences: &[String],
+) {
+    use imbed_tests::onnx::nn::Tensor;
+    use imbed_tests::onnx::PythonGraph;
+
+    let graph = model_dir.join("text.onnx");
+    if !graph.is_file() {
+        println!(
+            "({} is missing: run scripts/setup to time the graph in Python onnxruntime)",
+            graph.display()
+        );
+        return;
+    }
+    let ids: Vec<Vec<u32>> = sentences
+        .iter()
+        .map(|s| native.token_ids(s).unwrap())
+        .collect();
+    let feeds = |batch: &[Vec<u32>]| {
+        let len = batch.iter().map(Vec::len).max().unwrap_or(1);
+        let (mut i, mut m) = (vec![0i64; batch.len() * len], vec![0i64; batch.len() * len]);
+        for (row, t) in batch.iter().enumerate() {
+            for (p, &id) in t.iter().enumerate() {
+                i[row * len + p] = i64::from(id);
+                m[row * len + p] = 1;
+            }
+        }
+        let shape = [batch.len(), len];
+        let types = vec![0i64; batch.len() * len];
+        (
+            Tensor::i64(&shape, &i).unwrap(),
+            Tensor::i64(&shape, &m).unwrap(),
+            Tensor::i64(&shape, &types).unwrap(),
+        )
+    };
+    for threads in [1, 2] {
+        let g = PythonGraph {
+            path: graph.clone(),
+            threads,
+        };
+        let mut line = format!("Python onnxruntime, {threads} thread(s), same text.onnx:");
+        for (label, batch) in [("one sentence", &ids[..1]), ("batch of 32", &ids[..])] {
+            let (i, m, t) = feeds(batch);
+            let inputs = [
+                ("input_ids", &i),
+                ("attention_mask", &m),
+                ("token_type_ids", &t),
+            ];
+            match g.run_timed(&inputs, ROUNDS) {
+                Ok((_, secs)) => {
+                    let mut secs = secs;
+                    secs.sort_by(f64::total_cmp);
+                    line += &format!("  {label} {:.1} ms", secs[secs.len() / 2] * 1e3);
+                }
+                Err(e) => line += &format!("  {label} failed: {e}"),
+            }
+        }
+        println!("{line}");
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     // candle's native kernels use a thread pool sized from this variable; the sandbox has one
@@ -122,6 +188,7 @@ async fn main() {
     })
     .await;
     let native_peak = status_kib("VmHWM:").unwrap_or(0).saturating_sub(rss_before);
+    onnxruntime_in_python(&native, &model_dir, &sentences);
     drop(native);
 
     // In the sandbox, through the host (one instance).

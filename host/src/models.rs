@@ -5,8 +5,17 @@
 //! Files arrive as `<file>.part`, are hashed while they are written, and are renamed to their
 //! final name only once their size and SHA-256 match the registry, so a plugin never sees a
 //! half-written or unchecked file under a final name. `imbed-model.json` is written last:
-//! `{"name": ..., "files": {"<path>": "<sha256 hex>"}, "source": "<url or import:<path>>"}`.
-//! Plugins read it to put the weights' revision into their embedding space id.
+//! `{"name": ..., "files": {"<path>": "<sha256 hex>"}, "source": "<url or import:<path>>",
+//! "weights_sha256": ..., "converted": [...]}`. Plugins read it to put the weights' revision into
+//! their embedding space id (`weights_sha256`: the same for every format the weights come in),
+//! and the host checks the ONNX graphs it lists before loading them.
+//!
+//! A model's files come in formats: the safetensors the in-sandbox (candle) path reads, and the
+//! ONNX graphs the host runs natively (`vision.onnx`, `text.onnx`), each with the files every
+//! format needs (config, tokenizer). `pull` fetches the safetensors set unless asked for
+//! [`Formats::onnx`] or both; `import` takes a folder holding either, and records a graph that is
+//! not the registry's (one converted locally, e.g. by `scripts/onnx/minilm.py`) as converted,
+//! with its own SHA-256.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), imbed::models::ModelError> {
@@ -179,6 +188,73 @@ fn status_hint(status: u16) -> &'static str {
     }
 }
 
+/// Which format a file belongs to; files of no format are needed by every format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Format {
+    /// The weights the plugins' in-sandbox path (candle) reads.
+    Safetensors,
+    /// Graphs the host runs natively for the plugin (wasi-nn on ONNX Runtime).
+    Onnx,
+}
+
+impl Format {
+    /// Its name in the registry, the manifest and `--format`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Safetensors => "safetensors",
+            Format::Onnx => "onnx",
+        }
+    }
+}
+
+/// The formats a pull fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Formats {
+    /// The safetensors set.
+    pub safetensors: bool,
+    /// The ONNX graphs.
+    pub onnx: bool,
+}
+
+impl Default for Formats {
+    /// The safetensors set: what every host can run.
+    fn default() -> Self {
+        Formats {
+            safetensors: true,
+            onnx: false,
+        }
+    }
+}
+
+impl Formats {
+    /// The ONNX graphs only (with the files every format needs).
+    pub fn onnx() -> Self {
+        Formats {
+            safetensors: false,
+            onnx: true,
+        }
+    }
+
+    /// Every format.
+    pub fn all() -> Self {
+        Formats {
+            safetensors: true,
+            onnx: true,
+        }
+    }
+
+    /// Does this selection include `file`?
+    pub fn includes(&self, file: &ModelFile) -> bool {
+        match file.format {
+            None => true,
+            Some(Format::Safetensors) => self.safetensors,
+            Some(Format::Onnx) => self.onnx,
+        }
+    }
+}
+
 /// One file of a model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModelFile {
@@ -188,6 +264,14 @@ pub struct ModelFile {
     pub size: u64,
     /// SHA-256 of the content, lowercase hex.
     pub sha256: String,
+    /// The format it belongs to; `None`: every format needs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+    /// Where the registry fetches it from when that is not `<source>/<path>` (a file published
+    /// in another repository, such as a public ONNX export, under another name). Mirrors and
+    /// `--from` still use `<path>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// A model the registry knows.
@@ -209,6 +293,32 @@ impl ModelSpec {
     /// Total size of the files.
     pub fn size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// The SHA-256 of the reference weights: the safetensors file (tagged so, else the first
+    /// `*.safetensors`). Written into every manifest, so a plugin names the same space whichever
+    /// format of the weights it runs.
+    pub fn weights_sha256(&self) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|f| f.format == Some(Format::Safetensors))
+            .or_else(|| self.files.iter().find(|f| f.path.ends_with(".safetensors")))
+            .map(|f| f.sha256.as_str())
+    }
+
+    /// The formats the registry has files for.
+    pub fn formats(&self) -> Vec<Format> {
+        let mut out: Vec<Format> = Vec::new();
+        for f in self.files.iter().filter_map(|f| f.format) {
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    fn files_of(&self, format: Format) -> impl Iterator<Item = &ModelFile> {
+        self.files.iter().filter(move |f| f.format == Some(format))
     }
 }
 
@@ -242,6 +352,10 @@ struct RawFile {
     path: String,
     size: u64,
     sha256: String,
+    #[serde(default)]
+    format: Option<Format>,
+    #[serde(default)]
+    url: Option<String>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -338,10 +452,18 @@ impl Registry {
                         m.name, f.path, f.sha256
                     )));
                 }
+                let url = match &f.url {
+                    Some(u) => Some(check_base_url(u).map_err(|e| {
+                        err(format!("model {:?}: file {:?}: url: {e}", m.name, f.path))
+                    })?),
+                    None => None,
+                };
                 files.push(ModelFile {
                     path: f.path,
                     size: f.size,
                     sha256,
+                    format: f.format,
+                    url,
                 });
             }
             models.push(ModelSpec {
@@ -415,29 +537,58 @@ pub struct Manifest {
     pub files: BTreeMap<String, String>,
     /// The base URL the files came from, or `import:<folder>`.
     pub source: String,
+    /// The SHA-256 of the reference weights (the registry's safetensors), whichever formats
+    /// are here: plugins name their space after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
+    /// Graphs that are not the registry's files but were converted from the same weights and
+    /// imported (their SHA-256 in `files` is their own, recorded at import).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub converted: Vec<String>,
 }
 
 impl Manifest {
-    fn for_spec(spec: &ModelSpec, source: String) -> Manifest {
+    /// The registry's files of `formats`.
+    fn for_spec(spec: &ModelSpec, formats: Formats, source: String) -> Manifest {
         Manifest {
             name: spec.name.clone(),
             files: spec
                 .files
                 .iter()
+                .filter(|f| formats.includes(f))
                 .map(|f| (f.path.clone(), f.sha256.clone()))
                 .collect(),
             source,
+            weights_sha256: spec.weights_sha256().map(str::to_string),
+            converted: Vec::new(),
         }
     }
 
-    /// Does it describe exactly the registry's files?
+    /// Does it describe registry files only (converted graphs with their own SHA-256), every
+    /// file all formats need, and every file of each format it lists any of?
     fn matches(&self, spec: &ModelSpec) -> bool {
+        let listed_right = self.files.iter().all(|(path, sha)| {
+            spec.files.iter().any(|f| {
+                f.path == *path
+                    && (f.sha256 == *sha
+                        || (f.format == Some(Format::Onnx) && self.converted.contains(path)))
+            })
+        });
+        let formats_whole = spec.files.iter().all(|f| {
+            let wanted = match f.format {
+                None => true,
+                Some(format) => spec
+                    .files_of(format)
+                    .any(|g| self.files.contains_key(&g.path)),
+            };
+            !wanted || self.files.contains_key(&f.path)
+        });
         self.name == spec.name
-            && self.files.len() == spec.files.len()
-            && spec
-                .files
-                .iter()
-                .all(|f| self.files.get(&f.path) == Some(&f.sha256))
+            && listed_right
+            && formats_whole
+            // Manifests written before formats existed have no weights_sha256.
+            && (self.weights_sha256.is_none()
+                || self.weights_sha256.as_deref() == spec.weights_sha256())
     }
 }
 
@@ -586,6 +737,8 @@ pub struct ModelStatus {
     pub size: u64,
     /// Where the files came from, from the manifest.
     pub source: Option<String>,
+    /// The formats whose files are here (or partly here): `safetensors`, `onnx`.
+    pub formats: Vec<Format>,
     /// What is missing or wrong, each with what to do.
     pub problems: Vec<String>,
 }
@@ -706,8 +859,24 @@ impl Models {
         from: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<PullReport, ModelError> {
+        self.pull_formats(name, from, Formats::default(), progress)
+            .await
+    }
+
+    /// [`Models::pull`] of the files of `formats` (and those every format needs). Files of
+    /// other formats already in the folder and in its manifest stay listed.
+    pub async fn pull_formats(
+        &self,
+        name: &str,
+        from: Option<&str>,
+        formats: Formats,
+        progress: &dyn Progress,
+    ) -> Result<PullReport, ModelError> {
         let spec = self.registry.get(name)?.clone();
         let source = self.source_for(name, from)?;
+        // A file published elsewhere (its own `url`) comes from there unless a mirror or
+        // `--from` says otherwise.
+        let from_registry = source == spec.source;
         let dir = self.model_dir(name);
         create_dir_all(&dir).await?;
         let _lock = lock(&dir, name).await?;
@@ -722,7 +891,7 @@ impl Models {
             bytes_downloaded: 0,
         };
         let mut todo = Vec::new();
-        for file in &spec.files {
+        for file in spec.files.iter().filter(|f| formats.includes(f)) {
             let path = dir.join(&file.path);
             if is_file(&path).await {
                 if check_existing(&path, file, FileOutcome::AlreadyPresent, progress).await? {
@@ -736,14 +905,29 @@ impl Models {
             }
             todo.push(file);
         }
-        let manifest = Manifest::for_spec(&spec, source.clone());
-        if todo.is_empty() && read_manifest(&dir).await.as_ref() == Some(&manifest) {
+        let old = read_manifest(&dir).await;
+        let mut manifest = Manifest::for_spec(&spec, formats, source.clone());
+        if let Some(old) = &old {
+            for (path, sha) in &old.files {
+                let known = spec.files.iter().any(|f| f.path == *path);
+                if known && !manifest.files.contains_key(path) && is_file(&dir.join(path)).await {
+                    manifest.files.insert(path.clone(), sha.clone());
+                    if old.converted.contains(path) {
+                        manifest.converted.push(path.clone());
+                    }
+                }
+            }
+        }
+        if todo.is_empty() && old.as_ref() == Some(&manifest) {
             return Ok(report);
         }
         // The manifest vouches for the folder; it goes first and comes back last.
         remove_manifest(&dir).await?;
         for file in todo {
-            let url = format!("{source}/{}", file.path);
+            let url = match &file.url {
+                Some(url) if from_registry => url.clone(),
+                _ => format!("{source}/{}", file.path),
+            };
             let (received, resumed) = self
                 .download(&spec, file, &url, &dir.join(&file.path), progress)
                 .await?;
@@ -989,6 +1173,32 @@ impl Models {
         progress: &dyn Progress,
     ) -> Result<ModelStatus, ModelError> {
         let dir = self.model_dir(&spec.name);
+        let manifest = read_manifest(&dir).await;
+        // A format is looked at when any of its files is here (or partly, or in the manifest);
+        // a folder with none is checked for the default set, which is what `pull` fetches.
+        let mut formats = Vec::new();
+        for format in spec.formats() {
+            let mut here = false;
+            for f in spec.files_of(format) {
+                let path = dir.join(&f.path);
+                here |= is_file(&path).await
+                    || is_file(&part_path(&path)).await
+                    || manifest
+                        .as_ref()
+                        .is_some_and(|m| m.files.contains_key(&f.path));
+            }
+            if here {
+                formats.push(format);
+            }
+        }
+        let wanted = if formats.is_empty() {
+            Formats::default()
+        } else {
+            Formats {
+                safetensors: formats.contains(&Format::Safetensors),
+                onnx: formats.contains(&Format::Onnx),
+            }
+        };
         let mut status = ModelStatus {
             name: spec.name.clone(),
             plugin: spec.plugin.clone(),
@@ -996,14 +1206,43 @@ impl Models {
             state: ModelState::Absent,
             verified: verify,
             size_on_disk: 0,
-            size: spec.size(),
+            size: spec
+                .files
+                .iter()
+                .filter(|f| wanted.includes(f))
+                .map(|f| f.size)
+                .sum(),
             source: None,
+            formats,
             problems: Vec::new(),
         };
-        let pull = format!("run `imbed models pull {}`", spec.name);
+        let pull = match wanted {
+            Formats {
+                safetensors: false,
+                onnx: true,
+            } => format!("run `imbed models pull {} --format onnx`", spec.name),
+            Formats {
+                safetensors: true,
+                onnx: true,
+            } => format!("run `imbed models pull {} --format all`", spec.name),
+            _ => format!("run `imbed models pull {}`", spec.name),
+        };
         let (mut missing, mut corrupt, mut anything) = (false, false, false);
-        for file in &spec.files {
-            let path = dir.join(&file.path);
+        for registry_file in spec.files.iter().filter(|f| wanted.includes(f)) {
+            let path = dir.join(&registry_file.path);
+            // A converted graph is checked against the SHA-256 recorded when it was imported.
+            let converted = manifest
+                .as_ref()
+                .filter(|m| m.converted.contains(&registry_file.path))
+                .and_then(|m| m.files.get(&registry_file.path));
+            let file = &match (converted, tokio::fs::metadata(&path).await) {
+                (Some(sha), Ok(m)) => ModelFile {
+                    size: m.len(),
+                    sha256: sha.clone(),
+                    ..registry_file.clone()
+                },
+                _ => registry_file.clone(),
+            };
             match tokio::fs::metadata(&path).await {
                 Ok(m) if m.is_file() => {
                     anything = true;
@@ -1020,8 +1259,13 @@ impl Models {
                         && !check_existing(&path, file, FileOutcome::Verified, progress).await?
                     {
                         corrupt = true;
+                        let whose = if converted.is_some() {
+                            "the SHA-256 recorded when it was imported"
+                        } else {
+                            "the registry's SHA-256"
+                        };
                         status.problems.push(format!(
-                            "{} does not have the registry's SHA-256 {}: {pull}",
+                            "{} does not have {whose} {}: {pull}",
                             file.path, file.sha256
                         ));
                     }
@@ -1046,7 +1290,7 @@ impl Models {
                 }
             }
         }
-        match read_manifest(&dir).await {
+        match manifest {
             Some(m) => {
                 anything = true;
                 if !m.matches(spec) {
@@ -1097,8 +1341,12 @@ impl Models {
         Ok(true)
     }
 
-    /// Take a model's files from a folder already on this machine. Every registry file must be
-    /// in `folder` under its path with the registry's size and SHA-256, or nothing is changed.
+    /// Take a model's files from a folder already on this machine. The files every format needs
+    /// and each format's files that are in `folder` (all of a format, or none of it; at least
+    /// one format) must be there under their paths with the registry's size and SHA-256, or
+    /// nothing is changed — except ONNX graphs, which may be converted from the same weights
+    /// (`scripts/onnx`): one that is not the registry's file is taken as it is and recorded as
+    /// converted, with its own SHA-256, so the host can still check it before loading it.
     /// Files are hard-linked when the folder is on the same file system, copied otherwise, each
     /// through a `.part` name and verified again in place; the manifest's source is
     /// `import:<folder>`.
@@ -1125,11 +1373,86 @@ impl Models {
         }
         // First every file, so that a folder with one bad file changes nothing.
         let mut problems = Vec::new();
-        for file in &spec.files {
+        let mut formats = Formats {
+            safetensors: false,
+            onnx: false,
+        };
+        for format in spec.formats() {
+            let mut here = Vec::new();
+            let mut absent = Vec::new();
+            for f in spec.files_of(format) {
+                if is_file(&folder.join(&f.path)).await {
+                    here.push(f.path.as_str());
+                } else {
+                    absent.push(f.path.as_str());
+                }
+            }
+            match (here.is_empty(), absent.is_empty()) {
+                (true, _) => {}
+                (false, true) => match format {
+                    Format::Safetensors => formats.safetensors = true,
+                    Format::Onnx => formats.onnx = true,
+                },
+                (false, false) => problems.push(format!(
+                    "{} is there but {} is missing: add the rest of the {} files or remove these",
+                    here.join(", "),
+                    absent.join(", "),
+                    format.name()
+                )),
+            }
+        }
+        if !spec.formats().is_empty()
+            && !formats.safetensors
+            && !formats.onnx
+            && problems.is_empty()
+        {
+            let sets: Vec<String> = spec
+                .formats()
+                .into_iter()
+                .map(|format| {
+                    let files: Vec<&str> = spec.files_of(format).map(|f| f.path.as_str()).collect();
+                    format!("{} ({})", format.name(), files.join(", "))
+                })
+                .collect();
+            problems.push(format!(
+                "it has the files of no format: {}",
+                sets.join(" or ")
+            ));
+        }
+        // The files to take, each with what it must hash to.
+        let mut plan: Vec<ModelFile> = Vec::new();
+        let mut converted = Vec::new();
+        for file in spec.files.iter().filter(|f| formats.includes(f)) {
             let src = folder.join(&file.path);
+            let graph = file.format == Some(Format::Onnx);
             match tokio::fs::metadata(&src).await {
-                Ok(m) if m.is_file() && m.len() == file.size => {
-                    if !check_existing(&src, file, FileOutcome::Verified, progress).await? {
+                Ok(m) if m.is_file() && (m.len() == file.size || graph) => {
+                    progress.event(ProgressEvent::Checking {
+                        file: &file.path,
+                        size: m.len(),
+                    });
+                    let mut hasher = Sha256::new();
+                    let len = hash_into(&src, &mut hasher, &file.path, progress).await?;
+                    let sha = crate::input::hex(&hasher.finalize());
+                    let matches = len == file.size && sha == file.sha256;
+                    progress.event(ProgressEvent::Finished {
+                        file: &file.path,
+                        outcome: if matches || graph {
+                            FileOutcome::Verified
+                        } else {
+                            FileOutcome::Mismatch
+                        },
+                    });
+                    if matches {
+                        plan.push(file.clone());
+                    } else if graph {
+                        converted.push(file.path.clone());
+                        plan.push(ModelFile {
+                            size: len,
+                            sha256: sha,
+                            ..file.clone()
+                        });
+                    } else {
                         problems.push(format!(
                             "{} does not have the registry's SHA-256 {}",
                             file.path, file.sha256
@@ -1163,7 +1486,7 @@ impl Models {
             from: folder.clone(),
             files: Vec::new(),
         };
-        for file in &spec.files {
+        for file in &plan {
             let src = folder.join(&file.path);
             let dst = dir.join(&file.path);
             if same_file(&src, &dst).await {
@@ -1200,7 +1523,12 @@ impl Models {
                     file: file.path.clone(),
                     from: src.display().to_string(),
                     detail: format!(
-                        "SHA-256 is {sha}, the registry says {} (did the file change during the import?)",
+                        "SHA-256 is {sha}, {} {} (did the file change during the import?)",
+                        if converted.contains(&file.path) {
+                            "it was"
+                        } else {
+                            "the registry says"
+                        },
                         file.sha256
                     ),
                 });
@@ -1212,7 +1540,14 @@ impl Models {
             });
             report.files.push((file.path.clone(), outcome));
         }
-        let manifest = Manifest::for_spec(&spec, format!("import:{}", folder.display()));
+        let mut manifest =
+            Manifest::for_spec(&spec, formats, format!("import:{}", folder.display()));
+        for file in &plan {
+            manifest
+                .files
+                .insert(file.path.clone(), file.sha256.clone());
+        }
+        manifest.converted = converted;
         write_manifest(&dir, &manifest).await?;
         Ok(report)
     }
@@ -1486,6 +1821,13 @@ mod tests {
             "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
         );
         assert_eq!(weights.size, 90_868_376);
+        assert_eq!(weights.format, Some(Format::Safetensors));
+        let graph = minilm.files.iter().find(|f| f.path == "text.onnx").unwrap();
+        assert_eq!(graph.format, Some(Format::Onnx));
+        assert_eq!(
+            graph.sha256,
+            "6fd5d72fe4589f189f8ebc006442dbb529bb7ce38f8082112682524616046452"
+        );
         let clip = r.get("clip-vit-base-patch32").unwrap();
         assert_eq!(clip.plugin, "clip");
         assert!(clip
@@ -1569,15 +1911,73 @@ mod tests {
             .get("all-minilm-l6-v2")
             .unwrap()
             .clone();
-        let m = Manifest::for_spec(&spec, "import:/x".into());
+        let m = Manifest::for_spec(&spec, Formats::default(), "import:/x".into());
         let v = serde_json::to_value(&m).unwrap();
         let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys, ["name", "files", "source"]);
+        assert_eq!(keys, ["name", "files", "source", "weights_sha256"]);
         assert_eq!(
             v["files"]["1_Pooling/config.json"].as_str().unwrap().len(),
             64
         );
+        assert_eq!(v["weights_sha256"], v["files"]["model.safetensors"]);
+        assert!(v["files"].get("text.onnx").is_none());
         assert!(m.matches(&spec));
+        // A manifest from before formats existed still matches.
+        let old = Manifest {
+            weights_sha256: None,
+            ..m.clone()
+        };
+        assert!(old.matches(&spec));
+    }
+
+    #[test]
+    fn formats_select_files_and_manifests_must_hold_whole_formats() {
+        let spec = Registry::builtin()
+            .unwrap()
+            .get("clip-vit-base-patch32")
+            .unwrap()
+            .clone();
+        assert_eq!(spec.formats(), [Format::Safetensors, Format::Onnx]);
+        let paths = |m: &Manifest| m.files.keys().cloned().collect::<Vec<_>>();
+        let onnx = Manifest::for_spec(&spec, Formats::onnx(), "x".into());
+        assert_eq!(
+            paths(&onnx),
+            [
+                "config.json",
+                "preprocessor_config.json",
+                "text.onnx",
+                "tokenizer.json",
+                "vision.onnx"
+            ]
+        );
+        // Graphs only still name the safetensors' weights: one space for both paths.
+        assert_eq!(onnx.weights_sha256.as_deref(), spec.weights_sha256());
+        assert!(onnx.matches(&spec));
+        assert!(Manifest::for_spec(&spec, Formats::all(), "x".into()).matches(&spec));
+        // Half a format is not a model.
+        let mut half = onnx.clone();
+        half.files.remove("text.onnx");
+        assert!(!half.matches(&spec));
+        // A graph with another SHA-256 matches only when recorded as converted.
+        let mut other = onnx.clone();
+        other.files.insert("text.onnx".into(), "0".repeat(64));
+        assert!(!other.matches(&spec));
+        other.converted.push("text.onnx".into());
+        assert!(other.matches(&spec));
+        // Converted safetensors are not a thing: the weights name the space.
+        let mut weights = Manifest::for_spec(&spec, Formats::default(), "x".into());
+        weights
+            .files
+            .insert("model.safetensors".into(), "0".repeat(64));
+        weights.converted.push("model.safetensors".into());
+        assert!(!weights.matches(&spec));
+        // The public exports come from their own repositories, under the local names.
+        let vision = spec.files.iter().find(|f| f.path == "vision.onnx").unwrap();
+        assert!(vision
+            .url
+            .as_deref()
+            .unwrap()
+            .starts_with("https://huggingface.co/Qdrant/clip-ViT-B-32-vision/resolve/"));
     }
 
     #[test]

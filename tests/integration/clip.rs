@@ -422,3 +422,124 @@ async fn the_plugin_sees_only_its_model_folder() {
         "the host path leaked: {message}"
     );
 }
+
+/// The graph path natively: the plugin's own preprocessing, tokenising and normalisation around
+/// `vision.onnx` and `text.onnx` converted from the fixture by scripts/onnx/clip.py, run by
+/// Python onnxruntime (the release the host loads), against transformers and the candle path.
+/// Both paths name one space: the weights', not the format's.
+#[test]
+fn converted_graphs_match_transformers_and_the_candle_path_in_one_space() {
+    use imbed_clip::Clip;
+    use imbed_tests::onnx::{convert_clip, PythonGraph};
+
+    let dir = model_dir(Weights::F32, Some("clip-tiny-random"));
+    let graphs = tempfile::tempdir().unwrap();
+    convert_clip(dir.path(), graphs.path());
+    let candle = Clip::load(dir.path(), "clip-tiny-random").unwrap();
+    let onnx = Clip::with_graphs(
+        dir.path(),
+        "clip-tiny-random",
+        PythonGraph::new(graphs.path().join("vision.onnx")),
+        PythonGraph::new(graphs.path().join("text.onnx")),
+    )
+    .unwrap();
+    assert_eq!((candle.path(), onnx.path()), ("candle", "graph"));
+    assert_eq!(onnx.info(), candle.info());
+
+    let r = reference();
+    // Texts in one padded batch (lengths 3 to 77).
+    let by_graph = onnx.embed_texts(&texts()).unwrap();
+    let by_candle = candle.embed_texts(&texts()).unwrap();
+    for ((item, g), c) in r["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(by_graph)
+        .zip(by_candle)
+    {
+        let (g, c) = (g.unwrap(), c.unwrap());
+        let want = floats(&item["embedding"]);
+        assert!(
+            cosine(&g, &want) >= 0.9999,
+            "{}: {}",
+            item["text"],
+            cosine(&g, &want)
+        );
+        assert!(
+            cosine(&g, &c) >= 0.9999,
+            "{}: graph vs candle {}",
+            item["text"],
+            cosine(&g, &c)
+        );
+    }
+    // Every fixture image in one batch.
+    let items = r["images"].as_array().unwrap();
+    let decoded: Vec<image::DynamicImage> = items
+        .iter()
+        .map(|i| {
+            let bytes = std::fs::read(image_path(i["file"].as_str().unwrap())).unwrap();
+            Clip::decode(&bytes, "image/png").unwrap()
+        })
+        .collect();
+    let refs: Vec<&image::DynamicImage> = decoded.iter().collect();
+    let by_graph = onnx.embed_images(&refs).unwrap();
+    let by_candle = candle.embed_images(&refs).unwrap();
+    for ((item, g), c) in items.iter().zip(&by_graph).zip(&by_candle) {
+        let want = floats(&item["embedding"]);
+        let file = item["file"].as_str().unwrap();
+        assert!(cosine(g, &want) >= 0.9999, "{file}: {}", cosine(g, &want));
+        assert!(
+            cosine(g, c) >= 0.9999,
+            "{file}: graph vs candle {}",
+            cosine(g, c)
+        );
+    }
+}
+
+/// A folder with the graphs but without the safetensors (`imbed models pull --format onnx`)
+/// still names the weights' space, from the manifest's weights_sha256.
+#[test]
+fn a_folder_of_graphs_only_names_the_weights_space() {
+    use imbed_clip::Clip;
+    use imbed_tests::onnx::{convert_clip, PythonGraph};
+
+    let dir = model_dir(Weights::F32, None);
+    let weights = clip::sha256_hex(&dir.path().join("model.safetensors"));
+    convert_clip(dir.path(), dir.path());
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let graph = |name: &str| PythonGraph::new(dir.path().join(name));
+    // Without a manifest nothing says which weights the graphs hold: refused, saying to pull.
+    let err = Clip::with_graphs(
+        dir.path(),
+        "clip-tiny-random",
+        graph("vision.onnx"),
+        graph("text.onnx"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("model.safetensors is missing") && err.contains("imbed models pull"),
+        "{err}"
+    );
+    let files: serde_json::Map<String, serde_json::Value> =
+        ["vision.onnx", "text.onnx", "config.json", "tokenizer.json"]
+            .iter()
+            .map(|f| (f.to_string(), clip::sha256_hex(&dir.path().join(f)).into()))
+            .collect();
+    let m = serde_json::json!({"name": "clip-tiny-random", "files": files, "source": "test",
+        "weights_sha256": weights, "converted": ["vision.onnx", "text.onnx"]});
+    std::fs::write(dir.path().join("imbed-model.json"), m.to_string()).unwrap();
+    let onnx =
+        Clip::with_graphs(dir.path(), "x", graph("vision.onnx"), graph("text.onnx")).unwrap();
+    assert_eq!(
+        onnx.info().space_id,
+        format!("clip/clip-tiny-random@{}", &weights[..12])
+    );
+    let v = onnx
+        .embed_texts(&["a photo of a cat"])
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    let want = floats(&reference()["texts"][0]["embedding"]);
+    assert!(cosine(&v, &want) >= 0.9999);
+}

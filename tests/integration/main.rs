@@ -11,6 +11,7 @@ mod input;
 mod minilm;
 mod models;
 mod nn;
+mod nn_plugins;
 mod ollama;
 mod ollama_standin;
 mod openai;

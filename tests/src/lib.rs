@@ -20,6 +20,7 @@ pub mod files;
 pub mod models;
 pub mod nn;
 pub mod ollama;
+pub mod onnx;
 pub mod openai;
 pub mod python;
 pub mod request_log;
