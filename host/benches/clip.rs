@@ -1,6 +1,8 @@
-//! CLIP ViT-B/32 (the real config, random weights): image and text embedding in the sandbox vs
-//! the same candle code natively on one thread, one item at a time and 8 at once, plus the
-//! memory one plugin instance needs.
+//! CLIP ViT-B/32 (the real config, random weights): image and text embedding in the sandbox,
+//! with the towers in candle (in the sandbox) and on the host's ONNX Runtime through wasi-nn
+//! (on 1 and 2 threads), vs the same candle code natively on one thread and the same .onnx
+//! graphs in Python onnxruntime, one item at a time and 8 at once, plus the memory one plugin
+//! instance needs.
 //!
 //! The weights are generated at start (a 605 MB f32 safetensors file in a temp folder, in the
 //! tensor layout of openai/clip-vit-base-patch32), with the real CLIP tokenizer from the
@@ -233,8 +235,19 @@ fn onnxruntime_in_python(model_dir: &Path) {
 }
 
 fn config(cache: &Path, model_dir: &Path, memory_mb: u64) -> Config {
+    config_with(cache, model_dir, memory_mb, None)
+}
+
+/// With `nn_threads`, the plugin is granted the `vision` and `text` graphs, run by the host's
+/// ONNX Runtime on that many intra-op threads; without, the towers run in candle in the sandbox.
+fn config_with(
+    cache: &Path,
+    model_dir: &Path,
+    memory_mb: u64,
+    nn_threads: Option<usize>,
+) -> Config {
     let wasm = imbed_tests::bench::built_plugin("clip");
-    let text = format!(
+    let mut text = format!(
         "cache_dir = {:?}\n[chain]\n[[chain.steps]]\nkind = \"image-embed\"\nplugin = \"clip\"\n\
          [plugins.clip]\nfile = {:?}\n[plugins.clip.limits]\ninstances = 1\nmemory_mb = {memory_mb}\n\
          timeout_ms = 600000\n[plugins.clip.grants]\nmodel_dir = {:?}\n",
@@ -242,7 +255,97 @@ fn config(cache: &Path, model_dir: &Path, memory_mb: u64) -> Config {
         wasm.display().to_string(),
         model_dir.display().to_string(),
     );
+    if let Some(threads) = nn_threads {
+        text.push_str(&format!(
+            "nn = [\"vision\", \"text\"]\n[nn]\nthreads = {threads}\n"
+        ));
+    }
     Config::from_toml_str(&text, "<bench>", None, &Env::isolated()).expect("bench config")
+}
+
+/// Add the converted graphs to the folder's manifest with their SHA-256, as `imbed models
+/// import` records converted graphs: the host loads a graph only when the manifest vouches for it.
+fn vouch_for_graphs(dir: &Path) {
+    let path = dir.join("imbed-model.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let weights = manifest["files"]["model.safetensors"].clone();
+    for graph in ["vision.onnx", "text.onnx"] {
+        let sha: String = Sha256::digest(std::fs::read(dir.join(graph)).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        manifest["files"][graph] = sha.into();
+    }
+    manifest["weights_sha256"] = weights;
+    manifest["converted"] = serde_json::json!(["vision.onnx", "text.onnx"]);
+    std::fs::write(&path, manifest.to_string()).unwrap();
+}
+
+/// One sandbox setup's figures: first call, image one, images 8, text one, texts 8.
+struct Sandbox {
+    load: Duration,
+    img1: Duration,
+    img8: Duration,
+    txt1: Duration,
+    txt8: Duration,
+    graphs: bool,
+}
+
+async fn sandbox(config: Config, images: &[Vec<u8>], texts: &[String]) -> Sandbox {
+    let imbed = Imbed::new(config).await.unwrap();
+    let t = Instant::now();
+    let first = imbed.embed_text("warm up").await.unwrap();
+    let load = t.elapsed();
+    assert_eq!(
+        first.provenance.plugin.key, "clip",
+        "{:?}",
+        first.provenance.attempts
+    );
+    let graphs = first.provenance.inference.is_some();
+    let (img1, img8) = time(
+        |idx| {
+            let imbed = imbed.clone();
+            let reqs: Vec<ImageRequest> = idx
+                .iter()
+                .map(|&i| ImageRequest::new(ImageSource::Bytes(images[i].clone())))
+                .collect();
+            async move {
+                let out: Vec<_> = imbed.embed_images(reqs, 1).collect().await;
+                for e in out {
+                    let e = std::hint::black_box(e.unwrap());
+                    assert_eq!(e.provenance.plugin.key, "clip");
+                    assert_eq!(e.provenance.inference.is_some(), graphs);
+                }
+            }
+        },
+        8,
+    )
+    .await;
+    let (txt1, txt8) = time(
+        |idx| {
+            let imbed = imbed.clone();
+            let batch: Vec<String> = idx.iter().map(|&i| texts[i].clone()).collect();
+            async move {
+                for e in imbed.embed_texts(&batch).await {
+                    assert_eq!(
+                        std::hint::black_box(e.unwrap()).provenance.plugin.key,
+                        "clip"
+                    );
+                }
+            }
+        },
+        8,
+    )
+    .await;
+    Sandbox {
+        load,
+        img1,
+        img8,
+        txt1,
+        txt8,
+        graphs,
+    }
 }
 
 fn pngs(n: u32) -> Vec<Vec<u8>> {
@@ -321,61 +424,35 @@ async fn main() {
     let texts = texts();
     onnxruntime_in_python(model.path());
 
-    // In the sandbox, through the host (one instance).
+    vouch_for_graphs(model.path());
+
+    // In the sandbox, through the host (one instance): candle in the sandbox, then the graphs
+    // on the host's ONNX Runtime on 1 and 2 threads.
     let cache = tempfile::tempdir().unwrap();
     drop(
         Imbed::new(config(cache.path(), model.path(), 2048))
             .await
             .unwrap(),
     ); // compile once, cached
-    let imbed = Imbed::new(config(cache.path(), model.path(), 2048))
-        .await
-        .unwrap();
-    let t = Instant::now();
-    let first = imbed.embed_text("warm up").await.unwrap();
-    let wasm_load = t.elapsed();
-    assert_eq!(
-        first.provenance.plugin.key, "clip",
-        "{:?}",
-        first.provenance.attempts
+    let candle = sandbox(config(cache.path(), model.path(), 2048), &images, &texts).await;
+    assert!(!candle.graphs, "no nn grant: the towers run in candle");
+    let mut graph = Vec::new();
+    for threads in [1, 2] {
+        let cfg = config_with(cache.path(), model.path(), 2048, Some(threads));
+        let figures = sandbox(cfg, &images, &texts).await;
+        assert!(
+            figures.graphs,
+            "the nn grant: the towers run on the host's graphs"
+        );
+        graph.push((threads, figures));
+    }
+    let (wasm_load, w_img1, w_img8, w_txt1, w_txt8) = (
+        candle.load,
+        candle.img1,
+        candle.img8,
+        candle.txt1,
+        candle.txt8,
     );
-    let (w_img1, w_img8) = time(
-        |idx| {
-            let imbed = imbed.clone();
-            let reqs: Vec<ImageRequest> = idx
-                .iter()
-                .map(|&i| ImageRequest::new(ImageSource::Bytes(images[i].clone())))
-                .collect();
-            async move {
-                let out: Vec<_> = imbed.embed_images(reqs, 1).collect().await;
-                for e in out {
-                    assert_eq!(
-                        std::hint::black_box(e.unwrap()).provenance.plugin.key,
-                        "clip"
-                    );
-                }
-            }
-        },
-        8,
-    )
-    .await;
-    let (w_txt1, w_txt8) = time(
-        |idx| {
-            let imbed = imbed.clone();
-            let batch: Vec<String> = idx.iter().map(|&i| texts[i].clone()).collect();
-            async move {
-                for e in imbed.embed_texts(&batch).await {
-                    assert_eq!(
-                        std::hint::black_box(e.unwrap()).provenance.plugin.key,
-                        "clip"
-                    );
-                }
-            }
-        },
-        8,
-    )
-    .await;
-    drop(imbed);
 
     // Native, one thread: the same crate, decoding the same PNGs.
     // The sandbox run above already set the process's high-water mark, so measure what the
@@ -430,6 +507,21 @@ async fn main() {
     row("images, 8", w_img8, n_img8);
     row("text, one", w_txt1, n_txt1);
     row("texts, 8 (one call)", w_txt8, n_txt8);
+    for (threads, g) in &graph {
+        let row = |what: &str, w: Duration, c: Duration| {
+            println!(
+                "{what:<28} sandbox + graph, {threads} thread(s) {:>10}   sandbox candle {:>10}   {:.2}x faster",
+                ms(w),
+                ms(c),
+                c.as_secs_f64() / w.as_secs_f64()
+            )
+        };
+        row("first call (load + embed)", g.load, wasm_load);
+        row("image, one", g.img1, w_img1);
+        row("images, 8", g.img8, w_img8);
+        row("text, one", g.txt1, w_txt1);
+        row("texts, 8 (one call)", g.txt8, w_txt8);
+    }
 
     let cap = smallest_cap(cache.path(), model.path(), &images[0]).await;
     println!(
