@@ -324,3 +324,34 @@ async fn instances_share_one_session_and_compute_concurrently() {
     assert_eq!(nn.graphs[0].state, "loaded");
     assert_eq!(nn.graphs[0].memory_bytes, Some(nn.memory_used_bytes));
 }
+
+/// Random wasi-nn calls from a guest (the probe's `fuzz` mode, seeded): names, element types,
+/// ranks, dimensions up to u32::MAX, data lengths that match or not, NaN and infinities. The
+/// host answers every one with a result: the probe's instance never traps (the probe, not the
+/// hash step, answers), and afterwards the same engine still computes the right numbers.
+#[tokio::test]
+async fn random_tensors_from_a_guest_never_trap_or_crash_the_host() {
+    let dir = nn::model_dir(&["tiny", "types"], &[]);
+    let granted = |mode: &str| probe(mode, dir.path()).grant_nn("tiny").grant_nn("types");
+    for seed in 1..=6u64 {
+        let e = embed(config(
+            granted("fuzz")
+                .setting("seed", &seed.to_string())
+                .setting("rounds", "150"),
+        ))
+        .await;
+        assert_eq!(
+            e.provenance.plugin.key, "probe",
+            "seed {seed}: the fuzzing guest did not answer: {:?}",
+            e.provenance.attempts
+        );
+        // [computed, refused]: the fuzz mode ran (the tiny graph's answer has 5 numbers).
+        assert_eq!(e.vector.len(), 2, "seed {seed}");
+    }
+    let e = embed(config(granted("tiny"))).await;
+    assert_eq!(e.provenance.plugin.key, "probe", "{:?}", e.provenance);
+    assert_close(
+        &e.vector,
+        &[1.0 + 7.0 + 0.5, 2.0 + 8.0 - 0.5, 3.0, 5.0, 7.0],
+    );
+}

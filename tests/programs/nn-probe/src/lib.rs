@@ -10,6 +10,12 @@
 //! - `wrong-dtype`, `wrong-rank`, `huge` (2^40 elements), `nan`, `unknown-input`, `short-data`,
 //!   `bf16`: graph `tiny` with that input defect.
 //!
+//! - `fuzz`: `rounds` (default 200) random calls, seeded by the `seed` setting: graph names,
+//!   input names, element types, ranks, dimensions (0 to u32::MAX), data lengths (matching or
+//!   not) and values (NaN, infinities) drawn at random. Each call must come back as a result,
+//!   never a trap; returns [calls that computed, calls refused] (the host normalises it, so
+//!   tests read the answer's presence, not the counts).
+//!
 //! Setting `graph` overrides the graph name `tiny` and `slow` load.
 
 use imbed_plugin_sdk::{export_plugin, settings, Embedder, Error, ModelInfo, Plugin, Vector};
@@ -117,6 +123,102 @@ fn tiny_inputs(mode: &str) -> Vec<(String, Tensor)> {
     vec![(x_name.to_string(), x_t), ("ids".to_string(), ids_t)]
 }
 
+/// xorshift64*: a reproducible stream from the `seed` setting, so a failing seed can be rerun.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
+        &from[self.below(from.len() as u64) as usize]
+    }
+}
+
+const TYPES: [(TensorType, usize); 7] = [
+    (TensorType::Fp16, 2),
+    (TensorType::Fp32, 4),
+    (TensorType::Fp64, 8),
+    (TensorType::Bf16, 2),
+    (TensorType::U8, 1),
+    (TensorType::I32, 4),
+    (TensorType::I64, 8),
+];
+
+/// One random tensor: dimensions from tiny to absurd, data that matches them or not (kept
+/// small either way, so the guest's own memory is not the limit), values that include NaN.
+fn random_tensor(rng: &mut Rng) -> Tensor {
+    let (ty, size) = *rng.pick(&TYPES);
+    let rank = rng.below(5) as usize;
+    let dims: Vec<u32> = (0..rank)
+        .map(|_| *rng.pick(&[0, 1, 1, 2, 3, 4, 7, 1 << 16, 1 << 31, u32::MAX]))
+        .collect();
+    let elements = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
+        .filter(|&n| n <= 4096);
+    let len = match (elements, rng.below(4)) {
+        (Some(n), 0..=1) => n * size,
+        (Some(n), 2) => (n * size).saturating_sub(1 + rng.below(8) as usize),
+        _ => rng.below(256) as usize,
+    };
+    let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e30];
+    let data: Vec<u8> = (0..len)
+        .map(|i| {
+            if ty == TensorType::Fp32 && rng.below(8) == 0 {
+                rng.pick(&specials).to_le_bytes()[i % 4]
+            } else {
+                rng.next() as u8
+            }
+        })
+        .collect();
+    Tensor::new(&dims, ty, &data)
+}
+
+/// `rounds` random calls; every one must return (Ok or Err), none may trap the instance.
+fn fuzz(seed: u64, rounds: u32) -> Result<Vector, Error> {
+    let mut rng = Rng(seed | 1);
+    let (mut computed, mut refused) = (0f32, 0f32);
+    for _ in 0..rounds {
+        let name = rng.pick(&["tiny", "types", "tiny", "nope", "", "../tiny", "tiny.onnx"]);
+        let graph = match graph::load_by_name(name) {
+            Ok(g) => g,
+            Err(_) => {
+                refused += 1.0;
+                continue;
+            }
+        };
+        let ctx = match graph.init_execution_context() {
+            Ok(c) => c,
+            Err(_) => {
+                refused += 1.0;
+                continue;
+            }
+        };
+        let inputs = (0..rng.below(4))
+            .map(|_| {
+                let input = rng
+                    .pick(&["x", "ids", "h", "k", "", "x\0", "ïd"])
+                    .to_string();
+                (input, random_tensor(&mut rng))
+            })
+            .collect();
+        match ctx.compute(inputs) {
+            Ok(_) => computed += 1.0,
+            Err(_) => refused += 1.0,
+        }
+    }
+    Ok(vec![computed + 1.0, refused + 1.0])
+}
+
 impl Plugin for NnProbe {
     const NAME: &'static str = "nn-probe";
     const VERSION: &'static str = "0.1.0";
@@ -170,6 +272,12 @@ impl Embedder for NnProbe {
                     )],
                 )?;
                 Ok(out[..8].to_vec())
+            }
+            "fuzz" => {
+                let number = |key: &str, default: u64| {
+                    settings::string(key, "").parse::<u64>().unwrap_or(default)
+                };
+                fuzz(number("seed", 1), number("rounds", 200) as u32)
             }
             other => run(&named("tiny"), tiny_inputs(other)),
         }
