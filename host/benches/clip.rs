@@ -235,7 +235,7 @@ fn onnxruntime_in_python(model_dir: &Path) {
 }
 
 fn config(cache: &Path, model_dir: &Path, memory_mb: u64) -> Config {
-    config_with(cache, model_dir, memory_mb, None)
+    config_with(cache, model_dir, memory_mb, None, 1)
 }
 
 /// With `nn_threads`, the plugin is granted the `vision` and `text` graphs, run by the host's
@@ -245,11 +245,12 @@ fn config_with(
     model_dir: &Path,
     memory_mb: u64,
     nn_threads: Option<usize>,
+    instances: usize,
 ) -> Config {
     let wasm = imbed_tests::bench::built_plugin("clip");
     let mut text = format!(
         "cache_dir = {:?}\n[chain]\n[[chain.steps]]\nkind = \"image-embed\"\nplugin = \"clip\"\n\
-         [plugins.clip]\nfile = {:?}\n[plugins.clip.limits]\ninstances = 1\nmemory_mb = {memory_mb}\n\
+         [plugins.clip]\nfile = {:?}\n[plugins.clip.limits]\ninstances = {instances}\nmemory_mb = {memory_mb}\n\
          timeout_ms = 600000\n[plugins.clip.grants]\nmodel_dir = {:?}\n",
         cache.display().to_string(),
         wasm.display().to_string(),
@@ -348,6 +349,60 @@ async fn sandbox(config: Config, images: &[Vec<u8>], texts: &[String]) -> Sandbo
     }
 }
 
+/// `imbed index` of a folder of generated 640x480 JPEG photos (`IMBED_BENCH_PHOTOS`, default
+/// 1000), images per second: the towers in candle in the sandbox (two instances, one per core)
+/// against the graphs on the host's ONNX Runtime (two instances on one thread each, and one
+/// instance on two threads). Every image is decoded, checked and preprocessed in each setup.
+async fn indexing(compile_cache: &Path, model_dir: &Path) {
+    let n: u32 = std::env::var("IMBED_BENCH_PHOTOS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..n {
+        let picture = imbed_tests::images::picture(640, 480, i);
+        let mut jpeg = Vec::new();
+        image::DynamicImage::ImageRgb8(picture)
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        std::fs::write(dir.path().join(format!("p{i:04}.jpg")), jpeg).unwrap();
+    }
+    let setups: [(&str, Option<usize>, usize); 3] = [
+        ("candle in the sandbox, 2 instances", None, 2),
+        ("graphs on ONNX Runtime, 2 instances x 1 thread", Some(1), 2),
+        ("graphs on ONNX Runtime, 1 instance x 2 threads", Some(2), 1),
+    ];
+    let mut rates = Vec::new();
+    for (what, threads, instances) in setups {
+        let db = tempfile::tempdir().unwrap();
+        let store = imbed::store::Store::open(db.path().join("imbed.db")).unwrap();
+        let cfg = config_with(compile_cache, model_dir, 2048, threads, instances);
+        let imbed = Imbed::with_options(cfg, imbed::Options::default().store(store))
+            .await
+            .unwrap();
+        let (files, _) = imbed::index::find_images(&[dir.path().to_path_buf()]);
+        let t = Instant::now();
+        let mut summary = imbed::index::Summary::default();
+        let mut stream =
+            imbed::index::index_files(&imbed, files, &imbed::index::IndexOptions::new(2)).unwrap();
+        while let Some(r) = stream.next().await {
+            summary.add(&r);
+        }
+        let rate = summary.total as f64 / t.elapsed().as_secs_f64();
+        assert_eq!(summary.embedded, n as u64, "{what}: {summary:?}");
+        println!("imbed index of {n} 640x480 JPEGs, {what}: {rate:.2} images/s");
+        rates.push(rate);
+    }
+    println!(
+        "index speed-up of the graphs over candle: {:.2}x (2x1 threads), {:.2}x (1x2 threads)",
+        rates[1] / rates[0],
+        rates[2] / rates[0]
+    );
+}
+
 fn pngs(n: u32) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| imbed_tests::images::png_of(&imbed_tests::images::picture(640, 480, i)))
@@ -438,7 +493,7 @@ async fn main() {
     assert!(!candle.graphs, "no nn grant: the towers run in candle");
     let mut graph = Vec::new();
     for threads in [1, 2] {
-        let cfg = config_with(cache.path(), model.path(), 2048, Some(threads));
+        let cfg = config_with(cache.path(), model.path(), 2048, Some(threads), 1);
         let figures = sandbox(cfg, &images, &texts).await;
         assert!(
             figures.graphs,
@@ -522,6 +577,8 @@ async fn main() {
         row("text, one", g.txt1, w_txt1);
         row("texts, 8 (one call)", g.txt8, w_txt8);
     }
+
+    indexing(cache.path(), model.path()).await;
 
     let cap = smallest_cap(cache.path(), model.path(), &images[0]).await;
     println!(
