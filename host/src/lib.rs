@@ -37,14 +37,15 @@ pub mod types;
 
 pub use blocking::BlockingImbed;
 pub use chain::{
-    check_plugin, ImageRequest, Imbed, Options, PluginHealth, PluginStatus, StepCheck,
+    check_plugin, ImageRequest, Imbed, ModelName, Options, PluginHealth, PluginStatus, StepCheck,
 };
 pub use config::{Config, ConfigError, Env};
 pub use error::{Error, Result};
 pub use input::{ImageSource, InputError, UrlGuard, ValidImage};
+pub use runtime::nn::{GraphStatus, LibraryStatus, NnStatus};
 pub use runtime::{ComponentReport, Roles};
 pub use store::{Store, StoreError};
 pub use types::{
-    Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, SpaceId,
-    StepKind, StructuredDescription,
+    Attempt, Description, DescriptionSource, Embedding, FailureKind, Inference, PluginId,
+    Provenance, SpaceId, StepKind, StructuredDescription,
 };

@@ -95,6 +95,37 @@ pub struct Provenance {
     pub cached: bool,
     /// The steps tried before this one, and why each did not answer.
     pub attempts: Vec<Attempt>,
+    /// Native inference behind the vector, when the plugin ran graphs on the host (wasi-nn);
+    /// absent when everything ran inside the sandbox (or the cache answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference: Option<Inference>,
+}
+
+/// Graphs a plugin call ran natively on the host through the `wasi:nn` capability. The host
+/// records this itself; the plugin cannot claim or hide it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inference {
+    /// The native backend: `onnxruntime`.
+    pub backend: String,
+    /// The graph names that computed, in first-use order.
+    pub graphs: Vec<String>,
+    /// How many `compute` calls ran (one call may run a graph several times).
+    pub runs: u32,
+}
+
+impl Inference {
+    /// Count one run of `graph`.
+    pub(crate) fn record(slot: &mut Option<Inference>, backend: &str, graph: &str) {
+        let i = slot.get_or_insert_with(|| Inference {
+            backend: backend.to_string(),
+            graphs: Vec::new(),
+            runs: 0,
+        });
+        if !i.graphs.iter().any(|g| g == graph) {
+            i.graphs.push(graph.to_string());
+        }
+        i.runs += 1;
+    }
 }
 
 /// Where a description came from.
@@ -189,6 +220,9 @@ pub struct Attempt {
     pub kind: FailureKind,
     /// What went wrong, for a person.
     pub message: String,
+    /// Native inference that ran during the failed call (wasi-nn), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference: Option<Inference>,
 }
 
 impl std::fmt::Display for Attempt {

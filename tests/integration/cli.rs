@@ -374,3 +374,96 @@ fn plugins_check_describes_a_component_and_refuses_other_contract_versions() {
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("imbed.toml:1"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    // `imbed embed ... | head -1`: the pipe closes after the first line; imbed stops quietly
+    // and exits 0, as ripgrep does.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = hash_config(dir.path());
+    let mut args = vec![
+        "--config".to_string(),
+        cfg.display().to_string(),
+        "embed".into(),
+    ];
+    for i in 0..6 {
+        let name = format!("{i}.png");
+        std::fs::write(dir.path().join(&name), images::png(32, 24, i)).unwrap();
+        args.push(name);
+    }
+    let mut child = imbed(dir.path())
+        .args(&args)
+        .arg("--concurrency=1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.contains("\"vector\""), "{first}");
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(code(&out), 0, "{err}");
+    assert!(!err.to_lowercase().contains("pipe"), "{err}");
+}
+
+#[test]
+fn stdin_is_read_only_up_to_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TestConfig::new()
+        .plugin("hash", PluginSpec::hash())
+        .hash("hash")
+        .input("max_bytes", "1000000")
+        .write(dir.path());
+    let started = std::time::Instant::now();
+    let out = imbed(dir.path())
+        .args(["--config", cfg.to_str().unwrap(), "embed", "-"])
+        .stdin(std::fs::File::open("/dev/zero").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the image <stdin> is larger than 1000000 bytes"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+
+    // A device given as a path is refused before anything is read.
+    let out = imbed(dir.path())
+        .args(["--config", cfg.to_str().unwrap(), "embed", "/dev/zero"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/dev/zero: it is a character device"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_engine_that_cannot_start_has_its_own_exit_code() {
+    // No file descriptors to spare: the async runtime cannot make its event queue, so nothing
+    // can run. That is not "no step answered" (1), and scripts can tell.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = hash_config(dir.path());
+    std::fs::write(dir.path().join("a.png"), images::png(16, 16, 0)).unwrap();
+    let bin = env!("CARGO_BIN_EXE_imbed");
+    let out = Command::new("sh")
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .env("IMBED_BIN", bin)
+        .env("IMBED_CFG", &cfg)
+        .args([
+            "-c",
+            "ulimit -n 4 && exec \"$IMBED_BIN\" --config \"$IMBED_CFG\" embed a.png",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot start"), "{}", stderr(&out));
+}

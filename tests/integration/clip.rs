@@ -129,6 +129,54 @@ async fn without_a_manifest_the_revision_is_computed_from_the_weights() {
 }
 
 #[tokio::test]
+async fn without_a_manifest_the_model_is_named_after_its_folder() {
+    // A 16-dimensional test model in a folder the user named: not "clip-vit-base-patch32",
+    // which the plugin used to report for any folder without a manifest.
+    let files = model_dir(Weights::F32, None);
+    let home = tempfile::tempdir().unwrap();
+    let folder = home.path().join("tiny-test-clip");
+    std::fs::create_dir(&folder).unwrap();
+    for entry in std::fs::read_dir(files.path()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), folder.join(entry.file_name())).unwrap();
+    }
+    let rev = &clip::sha256_hex(&folder.join("model.safetensors"))[..12];
+    let imbed = imbed_with(clip_spec(&folder)).await;
+    let e = embed_file(&imbed, image_path("small_97x61.png")).await;
+    assert_from_clip(&e, &format!("clip/tiny-test-clip@{rev}"));
+    assert_eq!(e.provenance.model, "tiny-test-clip");
+    let status = imbed
+        .plugins()
+        .into_iter()
+        .find(|s| s.key == "clip")
+        .unwrap();
+    assert_eq!(
+        status.model_name,
+        Some(imbed::ModelName {
+            name: "tiny-test-clip".into(),
+            from: "folder"
+        })
+    );
+
+    // `imbed plugins` says where the name came from.
+    let cfg = TestConfig::new()
+        .plugin("clip", clip_spec(&folder))
+        .image_embed("clip")
+        .write(home.path());
+    let out = crate::cli::imbed(home.path())
+        .args(["--config", cfg.to_str().unwrap(), "plugins"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "model:   tiny-test-clip (named after its folder: it has no imbed-model.json)"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn f16_weights_load_and_match_closely() {
     let dir = model_dir(Weights::F16, Some("clip-tiny-random"));
     let rev = &clip::sha256_hex(&dir.path().join("model.safetensors"))[..12];
@@ -373,4 +421,125 @@ async fn the_plugin_sees_only_its_model_folder() {
         !message.contains(&outside.display().to_string()),
         "the host path leaked: {message}"
     );
+}
+
+/// The graph path natively: the plugin's own preprocessing, tokenising and normalisation around
+/// `vision.onnx` and `text.onnx` converted from the fixture by scripts/onnx/clip.py, run by
+/// Python onnxruntime (the release the host loads), against transformers and the candle path.
+/// Both paths name one space: the weights', not the format's.
+#[test]
+fn converted_graphs_match_transformers_and_the_candle_path_in_one_space() {
+    use imbed_clip::Clip;
+    use imbed_tests::onnx::{convert_clip, PythonGraph};
+
+    let dir = model_dir(Weights::F32, Some("clip-tiny-random"));
+    let graphs = tempfile::tempdir().unwrap();
+    convert_clip(dir.path(), graphs.path());
+    let candle = Clip::load(dir.path(), "clip-tiny-random").unwrap();
+    let onnx = Clip::with_graphs(
+        dir.path(),
+        "clip-tiny-random",
+        PythonGraph::new(graphs.path().join("vision.onnx")),
+        PythonGraph::new(graphs.path().join("text.onnx")),
+    )
+    .unwrap();
+    assert_eq!((candle.path(), onnx.path()), ("candle", "graph"));
+    assert_eq!(onnx.info(), candle.info());
+
+    let r = reference();
+    // Texts in one padded batch (lengths 3 to 77).
+    let by_graph = onnx.embed_texts(&texts()).unwrap();
+    let by_candle = candle.embed_texts(&texts()).unwrap();
+    for ((item, g), c) in r["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(by_graph)
+        .zip(by_candle)
+    {
+        let (g, c) = (g.unwrap(), c.unwrap());
+        let want = floats(&item["embedding"]);
+        assert!(
+            cosine(&g, &want) >= 0.9999,
+            "{}: {}",
+            item["text"],
+            cosine(&g, &want)
+        );
+        assert!(
+            cosine(&g, &c) >= 0.9999,
+            "{}: graph vs candle {}",
+            item["text"],
+            cosine(&g, &c)
+        );
+    }
+    // Every fixture image in one batch.
+    let items = r["images"].as_array().unwrap();
+    let decoded: Vec<image::DynamicImage> = items
+        .iter()
+        .map(|i| {
+            let bytes = std::fs::read(image_path(i["file"].as_str().unwrap())).unwrap();
+            Clip::decode(&bytes, "image/png").unwrap()
+        })
+        .collect();
+    let refs: Vec<&image::DynamicImage> = decoded.iter().collect();
+    let by_graph = onnx.embed_images(&refs).unwrap();
+    let by_candle = candle.embed_images(&refs).unwrap();
+    for ((item, g), c) in items.iter().zip(&by_graph).zip(&by_candle) {
+        let want = floats(&item["embedding"]);
+        let file = item["file"].as_str().unwrap();
+        assert!(cosine(g, &want) >= 0.9999, "{file}: {}", cosine(g, &want));
+        assert!(
+            cosine(g, c) >= 0.9999,
+            "{file}: graph vs candle {}",
+            cosine(g, c)
+        );
+    }
+}
+
+/// A folder with the graphs but without the safetensors (`imbed models pull --format onnx`)
+/// still names the weights' space, from the manifest's weights_sha256.
+#[test]
+fn a_folder_of_graphs_only_names_the_weights_space() {
+    use imbed_clip::Clip;
+    use imbed_tests::onnx::{convert_clip, PythonGraph};
+
+    let dir = model_dir(Weights::F32, None);
+    let weights = clip::sha256_hex(&dir.path().join("model.safetensors"));
+    convert_clip(dir.path(), dir.path());
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let graph = |name: &str| PythonGraph::new(dir.path().join(name));
+    // Without a manifest nothing says which weights the graphs hold: refused, saying to pull.
+    let err = Clip::with_graphs(
+        dir.path(),
+        "clip-tiny-random",
+        graph("vision.onnx"),
+        graph("text.onnx"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("model.safetensors is missing") && err.contains("imbed models pull"),
+        "{err}"
+    );
+    let files: serde_json::Map<String, serde_json::Value> =
+        ["vision.onnx", "text.onnx", "config.json", "tokenizer.json"]
+            .iter()
+            .map(|f| (f.to_string(), clip::sha256_hex(&dir.path().join(f)).into()))
+            .collect();
+    let m = serde_json::json!({"name": "clip-tiny-random", "files": files, "source": "test",
+        "weights_sha256": weights, "converted": ["vision.onnx", "text.onnx"]});
+    std::fs::write(dir.path().join("imbed-model.json"), m.to_string()).unwrap();
+    let onnx =
+        Clip::with_graphs(dir.path(), "x", graph("vision.onnx"), graph("text.onnx")).unwrap();
+    assert_eq!(
+        onnx.info().space_id,
+        format!("clip/clip-tiny-random@{}", &weights[..12])
+    );
+    let v = onnx
+        .embed_texts(&["a photo of a cat"])
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    let want = floats(&reference()["texts"][0]["embedding"]);
+    assert!(cosine(&v, &want) >= 0.9999);
 }

@@ -10,6 +10,8 @@ mod hash;
 mod input;
 mod minilm;
 mod models;
+mod nn;
+mod nn_plugins;
 mod ollama;
 mod ollama_standin;
 mod openai;

@@ -322,3 +322,57 @@ async fn files_outside_the_model_dir_are_out_of_reach() {
         "the host path leaked: {message}"
     );
 }
+
+/// The graph path natively: the plugin's own tokenising, mean pooling and normalisation around
+/// the `text.onnx` scripts/setup converted from the same weights (scripts/onnx/minilm.py), run by
+/// Python onnxruntime (the release the host loads), against sentence-transformers and the candle
+/// path, in one space.
+#[test]
+fn the_converted_graph_matches_sentence_transformers_and_candle_in_one_space() {
+    use imbed_minilm::model::{ModelDir, SentenceEmbedder, REGISTRY_NAME};
+    use imbed_tests::onnx::PythonGraph;
+
+    let dir = minilm_dir();
+    let graph = dir.join("text.onnx");
+    assert!(
+        graph.is_file(),
+        "{} is missing: run scripts/setup --test",
+        graph.display()
+    );
+    let model_dir = ModelDir::open(&dir, REGISTRY_NAME).unwrap();
+    let candle = SentenceEmbedder::load(&model_dir).unwrap();
+    let onnx = SentenceEmbedder::with_graph(&model_dir, PythonGraph::new(&graph)).unwrap();
+    assert_eq!((candle.path(), onnx.path()), ("candle", "graph"));
+    assert_eq!(onnx.space_id(), expected_space());
+    assert_eq!(onnx.space_id(), candle.space_id());
+    assert_eq!(onnx.dimensions(), 384);
+
+    let reference = reference();
+    let items = reference["items"].as_array().unwrap();
+    let texts: Vec<&str> = items.iter().map(|i| i["text"].as_str().unwrap()).collect();
+    // One call: texts of different lengths (past 256 pieces too) in padded batches.
+    let by_graph = onnx.embed(&texts);
+    let by_candle = candle.embed(&texts);
+    for ((item, g), c) in items.iter().zip(by_graph).zip(by_candle) {
+        let (g, c) = (g.unwrap(), c.unwrap());
+        let want: Vec<f32> = item["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let text: String = item["text"].as_str().unwrap().chars().take(30).collect();
+        assert!(
+            cosine(&g, &want) >= 0.9999,
+            "{text:?}: {}",
+            cosine(&g, &want)
+        );
+        assert!(
+            cosine(&g, &c) >= 0.9999,
+            "{text:?}: graph vs candle {}",
+            cosine(&g, &c)
+        );
+    }
+    // Bad input is still the plugin's business, per item.
+    assert!(onnx.embed(&["", "ok"])[0].is_err());
+}

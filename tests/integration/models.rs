@@ -7,8 +7,8 @@ use std::process::Output;
 use std::sync::Mutex;
 
 use imbed::models::{
-    FileOutcome, Manifest, ModelError, ModelState, Models, NoProgress, Progress, ProgressEvent,
-    Registry, MANIFEST,
+    FileOutcome, Format, Formats, Manifest, ModelError, ModelState, Models, NoProgress, Progress,
+    ProgressEvent, Registry, MANIFEST,
 };
 use imbed::Env;
 use imbed_tests::files::FileServer;
@@ -180,8 +180,13 @@ async fn pull_downloads_verifies_and_writes_the_manifest_last() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).unwrap()).unwrap();
     let keys: Vec<_> = manifest.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(keys, ["name", "files", "source"]);
+    assert_eq!(keys, ["name", "files", "source", "weights_sha256"]);
     assert_eq!(manifest["source"], server.url("/repo"));
+    // The weights name the space: recorded whichever formats are pulled.
+    assert_eq!(
+        manifest["weights_sha256"],
+        manifest["files"]["weights.safetensors"]
+    );
 
     let events = progress.0.lock().unwrap().clone();
     let size = 3 << 20;
@@ -606,10 +611,25 @@ async fn the_builtin_minilm_entry_matches_the_real_files() {
         .import("all-minilm-l6-v2", &real, &NoProgress)
         .await
         .unwrap();
-    assert_eq!(report.files.len(), 6);
-    let s = models.list(false, &NoProgress).await.unwrap();
+    // The six registry files and the text.onnx scripts/setup converted from them.
+    assert_eq!(report.files.len(), 7, "{:?}", report.files);
+    let manifest: Manifest = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("all-minilm-l6-v2").join(MANIFEST)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest.converted, ["text.onnx"]);
+    assert_eq!(
+        manifest.files["text.onnx"],
+        sha(&std::fs::read(real.join("text.onnx")).unwrap())
+    );
+    assert_eq!(
+        manifest.weights_sha256.as_deref(),
+        Some(manifest.files["model.safetensors"].as_str())
+    );
+    let s = models.list(true, &NoProgress).await.unwrap();
     let minilm = s.iter().find(|m| m.name == "all-minilm-l6-v2").unwrap();
     assert_eq!(minilm.state, ModelState::Complete, "{:?}", minilm.problems);
+    assert_eq!(minilm.formats, [Format::Safetensors, Format::Onnx]);
     let clip = s
         .iter()
         .find(|m| m.name == "clip-vit-base-patch32")
@@ -823,5 +843,184 @@ async fn doctor_checks_granted_model_folders_against_the_registry() {
                 && p.contains("imbed models pull all-minilm-l6-v2")),
         "{:?}",
         m.problems
+    );
+}
+
+/// A model with both formats: the safetensors from the model's source, graphs from another
+/// repository (their own `url`) under local names.
+fn two_format_registry(server: &FileServer) -> (Registry, Vec<(&'static str, Vec<u8>)>) {
+    let files: Vec<(&'static str, Vec<u8>, Option<&str>)> = vec![
+        ("config.json", br#"{"hidden_size": 8}"#.to_vec(), None),
+        ("model.safetensors", bytes(1 << 20, 7), Some("safetensors")),
+        ("vision.onnx", bytes(300_000, 8), Some("onnx")),
+        ("text.onnx", bytes(200_000, 9), Some("onnx")),
+    ];
+    let mut t = format!(
+        "[[models]]\nname = \"{NAME}\"\nplugin = \"tiny\"\nsource = \"{}\"\n",
+        server.url("/repo")
+    );
+    for (path, data, format) in &files {
+        t.push_str(&format!(
+            "[[models.files]]\npath = \"{path}\"\nsize = {}\nsha256 = \"{}\"\n",
+            data.len(),
+            sha(data)
+        ));
+        if let Some(format) = format {
+            t.push_str(&format!("format = \"{format}\"\n"));
+        }
+        match *path {
+            "vision.onnx" | "text.onnx" => {
+                // Published elsewhere, under another name.
+                let remote = format!("/exports/{}/model.onnx", path.trim_end_matches(".onnx"));
+                server.file(&remote, data.clone());
+                t.push_str(&format!("url = \"{}\"\n", server.url(&remote)));
+            }
+            _ => {
+                server.file(&format!("/repo/{path}"), data.clone());
+            }
+        }
+    }
+    let registry = Registry::from_toml_str(&t, "<test>").unwrap();
+    (
+        registry,
+        files.into_iter().map(|(p, d, _)| (p, d)).collect(),
+    )
+}
+
+#[tokio::test]
+async fn formats_are_pulled_on_request_from_their_own_urls_and_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FileServer::start();
+    let (registry, files) = two_format_registry(&server);
+    let models = Models::new(registry, tmp.path());
+    let dir = tmp.path().join(NAME);
+
+    // The default: the safetensors set, no graphs.
+    let report = models.pull(NAME, None, &NoProgress).await.unwrap();
+    assert_eq!(report.downloaded, ["config.json", "model.safetensors"]);
+    assert!(!dir.join("text.onnx").exists());
+    let status = models.list(false, &NoProgress).await.unwrap().remove(0);
+    assert_eq!(status.state, ModelState::Complete, "{:?}", status.problems);
+    assert_eq!(status.formats, [Format::Safetensors]);
+
+    // The graphs too: fetched from their own URLs, stored under their local names, and the
+    // safetensors stay listed.
+    server.clear_requests();
+    let report = models
+        .pull_formats(NAME, None, Formats::onnx(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(report.downloaded, ["vision.onnx", "text.onnx"]);
+    let paths: Vec<String> = server.requests().iter().map(|r| r.path.clone()).collect();
+    assert!(
+        paths.contains(&"/exports/vision/model.onnx".to_string()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/exports/text/model.onnx".to_string()),
+        "{paths:?}"
+    );
+    for (path, data) in &files {
+        assert_eq!(&std::fs::read(dir.join(path)).unwrap(), data, "{path}");
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).unwrap()).unwrap();
+    assert_eq!(manifest.files.len(), 4, "{manifest:?}");
+    assert_eq!(manifest.weights_sha256, Some(sha(&files[1].1)));
+    let status = models.list(true, &NoProgress).await.unwrap().remove(0);
+    assert_eq!(status.state, ModelState::Complete, "{:?}", status.problems);
+    assert_eq!(status.formats, [Format::Safetensors, Format::Onnx]);
+
+    // Graphs only, elsewhere: complete without the safetensors, same weights named.
+    let only = tempfile::tempdir().unwrap();
+    let models = Models::new(models.registry().clone(), only.path());
+    models
+        .pull_formats(NAME, None, Formats::onnx(), &NoProgress)
+        .await
+        .unwrap();
+    assert!(!only.path().join(NAME).join("model.safetensors").exists());
+    let status = models.list(false, &NoProgress).await.unwrap().remove(0);
+    assert_eq!(status.state, ModelState::Complete, "{:?}", status.problems);
+    assert_eq!(status.formats, [Format::Onnx]);
+    let manifest: Manifest =
+        serde_json::from_slice(&std::fs::read(only.path().join(NAME).join(MANIFEST)).unwrap())
+            .unwrap();
+    assert_eq!(manifest.weights_sha256, Some(sha(&files[1].1)));
+    // A missing graph is reported with the pull that fetches it.
+    std::fs::remove_file(only.path().join(NAME).join("text.onnx")).unwrap();
+    let status = models.list(false, &NoProgress).await.unwrap().remove(0);
+    assert_eq!(status.state, ModelState::Incomplete);
+    assert!(
+        status
+            .problems
+            .iter()
+            .any(|p| p.contains("text.onnx is missing") && p.contains("--format onnx")),
+        "{:?}",
+        status.problems
+    );
+}
+
+#[tokio::test]
+async fn import_takes_either_format_and_records_converted_graphs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = FileServer::start();
+    let (registry, files) = two_format_registry(&server);
+    let models = Models::new(registry, tmp.path().join("models"));
+    let data = |p: &str| files.iter().find(|(f, _)| *f == p).unwrap().1.clone();
+
+    // Graphs only, one of them converted locally (not the registry's bytes).
+    let folder = tmp.path().join("graphs");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("config.json"), data("config.json")).unwrap();
+    std::fs::write(folder.join("vision.onnx"), data("vision.onnx")).unwrap();
+    let converted = bytes(123_456, 42);
+    std::fs::write(folder.join("text.onnx"), &converted).unwrap();
+    models.import(NAME, &folder, &NoProgress).await.unwrap();
+    let dir = models.model_dir(NAME);
+    let manifest: Manifest =
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).unwrap()).unwrap();
+    assert_eq!(manifest.converted, ["text.onnx"]);
+    assert_eq!(manifest.files["text.onnx"], sha(&converted));
+    assert_eq!(manifest.files["vision.onnx"], sha(&data("vision.onnx")));
+    assert!(!manifest.files.contains_key("model.safetensors"));
+    assert_eq!(
+        manifest.weights_sha256,
+        Some(sha(&data("model.safetensors")))
+    );
+    let status = models.list(true, &NoProgress).await.unwrap().remove(0);
+    assert_eq!(status.state, ModelState::Complete, "{:?}", status.problems);
+    // A converted graph that changes afterwards is caught by --verify.
+    std::fs::write(dir.join("text.onnx"), bytes(123_456, 43)).unwrap();
+    let status = models.list(true, &NoProgress).await.unwrap().remove(0);
+    assert_eq!(status.state, ModelState::Corrupt, "{:?}", status.problems);
+
+    // Half a format is refused, naming what is missing; so is no format at all; so are
+    // safetensors that are not the registry's (they name the space).
+    std::fs::remove_file(folder.join("vision.onnx")).unwrap();
+    let err = models
+        .import(NAME, &folder, &NoProgress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("text.onnx is there but vision.onnx is missing"),
+        "{err}"
+    );
+    std::fs::remove_file(folder.join("text.onnx")).unwrap();
+    let err = models
+        .import(NAME, &folder, &NoProgress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no format"), "{err}");
+    std::fs::write(folder.join("model.safetensors"), bytes(1 << 20, 8)).unwrap();
+    let err = models
+        .import(NAME, &folder, &NoProgress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors does not have the registry's SHA-256"),
+        "{err}"
     );
 }

@@ -562,6 +562,28 @@ async fn warm_loads_the_models_at_start() {
 }
 
 #[tokio::test]
+async fn warm_reaches_every_instance_at_once() {
+    // The contract: `warm` is called once per instance. Each load takes a while at the
+    // stand-in, so warming one after the other would never have three loads in flight.
+    let ollama = OllamaStandIn::start();
+    ollama.set_latency(Duration::from_millis(400));
+    let plugin = ollama_plugin(&ollama).limit("warm", "true").instances(3);
+    let _imbed = Imbed::new(chain(plugin).build()).await.unwrap();
+    let started = Instant::now();
+    while ollama.hits(Route::Embed) < 3 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let loads = ollama.requests_to(Route::Generate);
+    assert_eq!(loads.len(), 3, "one model load per instance");
+    assert_eq!(ollama.hits(Route::Embed), 3);
+    assert!(
+        ollama.peak_in_flight() >= 3,
+        "instances warmed one at a time (peak {} in flight)",
+        ollama.peak_in_flight()
+    );
+}
+
+#[tokio::test]
 async fn a_backend_that_timed_out_is_not_waited_for_twice_in_one_request() {
     let ollama = OllamaStandIn::start();
     ollama.set_hang(true);

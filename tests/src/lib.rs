@@ -18,7 +18,9 @@ pub mod bench;
 pub mod clip;
 pub mod files;
 pub mod models;
+pub mod nn;
 pub mod ollama;
+pub mod onnx;
 pub mod openai;
 pub mod python;
 pub mod request_log;
@@ -101,6 +103,7 @@ pub struct PluginSpec {
     env: Vec<String>,
     sockets: Vec<String>,
     model_dir: Option<PathBuf>,
+    nn: Vec<String>,
     settings: Vec<(String, String)>,
 }
 
@@ -117,6 +120,7 @@ impl PluginSpec {
             env: vec![],
             sockets: vec![],
             model_dir: None,
+            nn: vec![],
             settings: vec![],
         }
     }
@@ -186,6 +190,12 @@ impl PluginSpec {
         self
     }
 
+    /// Grant a wasi-nn graph by name (the file `<model_dir>/<name>.onnx`).
+    pub fn grant_nn(mut self, graph: &str) -> Self {
+        self.nn.push(graph.into());
+        self
+    }
+
     /// Grant a read-only model directory.
     pub fn grant_model_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.model_dir = Some(dir.into());
@@ -207,6 +217,7 @@ pub struct TestConfig {
     database: Option<PathBuf>,
     input: Vec<String>,
     server: Vec<String>,
+    nn: Vec<String>,
 }
 
 impl TestConfig {
@@ -282,6 +293,12 @@ impl TestConfig {
         self
     }
 
+    /// Set an `[nn]` key to a TOML literal.
+    pub fn nn(mut self, key: &str, toml_literal: &str) -> Self {
+        self.nn.push(format!("{key} = {toml_literal}"));
+        self
+    }
+
     /// Set a `[server]` key to a TOML literal.
     pub fn server(mut self, key: &str, toml_literal: &str) -> Self {
         self.server.push(format!("{key} = {toml_literal}"));
@@ -311,6 +328,13 @@ impl TestConfig {
                 "[cache]\ndatabase = {}\n",
                 toml_string(&db.display().to_string())
             ));
+        }
+        if !self.nn.is_empty() {
+            t.push_str("[nn]\n");
+            for line in &self.nn {
+                t.push_str(line);
+                t.push('\n');
+            }
         }
         if !self.server.is_empty() {
             t.push_str("[server]\n");
@@ -355,10 +379,11 @@ impl TestConfig {
                     .join(", ")
             };
             t.push_str(&format!(
-                "http = [{}]\nenv = [{}]\nsockets = [{}]\n",
+                "http = [{}]\nenv = [{}]\nsockets = [{}]\nnn = [{}]\n",
                 list(&p.http),
                 list(&p.env),
-                list(&p.sockets)
+                list(&p.sockets),
+                list(&p.nn)
             ));
             if let Some(dir) = &p.model_dir {
                 t.push_str(&format!(
@@ -486,6 +511,97 @@ pub mod images {
             }
         }
         !crc
+    }
+
+    /// A TIFF block (what EXIF is) holding one entry, Orientation = `o` (1 to 8).
+    pub fn exif_orientation(o: u16) -> Vec<u8> {
+        let mut t = b"MM\0\x2a\0\0\0\x08".to_vec(); // big-endian, first IFD at 8
+        t.extend_from_slice(&1u16.to_be_bytes()); // one entry
+        t.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+        t.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+        t.extend_from_slice(&1u32.to_be_bytes()); // one value
+        t.extend_from_slice(&o.to_be_bytes());
+        t.extend_from_slice(&[0, 0]); // value padding
+        t.extend_from_slice(&[0, 0, 0, 0]); // no next IFD
+        t
+    }
+
+    /// The pixels a camera stores for an upright picture it tags with orientation `o`: the
+    /// inverse of the turn the tag asks for, so that applying the tag gives `upright` back.
+    pub fn stored_for_orientation(upright: &RgbImage, o: u16) -> RgbImage {
+        use image::imageops::{flip_horizontal, flip_vertical, rotate180, rotate270, rotate90};
+        match o {
+            2 => flip_horizontal(upright),
+            3 => rotate180(upright),
+            4 => flip_vertical(upright),
+            // Transpose and transverse are their own inverses.
+            5 => flip_horizontal(&rotate90(upright)),
+            6 => rotate270(upright),
+            7 => flip_horizontal(&rotate270(upright)),
+            8 => rotate90(upright),
+            _ => upright.clone(),
+        }
+    }
+
+    /// A JPEG with an APP1 Exif segment (orientation `o`) right after its start marker.
+    pub fn jpeg_with_orientation(jpeg: &[u8], o: u16) -> Vec<u8> {
+        let mut payload = b"Exif\0\0".to_vec();
+        payload.extend_from_slice(&exif_orientation(o));
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    /// A PNG with an eXIf chunk (orientation `o`) right after IHDR, before the image data.
+    pub fn png_with_orientation(png: &[u8], o: u16) -> Vec<u8> {
+        let ihdr_end = 8 + 25;
+        let mut out = png[..ihdr_end].to_vec();
+        chunk(&mut out, b"eXIf", &exif_orientation(o));
+        out.extend_from_slice(&png[ihdr_end..]);
+        out
+    }
+
+    /// A lossless WebP in the extended format (VP8X) with an EXIF chunk (orientation `o`).
+    pub fn webp_with_orientation(img: &RgbImage, o: u16) -> Vec<u8> {
+        let mut simple = Vec::new();
+        img.write_to(&mut Cursor::new(&mut simple), ImageFormat::WebP)
+            .expect("encode webp");
+        // RIFF, size, WEBP, then the one image chunk.
+        let image_chunk = &simple[12..];
+        let mut body = b"WEBP".to_vec();
+        let mut vp8x = vec![0x08, 0, 0, 0]; // flags: EXIF present
+        vp8x.extend_from_slice(&(img.width() - 1).to_le_bytes()[..3]);
+        vp8x.extend_from_slice(&(img.height() - 1).to_le_bytes()[..3]);
+        riff_chunk(&mut body, b"VP8X", &vp8x);
+        body.extend_from_slice(image_chunk);
+        riff_chunk(&mut body, b"EXIF", &exif_orientation(o));
+        let mut out = b"RIFF".to_vec();
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn riff_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(kind);
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+        if data.len() % 2 == 1 {
+            out.push(0);
+        }
+    }
+
+    /// `img` in `format` (JPEG at quality 90), for formats the tests read back.
+    pub fn encode(img: &RgbImage, format: ImageFormat) -> Vec<u8> {
+        if format == ImageFormat::Jpeg {
+            return jpeg_of(img, 90);
+        }
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), format)
+            .expect("encode");
+        out
     }
 }
 

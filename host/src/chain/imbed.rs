@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::stream::{self, BoxStream, StreamExt};
 
-use super::status::{PluginHealth, PluginStatus};
+use super::status::{ModelName, PluginHealth, PluginStatus};
 use super::walk::StepError;
 use crate::config::{Config, Step};
 use crate::error::{Error, Result};
@@ -95,7 +95,15 @@ impl Imbed {
 
     /// [`Imbed::new`] with [`Options`].
     pub async fn with_options(config: Config, options: Options) -> Result<Imbed> {
-        let runtime = Arc::new(Runtime::new(config.cache_dir.clone()).map_err(Error::Engine)?);
+        let nn_plugins = config
+            .plugins
+            .values()
+            .filter(|p| !p.grants.nn.is_empty())
+            .count();
+        let runtime = Arc::new(
+            Runtime::new(config.cache_dir.clone(), &config.nn, nn_plugins)
+                .map_err(Error::Engine)?,
+        );
         let loads = config.plugins.iter().map(|(key, cfg)| {
             let runtime = runtime.clone();
             async move {
@@ -118,14 +126,23 @@ impl Imbed {
                     // first request should not wait behind it when it needs another plugin.
                     let (plugin, key) = (plugin.clone(), key.clone());
                     tokio::spawn(async move {
-                        match plugin.warm().await {
-                            Ok(()) => tracing::info!(plugin = key.as_str(), "warmed up"),
-                            Err(e) => tracing::warn!(
-                                plugin = key.as_str(),
-                                "warming failed: {}",
-                                e.message
-                            ),
+                        let results = plugin.warm_all().await;
+                        let total = results.len();
+                        let mut warmed = 0;
+                        for result in results {
+                            match result {
+                                Ok(()) => warmed += 1,
+                                Err(e) => tracing::warn!(
+                                    plugin = key.as_str(),
+                                    "warming failed: {}",
+                                    e.message
+                                ),
+                            }
                         }
+                        tracing::info!(
+                            plugin = key.as_str(),
+                            "warmed {warmed} of {total} instances"
+                        );
                     });
                 }
             }
@@ -202,12 +219,17 @@ impl Imbed {
                         .collect(),
                     env: cfg.grants.env.clone(),
                     model_dir: cfg.grants.model_dir.clone(),
+                    model_name: cfg.grants.model_dir.as_deref().and_then(ModelName::of),
                     sockets: cfg.grants.sockets.iter().map(|a| a.to_string()).collect(),
                     memory_mb: cfg.memory_bytes >> 20,
                     timeout_ms: cfg.timeout.as_millis(),
                     instances: match slot {
                         Slot::Ready(p) => p.config.pool_size,
                         Slot::Failed(_) => cfg.pool_size,
+                    },
+                    nn: match slot {
+                        Slot::Ready(p) => p.nn_status(),
+                        Slot::Failed(_) => self.inner._runtime.nn_status(key, cfg),
                     },
                     health: match slot {
                         Slot::Ready(p) => PluginHealth::Ready {
@@ -225,6 +247,17 @@ impl Imbed {
                 }
             })
             .collect()
+    }
+
+    /// Hash the granted wasi-nn graph files of the loaded plugins that were not hashed yet, so
+    /// [`Imbed::plugins`] can say whether each is verified (`imbed plugins` does this first;
+    /// `plugins` itself never hashes, since the server calls it while answering requests).
+    pub async fn verify_nn_graphs(&self) {
+        for slot in self.inner.plugins.values() {
+            if let Slot::Ready(p) = slot {
+                p.verify_nn_files().await;
+            }
+        }
     }
 
     pub(super) fn plugin(&self, key: &str) -> std::result::Result<&Arc<Plugin>, StepError> {

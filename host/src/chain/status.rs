@@ -13,6 +13,39 @@ use crate::input::{self, ValidImage};
 use crate::runtime::{Roles, Runtime};
 use crate::types::{FailureKind, SpaceId, StepKind};
 
+/// The name of the model in a granted model directory, and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelName {
+    /// The name.
+    pub name: String,
+    /// `manifest` (its `imbed-model.json`) or `folder` (no manifest: the folder's name).
+    pub from: &'static str,
+}
+
+impl ModelName {
+    pub(super) fn of(dir: &std::path::Path) -> Option<ModelName> {
+        // Only the name, read as leniently as the plugins read it.
+        #[derive(serde::Deserialize)]
+        struct Named {
+            name: String,
+        }
+        let manifest = std::fs::read(dir.join(crate::models::MANIFEST))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Named>(&b).ok())
+            .filter(|m| !m.name.trim().is_empty());
+        match manifest {
+            Some(m) => Some(ModelName {
+                name: m.name,
+                from: "manifest",
+            }),
+            None => crate::runtime::model_dir_name(dir).map(|name| ModelName {
+                name,
+                from: "folder",
+            }),
+        }
+    }
+}
+
 /// A plugin's state as `imbed plugins` reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PluginStatus {
@@ -26,6 +59,9 @@ pub struct PluginStatus {
     pub env: Vec<String>,
     /// Read-only model directory granted (mounted at `/model`).
     pub model_dir: Option<PathBuf>,
+    /// What the model in that directory is called: its manifest's name, or (without an
+    /// `imbed-model.json`) the folder's own name, which the plugin is told as `model_dir_name`.
+    pub model_name: Option<ModelName>,
     /// TCP addresses granted for direct connections.
     pub sockets: Vec<String>,
     /// Memory cap in MiB.
@@ -37,6 +73,10 @@ pub struct PluginStatus {
     pub instances: usize,
     /// Loaded or not, and why.
     pub health: PluginHealth,
+    /// The `wasi:nn` grants: graphs and their files, the ONNX Runtime library, the native
+    /// memory budget and what is counted against it. Absent for plugins granted no graphs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nn: Option<crate::runtime::nn::NnStatus>,
 }
 
 /// Check a component file as a plugin: compile it, list what it imports and exports, and load
@@ -50,7 +90,7 @@ pub async fn check_plugin(
             source,
         })
     })?;
-    let runtime = Arc::new(Runtime::new(None).map_err(Error::Engine)?);
+    let runtime = Arc::new(Runtime::new(None, &Default::default(), 0).map_err(Error::Engine)?);
     let report = runtime.inspect(&bytes).map_err(|e| {
         // The parser's message spans lines (a hex dump of the header); its first line says it.
         let first = e.lines().next().unwrap_or_default().to_string();
@@ -67,6 +107,7 @@ pub async fn check_plugin(
         warm: false,
         image_max_side: None,
         grants: Default::default(),
+        nn_memory_bytes: 0,
         settings: Default::default(),
     };
     let health = match runtime.load("check", &cfg).await {

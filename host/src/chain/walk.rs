@@ -211,6 +211,7 @@ impl Imbed {
                     plugin: e.plugin,
                     kind: e.error.kind,
                     message: e.error.message,
+                    inference: e.error.inference,
                 }),
             }
         }
@@ -259,6 +260,7 @@ impl Imbed {
                 plugin,
                 kind: e.kind,
                 message: e.message,
+                inference: e.inference,
             });
         };
         match outcome {
@@ -290,6 +292,7 @@ impl Imbed {
                         degraded: index > 0,
                         cached: found.cached,
                         attempts: std::mem::take(attempts),
+                        inference: found.model.inference,
                     },
                 })
             }

@@ -4,14 +4,18 @@
 
 mod env;
 mod error;
+mod located;
 mod raw;
 mod settings;
+#[cfg(test)]
+mod spellings;
 mod validate;
 
 pub use env::Env;
 pub use error::ConfigError;
 pub use settings::{
-    CacheSettings, ChainConfig, Config, Grants, InputLimits, PluginConfig, ServerSettings, Step,
+    CacheSettings, ChainConfig, Config, Grants, InputLimits, NnSettings, PluginConfig,
+    ServerSettings, Step,
 };
 
 /// The default configuration, compiled into the binary so `imbed` works without a config file.

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::located::Located;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
@@ -13,15 +15,26 @@ pub(super) struct RawConfig {
     pub(super) cache_dir: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) input: RawInput,
-    pub(super) chain: Spanned<RawChain>,
+    pub(super) chain: Located<RawChain>,
     #[serde(default)]
-    pub(super) plugins: BTreeMap<Spanned<String>, Spanned<RawPlugin>>,
+    pub(super) plugins: BTreeMap<Spanned<String>, Located<RawPlugin>>,
     #[serde(default)]
     pub(super) server: RawServer,
     #[serde(default)]
     pub(super) cache: RawCache,
     #[serde(default)]
     pub(super) models: RawModels,
+    #[serde(default)]
+    pub(super) nn: RawNn,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNn {
+    pub(super) library: Option<Spanned<String>>,
+    pub(super) threads: Option<Spanned<usize>>,
+    pub(super) runs: Option<Spanned<usize>>,
+    pub(super) max_tensor_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -47,7 +60,7 @@ pub(super) struct RawServer {
     #[serde(default)]
     pub(super) api_keys: Vec<Spanned<String>>,
     pub(super) max_body_mb: Option<usize>,
-    pub(super) max_in_flight: Option<usize>,
+    pub(super) max_in_flight: Option<Spanned<usize>>,
     pub(super) request_timeout_ms: Option<u64>,
     #[serde(default)]
     pub(super) url_allow: Vec<Spanned<String>>,
@@ -56,9 +69,9 @@ pub(super) struct RawServer {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawInput {
-    pub(super) max_bytes: Option<u64>,
-    pub(super) max_pixels: Option<u64>,
-    pub(super) max_side: Option<u32>,
+    pub(super) max_bytes: Option<Spanned<u64>>,
+    pub(super) max_pixels: Option<Spanned<u64>>,
+    pub(super) max_side: Option<Spanned<u32>>,
     pub(super) download_timeout_ms: Option<u64>,
 }
 
@@ -67,7 +80,7 @@ pub(super) struct RawInput {
 pub(super) struct RawChain {
     pub(super) require_space: Option<Spanned<String>>,
     #[serde(default)]
-    pub(super) steps: Vec<Spanned<RawStep>>,
+    pub(super) steps: Vec<Located<RawStep>>,
 }
 
 #[derive(Deserialize)]
@@ -89,7 +102,7 @@ pub(super) struct RawPlugin {
     #[serde(default)]
     pub(super) grants: RawGrants,
     #[serde(default)]
-    pub(super) settings: BTreeMap<String, Spanned<toml::Value>>,
+    pub(super) settings: BTreeMap<String, Located<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -100,6 +113,7 @@ pub(super) struct RawLimits {
     pub(super) instances: Option<Spanned<usize>>,
     pub(super) warm: Option<bool>,
     pub(super) image_max_side: Option<Spanned<u32>>,
+    pub(super) nn_memory_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -112,4 +126,6 @@ pub(super) struct RawGrants {
     pub(super) model_dir: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) sockets: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) nn: Vec<Spanned<String>>,
 }

@@ -107,6 +107,9 @@ pub struct Grants {
     /// TCP addresses (`ip:port`) the plugin may connect to directly with WASI sockets. Prefer
     /// `http`: there the host checks every request; a raw socket carries anything.
     pub sockets: Vec<std::net::SocketAddr>,
+    /// Graphs the plugin may run natively through `wasi:nn`, by name: graph `N` is the file
+    /// `<model_dir>/N.onnx`, used only when the folder's manifest vouches for it.
+    pub nn: Vec<String>,
 }
 
 /// One plugin's section.
@@ -128,6 +131,8 @@ pub struct PluginConfig {
     pub image_max_side: Option<u32>,
     /// What the plugin may reach.
     pub grants: Grants,
+    /// Native memory budget for the plugin's `wasi:nn` graphs (`limits.nn_memory_mb`), in bytes.
+    pub nn_memory_bytes: u64,
     /// The plugin's own settings, as strings (numbers and booleans in their TOML spelling,
     /// arrays and tables as JSON).
     pub settings: BTreeMap<String, String>,
@@ -163,6 +168,36 @@ impl Default for ServerSettings {
     }
 }
 
+/// `[nn]`: the native backend (ONNX Runtime) behind the `wasi:nn` capability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NnSettings {
+    /// The library file: `[nn] library`, else `$IMBED_ONNXRUNTIME`, else `$ORT_DYLIB_PATH`.
+    /// `None`: the default locations.
+    pub library: Option<PathBuf>,
+    /// Default locations searched for `libonnxruntime.so.<release>` (`$IMBED_HOME/lib`, where
+    /// `./imbed.sh` installs it); `target/onnxruntime` of the build's checkout comes after.
+    pub library_dirs: Vec<PathBuf>,
+    /// Intra-op threads per graph session (`[nn] threads`); `None`: the cores divided among the
+    /// plugins granted graphs.
+    pub threads: Option<usize>,
+    /// Native runs at once (`[nn] runs`); `None`: one per core.
+    pub runs: Option<usize>,
+    /// Largest tensor a plugin may pass in or get back (`[nn] max_tensor_mb`), in bytes.
+    pub max_tensor_bytes: u64,
+}
+
+impl Default for NnSettings {
+    fn default() -> Self {
+        NnSettings {
+            library: None,
+            library_dirs: Vec::new(),
+            threads: None,
+            runs: None,
+            max_tensor_bytes: 256 << 20,
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -182,6 +217,8 @@ pub struct Config {
     pub cache: CacheSettings,
     /// `[models]`: where model files live and where `imbed models pull` fetches them.
     pub models: crate::models::ModelSettings,
+    /// `[nn]`: the native inference backend of the `wasi:nn` capability.
+    pub nn: NnSettings,
 }
 
 /// `[cache]`: the database of descriptions, vectors and indexed files.

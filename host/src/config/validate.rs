@@ -9,6 +9,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::env::{expand_vars, xdg};
+use super::located::Located;
 use super::raw::*;
 use super::*;
 use crate::types::SpaceId;
@@ -165,19 +166,58 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
     };
 
     let defaults = InputLimits::default();
+    for (key, value) in [
+        (
+            "max_bytes",
+            raw.input
+                .max_bytes
+                .as_ref()
+                .map(|v| (*v.get_ref(), v.span())),
+        ),
+        (
+            "max_pixels",
+            raw.input
+                .max_pixels
+                .as_ref()
+                .map(|v| (*v.get_ref(), v.span())),
+        ),
+        (
+            "max_side",
+            raw.input
+                .max_side
+                .as_ref()
+                .map(|v| (u64::from(*v.get_ref()), v.span())),
+        ),
+    ] {
+        if let Some((0, span)) = value {
+            return ctx.err(
+                Some(span),
+                format!("[input] {key} must be greater than zero"),
+            );
+        }
+    }
     let input = InputLimits {
-        max_bytes: raw.input.max_bytes.unwrap_or(defaults.max_bytes),
-        max_pixels: raw.input.max_pixels.unwrap_or(defaults.max_pixels),
-        max_side: raw.input.max_side.unwrap_or(defaults.max_side),
+        max_bytes: raw
+            .input
+            .max_bytes
+            .map(Spanned::into_inner)
+            .unwrap_or(defaults.max_bytes),
+        max_pixels: raw
+            .input
+            .max_pixels
+            .map(Spanned::into_inner)
+            .unwrap_or(defaults.max_pixels),
+        max_side: raw
+            .input
+            .max_side
+            .map(Spanned::into_inner)
+            .unwrap_or(defaults.max_side),
         download_timeout: raw
             .input
             .download_timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(defaults.download_timeout),
     };
-    if input.max_bytes == 0 || input.max_pixels == 0 || input.max_side == 0 {
-        return ctx.err(None, "[input] limits must be greater than zero");
-    }
 
     let mut plugins = BTreeMap::new();
     for (key, section) in &raw.plugins {
@@ -198,8 +238,13 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
 
     let chain = raw.chain.get_ref();
     if chain.steps.is_empty() {
+        // A chain TOML made implicitly (`chain.require_space = ...`) has no span of its own.
+        let span = raw
+            .chain
+            .span()
+            .or_else(|| chain.require_space.as_ref().map(|s| s.span()));
         return ctx.err(
-            Some(raw.chain.span()),
+            span,
             "the chain has no steps: add at least one [[chain.steps]] table",
         );
     }
@@ -230,11 +275,13 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
     };
 
     let models = validate_models(&raw.models, ctx)?;
+    let nn = validate_nn(&raw.nn, ctx)?;
 
     Ok(Config {
         server,
         cache,
         models,
+        nn,
         source: ctx.file.to_string(),
         cache_dir,
         input,
@@ -243,6 +290,40 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
             steps,
         },
         plugins,
+    })
+}
+
+fn validate_nn(raw: &RawNn, ctx: &Ctx<'_>) -> Result<NnSettings, ConfigError> {
+    let defaults = NnSettings::default();
+    let library = match &raw.library {
+        Some(l) if !ctx.expand(l)?.trim().is_empty() => Some(ctx.path(l)?),
+        _ => ["IMBED_ONNXRUNTIME", "ORT_DYLIB_PATH"]
+            .iter()
+            .find_map(|var| ctx.env.get(var).filter(|v| !v.trim().is_empty()))
+            .map(PathBuf::from),
+    };
+    let positive = |v: &Option<Spanned<usize>>, key: &str| -> Result<Option<usize>, ConfigError> {
+        match v {
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > 1024 => {
+                ctx.err(Some(n.span()), format!("[nn] {key} must be from 1 to 1024"))
+            }
+            Some(n) => Ok(Some(*n.get_ref())),
+            None => Ok(None),
+        }
+    };
+    let max_tensor_bytes = match &raw.max_tensor_mb {
+        Some(m) if *m.get_ref() == 0 || *m.get_ref() > 65_536 => {
+            return ctx.err(Some(m.span()), "[nn] max_tensor_mb must be from 1 to 65536")
+        }
+        Some(m) => *m.get_ref() << 20,
+        None => defaults.max_tensor_bytes,
+    };
+    Ok(NnSettings {
+        library,
+        library_dirs: vec![PathBuf::from(ctx.env.get("IMBED_HOME").unwrap_or_default()).join("lib")],
+        threads: positive(&raw.threads, "threads")?,
+        runs: positive(&raw.runs, "runs")?,
+        max_tensor_bytes,
     })
 }
 
@@ -322,10 +403,13 @@ fn validate_server(raw: &RawServer, ctx: &Ctx<'_>) -> Result<ServerSettings, Con
             }
         }
     }
-    let max_in_flight = raw.max_in_flight.unwrap_or(defaults.max_in_flight);
-    if max_in_flight == 0 {
-        return ctx.err(None, "[server] max_in_flight must be at least 1");
-    }
+    let max_in_flight = match &raw.max_in_flight {
+        Some(n) if *n.get_ref() == 0 => {
+            return ctx.err(Some(n.span()), "[server] max_in_flight must be at least 1")
+        }
+        Some(n) => *n.get_ref(),
+        None => defaults.max_in_flight,
+    };
     Ok(ServerSettings {
         listen: raw
             .listen
@@ -457,12 +541,47 @@ fn validate_plugin(
         .as_ref()
         .map(|d| ctx.path(d))
         .transpose()?;
+    let mut nn = Vec::new();
+    for graph in &raw.grants.nn {
+        let g = graph.get_ref();
+        let valid = g.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && g.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !g.contains("..");
+        if !valid {
+            return ctx.err(
+                Some(graph.span()),
+                format!("plugin {name:?}: nn graph name {g:?} is not allowed: use letters, digits, -, _ and . (graph N is the file <model_dir>/N.onnx)"),
+            );
+        }
+        if !nn.contains(g) {
+            nn.push(g.clone());
+        }
+    }
+    if let (Some(first), None) = (raw.grants.nn.first(), &model_dir) {
+        return ctx.err(
+            Some(first.span()),
+            format!("plugin {name:?}: the nn grant needs a model_dir grant (graph N is the file <model_dir>/N.onnx)"),
+        );
+    }
+    let nn_memory_mb = raw
+        .limits
+        .nn_memory_mb
+        .as_ref()
+        .map(|m| (*m.get_ref(), m.span()))
+        .unwrap_or((4096, 0..0));
+    if !(1..=1_048_576).contains(&nn_memory_mb.0) {
+        return ctx.err(
+            Some(nn_memory_mb.1),
+            format!("plugin {name:?}: nn_memory_mb must be from 1 to 1048576"),
+        );
+    }
 
     let mut settings = BTreeMap::new();
     for (key, value) in &raw.settings {
         let rendered = match value.get_ref() {
             toml::Value::String(s) => {
-                expand_vars(s, ctx.env).or_else(|m| ctx.err(Some(value.span()), m))?
+                expand_vars(s, ctx.env).or_else(|m| ctx.err(value.span(), m))?
             }
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
@@ -485,14 +604,16 @@ fn validate_plugin(
             env,
             model_dir,
             sockets,
+            nn,
         },
+        nn_memory_bytes: nn_memory_mb.0 << 20,
         settings,
     })
 }
 
 fn validate_step(
     index: usize,
-    raw: &Spanned<RawStep>,
+    raw: &Located<RawStep>,
     plugins: &BTreeMap<String, PluginConfig>,
     ctx: &Ctx<'_>,
 ) -> Result<Step, ConfigError> {
@@ -503,10 +624,11 @@ fn validate_step(
             let value = match value {
                 Some(v) => v,
                 None => {
+                    // The step's own line, or its `kind`'s when TOML gave the table no span.
                     return ctx.err(
-                        Some(raw.span()),
+                        Some(raw.span().unwrap_or_else(|| step.kind.span())),
                         format!("step {index} ({kind}) needs `{field} = \"<plugin>\"`"),
-                    )
+                    );
                 }
             };
             let name = value.get_ref();
@@ -715,6 +837,81 @@ file = "hash.wasm"
                 s["name"].as_str()
             ),
             ("128", "true", "q")
+        );
+    }
+
+    #[test]
+    fn nn_grants_need_a_model_dir_and_plain_graph_names() {
+        let parse = |grants: &str, extra: &str| {
+            let text = format!("{MINIMAL}[plugins.hash.grants]\n{grants}\n{extra}");
+            Config::from_toml_str(&text, "c.toml", None, &Env::isolated())
+        };
+        let msg = parse("nn = [\"text\"]", "").unwrap_err().to_string();
+        assert!(
+            msg.contains("the nn grant needs a model_dir grant"),
+            "{msg}"
+        );
+        let msg = parse("nn = [\"../x\"]\nmodel_dir = \"/m\"", "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("nn graph name \"../x\" is not allowed"),
+            "{msg}"
+        );
+        let cfg = parse(
+            "nn = [\"vision\", \"text\", \"text\"]\nmodel_dir = \"/m\"",
+            "[nn]\nlibrary = \"/opt/libonnxruntime.so.1.22.1\"\nthreads = 3\nmax_tensor_mb = 8\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.plugins["hash"].grants.nn, ["vision", "text"]);
+        assert_eq!(cfg.plugins["hash"].nn_memory_bytes, 4096 << 20);
+        assert_eq!(
+            cfg.nn.library.as_deref(),
+            Some(Path::new("/opt/libonnxruntime.so.1.22.1"))
+        );
+        assert_eq!(
+            (cfg.nn.threads, cfg.nn.max_tensor_bytes),
+            (Some(3), 8 << 20)
+        );
+        let msg = parse("", "[nn]\nthreads = 0\n").unwrap_err().to_string();
+        assert!(msg.contains("[nn] threads must be from 1 to 1024"), "{msg}");
+        let msg = parse("", "[nn]\nlibary = \"x\"\n").unwrap_err().to_string();
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn the_onnx_runtime_library_comes_from_the_environment_when_the_config_names_none() {
+        let env = Env::isolated().set("IMBED_ONNXRUNTIME", "/x/libonnxruntime.so.1.22.1");
+        let cfg = Config::from_toml_str(MINIMAL, "c.toml", None, &env).unwrap();
+        assert_eq!(
+            cfg.nn.library.as_deref(),
+            Some(Path::new("/x/libonnxruntime.so.1.22.1"))
+        );
+        let cfg = Config::from_toml_str(MINIMAL, "c.toml", None, &Env::isolated()).unwrap();
+        assert_eq!(cfg.nn.library, None);
+    }
+
+    #[test]
+    fn a_chain_without_its_header_line_is_the_same_chain() {
+        // The report in issue #13: valid TOML, refused with "expected a borrowed string".
+        let headerless = MINIMAL.replacen("[chain]\n", "", 1);
+        let a = Config::from_toml_str(MINIMAL, "c.toml", None, &Env::isolated()).unwrap();
+        let b = Config::from_toml_str(&headerless, "c.toml", None, &Env::isolated()).unwrap();
+        assert_eq!(a, b);
+        let dotted = "[[chain.steps]]\nkind = \"hash\"\nplugin = \"hash\"\n[plugins]\nhash.file = \"hash.wasm\"\nhash.limits.warm = true\n";
+        let c = Config::from_toml_str(dotted, "c.toml", None, &Env::isolated()).unwrap();
+        assert!(c.plugins["hash"].warm);
+    }
+
+    #[test]
+    fn a_missing_plugin_field_in_a_headerless_step_names_its_line() {
+        let text = "[[chain.steps]]\nkind = \"hash\"\n[plugins.hash]\nfile = \"h.wasm\"\n";
+        let msg = Config::from_toml_str(text, "c.toml", None, &Env::isolated())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("c.toml:1: step 0 (hash) needs `plugin"),
+            "{msg}"
         );
     }
 }

@@ -4,9 +4,10 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use image::{ImageFormat, ImageReader};
+use image::{ImageDecoder as _, ImageFormat, ImageReader};
 use sha2::{Digest, Sha256};
 
+use super::complete;
 use super::InputError;
 use crate::config::InputLimits;
 
@@ -53,6 +54,16 @@ pub fn validate(
         format: format_name.clone(),
         detail,
     };
+    // Decoders paper over a missing end (the JPEG decoder paints it grey): look at the file's
+    // own structure first, so a cut-off download is named for what it is.
+    let truncated = || InputError::Truncated {
+        label: label.to_string(),
+        format: format_name.clone(),
+    };
+    if complete::check(format, &bytes) == complete::Completeness::Truncated {
+        return Err(truncated());
+    }
+
     let (width, height) = ImageReader::with_format(Cursor::new(&bytes), format)
         .into_dimensions()
         .map_err(|e| match e {
@@ -60,6 +71,7 @@ pub fn validate(
                 label: label.to_string(),
                 detail: format!("{format_name} is not supported"),
             },
+            other if ends_early(&other) => truncated(),
             other => corrupt(other.to_string()),
         })?;
     if width == 0 || height == 0 {
@@ -91,11 +103,37 @@ pub fn validate(
     // RGBA16 is the widest layout the decoders produce.
     decode_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(1 << 20));
     reader.limits(decode_limits);
-    let decoded = reader.decode().map_err(|e| corrupt(e.to_string()))?;
+    let decode_error = |e: image::ImageError| {
+        if ends_early(&e) {
+            truncated()
+        } else {
+            corrupt(e.to_string())
+        }
+    };
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
+    // Cameras store most photos sideways and record the turn in EXIF; every plugin and the
+    // hash signature must see the picture upright, so it is turned here, once. A tag that
+    // cannot be read is no reason to refuse the pixels: the image is then taken as stored.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut decoded = image::DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    let turned = orientation != image::metadata::Orientation::NoTransforms;
+    if turned {
+        decoded.apply_orientation(orientation);
+    }
 
     let (data, mime_type): (Arc<[u8]>, _) = match format {
-        ImageFormat::Png => (bytes.into(), "image/png"),
-        ImageFormat::Jpeg => (bytes.into(), "image/jpeg"),
+        ImageFormat::Png if !turned => (bytes.into(), "image/png"),
+        ImageFormat::Jpeg if !turned => (bytes.into(), "image/jpeg"),
+        // A turned JPEG stays a JPEG (quality 95: a photo as PNG would be many times the size).
+        // Neither re-encoding carries the EXIF tag, so nothing downstream turns it again.
+        ImageFormat::Jpeg => (
+            encode_jpeg(&decoded, 95)
+                .map_err(|e| corrupt(format!("cannot re-encode the turned image: {e}")))?
+                .into(),
+            "image/jpeg",
+        ),
         _ => {
             let mut out = Vec::new();
             decoded
@@ -111,6 +149,31 @@ pub fn validate(
         height: decoded.height(),
         sha256,
     })
+}
+
+/// JPEG holds grey or RGB only: anything else is converted to RGB first.
+fn encode_jpeg(image: &image::DynamicImage, quality: u8) -> image::ImageResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+    match image {
+        image::DynamicImage::ImageLuma8(gray) => gray.write_with_encoder(encoder)?,
+        other => other.to_rgb8().write_with_encoder(encoder)?,
+    }
+    Ok(out)
+}
+
+/// Whether a decoder failed because the data ran out (rather than because it is wrong).
+fn ends_early(e: &image::ImageError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::UnexpectedEof {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// A copy of `image` whose longer side is at most `max_side` pixels (aspect kept), re-encoded in
@@ -206,7 +269,7 @@ mod tests {
         let mut bytes = png(64, 64);
         bytes.truncate(bytes.len() / 2);
         let e = validate(bytes, "t.png", &InputLimits::default()).unwrap_err();
-        assert!(matches!(e, InputError::Corrupt { .. }), "{e}");
+        assert!(matches!(e, InputError::Truncated { .. }), "{e}");
         assert!(matches!(
             validate(vec![], "e", &InputLimits::default()),
             Err(InputError::Empty(_))
@@ -244,5 +307,103 @@ mod tests {
                 .contains("20x10 pixels, over the limit of 100 pixels"),
             "{e}"
         );
+    }
+
+    fn encoded(format: ImageFormat) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(48, 40, |x, y| {
+            image::Rgb([(x * 5) as u8, (y * 6) as u8, ((x ^ y) * 3) as u8])
+        });
+        let mut out = Vec::new();
+        match format {
+            ImageFormat::Jpeg => img
+                .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+                    &mut out, 90,
+                ))
+                .unwrap(),
+            other => img.write_to(&mut Cursor::new(&mut out), other).unwrap(),
+        }
+        out
+    }
+
+    #[test]
+    fn a_file_cut_short_is_truncated_in_every_format_and_trailing_bytes_are_fine() {
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Gif,
+            ImageFormat::WebP,
+            ImageFormat::Bmp,
+        ] {
+            let whole = encoded(format);
+            let limits = InputLimits::default();
+            let mut with_tail = whole.clone();
+            with_tail.extend_from_slice(b"\0\0trailing bytes after the image");
+            for (what, bytes) in [("whole", whole.clone()), ("with a tail", with_tail)] {
+                let v = validate(bytes, "ok", &limits);
+                assert!(v.is_ok(), "{format:?} {what}: {:?}", v.err());
+            }
+            // A GIF without its one-byte trailer still holds every frame whole.
+            let last = if format == ImageFormat::Gif { 2 } else { 1 };
+            for cut in [whole.len() / 2, whole.len() - 2, whole.len() - last, 30] {
+                let e = validate(whole[..cut].to_vec(), "cut", &limits).unwrap_err();
+                assert!(
+                    e.to_string()
+                        .contains("is truncated: the file ends before the image data does"),
+                    "{format:?} cut at {cut} of {}: {e}",
+                    whole.len()
+                );
+            }
+        }
+    }
+
+    /// A minimal big-endian TIFF block holding one Orientation entry: what an eXIf chunk holds.
+    fn exif_orientation(o: u16) -> Vec<u8> {
+        let mut t = b"MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+        t.extend_from_slice(&0x0112u16.to_be_bytes());
+        t.extend_from_slice(&3u16.to_be_bytes());
+        t.extend_from_slice(&1u32.to_be_bytes());
+        t.extend_from_slice(&o.to_be_bytes());
+        t.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        t
+    }
+
+    fn png_with_exif(png: &[u8], exif: &[u8]) -> Vec<u8> {
+        // After the signature and IHDR (8 + 25 bytes).
+        let mut out = png[..33].to_vec();
+        out.extend_from_slice(&(exif.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(b"eXIf");
+        out.extend_from_slice(exif);
+        let mut crc = 0xffff_ffffu32;
+        for &b in &out[start..] {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        out.extend_from_slice(&(!crc).to_be_bytes());
+        out.extend_from_slice(&png[33..]);
+        out
+    }
+
+    #[test]
+    fn a_sideways_png_reaches_plugins_upright() {
+        // Stored turned 90 degrees anticlockwise; orientation 6 says "turn it clockwise".
+        let upright =
+            image::RgbImage::from_fn(30, 20, |x, y| image::Rgb([x as u8 * 8, y as u8 * 12, 9]));
+        let stored = image::DynamicImage::ImageRgb8(upright.clone()).rotate270();
+        let mut png = Vec::new();
+        stored
+            .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .unwrap();
+        let tagged = png_with_exif(&png, &exif_orientation(6));
+        let v = validate(tagged, "sideways.png", &InputLimits::default()).unwrap();
+        assert_eq!((v.width, v.height, v.mime_type), (30, 20, "image/png"));
+        let seen = image::load_from_memory(&v.data).unwrap().to_rgb8();
+        assert_eq!(seen, upright);
     }
 }

@@ -60,6 +60,22 @@ pub enum InputError {
         /// The config key that sets it.
         key: &'static str,
     },
+    /// The file ends before its image data does (a cut-off download or copy).
+    #[error("the {format} image {label} is truncated: the file ends before the image data does; copy or download it again")]
+    Truncated {
+        /// Which input.
+        label: String,
+        /// The format from the header.
+        format: String,
+    },
+    /// The path names something that is not a file or a pipe (a device, a socket).
+    #[error("cannot read {path}: it is a {what}, not an image file; give a file, a pipe, a URL or `-` for stdin")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        what: &'static str,
+    },
     /// The image is truncated or corrupt.
     #[error("the {format} image {label} is truncated or corrupt: {detail}")]
     Corrupt {

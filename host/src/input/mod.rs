@@ -2,6 +2,7 @@
 //! the URL policy for untrusted callers (`url_guard`), and validating/decoding them before any
 //! plugin sees them (`decode`). Uses only `config` (the limits).
 
+mod complete;
 mod decode;
 mod error;
 mod read;
@@ -10,6 +11,6 @@ mod url_guard;
 pub(crate) use decode::hex;
 pub use decode::{downsize, validate, ValidImage};
 pub use error::InputError;
-pub use read::{decode_base64, ImageSource};
+pub use read::{decode_base64, read_capped, ImageSource};
 pub(crate) use read::{describe_reqwest, read_source};
 pub use url_guard::{is_public, UrlGuard};

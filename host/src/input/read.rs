@@ -1,7 +1,8 @@
 //! Reading an image's bytes from where the caller has it (a file, a URL, base64, bytes), within
 //! the size cap and the download deadline.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::Engine as _;
 
@@ -90,23 +91,7 @@ pub(crate) async fn read_source(
         limit: limits.max_bytes,
     };
     match source {
-        ImageSource::Path(path) => {
-            let read = |source| InputError::Read {
-                path: path.clone(),
-                source,
-            };
-            let meta = tokio::fs::metadata(path).await.map_err(read)?;
-            if meta.is_dir() {
-                return Err(InputError::Read {
-                    path: path.clone(),
-                    source: std::io::Error::other("it is a directory, not an image file"),
-                });
-            }
-            if meta.len() > limits.max_bytes {
-                return Err(too_many());
-            }
-            tokio::fs::read(path).await.map_err(read)
-        }
+        ImageSource::Path(path) => read_path(path, limits).await,
         ImageSource::Bytes(bytes) => {
             if bytes.len() as u64 > limits.max_bytes {
                 return Err(too_many());
@@ -121,6 +106,140 @@ pub(crate) async fn read_source(
             decode_base64(text)
         }
         ImageSource::Url(url) => download(url, limits, http, guard).await,
+    }
+}
+
+/// Read up to `max_bytes` from `reader`; one byte more is refused, so a stream that never ends
+/// costs at most the cap in memory. For stdin; `label` names the input in errors.
+pub fn read_capped(
+    reader: impl std::io::Read,
+    label: &str,
+    max_bytes: u64,
+) -> Result<Vec<u8>, InputError> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    reader
+        .take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|source| InputError::Read {
+            path: PathBuf::from(label),
+            source,
+        })?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(InputError::TooManyBytes {
+            label: label.to_string(),
+            limit: max_bytes,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Read a file, or a pipe, never more than the cap. The size in the metadata is only a hint:
+/// it is 0 for pipes, devices and `/proc` files, so the cap is enforced while reading.
+async fn read_path(path: &Path, limits: &InputLimits) -> Result<Vec<u8>, InputError> {
+    let read = |source| InputError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let too_many = || InputError::TooManyBytes {
+        label: path.display().to_string(),
+        limit: limits.max_bytes,
+    };
+    let meta = tokio::fs::metadata(path).await.map_err(read)?;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        return Err(read(std::io::Error::other(
+            "it is a directory, not an image file",
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        // A device is no image file, and reading one can block forever (a terminal) or never
+        // end (/dev/zero); a socket cannot be opened at all.
+        let what = if kind.is_char_device() {
+            Some("character device")
+        } else if kind.is_block_device() {
+            Some("block device")
+        } else if kind.is_socket() {
+            Some("socket")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(InputError::NotAFile {
+                path: path.to_path_buf(),
+                what,
+            });
+        }
+        if kind.is_fifo() {
+            return read_fifo(path, limits).await;
+        }
+    }
+    if meta.len() > limits.max_bytes {
+        return Err(too_many());
+    }
+    use tokio::io::AsyncReadExt as _;
+    let file = tokio::fs::File::open(path).await.map_err(read)?;
+    let mut bytes = Vec::with_capacity(meta.len().min(limits.max_bytes) as usize);
+    file.take(limits.max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(read)?;
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(too_many());
+    }
+    Ok(bytes)
+}
+
+/// A named pipe (`mkfifo`, or `<(command)` in a shell) is read without blocking a thread, up to
+/// the cap and within the download deadline: its writer may never finish.
+#[cfg(unix)]
+async fn read_fifo(path: &Path, limits: &InputLimits) -> Result<Vec<u8>, InputError> {
+    let read = |source| InputError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Non-blocking open: a blocking one would wait for a writer that may never come.
+    let receiver = tokio::net::unix::pipe::OpenOptions::new()
+        .open_receiver(path)
+        .map_err(read)?;
+    let work = async {
+        let mut bytes = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        // Before any writer has opened the pipe, a read says "end of data" at once; only a
+        // read that would block proves a writer is there, so until then an empty read is
+        // waited out rather than taken for the end.
+        let mut writer_seen = false;
+        loop {
+            receiver.readable().await.map_err(read)?;
+            match receiver.try_read(&mut chunk) {
+                Ok(0) if writer_seen || !bytes.is_empty() => return Ok(bytes),
+                Ok(0) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Ok(n) => {
+                    writer_seen = true;
+                    if (bytes.len() + n) as u64 > limits.max_bytes {
+                        return Err(InputError::TooManyBytes {
+                            label: path.display().to_string(),
+                            limit: limits.max_bytes,
+                        });
+                    }
+                    bytes.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => writer_seen = true,
+                Err(e) => return Err(read(e)),
+            }
+        }
+    };
+    match tokio::time::timeout(limits.download_timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(read(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the pipe did not end within {} ms: its writer did not finish (raise [input] download_timeout_ms if it needs longer)",
+                limits.download_timeout.as_millis()
+            ),
+        ))),
     }
 }
 
@@ -222,5 +341,20 @@ mod tests {
             decode_base64("data:image/png,abc"),
             Err(InputError::Base64(_))
         ));
+    }
+
+    #[test]
+    fn a_stream_is_read_up_to_the_cap_and_no_further() {
+        let e = read_capped(std::io::repeat(0), "<stdin>", 1000).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the image <stdin> is larger than 1000 bytes: shrink it or raise [input] max_bytes"
+        );
+        assert_eq!(
+            read_capped(&[7u8; 1000][..], "<stdin>", 1000)
+                .unwrap()
+                .len(),
+            1000
+        );
     }
 }

@@ -3,8 +3,12 @@
 use super::*;
 
 impl Models {
-    /// Take a model's files from a folder already on this machine. Every registry file must be
-    /// in `folder` under its path with the registry's size and SHA-256, or nothing is changed.
+    /// Take a model's files from a folder already on this machine. The files every format needs
+    /// and each format's files that are in `folder` (all of a format, or none of it; at least
+    /// one format) must be there under their paths with the registry's size and SHA-256, or
+    /// nothing is changed — except ONNX graphs, which may be converted from the same weights
+    /// (`scripts/onnx`): one that is not the registry's file is taken as it is and recorded as
+    /// converted, with its own SHA-256, so the host can still check it before loading it.
     /// Files are hard-linked when the folder is on the same file system, copied otherwise, each
     /// through a `.part` name and verified again in place; the manifest's source is
     /// `import:<folder>`.
@@ -31,11 +35,86 @@ impl Models {
         }
         // First every file, so that a folder with one bad file changes nothing.
         let mut problems = Vec::new();
-        for file in &spec.files {
+        let mut formats = Formats {
+            safetensors: false,
+            onnx: false,
+        };
+        for format in spec.formats() {
+            let mut here = Vec::new();
+            let mut absent = Vec::new();
+            for f in spec.files_of(format) {
+                if is_file(&folder.join(&f.path)).await {
+                    here.push(f.path.as_str());
+                } else {
+                    absent.push(f.path.as_str());
+                }
+            }
+            match (here.is_empty(), absent.is_empty()) {
+                (true, _) => {}
+                (false, true) => match format {
+                    Format::Safetensors => formats.safetensors = true,
+                    Format::Onnx => formats.onnx = true,
+                },
+                (false, false) => problems.push(format!(
+                    "{} is there but {} is missing: add the rest of the {} files or remove these",
+                    here.join(", "),
+                    absent.join(", "),
+                    format.name()
+                )),
+            }
+        }
+        if !spec.formats().is_empty()
+            && !formats.safetensors
+            && !formats.onnx
+            && problems.is_empty()
+        {
+            let sets: Vec<String> = spec
+                .formats()
+                .into_iter()
+                .map(|format| {
+                    let files: Vec<&str> = spec.files_of(format).map(|f| f.path.as_str()).collect();
+                    format!("{} ({})", format.name(), files.join(", "))
+                })
+                .collect();
+            problems.push(format!(
+                "it has the files of no format: {}",
+                sets.join(" or ")
+            ));
+        }
+        // The files to take, each with what it must hash to.
+        let mut plan: Vec<ModelFile> = Vec::new();
+        let mut converted = Vec::new();
+        for file in spec.files.iter().filter(|f| formats.includes(f)) {
             let src = folder.join(&file.path);
+            let graph = file.format == Some(Format::Onnx);
             match tokio::fs::metadata(&src).await {
-                Ok(m) if m.is_file() && m.len() == file.size => {
-                    if !check_existing(&src, file, FileOutcome::Verified, progress).await? {
+                Ok(m) if m.is_file() && (m.len() == file.size || graph) => {
+                    progress.event(ProgressEvent::Checking {
+                        file: &file.path,
+                        size: m.len(),
+                    });
+                    let mut hasher = Sha256::new();
+                    let len = hash_into(&src, &mut hasher, &file.path, progress).await?;
+                    let sha = crate::input::hex(&hasher.finalize());
+                    let matches = len == file.size && sha == file.sha256;
+                    progress.event(ProgressEvent::Finished {
+                        file: &file.path,
+                        outcome: if matches || graph {
+                            FileOutcome::Verified
+                        } else {
+                            FileOutcome::Mismatch
+                        },
+                    });
+                    if matches {
+                        plan.push(file.clone());
+                    } else if graph {
+                        converted.push(file.path.clone());
+                        plan.push(ModelFile {
+                            size: len,
+                            sha256: sha,
+                            ..file.clone()
+                        });
+                    } else {
                         problems.push(format!(
                             "{} does not have the registry's SHA-256 {}",
                             file.path, file.sha256
@@ -69,7 +148,7 @@ impl Models {
             from: folder.clone(),
             files: Vec::new(),
         };
-        for file in &spec.files {
+        for file in &plan {
             let src = folder.join(&file.path);
             let dst = dir.join(&file.path);
             if same_file(&src, &dst).await {
@@ -106,7 +185,12 @@ impl Models {
                     file: file.path.clone(),
                     from: src.display().to_string(),
                     detail: format!(
-                        "SHA-256 is {sha}, the registry says {} (did the file change during the import?)",
+                        "SHA-256 is {sha}, {} {} (did the file change during the import?)",
+                        if converted.contains(&file.path) {
+                            "it was"
+                        } else {
+                            "the registry says"
+                        },
                         file.sha256
                     ),
                 });
@@ -118,7 +202,14 @@ impl Models {
             });
             report.files.push((file.path.clone(), outcome));
         }
-        let manifest = Manifest::for_spec(&spec, format!("import:{}", folder.display()));
+        let mut manifest =
+            Manifest::for_spec(&spec, formats, format!("import:{}", folder.display()));
+        for file in &plan {
+            manifest
+                .files
+                .insert(file.path.clone(), file.sha256.clone());
+        }
+        manifest.converted = converted;
         write_manifest(&dir, &manifest).await?;
         Ok(report)
     }

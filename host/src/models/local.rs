@@ -134,6 +134,32 @@ impl Models {
         progress: &dyn Progress,
     ) -> Result<ModelStatus, ModelError> {
         let dir = self.model_dir(&spec.name);
+        let manifest = read_manifest(&dir).await;
+        // A format is looked at when any of its files is here (or partly, or in the manifest);
+        // a folder with none is checked for the default set, which is what `pull` fetches.
+        let mut formats = Vec::new();
+        for format in spec.formats() {
+            let mut here = false;
+            for f in spec.files_of(format) {
+                let path = dir.join(&f.path);
+                here |= is_file(&path).await
+                    || is_file(&part_path(&path)).await
+                    || manifest
+                        .as_ref()
+                        .is_some_and(|m| m.files.contains_key(&f.path));
+            }
+            if here {
+                formats.push(format);
+            }
+        }
+        let wanted = if formats.is_empty() {
+            Formats::default()
+        } else {
+            Formats {
+                safetensors: formats.contains(&Format::Safetensors),
+                onnx: formats.contains(&Format::Onnx),
+            }
+        };
         let mut status = ModelStatus {
             name: spec.name.clone(),
             plugin: spec.plugin.clone(),
@@ -141,14 +167,43 @@ impl Models {
             state: ModelState::Absent,
             verified: verify,
             size_on_disk: 0,
-            size: spec.size(),
+            size: spec
+                .files
+                .iter()
+                .filter(|f| wanted.includes(f))
+                .map(|f| f.size)
+                .sum(),
             source: None,
+            formats,
             problems: Vec::new(),
         };
-        let pull = format!("run `imbed models pull {}`", spec.name);
+        let pull = match wanted {
+            Formats {
+                safetensors: false,
+                onnx: true,
+            } => format!("run `imbed models pull {} --format onnx`", spec.name),
+            Formats {
+                safetensors: true,
+                onnx: true,
+            } => format!("run `imbed models pull {} --format all`", spec.name),
+            _ => format!("run `imbed models pull {}`", spec.name),
+        };
         let (mut missing, mut corrupt, mut anything) = (false, false, false);
-        for file in &spec.files {
-            let path = dir.join(&file.path);
+        for registry_file in spec.files.iter().filter(|f| wanted.includes(f)) {
+            let path = dir.join(&registry_file.path);
+            // A converted graph is checked against the SHA-256 recorded when it was imported.
+            let converted = manifest
+                .as_ref()
+                .filter(|m| m.converted.contains(&registry_file.path))
+                .and_then(|m| m.files.get(&registry_file.path));
+            let file = &match (converted, tokio::fs::metadata(&path).await) {
+                (Some(sha), Ok(m)) => ModelFile {
+                    size: m.len(),
+                    sha256: sha.clone(),
+                    ..registry_file.clone()
+                },
+                _ => registry_file.clone(),
+            };
             match tokio::fs::metadata(&path).await {
                 Ok(m) if m.is_file() => {
                     anything = true;
@@ -165,8 +220,13 @@ impl Models {
                         && !check_existing(&path, file, FileOutcome::Verified, progress).await?
                     {
                         corrupt = true;
+                        let whose = if converted.is_some() {
+                            "the SHA-256 recorded when it was imported"
+                        } else {
+                            "the registry's SHA-256"
+                        };
                         status.problems.push(format!(
-                            "{} does not have the registry's SHA-256 {}: {pull}",
+                            "{} does not have {whose} {}: {pull}",
                             file.path, file.sha256
                         ));
                     }
@@ -191,7 +251,7 @@ impl Models {
                 }
             }
         }
-        match read_manifest(&dir).await {
+        match manifest {
             Some(m) => {
                 anything = true;
                 if !m.matches(spec) {
@@ -282,6 +342,13 @@ mod tests {
             "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
         );
         assert_eq!(weights.size, 90_868_376);
+        assert_eq!(weights.format, Some(Format::Safetensors));
+        let graph = minilm.files.iter().find(|f| f.path == "text.onnx").unwrap();
+        assert_eq!(graph.format, Some(Format::Onnx));
+        assert_eq!(
+            graph.sha256,
+            "6fd5d72fe4589f189f8ebc006442dbb529bb7ce38f8082112682524616046452"
+        );
         let clip = r.get("clip-vit-base-patch32").unwrap();
         assert_eq!(clip.plugin, "clip");
         assert!(clip
@@ -365,15 +432,73 @@ mod tests {
             .get("all-minilm-l6-v2")
             .unwrap()
             .clone();
-        let m = Manifest::for_spec(&spec, "import:/x".into());
+        let m = Manifest::for_spec(&spec, Formats::default(), "import:/x".into());
         let v = serde_json::to_value(&m).unwrap();
         let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys, ["name", "files", "source"]);
+        assert_eq!(keys, ["name", "files", "source", "weights_sha256"]);
         assert_eq!(
             v["files"]["1_Pooling/config.json"].as_str().unwrap().len(),
             64
         );
+        assert_eq!(v["weights_sha256"], v["files"]["model.safetensors"]);
+        assert!(v["files"].get("text.onnx").is_none());
         assert!(m.matches(&spec));
+        // A manifest from before formats existed still matches.
+        let old = Manifest {
+            weights_sha256: None,
+            ..m.clone()
+        };
+        assert!(old.matches(&spec));
+    }
+
+    #[test]
+    fn formats_select_files_and_manifests_must_hold_whole_formats() {
+        let spec = Registry::builtin()
+            .unwrap()
+            .get("clip-vit-base-patch32")
+            .unwrap()
+            .clone();
+        assert_eq!(spec.formats(), [Format::Safetensors, Format::Onnx]);
+        let paths = |m: &Manifest| m.files.keys().cloned().collect::<Vec<_>>();
+        let onnx = Manifest::for_spec(&spec, Formats::onnx(), "x".into());
+        assert_eq!(
+            paths(&onnx),
+            [
+                "config.json",
+                "preprocessor_config.json",
+                "text.onnx",
+                "tokenizer.json",
+                "vision.onnx"
+            ]
+        );
+        // Graphs only still name the safetensors' weights: one space for both paths.
+        assert_eq!(onnx.weights_sha256.as_deref(), spec.weights_sha256());
+        assert!(onnx.matches(&spec));
+        assert!(Manifest::for_spec(&spec, Formats::all(), "x".into()).matches(&spec));
+        // Half a format is not a model.
+        let mut half = onnx.clone();
+        half.files.remove("text.onnx");
+        assert!(!half.matches(&spec));
+        // A graph with another SHA-256 matches only when recorded as converted.
+        let mut other = onnx.clone();
+        other.files.insert("text.onnx".into(), "0".repeat(64));
+        assert!(!other.matches(&spec));
+        other.converted.push("text.onnx".into());
+        assert!(other.matches(&spec));
+        // Converted safetensors are not a thing: the weights name the space.
+        let mut weights = Manifest::for_spec(&spec, Formats::default(), "x".into());
+        weights
+            .files
+            .insert("model.safetensors".into(), "0".repeat(64));
+        weights.converted.push("model.safetensors".into());
+        assert!(!weights.matches(&spec));
+        // The public exports come from their own repositories, under the local names.
+        let vision = spec.files.iter().find(|f| f.path == "vision.onnx").unwrap();
+        assert!(vision
+            .url
+            .as_deref()
+            .unwrap()
+            .starts_with("https://huggingface.co/Qdrant/clip-ViT-B-32-vision/resolve/"));
     }
 
     #[test]

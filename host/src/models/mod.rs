@@ -6,8 +6,17 @@
 //! Files arrive as `<file>.part`, are hashed while they are written, and are renamed to their
 //! final name only once their size and SHA-256 match the registry, so a plugin never sees a
 //! half-written or unchecked file under a final name. `imbed-model.json` is written last:
-//! `{"name": ..., "files": {"<path>": "<sha256 hex>"}, "source": "<url or import:<path>>"}`.
-//! Plugins read it to put the weights' revision into their embedding space id.
+//! `{"name": ..., "files": {"<path>": "<sha256 hex>"}, "source": "<url or import:<path>>",
+//! "weights_sha256": ..., "converted": [...]}`. Plugins read it to put the weights' revision into
+//! their embedding space id (`weights_sha256`: the same for every format the weights come in),
+//! and the host checks the ONNX graphs it lists before loading them.
+//!
+//! A model's files come in formats: the safetensors the in-sandbox (candle) path reads, and the
+//! ONNX graphs the host runs natively (`vision.onnx`, `text.onnx`), each with the files every
+//! format needs (config, tokenizer). `pull` fetches the safetensors set unless asked for
+//! [`Formats::onnx`] or both; `import` takes a folder holding either, and records a graph that is
+//! not the registry's (one converted locally, e.g. by `scripts/onnx/minilm.py`) as converted,
+//! with its own SHA-256.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), imbed::models::ModelError> {
@@ -42,7 +51,9 @@ mod report;
 pub use error::ModelError;
 use files::*;
 pub use local::{human_size, Models};
-pub use registry::{check_base_url, ModelFile, ModelSettings, ModelSpec, Registry};
+pub use registry::{
+    check_base_url, Format, Formats, ModelFile, ModelSettings, ModelSpec, Registry,
+};
 pub use report::{
     FileOutcome, ImportReport, Manifest, ModelState, ModelStatus, NoProgress, Progress,
     ProgressEvent, PullReport,

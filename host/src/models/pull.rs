@@ -13,8 +13,24 @@ impl Models {
         from: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<PullReport, ModelError> {
+        self.pull_formats(name, from, Formats::default(), progress)
+            .await
+    }
+
+    /// [`Models::pull`] of the files of `formats` (and those every format needs). Files of
+    /// other formats already in the folder and in its manifest stay listed.
+    pub async fn pull_formats(
+        &self,
+        name: &str,
+        from: Option<&str>,
+        formats: Formats,
+        progress: &dyn Progress,
+    ) -> Result<PullReport, ModelError> {
         let spec = self.registry.get(name)?.clone();
         let source = self.source_for(name, from)?;
+        // A file published elsewhere (its own `url`) comes from there unless a mirror or
+        // `--from` says otherwise.
+        let from_registry = source == spec.source;
         let dir = self.model_dir(name);
         create_dir_all(&dir).await?;
         let _lock = lock(&dir, name).await?;
@@ -29,7 +45,7 @@ impl Models {
             bytes_downloaded: 0,
         };
         let mut todo = Vec::new();
-        for file in &spec.files {
+        for file in spec.files.iter().filter(|f| formats.includes(f)) {
             let path = dir.join(&file.path);
             if is_file(&path).await {
                 if check_existing(&path, file, FileOutcome::AlreadyPresent, progress).await? {
@@ -43,14 +59,29 @@ impl Models {
             }
             todo.push(file);
         }
-        let manifest = Manifest::for_spec(&spec, source.clone());
-        if todo.is_empty() && read_manifest(&dir).await.as_ref() == Some(&manifest) {
+        let old = read_manifest(&dir).await;
+        let mut manifest = Manifest::for_spec(&spec, formats, source.clone());
+        if let Some(old) = &old {
+            for (path, sha) in &old.files {
+                let known = spec.files.iter().any(|f| f.path == *path);
+                if known && !manifest.files.contains_key(path) && is_file(&dir.join(path)).await {
+                    manifest.files.insert(path.clone(), sha.clone());
+                    if old.converted.contains(path) {
+                        manifest.converted.push(path.clone());
+                    }
+                }
+            }
+        }
+        if todo.is_empty() && old.as_ref() == Some(&manifest) {
             return Ok(report);
         }
         // The manifest vouches for the folder; it goes first and comes back last.
         remove_manifest(&dir).await?;
         for file in todo {
-            let url = format!("{source}/{}", file.path);
+            let url = match &file.url {
+                Some(url) if from_registry => url.clone(),
+                _ => format!("{source}/{}", file.path),
+            };
             let (received, resumed) = self
                 .download(&spec, file, &url, &dir.join(&file.path), progress)
                 .await?;

@@ -3,6 +3,73 @@
 
 use super::*;
 
+/// Which format a file belongs to; files of no format are needed by every format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Format {
+    /// The weights the plugins' in-sandbox path (candle) reads.
+    Safetensors,
+    /// Graphs the host runs natively for the plugin (wasi-nn on ONNX Runtime).
+    Onnx,
+}
+
+impl Format {
+    /// Its name in the registry, the manifest and `--format`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Safetensors => "safetensors",
+            Format::Onnx => "onnx",
+        }
+    }
+}
+
+/// The formats a pull fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Formats {
+    /// The safetensors set.
+    pub safetensors: bool,
+    /// The ONNX graphs.
+    pub onnx: bool,
+}
+
+impl Default for Formats {
+    /// The safetensors set: what every host can run.
+    fn default() -> Self {
+        Formats {
+            safetensors: true,
+            onnx: false,
+        }
+    }
+}
+
+impl Formats {
+    /// The ONNX graphs only (with the files every format needs).
+    pub fn onnx() -> Self {
+        Formats {
+            safetensors: false,
+            onnx: true,
+        }
+    }
+
+    /// Every format.
+    pub fn all() -> Self {
+        Formats {
+            safetensors: true,
+            onnx: true,
+        }
+    }
+
+    /// Does this selection include `file`?
+    pub fn includes(&self, file: &ModelFile) -> bool {
+        match file.format {
+            None => true,
+            Some(Format::Safetensors) => self.safetensors,
+            Some(Format::Onnx) => self.onnx,
+        }
+    }
+}
+
 /// One file of a model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModelFile {
@@ -12,6 +79,14 @@ pub struct ModelFile {
     pub size: u64,
     /// SHA-256 of the content, lowercase hex.
     pub sha256: String,
+    /// The format it belongs to; `None`: every format needs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+    /// Where the registry fetches it from when that is not `<source>/<path>` (a file published
+    /// in another repository, such as a public ONNX export, under another name). Mirrors and
+    /// `--from` still use `<path>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// A model the registry knows.
@@ -33,6 +108,32 @@ impl ModelSpec {
     /// Total size of the files.
     pub fn size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// The SHA-256 of the reference weights: the safetensors file (tagged so, else the first
+    /// `*.safetensors`). Written into every manifest, so a plugin names the same space whichever
+    /// format of the weights it runs.
+    pub fn weights_sha256(&self) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|f| f.format == Some(Format::Safetensors))
+            .or_else(|| self.files.iter().find(|f| f.path.ends_with(".safetensors")))
+            .map(|f| f.sha256.as_str())
+    }
+
+    /// The formats the registry has files for.
+    pub fn formats(&self) -> Vec<Format> {
+        let mut out: Vec<Format> = Vec::new();
+        for f in self.files.iter().filter_map(|f| f.format) {
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    pub(super) fn files_of(&self, format: Format) -> impl Iterator<Item = &ModelFile> {
+        self.files.iter().filter(move |f| f.format == Some(format))
     }
 }
 
@@ -66,6 +167,10 @@ struct RawFile {
     path: String,
     size: u64,
     sha256: String,
+    #[serde(default)]
+    format: Option<Format>,
+    #[serde(default)]
+    url: Option<String>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -162,10 +267,18 @@ impl Registry {
                         m.name, f.path, f.sha256
                     )));
                 }
+                let url = match &f.url {
+                    Some(u) => Some(check_base_url(u).map_err(|e| {
+                        err(format!("model {:?}: file {:?}: url: {e}", m.name, f.path))
+                    })?),
+                    None => None,
+                };
                 files.push(ModelFile {
                     path: f.path,
                     size: f.size,
                     sha256,
+                    format: f.format,
+                    url,
                 });
             }
             models.push(ModelSpec {

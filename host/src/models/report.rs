@@ -12,29 +12,58 @@ pub struct Manifest {
     pub files: BTreeMap<String, String>,
     /// The base URL the files came from, or `import:<folder>`.
     pub source: String,
+    /// The SHA-256 of the reference weights (the registry's safetensors), whichever formats
+    /// are here: plugins name their space after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
+    /// Graphs that are not the registry's files but were converted from the same weights and
+    /// imported (their SHA-256 in `files` is their own, recorded at import).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub converted: Vec<String>,
 }
 
 impl Manifest {
-    pub(super) fn for_spec(spec: &ModelSpec, source: String) -> Manifest {
+    /// The registry's files of `formats`.
+    pub(super) fn for_spec(spec: &ModelSpec, formats: Formats, source: String) -> Manifest {
         Manifest {
             name: spec.name.clone(),
             files: spec
                 .files
                 .iter()
+                .filter(|f| formats.includes(f))
                 .map(|f| (f.path.clone(), f.sha256.clone()))
                 .collect(),
             source,
+            weights_sha256: spec.weights_sha256().map(str::to_string),
+            converted: Vec::new(),
         }
     }
 
-    /// Does it describe exactly the registry's files?
+    /// Does it describe registry files only (converted graphs with their own SHA-256), every
+    /// file all formats need, and every file of each format it lists any of?
     pub(super) fn matches(&self, spec: &ModelSpec) -> bool {
+        let listed_right = self.files.iter().all(|(path, sha)| {
+            spec.files.iter().any(|f| {
+                f.path == *path
+                    && (f.sha256 == *sha
+                        || (f.format == Some(Format::Onnx) && self.converted.contains(path)))
+            })
+        });
+        let formats_whole = spec.files.iter().all(|f| {
+            let wanted = match f.format {
+                None => true,
+                Some(format) => spec
+                    .files_of(format)
+                    .any(|g| self.files.contains_key(&g.path)),
+            };
+            !wanted || self.files.contains_key(&f.path)
+        });
         self.name == spec.name
-            && self.files.len() == spec.files.len()
-            && spec
-                .files
-                .iter()
-                .all(|f| self.files.get(&f.path) == Some(&f.sha256))
+            && listed_right
+            && formats_whole
+            // Manifests written before formats existed have no weights_sha256.
+            && (self.weights_sha256.is_none()
+                || self.weights_sha256.as_deref() == spec.weights_sha256())
     }
 }
 
@@ -183,6 +212,8 @@ pub struct ModelStatus {
     pub size: u64,
     /// Where the files came from, from the manifest.
     pub source: Option<String>,
+    /// The formats whose files are here (or partly here): `safetensors`, `onnx`.
+    pub formats: Vec<Format>,
     /// What is missing or wrong, each with what to do.
     pub problems: Vec<String>,
 }

@@ -1,13 +1,15 @@
 //! What a plugin call answers, in the host's own terms: the generated WIT types are converted
 //! into these in [`super::contract`], and nothing outside the runtime sees a generated type.
 
-use crate::types::{FailureKind, SpaceId, StructuredDescription};
+use crate::types::{FailureKind, Inference, SpaceId, StructuredDescription};
 
 /// Why a plugin call did not produce a usable answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CallError {
     pub kind: FailureKind,
     pub message: String,
+    /// Native inference (wasi-nn) that ran during the failed call.
+    pub inference: Option<Inference>,
 }
 
 impl CallError {
@@ -15,6 +17,7 @@ impl CallError {
         CallError {
             kind,
             message: message.into(),
+            inference: None,
         }
     }
 }
@@ -28,6 +31,8 @@ pub(crate) struct ModelInfo {
     pub model: String,
     pub dimensions: Option<usize>,
     pub space: SpaceId,
+    /// On the copy returned with a batch: what ran natively (wasi-nn) to answer it.
+    pub inference: Option<Inference>,
 }
 
 /// What a describer wrote.

@@ -11,6 +11,8 @@ use wasmtime::component::Component;
 
 use super::contract::contract_version;
 use super::engine::Runtime;
+use super::nn;
+use crate::config::PluginConfig;
 use crate::input::hex;
 
 impl Runtime {
@@ -87,6 +89,11 @@ pub struct ComponentReport {
 }
 
 impl Runtime {
+    /// The wasi-nn status of a plugin that did not load, from its config.
+    pub(crate) fn nn_status(&self, key: &str, cfg: &PluginConfig) -> Option<nn::NnStatus> {
+        self.nn.plugin(key, cfg).status()
+    }
+
     /// Compile a component file and describe its imports, exports and contract version.
     pub(crate) fn inspect(&self, bytes: &[u8]) -> Result<ComponentReport, String> {
         let (component, _) = self.compile(bytes)?;
@@ -114,6 +121,12 @@ impl Runtime {
         }
         if uses("wasi:cli/environment") {
             capabilities.push("env: environment variables (grants.env), if it reads any".into());
+        }
+        if uses("wasi:nn/") {
+            capabilities.push(
+                "nn: native inference on granted graphs (grants.nn = [\"<graph>\"] with a model_dir)"
+                    .into(),
+            );
         }
         if uses("wasi:sockets/tcp") || uses("wasi:sockets/udp") {
             capabilities

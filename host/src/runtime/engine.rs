@@ -15,9 +15,10 @@ use super::call::CallError;
 use super::contract::{
     contract_version, describer, embedder, image_embedder, plugin, HostView, CONTRACT_VERSION,
 };
-use super::host_fns::Shared;
+use super::host_fns::{model_dir_name, Shared};
+use super::nn;
 use super::plugin::{Indices, Plugin};
-use super::sandbox::PluginState;
+use super::sandbox::{nn_view, PluginState};
 use crate::config::PluginConfig;
 use crate::types::{FailureKind, PluginId};
 
@@ -34,6 +35,7 @@ pub(crate) struct Runtime {
     /// Components this runtime compiled, by the SHA-256 of their bytes: inspecting and then
     /// loading the same file (`imbed plugins check`) compiles it once, not twice.
     pub(crate) compiled: Mutex<HashMap<[u8; 32], Component>>,
+    pub(crate) nn: Arc<nn::NnHost>,
 }
 
 impl Drop for Runtime {
@@ -43,7 +45,12 @@ impl Drop for Runtime {
 }
 
 impl Runtime {
-    pub(crate) fn new(cache_dir: Option<PathBuf>) -> Result<Runtime, String> {
+    /// `nn_plugins`: how many plugins the config grants wasi-nn graphs (for the thread default).
+    pub(crate) fn new(
+        cache_dir: Option<PathBuf>,
+        nn_settings: &crate::config::NnSettings,
+        nn_plugins: usize,
+    ) -> Result<Runtime, String> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
@@ -69,6 +76,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
         HostView::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| format!("{e:#}"))?;
+        nn::add_to_linker(&mut linker, nn_view).map_err(|e| format!("{e:#}"))?;
 
         let client = reqwest::Client::builder()
             // Plugins see every hop: a redirect to an origin that is not granted must not be
@@ -85,6 +93,7 @@ impl Runtime {
             client,
             stop_ticker: stop,
             compiled: Mutex::new(HashMap::new()),
+            nn: Arc::new(nn::NnHost::new(nn_settings.clone(), nn_plugins)),
         })
     }
 }
@@ -168,8 +177,10 @@ impl Runtime {
         let shared = Arc::new(Shared {
             key: key.to_string(),
             settings: cfg.settings.clone(),
+            model_dir_name: cfg.grants.model_dir.as_deref().and_then(model_dir_name),
             http_origins: cfg.grants.http.clone(),
             client: self.client.clone(),
+            nn: self.nn.plugin(key, cfg),
         });
         // A plugin that can reach no network only computes: more instances than cores would
         // just take turns on them, each holding its own memory (a CLIP instance is ~600 MB).

@@ -2,9 +2,12 @@
 //! plugin was granted; HTTP checks the origin grant before anything is sent.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::contract::{host, http, wit};
+use super::nn;
 use super::sandbox::PluginState;
 use crate::input::describe_reqwest;
 
@@ -15,8 +18,25 @@ const HTTP_BODY_CAP: usize = 256 << 20;
 pub(crate) struct Shared {
     pub(crate) key: String,
     pub(crate) settings: BTreeMap<String, String>,
+    /// The granted model folder's own name, answered for [`MODEL_DIR_NAME`].
+    pub(crate) model_dir_name: Option<String>,
     pub(crate) http_origins: Vec<url::Origin>,
     pub(crate) client: reqwest::Client,
+    /// The plugin's wasi-nn grants, budget and shared graph sessions.
+    pub(crate) nn: Arc<nn::PluginNn>,
+}
+
+/// The setting a plugin granted a `model_dir` reads to learn the folder's name on the host (the
+/// folder is `/model` inside): a model folder without an `imbed-model.json` manifest is named
+/// after it. A value in the plugin's own settings table wins.
+pub const MODEL_DIR_NAME: &str = "model_dir_name";
+
+/// The last part of a model folder's path, as plugins are told it.
+/// The name as written wins over the resolved one (a link named `clip-b32` says more than
+/// its target); `.` and `..` are resolved.
+pub(crate) fn model_dir_name(dir: &Path) -> Option<String> {
+    let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    named(dir).or_else(|| dir.canonicalize().ok().as_deref().and_then(named))
 }
 
 impl wit::Host for PluginState {}
@@ -36,7 +56,14 @@ impl host::Host for PluginState {
     }
 
     async fn get_setting(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.shared.settings.get(&key).cloned())
+        if let Some(value) = self.shared.settings.get(&key) {
+            return Ok(Some(value.clone()));
+        }
+        // Inside the sandbox the model folder is always `/model`; its real name is the only
+        // name a folder without a manifest has, so the host answers it.
+        Ok((key == MODEL_DIR_NAME)
+            .then(|| self.shared.model_dir_name.clone())
+            .flatten())
     }
 
     async fn setting_keys(&mut self) -> wasmtime::Result<Vec<String>> {

@@ -11,6 +11,7 @@ mod compile;
 mod contract;
 mod engine;
 mod host_fns;
+pub(crate) mod nn;
 mod plugin;
 mod sandbox;
 
@@ -18,4 +19,5 @@ pub use call::Roles;
 pub(crate) use call::{CallError, ItemResult, ModelInfo};
 pub use compile::ComponentReport;
 pub(crate) use engine::Runtime;
+pub(crate) use host_fns::model_dir_name;
 pub(crate) use plugin::Plugin;

@@ -16,10 +16,11 @@ use super::call::{CallError, ItemResult, ModelInfo, PluginDescription, Roles};
 use super::contract::{describer, embedder, image_embedder, plugin, to_wit_image, wit};
 use super::engine::{Runtime, TICK};
 use super::host_fns::Shared;
+use super::nn;
 use super::sandbox::PluginState;
 use crate::config::PluginConfig;
 use crate::input::ValidImage;
-use crate::types::{FailureKind, PluginId, SpaceId};
+use crate::types::{FailureKind, Inference, PluginId, SpaceId};
 
 /// Guest stderr kept per instance (panic messages land here).
 const STDERR_CAP: usize = 256 * 1024;
@@ -68,6 +69,27 @@ pub(crate) struct Plugin {
     pub load_time: Duration,
 }
 
+/// Runs one guest function of one role on a leased instance and settles the outcome, with what
+/// ran natively during the call.
+macro_rules! guest_call_traced {
+    ($self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {{
+        let mut inst = $self.checkout().await?;
+        let budget = $self.arm(&mut inst.store);
+        let outcome = match inst.exports.$role.as_ref() {
+            Some(guest) => {
+                tokio::time::timeout(budget, guest.$method(&mut inst.store $(, $arg)*)).await
+            }
+            None => {
+                return Err(CallError::new(
+                    FailureKind::NotApplicable,
+                    format!("plugin {:?} does not export {}", $self.key, $what),
+                ))
+            }
+        };
+        $self.settle_traced(inst, outcome)
+    }};
+}
+
 /// Runs one guest function of one role on a leased instance and settles the outcome.
 macro_rules! guest_call {
     ($self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {{
@@ -89,6 +111,16 @@ macro_rules! guest_call {
 }
 
 impl Plugin {
+    /// The wasi-nn side for `imbed plugins` (`None` without graph grants).
+    pub(crate) fn nn_status(&self) -> Option<nn::NnStatus> {
+        self.shared.nn.status()
+    }
+
+    /// Hash the granted graph files not hashed yet, so the status can say `verified`.
+    pub(crate) async fn verify_nn_files(&self) {
+        self.shared.nn.verify_files().await
+    }
+
     pub(crate) fn roles(&self) -> Roles {
         Roles {
             describer: self.indices.describer.is_some(),
@@ -181,6 +213,7 @@ impl Plugin {
     /// Set the deadline for the next call; returns the wall-clock budget.
     fn arm(&self, store: &mut Store<PluginState>) -> Duration {
         store.data_mut().deadline = Instant::now() + self.config.timeout;
+        store.data_mut().nn.used = None;
         store.set_epoch_deadline(1);
         // A little longer than the deadline: the epoch trap should win while the guest runs,
         // the outer timeout catches time spent waiting in host calls.
@@ -243,12 +276,30 @@ impl Plugin {
         inst: Instance,
         outcome: Result<wasmtime::Result<Result<T, wit::Error>>, tokio::time::error::Elapsed>,
     ) -> Result<T, CallError> {
+        self.settle_traced(inst, outcome).map(|(v, _)| v)
+    }
+
+    /// [`Plugin::settle`], also returning what ran natively (wasi-nn) during the call; a
+    /// failed call carries it in its error.
+    fn settle_traced<T>(
+        &self,
+        mut inst: Instance,
+        outcome: Result<wasmtime::Result<Result<T, wit::Error>>, tokio::time::error::Elapsed>,
+    ) -> Result<(T, Option<Inference>), CallError> {
+        let inference = inst.store.data_mut().nn.used.take();
+        let with = |mut e: CallError| {
+            e.inference = inference.clone();
+            e
+        };
         match outcome {
-            Err(_) => Err(self.timeout_error("running")),
-            Ok(Err(trap)) => Err(self.classify_trap(trap, &inst.store, &inst.stderr)),
+            Err(_) => Err(with(self.timeout_error("running"))),
+            Ok(Err(trap)) => Err(with(self.classify_trap(trap, &inst.store, &inst.stderr))),
             Ok(Ok(result)) => {
                 self.give_back(inst);
-                result.map_err(CallError::from)
+                match result {
+                    Ok(v) => Ok((v, inference)),
+                    Err(e) => Err(with(CallError::from(e))),
+                }
             }
         }
     }
@@ -274,13 +325,38 @@ impl Plugin {
         self.settle(inst, outcome)
     }
 
-    /// Ask the plugin to get ready (load its models). Failures are for the log.
-    pub(crate) async fn warm(&self) -> Result<(), CallError> {
-        let mut inst = self.checkout().await?;
-        let budget = self.arm(&mut inst.store);
-        let outcome =
-            tokio::time::timeout(budget, inst.exports.plugin.call_warm(&mut inst.store)).await;
-        self.settle(inst, outcome)
+    /// Ask every instance the plugin may run to get ready (load its models), as the contract
+    /// says: each instance holds its own copy, so warming one would leave the others cold for
+    /// their first request. All are leased first, so each call reaches a different instance,
+    /// then warmed at once, each on its own task (a model load is CPU work; tasks spread over
+    /// the cores). One result per instance; failures are for the log.
+    pub(crate) async fn warm_all(self: &Arc<Self>) -> Vec<Result<(), CallError>> {
+        let leases =
+            futures::future::join_all((0..self.config.pool_size.max(1)).map(|_| self.checkout()))
+                .await;
+        let warms = leases.into_iter().map(|lease| {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut inst = lease?;
+                let budget = this.arm(&mut inst.store);
+                let outcome =
+                    tokio::time::timeout(budget, inst.exports.plugin.call_warm(&mut inst.store))
+                        .await;
+                this.settle(inst, outcome)
+            })
+        });
+        futures::future::join_all(warms)
+            .await
+            .into_iter()
+            .map(|joined| {
+                joined.unwrap_or_else(|e| {
+                    Err(CallError::new(
+                        FailureKind::Other,
+                        format!("warming panicked: {e}"),
+                    ))
+                })
+            })
+            .collect()
     }
 
     pub(crate) async fn text_model(&self) -> Result<ModelInfo, CallError> {
@@ -325,9 +401,11 @@ impl Plugin {
         &self,
         texts: &[String],
     ) -> Result<(ModelInfo, Vec<ItemResult>), CallError> {
-        let model = self.text_model().await?;
-        let items = guest_call!(self, embedder, "a text embedder", call_embed_texts(texts))?;
+        let mut model = self.text_model().await?;
+        let (items, inference) =
+            guest_call_traced!(self, embedder, "a text embedder", call_embed_texts(texts))?;
         let items = self.check_vectors(&model, texts.len(), items)?;
+        model.inference = inference;
         Ok((model, items))
     }
 
@@ -336,7 +414,7 @@ impl Plugin {
         &self,
         images: &[ValidImage],
     ) -> Result<(ModelInfo, Vec<ItemResult>), CallError> {
-        let model = self.image_model().await?;
+        let mut model = self.image_model().await?;
         let mut wit_images = Vec::with_capacity(images.len());
         for image in images {
             let image = match self.config.image_max_side {
@@ -345,13 +423,14 @@ impl Plugin {
             };
             wit_images.push(to_wit_image(&image));
         }
-        let vectors = guest_call!(
+        let (vectors, inference) = guest_call_traced!(
             self,
             image_embedder,
             "an image embedder",
             call_embed_images(&wit_images)
         )?;
         let vectors = self.check_vectors(&model, images.len(), vectors)?;
+        model.inference = inference;
         Ok((model, vectors))
     }
 

@@ -11,6 +11,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::call::CallError;
 use super::host_fns::Shared;
+use super::nn;
 use crate::config::PluginConfig;
 use crate::types::FailureKind;
 
@@ -54,6 +55,17 @@ pub(crate) struct PluginState {
     pub(crate) limiter: Limiter,
     pub(crate) shared: Arc<Shared>,
     pub(crate) deadline: Instant,
+    /// This instance's wasi-nn graphs and execution contexts.
+    pub(crate) nn: nn::InstanceNn,
+}
+
+/// What the wasi-nn host functions see of an instance's state.
+pub(crate) fn nn_view(s: &mut PluginState) -> nn::NnView<'_> {
+    nn::NnView {
+        table: &mut s.table,
+        nn: &mut s.nn,
+        deadline: s.deadline,
+    }
 }
 
 impl WasiView for PluginState {
@@ -111,7 +123,8 @@ impl PluginState {
                 memory_cap: cfg.memory_bytes as usize,
                 exceeded: false,
             },
-            shared: shared,
+            nn: nn::InstanceNn::new(shared.nn.clone()),
+            shared,
             deadline: Instant::now() + cfg.timeout,
         })
     }

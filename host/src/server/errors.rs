@@ -139,6 +139,7 @@ mod tests {
                 plugin: Some("hash".into()),
                 kind: crate::types::FailureKind::Trap,
                 message: "crashed".into(),
+                inference: None,
             }],
         };
         let f = Failure::of(&exhausted);

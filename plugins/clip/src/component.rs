@@ -2,11 +2,11 @@
 //! once loaded (on first use or in `warm`); everything else is [`crate::Clip`].
 
 use imbed_plugin_sdk::{
-    export_plugin, log, settings, single, Batch, Embedder, Error, Image, ImageEmbedder, ModelInfo,
-    Plugin, Vector,
+    export_plugin, log, nn, settings, single, Batch, Embedder, Error, Image, ImageEmbedder,
+    ModelInfo, Plugin, Vector,
 };
 
-use crate::{Clip, ClipError, DEFAULT_MODEL};
+use crate::{Clip, ClipError, DEFAULT_MODEL, TEXT_GRAPH, VISION_GRAPH};
 
 /// The plugin instance. A failed load is not kept, so files pulled after start are picked up
 /// by the next call.
@@ -32,16 +32,47 @@ fn model_info(c: &Clip) -> ModelInfo {
 impl ClipPlugin {
     fn clip(&mut self) -> Result<&Clip, Error> {
         if self.model.is_none() {
-            // `model` names the model for `imbed models pull` when the directory has no manifest.
-            let name = settings::string("model", DEFAULT_MODEL);
-            let loaded = Clip::load(imbed_model_io::MODEL_ROOT, name.trim()).map_err(to_sdk)?;
-            log::info(format!("loaded {}", loaded.info().space_id));
+            // Without a manifest, the model is what the `model` setting calls it, else it is
+            // named after the folder the host granted (inside it is `/model`; the host tells
+            // its name). Messages about missing files name the model to pull: the setting's,
+            // else the default one.
+            let host = settings::Settings::from_host();
+            let setting = host.get("model").map(|m| m.trim().to_string());
+            let pull = setting.clone().unwrap_or_else(|| DEFAULT_MODEL.to_string());
+            let unnamed = setting
+                .or_else(|| host.get("model_dir_name"))
+                .unwrap_or_else(|| DEFAULT_MODEL.to_string());
+            let loaded = load(&pull, &unnamed)?;
+            log::info(format!(
+                "loaded {} ({})",
+                loaded.info().space_id,
+                match loaded.path() {
+                    "graph" => "towers on the host's ONNX Runtime: vision.onnx, text.onnx",
+                    _ => "towers in candle, in the sandbox",
+                }
+            ));
             self.model = Some(loaded);
         }
         self.model
             .as_ref()
             .ok_or_else(|| Error::other("the model did not stay loaded"))
     }
+}
+
+/// Both towers on the host's graphs when it has both for us, else both in candle (one path per
+/// instance keeps the memory and the behaviour simple to reason about).
+fn load(pull: &str, unnamed: &str) -> Result<Clip, Error> {
+    let root = imbed_model_io::MODEL_ROOT;
+    let graphs = nn::load(VISION_GRAPH).and_then(|v| Ok((v, nn::load(TEXT_GRAPH)?)));
+    match graphs {
+        Ok((vision, text)) => match Clip::with_graphs_named(root, pull, unnamed, vision, text) {
+            Ok(loaded) => return Ok(loaded),
+            Err(e) => log::warn(format!("not using the graphs: {e}")),
+        },
+        Err(e) if e.is_unavailable() => log::debug(format!("graphs not used: {e}")),
+        Err(e) => log::warn(format!("the graphs failed to load: {e}")),
+    }
+    Clip::load_named(root, pull, unnamed).map_err(to_sdk)
 }
 
 impl Plugin for ClipPlugin {

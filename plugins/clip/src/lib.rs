@@ -8,6 +8,12 @@
 //! manifest. Text and image vectors share one space id,
 //! `clip/<model>@<first 12 hex digits of the weights' SHA-256>`, so different weights never mix.
 //!
+//! When the host grants the graphs `vision` and `text` (`[plugins.clip.grants] nn = ["vision",
+//! "text"]`) and the folder has `vision.onnx` and `text.onnx` its manifest vouches for, both
+//! towers run natively in the host's ONNX Runtime (wasi-nn) instead of candle; decoding,
+//! preprocessing, tokenising and normalisation stay here, and the space id stays the same: it
+//! names the weights, not their format ([`Clip::with_graphs`]).
+//!
 //! The model code ([`Clip`], [`model`], [`preprocess`], [`tokenize`]) compiles natively as well,
 //! so tests and benchmarks run the same candle code outside the sandbox; only the component glue
 //! is wasm-only.
@@ -17,10 +23,12 @@ pub mod preprocess;
 pub mod tokenize;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device};
 use image::DynamicImage;
 use imbed_model_io::{ModelDir, ModelError};
+use imbed_plugin_sdk::nn::{self, Infer};
 
 use model::{ClipConfig, ClipModel};
 use preprocess::Preprocessor;
@@ -33,6 +41,18 @@ pub const DEFAULT_MODEL: &str = "clip-vit-base-patch32";
 const IMAGE_CHUNK: usize = 8;
 /// Texts per forward pass.
 const TEXT_CHUNK: usize = 32;
+
+/// The graphs the host runs for the towers: `vision.onnx` and `text.onnx` in the model folder.
+pub const VISION_GRAPH: &str = "vision";
+/// See [`VISION_GRAPH`].
+pub const TEXT_GRAPH: &str = "text";
+
+/// What exports call the projected features (Qdrant's and imbed's converter: the first).
+const IMAGE_OUTPUTS: [&str; 3] = ["image_embeds", "embeddings", "embedding"];
+const TEXT_OUTPUTS: [&str; 3] = ["text_embeds", "embeddings", "embedding"];
+
+/// The weights file, whose SHA-256 names the space.
+const WEIGHTS_FILE: &str = "model.safetensors";
 
 /// Why the plugin could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +67,12 @@ pub enum ClipError {
     /// The computation failed (a bug or an exhausted resource, not the input's fault).
     #[error("clip: {0}")]
     Compute(String),
+}
+
+impl From<nn::NnError> for ClipError {
+    fn from(e: nn::NnError) -> Self {
+        ClipError::Compute(e.to_string())
+    }
 }
 
 impl From<candle_core::Error> for ClipError {
@@ -67,12 +93,37 @@ pub struct ModelInfo {
     pub space_id: String,
 }
 
+/// What runs the towers.
+enum Towers {
+    /// candle, inside the sandbox (boxed: the graph variant is a few pointers).
+    Candle(Box<ClipModel>),
+    /// Graphs the host runs; `text_inputs` is the text input set accepted last.
+    Graphs {
+        vision: Box<dyn Infer + Send + Sync>,
+        text: Box<dyn Infer + Send + Sync>,
+        text_inputs: AtomicUsize,
+        vision_inputs: AtomicUsize,
+    },
+}
+
 /// A loaded CLIP: tokenizer, preprocessing, both towers.
 pub struct Clip {
-    model: ClipModel,
+    towers: Towers,
     tokenizer: ClipTokenizer,
     preprocessor: Preprocessor,
     info: ModelInfo,
+    image_size: usize,
+    channels: usize,
+}
+
+/// Everything but the towers.
+struct Front {
+    dir: ModelDir,
+    /// The model id: the manifest's name, else what the caller calls an unnamed folder.
+    name: String,
+    config: ClipConfig,
+    tokenizer: ClipTokenizer,
+    preprocessor: Preprocessor,
 }
 
 impl std::fmt::Debug for Clip {
@@ -87,7 +138,106 @@ impl Clip {
     /// Load the model in `dir` (inside the sandbox, `/model`). `model` is the name error messages
     /// tell the user to pull, and the model id when the directory has no manifest.
     pub fn load(dir: impl AsRef<Path>, model: &str) -> Result<Clip, ClipError> {
-        let dir = ModelDir::open(dir.as_ref(), model)?;
+        Clip::load_named(dir, model, model)
+    }
+
+    /// [`Clip::load`] where a directory without a manifest is called `unnamed` (its folder's
+    /// name, say) rather than `model`: the name to pull is no name for weights someone put
+    /// there by hand, which may be any CLIP.
+    pub fn load_named(
+        dir: impl AsRef<Path>,
+        model: &str,
+        unnamed: &str,
+    ) -> Result<Clip, ClipError> {
+        let Front {
+            dir,
+            name,
+            config,
+            tokenizer,
+            preprocessor,
+        } = Clip::front(dir.as_ref(), model, unnamed)?;
+        let weights = dir.load_weights(WEIGHTS_FILE, DType::F32, &Device::Cpu)?;
+        let info = ModelInfo {
+            space_id: format!("clip/{name}@{}", weights.revision()),
+            model_id: name,
+            dimensions: config.projection_dim,
+        };
+        let model = weights.build(|vb| ClipModel::new(vb, &config))?;
+        Ok(Clip {
+            towers: Towers::Candle(Box::new(model)),
+            tokenizer,
+            preprocessor,
+            info,
+            image_size: config.vision_config.image_size,
+            channels: config.vision_config.num_channels,
+        })
+    }
+
+    /// Like [`Clip::load`], but the towers run through `vision` and `text` (in the plugin: the
+    /// host's `vision.onnx` and `text.onnx`): `model.safetensors` is not read. The space id
+    /// names the weights all the same ([`ModelDir::weights_revision`]), so vectors from either
+    /// path compare.
+    pub fn with_graphs(
+        dir: impl AsRef<Path>,
+        model: &str,
+        vision: impl Infer + Send + Sync + 'static,
+        text: impl Infer + Send + Sync + 'static,
+    ) -> Result<Clip, ClipError> {
+        Clip::with_graphs_named(dir, model, model, vision, text)
+    }
+
+    /// [`Clip::with_graphs`] with an unmanifested folder called `unnamed`, as in
+    /// [`Clip::load_named`].
+    pub fn with_graphs_named(
+        dir: impl AsRef<Path>,
+        model: &str,
+        unnamed: &str,
+        vision: impl Infer + Send + Sync + 'static,
+        text: impl Infer + Send + Sync + 'static,
+    ) -> Result<Clip, ClipError> {
+        let Front {
+            dir,
+            name,
+            config,
+            tokenizer,
+            preprocessor,
+        } = Clip::front(dir.as_ref(), model, unnamed)?;
+        let revision = dir.weights_revision(WEIGHTS_FILE)?;
+        let info = ModelInfo {
+            space_id: format!("clip/{name}@{revision}"),
+            model_id: name,
+            dimensions: config.projection_dim,
+        };
+        Ok(Clip {
+            towers: Towers::Graphs {
+                vision: Box::new(vision),
+                text: Box::new(text),
+                text_inputs: AtomicUsize::new(0),
+                vision_inputs: AtomicUsize::new(0),
+            },
+            tokenizer,
+            preprocessor,
+            info,
+            image_size: config.vision_config.image_size,
+            channels: config.vision_config.num_channels,
+        })
+    }
+
+    /// Which path runs the towers: `"candle"` or `"graph"`.
+    pub fn path(&self) -> &'static str {
+        match self.towers {
+            Towers::Candle(_) => "candle",
+            Towers::Graphs { .. } => "graph",
+        }
+    }
+
+    fn front(dir: &Path, model: &str, unnamed: &str) -> Result<Front, ClipError> {
+        let dir = ModelDir::open(dir, model)?;
+        let name = if dir.manifest().is_some() {
+            dir.model_name().to_string()
+        } else {
+            unnamed.to_string()
+        };
         let config: ClipConfig = dir.read_json("config.json")?;
         config
             .validate()
@@ -104,18 +254,12 @@ impl Clip {
             config.text_config.max_position_embeddings,
         )
         .map_err(|reason| corrupt(&dir, "tokenizer.json", reason))?;
-        let weights = dir.load_weights("model.safetensors", DType::F32, &Device::Cpu)?;
-        let info = ModelInfo {
-            model_id: dir.model_name().to_string(),
-            dimensions: config.projection_dim,
-            space_id: format!("clip/{}@{}", dir.model_name(), weights.revision()),
-        };
-        let model = weights.build(|vb| ClipModel::new(vb, &config))?;
-        Ok(Clip {
-            model,
+        Ok(Front {
+            dir,
+            name,
+            config,
             tokenizer,
             preprocessor,
-            info,
         })
     }
 
@@ -157,7 +301,13 @@ impl Clip {
         }
         for chunk in ready.chunks(TEXT_CHUNK) {
             let ids: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
-            for ((i, _), v) in chunk.iter().zip(self.model.text_features(&ids)?) {
+            let vectors = match &self.towers {
+                Towers::Candle(model) => model.text_features(&ids)?,
+                Towers::Graphs {
+                    text, text_inputs, ..
+                } => self.graph_text(text.as_ref(), text_inputs, &ids)?,
+            };
+            for ((i, _), v) in chunk.iter().zip(vectors) {
                 out[*i] = Ok(v);
             }
         }
@@ -172,9 +322,96 @@ impl Clip {
                 .iter()
                 .map(|img| self.preprocessor.pixel_values(img))
                 .collect();
-            out.extend(self.model.image_features(&pixels)?);
+            out.extend(match &self.towers {
+                Towers::Candle(model) => model.image_features(&pixels)?,
+                Towers::Graphs {
+                    vision,
+                    vision_inputs,
+                    ..
+                } => self.graph_images(vision.as_ref(), vision_inputs, &pixels)?,
+            });
         }
         Ok(out)
+    }
+
+    /// Token ids padded (with 0) to the batch's longest, with the mask, through the text graph:
+    /// the causal mask keeps padding out of each text's features, as on the candle path.
+    fn graph_text(
+        &self,
+        graph: &dyn Infer,
+        known: &AtomicUsize,
+        batch: &[Vec<u32>],
+    ) -> Result<Vec<Vec<f32>>, ClipError> {
+        let n = batch.len();
+        let len = batch.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut ids = vec![0i64; n * len];
+        let mut mask = vec![0i64; n * len];
+        for (row, t) in batch.iter().enumerate() {
+            for (pos, &id) in t.iter().enumerate() {
+                ids[row * len + pos] = i64::from(id);
+                mask[row * len + pos] = 1;
+            }
+        }
+        let shape = [n, len];
+        let narrow = |v: &[i64]| v.iter().map(|&x| x as i32).collect::<Vec<_>>();
+        let (ids64, mask64) = (
+            nn::Tensor::i64(&shape, &ids)?,
+            nn::Tensor::i64(&shape, &mask)?,
+        );
+        let (ids32, mask32) = (
+            nn::Tensor::i32(&shape, &narrow(&ids))?,
+            nn::Tensor::i32(&shape, &narrow(&mask))?,
+        );
+        // Qdrant's export and imbed's converter take int64 ids and mask; others only ids, or int32.
+        let sets = vec![
+            vec![("input_ids", &ids64), ("attention_mask", &mask64)],
+            vec![("input_ids", &ids64)],
+            vec![("input_ids", &ids32), ("attention_mask", &mask32)],
+            vec![("input_ids", &ids32)],
+        ];
+        self.run_graph(graph, known, &sets, &TEXT_OUTPUTS, n)
+    }
+
+    fn graph_images(
+        &self,
+        graph: &dyn Infer,
+        known: &AtomicUsize,
+        pixels: &[Vec<f32>],
+    ) -> Result<Vec<Vec<f32>>, ClipError> {
+        let n = pixels.len();
+        let flat: Vec<f32> = pixels.iter().flatten().copied().collect();
+        let input = nn::Tensor::f32(&[n, self.channels, self.image_size, self.image_size], &flat)?;
+        let sets = vec![vec![("pixel_values", &input)], vec![("image", &input)]];
+        self.run_graph(graph, known, &sets, &IMAGE_OUTPUTS, n)
+    }
+
+    /// Run, pick the projected features by name, check their shape, normalise each row.
+    fn run_graph(
+        &self,
+        graph: &dyn Infer,
+        known: &AtomicUsize,
+        sets: &[Vec<(&str, &nn::Tensor)>],
+        outputs: &[&str],
+        n: usize,
+    ) -> Result<Vec<Vec<f32>>, ClipError> {
+        let mut index = known.load(Ordering::Relaxed);
+        let out = nn::run_first_accepted(graph, sets, &mut index)?;
+        known.store(index, Ordering::Relaxed);
+        let (name, t) = out.first_of(outputs)?;
+        let dims = self.info.dimensions;
+        if t.shape() != [n as u32, dims as u32] {
+            return Err(ClipError::Compute(format!(
+                "the graph's output {name:?} has shape {:?}, expected [{n}, {dims}]: is it this model's graph?",
+                t.shape()
+            )));
+        }
+        Ok(t.to_f32()?
+            .chunks(dims)
+            .map(|row| {
+                let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                row.iter().map(|x| x / norm).collect()
+            })
+            .collect())
     }
 
     /// Decode an encoded PNG or JPEG for [`Clip::embed_images`].

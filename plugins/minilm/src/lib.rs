@@ -7,6 +7,12 @@
 //! `sentence_bert_config.json`, `1_Pooling/config.json`. `imbed models pull all-minilm-l6-v2`
 //! puts them there. The weights are loaded once per instance, on first use or in `warm`.
 //!
+//! When the host grants the graph `text` (`[plugins.minilm.grants] nn = ["text"]`) and the folder
+//! has a `text.onnx` its manifest vouches for, the transformer runs natively in the host's ONNX
+//! Runtime instead (wasi-nn); tokenising, pooling and normalisation stay here, and the vectors
+//! land in the same space. Without the grant, the file or the runtime, candle runs it in the
+//! sandbox as before.
+//!
 //! Model id `all-MiniLM-L6-v2`, 384 dimensions, space id
 //! `sentence-transformers/all-MiniLM-L6-v2@<first 12 hex digits of the weights' SHA-256>`: other
 //! weights are another space, and Ollama's `all-minilm` (a GGUF conversion whose numbers differ)
@@ -19,9 +25,11 @@ pub mod model;
 
 /// The component: one [`MiniLm`] value per plugin instance, holding the model once loaded.
 mod component {
-    use super::model::{EmbedError, SentenceEmbedder, MODEL_ID, REGISTRY_NAME};
+    use super::model::{EmbedError, SentenceEmbedder, GRAPH, MODEL_ID, REGISTRY_NAME};
     use imbed_model_io::{ModelDir, ModelError, MODEL_ROOT};
-    use imbed_plugin_sdk::{export_plugin, log, Batch, Embedder, Error, ModelInfo, Plugin, Vector};
+    use imbed_plugin_sdk::{
+        export_plugin, log, nn, Batch, Embedder, Error, ModelInfo, Plugin, Vector,
+    };
 
     /// The plugin instance. A failed load is not remembered: the next call tries again, so
     /// files pulled after the plugin started are picked up.
@@ -40,11 +48,15 @@ mod component {
                     )),
                     other => to_sdk(other),
                 })?;
-                let loaded = SentenceEmbedder::load(&dir).map_err(to_sdk)?;
+                let loaded = load(&dir)?;
                 log::info(format!(
-                    "loaded {MODEL_ID} ({} dimensions, weights {})",
+                    "loaded {MODEL_ID} ({} dimensions, weights {}, transformer on {})",
                     loaded.dimensions(),
-                    loaded.revision()
+                    loaded.revision(),
+                    match loaded.path() {
+                        "graph" => "the host's ONNX Runtime (text.onnx)",
+                        _ => "candle in the sandbox",
+                    }
                 ));
                 self.model = Some(loaded);
             }
@@ -52,6 +64,21 @@ mod component {
                 .as_ref()
                 .ok_or_else(|| Error::other("the model did not stay loaded"))
         }
+    }
+
+    /// The host's graph when it has one for us, else candle. A graph that loads but whose folder
+    /// cannot name its weights (no manifest, no safetensors) is not used: its vectors could not
+    /// be given a space.
+    fn load(dir: &ModelDir) -> Result<SentenceEmbedder, Error> {
+        match nn::load(GRAPH) {
+            Ok(graph) => match SentenceEmbedder::with_graph(dir, graph) {
+                Ok(loaded) => return Ok(loaded),
+                Err(e) => log::warn(format!("not using graph {GRAPH:?}: {e}")),
+            },
+            Err(e) if e.is_unavailable() => log::debug(format!("graph {GRAPH:?} not used: {e}")),
+            Err(e) => log::warn(format!("graph {GRAPH:?} failed to load: {e}")),
+        }
+        SentenceEmbedder::load(dir).map_err(to_sdk)
     }
 
     /// Missing, corrupt and unreadable files all mean the model cannot be used as configured;

@@ -111,6 +111,11 @@ pub struct Manifest {
     /// Where the files came from: a URL, or `import:<path>`.
     #[serde(default)]
     pub source: Option<String>,
+    /// The SHA-256 of the reference weights (the registry's safetensors) the folder's files
+    /// hold, whichever formats were pulled: the space id names these weights, so a folder with
+    /// only ONNX graphs lands in the same space as one with the safetensors.
+    #[serde(default)]
+    pub weights_sha256: Option<String>,
 }
 
 /// A model directory: where the files are, what the manifest says, which name to suggest pulling.
@@ -255,6 +260,28 @@ impl ModelDir {
         })
     }
 
+    /// The first 12 hex digits of the SHA-256 of the weights this folder's model holds, for the
+    /// space id, without loading them: the manifest's `weights_sha256`, else its SHA-256 of
+    /// `weights_file`, else the file hashed here (a folder without a manifest). A folder with
+    /// neither a manifest nor `weights_file` cannot say which weights its other files (ONNX
+    /// graphs) hold: [`ModelError::NotFound`] for `weights_file`, whose message says to pull.
+    pub fn weights_revision(&self, weights_file: &str) -> Result<String, ModelError> {
+        if let Some(m) = &self.manifest {
+            if let Some(sha) = m
+                .weights_sha256
+                .as_ref()
+                .or_else(|| m.files.get(weights_file))
+            {
+                return Ok(sha[..12].to_string());
+            }
+        }
+        let path = self.path(weights_file);
+        let mut file = std::fs::File::open(&path).map_err(|e| self.io_error(path.clone(), e))?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher).map_err(|e| self.io_error(path, e))?;
+        Ok(hex(&hasher.finalize())[..12].to_string())
+    }
+
     fn io_error(&self, path: PathBuf, e: std::io::Error) -> ModelError {
         if e.kind() == ErrorKind::NotFound {
             ModelError::NotFound {
@@ -285,7 +312,16 @@ fn hex(bytes: &[u8]) -> String {
 
 fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("bad JSON: {e}"))?;
-    for (file, sha) in &manifest.files {
+    let named = manifest
+        .weights_sha256
+        .iter()
+        .map(|sha| ("weights_sha256", sha));
+    for (file, sha) in manifest
+        .files
+        .iter()
+        .map(|(f, s)| (f.as_str(), s))
+        .chain(named)
+    {
         if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!(
                 "the SHA-256 of {file:?} is {sha:?}, not 64 hex digits"
@@ -298,6 +334,7 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
             .into_iter()
             .map(|(f, s)| (f, s.to_ascii_lowercase()))
             .collect(),
+        weights_sha256: manifest.weights_sha256.map(|s| s.to_ascii_lowercase()),
         ..manifest
     })
 }

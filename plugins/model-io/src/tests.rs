@@ -329,3 +329,57 @@ fn read_json_reports_bad_json_as_corrupt() {
     assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
     assert!(md.has("config.json") && !md.has("nope.json"));
 }
+
+#[test]
+fn the_weights_revision_comes_from_the_manifest_or_the_file_without_loading() {
+    let dir = sample_dir();
+    let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    // No manifest: the file is hashed, as load_weights would.
+    let md = ModelDir::open(dir.path(), "toy").unwrap();
+    assert_eq!(
+        md.weights_revision("model.safetensors").unwrap(),
+        sha256_hex(&bytes)[..12]
+    );
+    // The manifest's SHA-256 of the file.
+    let listed = "cd".repeat(32);
+    std::fs::write(
+        dir.path().join(MANIFEST_FILE),
+        format!(r#"{{"name": "toy", "files": {{"model.safetensors": "{listed}"}}}}"#),
+    )
+    .unwrap();
+    let md = ModelDir::open(dir.path(), "toy").unwrap();
+    assert_eq!(
+        md.weights_revision("model.safetensors").unwrap(),
+        "cdcdcdcdcdcd"
+    );
+    // A folder of graphs only: the manifest's weights_sha256 names the weights they hold.
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let weights = "EF".repeat(32);
+    std::fs::write(
+        dir.path().join(MANIFEST_FILE),
+        format!(r#"{{"name": "toy", "files": {{"text.onnx": "{listed}"}}, "weights_sha256": "{weights}"}}"#),
+    )
+    .unwrap();
+    let md = ModelDir::open(dir.path(), "toy").unwrap();
+    assert_eq!(
+        md.manifest().unwrap().weights_sha256.as_deref(),
+        Some(&*"ef".repeat(32))
+    );
+    assert_eq!(
+        md.weights_revision("model.safetensors").unwrap(),
+        "efefefefefef"
+    );
+    // Neither: the weights cannot be named, and the message says to pull.
+    std::fs::remove_file(dir.path().join(MANIFEST_FILE)).unwrap();
+    let md = ModelDir::open(dir.path(), "toy").unwrap();
+    let err = md.weights_revision("model.safetensors").unwrap_err();
+    assert!(matches!(err, ModelError::NotFound { .. }), "{err}");
+    // A bad weights_sha256 is a corrupt manifest.
+    std::fs::write(
+        dir.path().join(MANIFEST_FILE),
+        r#"{"name": "toy", "files": {}, "weights_sha256": "xyz"}"#,
+    )
+    .unwrap();
+    let err = ModelDir::open(dir.path(), "toy").unwrap_err().to_string();
+    assert!(err.contains("weights_sha256"), "{err}");
+}

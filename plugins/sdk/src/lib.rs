@@ -5,7 +5,8 @@
 //! type implementing [`Plugin`] and any of the roles [`Embedder`], [`ImageEmbedder`] and
 //! [`Describer`] with plain Rust types, and one [`export_plugin!`] line that makes the component
 //! export exactly those roles (the host reads a component's exports to know what it can do).
-//! [`http`], [`settings`] and [`log`] wrap what the host offers.
+//! [`http`], [`settings`] and [`log`] wrap what the host offers; [`nn`] runs named graphs on the
+//! host's native inference runtime (wasi-nn) when the plugin is granted them.
 //!
 //! ```
 //! use imbed_plugin_sdk::{export_plugin, settings, Embedder, Error, ModelInfo, Plugin, Vector};
@@ -56,6 +57,7 @@
 mod glue;
 pub mod http;
 pub mod log;
+pub mod nn;
 pub mod settings;
 mod types;
 

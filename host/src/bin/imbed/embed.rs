@@ -1,9 +1,8 @@
 //! `imbed embed` and `imbed embed-text`: embed images or texts and print one result per input.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::ValueEnum;
 use futures::StreamExt;
 use imbed::{Config, Embedding, Error, ImageRequest, ImageSource};
@@ -19,16 +18,14 @@ pub(crate) enum Output {
     Json,
 }
 
-fn parse_input(arg: &str, stdin_used: &mut bool) -> anyhow::Result<ImageSource> {
+fn parse_input(arg: &str, stdin_used: &mut bool, max_bytes: u64) -> anyhow::Result<ImageSource> {
     if arg == "-" {
         if std::mem::replace(stdin_used, true) {
             return Err(Error::Usage("`-` (stdin) can be given only once".into()).into());
         }
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .lock()
-            .read_to_end(&mut bytes)
-            .context("cannot read the image from stdin")?;
+        // Never more than the cap: `imbed embed - < /dev/zero` must end, and quickly.
+        let bytes = imbed::input::read_capped(std::io::stdin().lock(), "<stdin>", max_bytes)
+            .map_err(Error::from)?;
         return Ok(ImageSource::Bytes(bytes));
     }
     if arg.starts_with("http://") || arg.starts_with("https://") {
@@ -166,7 +163,7 @@ pub(crate) async fn embed(
     }
     let inputs = expanded;
     for arg in &inputs {
-        let source = parse_input(arg, &mut stdin_used)?;
+        let source = parse_input(arg, &mut stdin_used, config.input.max_bytes)?;
         labels.push(if arg == "-" {
             "<stdin>".to_string()
         } else {

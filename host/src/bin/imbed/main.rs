@@ -32,6 +32,9 @@ mod exit {
     pub const USAGE: u8 = 2;
     /// At least one input could not be read or is not a usable image.
     pub const BAD_INPUT: u8 = 3;
+    /// The engine could not start (the async runtime or the WebAssembly engine): nothing was
+    /// tried, so this is not "no step answered".
+    pub const ENGINE: u8 = 4;
     /// Stopped by Ctrl-C; what finished is kept (`imbed index`).
     pub const INTERRUPTED: u8 = 130;
 }
@@ -223,22 +226,45 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("imbed: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::EXHAUSTED);
+            return ExitCode::from(exit::ENGINE);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
+        // The reader went away (`imbed embed ... | head -1`): what it wanted was written, so
+        // this is success, quietly, as ripgrep does.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::OK),
         Err(e) => {
             eprintln!("imbed: {e:#}");
-            let code = match e.downcast_ref::<Error>() {
-                Some(Error::Config(_)) | Some(Error::Usage(_)) => exit::USAGE,
-                Some(Error::Input(_)) => exit::BAD_INPUT,
-                _ if e.downcast_ref::<imbed::ConfigError>().is_some() => exit::USAGE,
-                _ => exit::EXHAUSTED,
-            };
-            ExitCode::from(code)
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The exit code for an error that ended a command.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<Error>() {
+        Some(Error::Config(_)) | Some(Error::Usage(_)) => exit::USAGE,
+        Some(Error::Input(_)) => exit::BAD_INPUT,
+        Some(Error::Engine(_)) => exit::ENGINE,
+        _ if e.downcast_ref::<imbed::ConfigError>().is_some() => exit::USAGE,
+        _ => exit::EXHAUSTED,
+    }
+}
+
+/// Whether writing to stdout failed because its reader closed the pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .map(|io| io.kind())
+            .or_else(|| {
+                cause
+                    .downcast_ref::<serde_json::Error>()
+                    .and_then(|j| j.io_error_kind())
+            });
+        io == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn init_logging(level: &str) {
@@ -304,5 +330,22 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     json,
                 },
         } => collection::cache_prune(config()?, spaces, queries, json).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_failure_has_its_documented_exit_code() {
+        let code = |e: Error| exit_code(&anyhow::Error::from(e));
+        assert_eq!(code(Error::Engine("no threads".into())), exit::ENGINE);
+        assert_eq!(code(Error::Usage("x".into())), exit::USAGE);
+        assert_eq!(code(Error::Exhausted { attempts: vec![] }), exit::EXHAUSTED);
+        let pipe = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            .context("writing a result");
+        assert!(is_broken_pipe(&pipe));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
     }
 }

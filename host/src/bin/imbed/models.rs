@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 use imbed::models::{
-    human_size, FileOutcome, ModelError, ModelState, Models, Progress, ProgressEvent,
+    human_size, FileOutcome, Formats, ModelError, ModelState, Models, Progress, ProgressEvent,
 };
 use imbed::{Config, Env};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,6 +23,10 @@ pub(crate) enum ModelsCommand {
         /// Fetch the files from `<URL>/<file>` instead of the registry's source or a mirror.
         #[arg(long, value_name = "URL")]
         from: Option<String>,
+        /// Which files: `safetensors` (the default: what the plugins run in the sandbox),
+        /// `onnx` (the graphs the host runs natively when the plugin is granted `nn`), or `all`.
+        #[arg(long, value_enum, default_value = "safetensors")]
+        format: FormatArg,
     },
     /// Which known models are present and complete, and their size.
     List {
@@ -48,6 +52,24 @@ pub(crate) enum ModelsCommand {
     },
 }
 
+/// `--format` of `imbed models pull`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum FormatArg {
+    Safetensors,
+    Onnx,
+    All,
+}
+
+impl From<FormatArg> for Formats {
+    fn from(f: FormatArg) -> Formats {
+        match f {
+            FormatArg::Safetensors => Formats::default(),
+            FormatArg::Onnx => Formats::onnx(),
+            FormatArg::All => Formats::all(),
+        }
+    }
+}
+
 pub(crate) async fn run(config: &Config, command: ModelsCommand) -> anyhow::Result<u8> {
     let models = match Models::from_config(config, &Env::from_process()) {
         Ok(m) => m,
@@ -55,8 +77,8 @@ pub(crate) async fn run(config: &Config, command: ModelsCommand) -> anyhow::Resu
     };
     let progress = CliProgress::new();
     let result = match command {
-        ModelsCommand::Pull { name, from } => {
-            let r = pull(&models, &name, from.as_deref(), &progress).await;
+        ModelsCommand::Pull { name, from, format } => {
+            let r = pull(&models, &name, from.as_deref(), format.into(), &progress).await;
             note_grant(config, &models, &name, &r);
             r
         }
@@ -114,9 +136,10 @@ async fn pull(
     models: &Models,
     name: &str,
     from: Option<&str>,
+    formats: Formats,
     progress: &CliProgress,
 ) -> Result<u8, ModelError> {
-    let report = models.pull(name, from, progress).await?;
+    let report = models.pull_formats(name, from, formats, progress).await?;
     progress.clear();
     let total = report.downloaded.len() + report.already_present.len();
     if report.downloaded.is_empty() {
@@ -176,8 +199,14 @@ async fn list(
             ModelState::Complete => human_size(s.size),
             _ => format!("{} of {}", human_size(s.size_on_disk), human_size(s.size)),
         };
+        let formats: Vec<&str> = s.formats.iter().map(|f| f.name()).collect();
+        let formats = if formats.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", formats.join(" + "))
+        };
         println!(
-            "  {:width$}  {state:<18}  {size:<22}  for plugin {}",
+            "  {:width$}  {state:<18}  {size:<22}  for plugin {}{formats}",
             s.name, s.plugin
         );
         if s.state == ModelState::Absent {

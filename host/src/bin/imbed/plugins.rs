@@ -22,6 +22,7 @@ fn roles_text(roles: &imbed::Roles) -> String {
 
 pub(crate) async fn list(config: Config, json_out: bool) -> anyhow::Result<u8> {
     let imbed = Imbed::new(config).await?;
+    imbed.verify_nn_graphs().await;
     let statuses = imbed.plugins();
     if json_out {
         println!("{}", serde_json::to_string_pretty(&statuses)?);
@@ -68,6 +69,19 @@ pub(crate) async fn list(config: Config, json_out: bool) -> anyhow::Result<u8> {
             "    grants:  http {http}; env {env}; files {}",
             dir.unwrap_or_else(|| "none".into())
         );
+        match &s.model_name {
+            Some(m) if m.from == "manifest" => {
+                println!(
+                    "    model:   {} (from the folder's imbed-model.json)",
+                    m.name
+                )
+            }
+            Some(m) => println!(
+                "    model:   {} (named after its folder: it has no imbed-model.json)",
+                m.name
+            ),
+            None => {}
+        }
         println!(
             "    limits:  {} MiB memory, {} ms per call, {} instance{}",
             s.memory_mb,
@@ -75,8 +89,50 @@ pub(crate) async fn list(config: Config, json_out: bool) -> anyhow::Result<u8> {
             s.instances,
             if s.instances == 1 { "" } else { "s" }
         );
+        if let Some(nn) = &s.nn {
+            print_nn(nn);
+        }
     }
     Ok(exit::OK)
+}
+
+/// The wasi-nn lines of `imbed plugins`.
+fn print_nn(nn: &imbed::NnStatus) {
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    let lib = &nn.library;
+    let library = match (&lib.path, &lib.version, &lib.problem) {
+        (_, _, Some(problem)) => format!("not usable — {problem}"),
+        (Some(path), Some(version), None) => format!(
+            "ONNX Runtime {version} at {}{}",
+            path.display(),
+            if lib.loaded { " (loaded)" } else { "" }
+        ),
+        _ => "unknown".into(),
+    };
+    println!(
+        "    nn:      {} MiB of {} MiB native memory in use, {} thread{} per graph; library: {library}",
+        mib(nn.memory_used_bytes),
+        mib(nn.memory_budget_bytes),
+        nn.threads,
+        if nn.threads == 1 { "" } else { "s" }
+    );
+    for g in &nn.graphs {
+        let memory = g
+            .memory_bytes
+            .map(|b| format!(", {} MiB", mib(b)))
+            .unwrap_or_default();
+        let problem = g
+            .problem
+            .as_ref()
+            .map(|p| format!(" — {p}"))
+            .unwrap_or_default();
+        println!(
+            "      graph {:?}: {}{memory} ({}){problem}",
+            g.name,
+            g.state,
+            g.file.display()
+        );
+    }
 }
 
 pub(crate) async fn check(file: &std::path::Path, json_out: bool) -> anyhow::Result<u8> {

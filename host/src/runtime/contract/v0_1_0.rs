@@ -35,6 +35,7 @@ impl From<wit::ModelInfo> for ModelInfo {
             model: m.model_id,
             dimensions: m.dimensions.map(|d| d as usize),
             space: m.space_id.into(),
+            inference: None,
         }
     }
 }
