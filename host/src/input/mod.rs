@@ -13,4 +13,4 @@ pub use decode::{downsize, validate, ValidImage};
 pub use error::InputError;
 pub use read::{decode_base64, read_capped, ImageSource};
 pub(crate) use read::{describe_reqwest, read_source};
-pub use url_guard::{is_public, UrlGuard};
+pub use url_guard::{is_public, UrlGuard, UrlRefused};

@@ -261,7 +261,7 @@ async fn download(
         )));
     }
     if let Some(guard) = guard {
-        guard.check_url(&parsed).map_err(fail)?;
+        guard.check_url(&parsed).map_err(|e| fail(e.to_string()))?;
     }
     let work = async {
         let mut response = http

@@ -14,6 +14,21 @@ pub struct UrlGuard {
     pub allow_ips: Vec<IpAddr>,
 }
 
+/// Why [`UrlGuard::check_url`] refused a URL. Each message says what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UrlRefused {
+    /// Not http or https (`file:`, `ftp:`, ...).
+    #[error("scheme {0}: is not allowed; use http or https")]
+    Scheme(String),
+    /// No host to connect to.
+    #[error("the URL has no host")]
+    NoHost,
+    /// A literal address that is not public and not allowed by the deployment.
+    #[error("{0} is not a public address: imbed does not fetch from loopback, private, link-local or metadata addresses for callers (list it in [server] url_allow to open it)")]
+    NotPublic(IpAddr),
+}
+
 impl UrlGuard {
     fn allowed(&self, host: &str, ip: IpAddr) -> bool {
         is_public(ip)
@@ -26,18 +41,15 @@ impl UrlGuard {
 
     /// Check a URL before a request or a redirect: http(s) only, and a literal IP must be
     /// allowed (host names are checked when they resolve, on the address then connected to).
-    pub fn check_url(&self, url: &url::Url) -> Result<(), String> {
+    pub fn check_url(&self, url: &url::Url) -> Result<(), UrlRefused> {
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "scheme {}: is not allowed; use http or https",
-                url.scheme()
-            ));
+            return Err(UrlRefused::Scheme(url.scheme().to_string()));
         }
         let ip = match url.host() {
             Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
             Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
             Some(url::Host::Domain(_)) => return Ok(()),
-            None => return Err("the URL has no host".into()),
+            None => return Err(UrlRefused::NoHost),
         };
         let host = url
             .host_str()
@@ -46,9 +58,7 @@ impl UrlGuard {
         if self.allowed(host, ip) {
             Ok(())
         } else {
-            Err(format!(
-                "{ip} is not a public address: imbed does not fetch from loopback, private, link-local or metadata addresses for callers (list it in [server] url_allow to open it)"
-            ))
+            Err(UrlRefused::NotPublic(ip))
         }
     }
 
@@ -171,9 +181,22 @@ mod tests {
         }
         let guard = UrlGuard::default();
         let check = |u: &str| guard.check_url(&url::Url::parse(u).unwrap());
-        assert!(check("http://127.0.0.1/x.png").is_err());
-        assert!(check("http://[::1]:8080/x.png").is_err());
-        assert!(check("file:///etc/passwd").is_err());
+        assert_eq!(
+            check("http://127.0.0.1/x.png"),
+            Err(UrlRefused::NotPublic("127.0.0.1".parse().unwrap()))
+        );
+        assert_eq!(
+            check("http://[::1]:8080/x.png"),
+            Err(UrlRefused::NotPublic("::1".parse().unwrap()))
+        );
+        assert_eq!(
+            check("file:///etc/passwd"),
+            Err(UrlRefused::Scheme("file".into()))
+        );
+        assert!(check("file:///etc/passwd")
+            .unwrap_err()
+            .to_string()
+            .contains("use http or https"));
         assert!(check("https://example.com/x.png").is_ok());
         let open = UrlGuard {
             allow_ips: vec!["127.0.0.1".parse().unwrap()],
