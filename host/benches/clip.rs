@@ -380,7 +380,7 @@ async fn indexing(compile_cache: &Path, model_dir: &Path) {
         let db = tempfile::tempdir().unwrap();
         let store = imbed::store::Store::open(db.path().join("imbed.db")).unwrap();
         let cfg = config_with(compile_cache, model_dir, 2048, threads, instances);
-        let imbed = Imbed::with_options(cfg, imbed::Options::default().store(store))
+        let imbed = Imbed::with_options(cfg, imbed::ImbedOptions::default().store(store))
             .await
             .unwrap();
         let (files, _) = imbed::index::find_images(&[dir.path().to_path_buf()]);

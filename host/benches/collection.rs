@@ -16,7 +16,7 @@ use futures::StreamExt;
 use imbed::index::{IndexOptions, Summary};
 use imbed::search::{exact_top_k, AnnIndex};
 use imbed::store::{SpaceVectors, Store};
-use imbed::{Config, Env, ImageRequest, ImageSource, Imbed, Options};
+use imbed::{Config, Env, ImageRequest, ImageSource, Imbed, ImbedOptions};
 use imbed_tests::ollama::OllamaStandIn;
 
 fn quick() -> bool {
@@ -94,7 +94,7 @@ async fn cache_hits(compile_cache: &Path) {
     ] {
         let db_dir = tempfile::tempdir().unwrap();
         let store = Store::open(db_dir.path().join("imbed.db")).unwrap();
-        let cached = Imbed::with_options(config.clone(), Options::default().store(store))
+        let cached = Imbed::with_options(config.clone(), ImbedOptions::default().store(store))
             .await
             .unwrap();
         let plain = Imbed::new(config).await.unwrap();
@@ -131,10 +131,12 @@ async fn indexing(compile_cache: &Path) {
     for jobs in [1, 2, 4] {
         let db_dir = tempfile::tempdir().unwrap();
         let store = Store::open(db_dir.path().join("imbed.db")).unwrap();
-        let imbed =
-            Imbed::with_options(hash_config(compile_cache), Options::default().store(store))
-                .await
-                .unwrap();
+        let imbed = Imbed::with_options(
+            hash_config(compile_cache),
+            ImbedOptions::default().store(store),
+        )
+        .await
+        .unwrap();
         let (rate, s) = index_rate(&imbed, &photos, jobs).await;
         assert_eq!(s.embedded, n as u64);
         let (again, s) = index_rate(&imbed, &photos, jobs).await;
@@ -151,7 +153,7 @@ async fn indexing(compile_cache: &Path) {
         let store = Store::open(db_dir.path().join("imbed.db")).unwrap();
         let imbed = Imbed::with_options(
             imbed_tests::bench::ollama_config(&ollama, jobs, compile_cache),
-            Options::default().store(store),
+            ImbedOptions::default().store(store),
         )
         .await
         .unwrap();

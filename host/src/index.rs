@@ -183,7 +183,7 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>, problems: &mut Vec<String>) {
 
 /// Embed `files` into `imbed`'s cache, `options.jobs` at a time. Reports come as files finish
 /// (not in input order); a file that fails does not stop the others. `imbed` must have a
-/// store ([`crate::Options::store`]).
+/// store ([`crate::ImbedOptions::store`]).
 pub fn index_files(
     imbed: &Imbed,
     files: Vec<PathBuf>,

@@ -37,7 +37,8 @@ pub mod types;
 
 pub use blocking::BlockingImbed;
 pub use chain::{
-    check_plugin, ImageRequest, Imbed, ModelName, Options, PluginHealth, PluginStatus, StepCheck,
+    check_plugin, ImageRequest, Imbed, ImbedOptions, ModelName, PluginHealth, PluginStatus,
+    StepCheck,
 };
 pub use config::{Config, ConfigError, Env};
 pub use error::{Error, Result};

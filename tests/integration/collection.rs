@@ -10,7 +10,7 @@ use futures::StreamExt;
 use imbed::index::{IndexOptions, Summary};
 use imbed::search::{Method, SearchError};
 use imbed::store::{PruneOptions, Store, StoreError};
-use imbed::{ImageRequest, ImageSource, Imbed, Options};
+use imbed::{ImageRequest, ImageSource, Imbed, ImbedOptions};
 use imbed_tests::ollama::{ModelSpec, OllamaStandIn, Route};
 use imbed_tests::{images, PluginSpec, TestConfig};
 use sha2::{Digest, Sha256};
@@ -47,7 +47,7 @@ fn hash_chain(db: &Path) -> TestConfig {
 
 async fn open(config: &TestConfig, db: &Path) -> Imbed {
     let store = Store::open(db).expect("cache opens");
-    Imbed::with_options(config.build(), Options::default().store(store))
+    Imbed::with_options(config.build(), ImbedOptions::default().store(store))
         .await
         .expect("engine starts")
 }
@@ -680,7 +680,7 @@ async fn old_schemas_are_migrated_and_newer_ones_refused() {
     {
         let v1 = Store::create_with_schema(&db, 1).unwrap();
         assert_eq!(v1.schema_version().unwrap(), 1);
-        let imbed = Imbed::with_options(hash_chain(&db).build(), Options::default().store(v1))
+        let imbed = Imbed::with_options(hash_chain(&db).build(), ImbedOptions::default().store(v1))
             .await
             .unwrap();
         imbed

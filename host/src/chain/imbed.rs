@@ -1,4 +1,4 @@
-//! [`Imbed`]: the loaded plugins and what a caller asks of them; set up with [`Options`].
+//! [`Imbed`]: the loaded plugins and what a caller asks of them; set up with [`ImbedOptions`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ pub(super) enum Slot {
 /// How an [`Imbed`] is set up beyond its config.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
-pub struct Options {
+pub struct ImbedOptions {
     /// Refuse image URLs that lead to non-public addresses (for untrusted callers).
     pub url_guard: Option<crate::input::UrlGuard>,
     /// The persistent cache: descriptions and vectors are looked up before plugins are called,
@@ -56,7 +56,7 @@ pub struct Options {
     pub store: Option<Store>,
 }
 
-impl Options {
+impl ImbedOptions {
     /// Guard image URLs with `guard`.
     pub fn url_guard(mut self, guard: crate::input::UrlGuard) -> Self {
         self.url_guard = Some(guard);
@@ -90,11 +90,11 @@ impl Imbed {
     /// Start the engine and load every plugin the config lists. A plugin that fails to load
     /// does not fail this call: its steps are skipped with the reason recorded.
     pub async fn new(config: Config) -> Result<Imbed> {
-        Imbed::with_options(config, Options::default()).await
+        Imbed::with_options(config, ImbedOptions::default()).await
     }
 
-    /// [`Imbed::new`] with [`Options`].
-    pub async fn with_options(config: Config, options: Options) -> Result<Imbed> {
+    /// [`Imbed::new`] with [`ImbedOptions`].
+    pub async fn with_options(config: Config, options: ImbedOptions) -> Result<Imbed> {
         let nn_plugins = config
             .plugins
             .values()

@@ -7,5 +7,5 @@ mod imbed;
 mod status;
 mod walk;
 
-pub use imbed::{ImageRequest, Imbed, Options};
+pub use imbed::{ImageRequest, Imbed, ImbedOptions};
 pub use status::{check_plugin, ModelName, PluginHealth, PluginStatus, StepCheck};

@@ -6,7 +6,7 @@ use super::*;
 #[derive(Clone)]
 pub struct AppState {
     pub(super) current: Arc<std::sync::RwLock<Imbed>>,
-    pub(super) options: crate::chain::Options,
+    pub(super) options: crate::chain::ImbedOptions,
     pub(super) reload: Arc<Mutex<ReloadStatus>>,
     pub(super) settings: Arc<ServerSettings>,
     pub(super) permits: Arc<Semaphore>,
@@ -20,7 +20,8 @@ pub(super) type HealthSnapshot = (Instant, Vec<StepCheck>);
 impl AppState {
     /// State for an [`Imbed`] (see [`AppState::build`] for one with the settings' URL guard).
     pub fn new(imbed: Imbed, settings: ServerSettings) -> Self {
-        let mut options = crate::chain::Options::default().url_guard(settings.url_allow.clone());
+        let mut options =
+            crate::chain::ImbedOptions::default().url_guard(settings.url_allow.clone());
         // Reloads keep using the same cache.
         options.store = imbed.store().cloned();
         AppState {
@@ -46,7 +47,8 @@ impl AppState {
         store: Option<crate::store::Store>,
     ) -> crate::Result<Self> {
         let settings = config.server.clone();
-        let mut options = crate::chain::Options::default().url_guard(settings.url_allow.clone());
+        let mut options =
+            crate::chain::ImbedOptions::default().url_guard(settings.url_allow.clone());
         options.store = store;
         let imbed = Imbed::with_options(config, options).await?;
         Ok(AppState::new(imbed, settings))

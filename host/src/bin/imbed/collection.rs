@@ -9,7 +9,7 @@ use futures::StreamExt;
 use imbed::index::{IndexOptions, Outcome, Summary};
 use imbed::search::Method;
 use imbed::store::{PruneOptions, Store};
-use imbed::{Config, Error, ImageSource, Imbed, Options};
+use imbed::{Config, Error, ImageSource, Imbed, ImbedOptions};
 use serde_json::json;
 
 use super::exit;
@@ -33,8 +33,8 @@ pub async fn imbed_with_cache(config: Config) -> anyhow::Result<Imbed> {
         }
     };
     let options = match store {
-        Some(s) => Options::default().store(s),
-        None => Options::default(),
+        Some(s) => ImbedOptions::default().store(s),
+        None => ImbedOptions::default(),
     };
     Ok(Imbed::with_options(config, options).await?)
 }
@@ -46,7 +46,7 @@ async fn imbed_needing_cache(config: Config) -> anyhow::Result<(Imbed, Store)> {
             "this command needs the cache, which the config turns off: set [cache] database".into(),
         )
     })?;
-    let imbed = Imbed::with_options(config, Options::default().store(store.clone())).await?;
+    let imbed = Imbed::with_options(config, ImbedOptions::default().store(store.clone())).await?;
     Ok((imbed, store))
 }
 
