@@ -378,7 +378,7 @@ async fn indexing(compile_cache: &Path, model_dir: &Path) {
     let mut rates = Vec::new();
     for (what, threads, instances) in setups {
         let db = tempfile::tempdir().unwrap();
-        let store = imbed::store::Store::open(db.path().join("imbed.db")).unwrap();
+        let store = imbed::store::Cache::open(db.path().join("imbed.db")).unwrap();
         let cfg = config_with(compile_cache, model_dir, 2048, threads, instances);
         let imbed = Imbed::with_options(cfg, imbed::ImbedOptions::default().store(store))
             .await

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use imbed::index::{IndexOptions, Summary};
 use imbed::search::{exact_top_k, AnnIndex};
-use imbed::store::{SpaceVectors, Store};
+use imbed::store::{Cache, SpaceVectors};
 use imbed::{Config, Env, ImageRequest, ImageSource, Imbed, ImbedOptions};
 use imbed_tests::ollama::OllamaStandIn;
 
@@ -93,7 +93,7 @@ async fn cache_hits(compile_cache: &Path) {
         ),
     ] {
         let db_dir = tempfile::tempdir().unwrap();
-        let store = Store::open(db_dir.path().join("imbed.db")).unwrap();
+        let store = Cache::open(db_dir.path().join("imbed.db")).unwrap();
         let cached = Imbed::with_options(config.clone(), ImbedOptions::default().store(store))
             .await
             .unwrap();
@@ -130,7 +130,7 @@ async fn indexing(compile_cache: &Path) {
     let (_keep, photos) = folder(n);
     for jobs in [1, 2, 4] {
         let db_dir = tempfile::tempdir().unwrap();
-        let store = Store::open(db_dir.path().join("imbed.db")).unwrap();
+        let store = Cache::open(db_dir.path().join("imbed.db")).unwrap();
         let imbed = Imbed::with_options(
             hash_config(compile_cache),
             ImbedOptions::default().store(store),
@@ -150,7 +150,7 @@ async fn indexing(compile_cache: &Path) {
         let count = if jobs < 16 { n.min(200) } else { n };
         let (_keep, photos) = folder(count);
         let db_dir = tempfile::tempdir().unwrap();
-        let store = Store::open(db_dir.path().join("imbed.db")).unwrap();
+        let store = Cache::open(db_dir.path().join("imbed.db")).unwrap();
         let imbed = Imbed::with_options(
             imbed_tests::bench::ollama_config(&ollama, jobs, compile_cache),
             ImbedOptions::default().store(store),

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::chain::Imbed;
 use crate::input::ImageSource;
-use crate::store::{self, ImageMeta, Store};
+use crate::store::{self, Cache, ImageMeta};
 use crate::types::SpaceId;
 
 /// File extensions `find_images` picks up (the formats the host decodes).
@@ -233,8 +233,8 @@ struct Targets {
 }
 
 async fn blocking<T: Send + 'static>(
-    store: &Store,
-    op: impl FnOnce(&Store) -> Result<T, store::StoreError> + Send + 'static,
+    store: &Cache,
+    op: impl FnOnce(&Cache) -> Result<T, store::StoreError> + Send + 'static,
 ) -> Result<T, String> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || op(&store))
@@ -266,7 +266,7 @@ fn degraded_only(entries: &[store::Entry], targets: &Targets) -> bool {
 
 async fn index_one(
     imbed: &Imbed,
-    store: &Store,
+    store: &Cache,
     path: &Path,
     upgrade: bool,
     targets: &Targets,
@@ -279,7 +279,7 @@ async fn index_one(
 
 async fn try_index_one(
     imbed: &Imbed,
-    store: &Store,
+    store: &Cache,
     path: &Path,
     upgrade: bool,
     targets: &Targets,

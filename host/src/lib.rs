@@ -45,7 +45,7 @@ pub use error::{Error, Result};
 pub use input::{ImageSource, InputError, UrlGuard, ValidImage};
 pub use runtime::nn::{GraphStatus, LibraryStatus, NnStatus};
 pub use runtime::{ComponentReport, Roles};
-pub use store::{Store, StoreError};
+pub use store::{Cache, StoreError};
 pub use types::{
     Attempt, Description, DescriptionSource, Embedding, FailureKind, Inference, PluginId,
     Provenance, SpaceId, StepKind, StructuredDescription,

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::store::{SpaceStats, SpaceVectors, Store, StoreError};
+use crate::store::{Cache, SpaceStats, SpaceVectors, StoreError};
 
 /// How to search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -307,7 +307,7 @@ impl AnnIndex {
 
     /// The index for `set`'s space: loaded from beside the database and brought up to date,
     /// or built (and saved) when there is none or entries were removed or replaced since.
-    pub fn for_space(store: &Store, set: &SpaceVectors) -> Result<AnnIndex, SearchError> {
+    pub fn for_space(store: &Cache, set: &SpaceVectors) -> Result<AnnIndex, SearchError> {
         let fail = |message: String| SearchError::Index {
             space: set.space.clone(),
             message,
@@ -365,7 +365,7 @@ fn tail(set: &SpaceVectors, start: usize) -> SpaceVectors {
 /// vector is only ever compared with vectors of its own space). `exclude` leaves out one image
 /// (the query image itself, for "similar").
 pub fn search(
-    store: &Store,
+    store: &Cache,
     space: &str,
     query: &[f32],
     k: usize,

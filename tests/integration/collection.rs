@@ -9,7 +9,7 @@ use base64::Engine as _;
 use futures::StreamExt;
 use imbed::index::{IndexOptions, Summary};
 use imbed::search::{Method, SearchError};
-use imbed::store::{PruneOptions, Store, StoreError};
+use imbed::store::{Cache, PruneOptions, StoreError};
 use imbed::{ImageRequest, ImageSource, Imbed, ImbedOptions};
 use imbed_tests::ollama::{ModelSpec, OllamaStandIn, Route};
 use imbed_tests::{images, PluginSpec, TestConfig};
@@ -46,7 +46,7 @@ fn hash_chain(db: &Path) -> TestConfig {
 }
 
 async fn open(config: &TestConfig, db: &Path) -> Imbed {
-    let store = Store::open(db).expect("cache opens");
+    let store = Cache::open(db).expect("cache opens");
     Imbed::with_options(config.build(), ImbedOptions::default().store(store))
         .await
         .expect("engine starts")
@@ -472,7 +472,7 @@ async fn upgrade_re_embeds_exactly_the_degraded_images_once_ollama_is_back() {
     let s = index(&down, &photos, IndexOptions::new(2)).await;
     assert_eq!((s.embedded, s.degraded), (4, 4), "{s:?}");
     drop(down);
-    let degraded = Store::open(&db).unwrap().degraded_files(None).unwrap();
+    let degraded = Cache::open(&db).unwrap().degraded_files(None).unwrap();
     assert_eq!(degraded.len(), 4);
 
     ollama.set_failure_rate(0.0);
@@ -533,7 +533,7 @@ async fn killing_an_index_run_loses_nothing_finished_and_a_rerun_completes_it() 
                 std::fs::read_to_string(dir.path().join("first-run.log")).unwrap_or_default()
             );
         }
-        let done = Store::open(&db)
+        let done = Cache::open(&db)
             .ok()
             .and_then(|s| s.stats().ok())
             .map(|s| s.spaces.iter().map(|x| x.entries).sum::<u64>())
@@ -546,7 +546,7 @@ async fn killing_an_index_run_loses_nothing_finished_and_a_rerun_completes_it() 
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let store = Store::open(&db).unwrap();
+    let store = Cache::open(&db).unwrap();
     assert!(store.integrity_problems().unwrap().is_empty());
     let finished: HashSet<String> = shas
         .iter()
@@ -597,7 +597,7 @@ async fn killing_an_index_run_loses_nothing_finished_and_a_rerun_completes_it() 
         "described again after the kill: {redone:?}"
     );
 
-    let store = Store::open(&db).unwrap();
+    let store = Cache::open(&db).unwrap();
     assert!(store.integrity_problems().unwrap().is_empty());
     let all: u64 = store
         .stats()
@@ -678,7 +678,7 @@ async fn old_schemas_are_migrated_and_newer_ones_refused() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("old.db");
     {
-        let v1 = Store::create_with_schema(&db, 1).unwrap();
+        let v1 = Cache::create_with_schema(&db, 1).unwrap();
         assert_eq!(v1.schema_version().unwrap(), 1);
         let imbed = Imbed::with_options(hash_chain(&db).build(), ImbedOptions::default().store(v1))
             .await
@@ -690,7 +690,7 @@ async fn old_schemas_are_migrated_and_newer_ones_refused() {
             .await
             .unwrap();
     }
-    let store = Store::open(&db).unwrap();
+    let store = Cache::open(&db).unwrap();
     assert_eq!(
         store.schema_version().unwrap(),
         imbed::store::SCHEMA_VERSION
@@ -715,14 +715,14 @@ async fn old_schemas_are_migrated_and_newer_ones_refused() {
     drop(store);
 
     let newer = dir.path().join("newer.db");
-    Store::create_with_schema(&newer, imbed::store::SCHEMA_VERSION + 5).unwrap();
-    let err = Store::open(&newer).unwrap_err();
+    Cache::create_with_schema(&newer, imbed::store::SCHEMA_VERSION + 5).unwrap();
+    let err = Cache::open(&newer).unwrap_err();
     assert!(matches!(err, StoreError::TooNew { .. }));
     assert!(err.to_string().contains("upgrade imbed"), "{err}");
 
     let not_a_db = dir.path().join("junk.db");
     std::fs::write(&not_a_db, vec![7u8; 4096]).unwrap();
-    let err = Store::open(&not_a_db).unwrap_err();
+    let err = Cache::open(&not_a_db).unwrap_err();
     assert!(err.to_string().contains("junk.db"), "{err}");
 }
 
@@ -772,7 +772,7 @@ fn meta(i: usize) -> imbed::store::ImageMeta {
 #[test]
 fn approximate_search_agrees_with_exact_search_and_stays_up_to_date() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("ann.db")).unwrap();
+    let store = Cache::open(dir.path().join("ann.db")).unwrap();
     let space = "test/random:48";
     let vectors = random_unit_vectors(3000, 48, 7);
     for (i, v) in vectors.iter().enumerate() {
@@ -781,7 +781,7 @@ fn approximate_search_agrees_with_exact_search_and_stays_up_to_date() {
             .unwrap();
     }
     let queries = random_unit_vectors(40, 48, 99);
-    let recall = |store: &Store| {
+    let recall = |store: &Cache| {
         let mut found = 0;
         for q in &queries {
             let exact = imbed::search::search(store, space, q, 10, Method::Exact, None).unwrap();

@@ -757,7 +757,7 @@ async fn config_edits_take_effect_without_a_restart_and_broken_ones_are_refused(
 #[tokio::test]
 async fn the_server_answers_repeated_images_from_the_cache_and_records_them() {
     let dir = tempfile::tempdir().unwrap();
-    let store = imbed::Store::open(dir.path().join("imbed.db")).unwrap();
+    let store = imbed::Cache::open(dir.path().join("imbed.db")).unwrap();
     let state = AppState::build_with_store(config().build(), Some(store.clone()))
         .await
         .unwrap();

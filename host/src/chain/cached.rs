@@ -5,7 +5,7 @@ use super::imbed::Imbed;
 use super::walk::{Found, Role, StepError};
 use crate::input::ValidImage;
 use crate::runtime::{CallError, ItemResult, ModelInfo};
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, Cache, StoreError};
 use crate::types::{Description, FailureKind, PluginId};
 
 impl Imbed {
@@ -13,7 +13,7 @@ impl Imbed {
     /// and treated as a miss: the cache may make imbed faster, never make it fail.
     pub(super) async fn cache<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&Store) -> std::result::Result<T, StoreError> + Send + 'static,
+        op: impl FnOnce(&Cache) -> std::result::Result<T, StoreError> + Send + 'static,
     ) -> Option<T> {
         let store = self.inner.store.clone()?;
         match tokio::task::spawn_blocking(move || op(&store)).await {

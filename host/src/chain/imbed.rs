@@ -11,7 +11,7 @@ use crate::config::{Config, Step};
 use crate::error::{Error, Result};
 use crate::input::{self, ImageSource, ValidImage};
 use crate::runtime::{CallError, Plugin, Runtime};
-use crate::store::Store;
+use crate::store::Cache;
 use crate::types::{Embedding, FailureKind, SpaceId};
 
 /// One image to embed, with an optional description from the caller (used by `description`
@@ -53,7 +53,7 @@ pub struct ImbedOptions {
     pub url_guard: Option<crate::input::UrlGuard>,
     /// The persistent cache: descriptions and vectors are looked up before plugins are called,
     /// and every image's answer is recorded for search.
-    pub store: Option<Store>,
+    pub store: Option<Cache>,
 }
 
 impl ImbedOptions {
@@ -64,7 +64,7 @@ impl ImbedOptions {
     }
 
     /// Use `store` as the persistent cache.
-    pub fn store(mut self, store: Store) -> Self {
+    pub fn store(mut self, store: Cache) -> Self {
         self.store = Some(store);
         self
     }
@@ -73,7 +73,7 @@ impl ImbedOptions {
 pub(super) struct Inner {
     pub(super) config: Config,
     pub(super) url_guard: Option<crate::input::UrlGuard>,
-    pub(super) store: Option<Store>,
+    pub(super) store: Option<Cache>,
     pub(super) plugins: BTreeMap<String, Slot>,
     pub(super) http: reqwest::Client,
     // Declared last: dropped after the plugins that use its engine.
@@ -197,7 +197,7 @@ impl Imbed {
     }
 
     /// The persistent cache, when one is in use.
-    pub fn store(&self) -> Option<&Store> {
+    pub fn store(&self) -> Option<&Cache> {
         self.inner.store.as_ref()
     }
 

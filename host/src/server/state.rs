@@ -44,7 +44,7 @@ impl AppState {
     /// from it, and every image embedded is recorded for `imbed search`.
     pub async fn build_with_store(
         config: crate::config::Config,
-        store: Option<crate::store::Store>,
+        store: Option<crate::store::Cache>,
     ) -> crate::Result<Self> {
         let settings = config.server.clone();
         let mut options =

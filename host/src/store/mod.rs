@@ -1,5 +1,5 @@
 //! The persistent cache: descriptions, vectors and indexed files, keyed by content. The rest of
-//! the host uses [`Store`] and the records of `records`; SQLite sits behind it in `sqlite`, and
+//! the host uses [`Cache`] and the records of `records`; SQLite sits behind it in `sqlite`, and
 //! a second backend goes beside it here. Uses only `types` and `input` (an image's facts).
 
 mod keys;
@@ -11,4 +11,4 @@ pub use records::{
     CachedDescription, Entry, FileRecord, ImageMeta, PruneOptions, PruneReport, SpaceStats,
     SpaceVectors, Stats, StoreError,
 };
-pub use sqlite::{Store, SCHEMA_VERSION};
+pub use sqlite::{Cache, SCHEMA_VERSION};

@@ -106,14 +106,14 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 /// The cache database. Cheap to clone; every clone shares one connection.
 #[derive(Clone)]
-pub struct Store {
+pub struct Cache {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Cache").field("path", &self.path).finish()
     }
 }
 
@@ -173,9 +173,9 @@ fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
-impl Store {
+impl Cache {
     /// Open (creating if needed) the database at `path` and bring its schema up to date.
-    pub fn open(path: impl Into<PathBuf>) -> Result<Store> {
+    pub fn open(path: impl Into<PathBuf>) -> Result<Cache> {
         let path = path.into();
         let open_err = |message: String| StoreError::Open {
             path: path.clone(),
@@ -202,7 +202,7 @@ impl Store {
         })?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| open_err(e.to_string()))?;
-        let store = Store {
+        let store = Cache {
             path,
             conn: Arc::new(Mutex::new(conn)),
         };
@@ -213,13 +213,13 @@ impl Store {
     /// Create a database at an older schema version, as an older imbed left it. For testing
     /// migrations; not for use otherwise.
     #[doc(hidden)]
-    pub fn create_with_schema(path: impl Into<PathBuf>, version: i64) -> Result<Store> {
+    pub fn create_with_schema(path: impl Into<PathBuf>, version: i64) -> Result<Cache> {
         let path = path.into();
         let conn = Connection::open(&path).map_err(|e| StoreError::Open {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let store = Store {
+        let store = Cache {
             path,
             conn: Arc::new(Mutex::new(conn)),
         };
@@ -909,7 +909,7 @@ mod tests {
                     .map(|_| {
                         s.spawn(|| {
                             barrier.wait();
-                            Store::open(&path).map(|st| st.schema_version().unwrap())
+                            Cache::open(&path).map(|st| st.schema_version().unwrap())
                         })
                     })
                     .collect();

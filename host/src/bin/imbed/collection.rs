@@ -8,17 +8,17 @@ use anyhow::Context;
 use futures::StreamExt;
 use imbed::index::{IndexOptions, Outcome, Summary};
 use imbed::search::Method;
-use imbed::store::{PruneOptions, Store};
+use imbed::store::{Cache, PruneOptions};
 use imbed::{Config, Error, ImageSource, Imbed, ImbedOptions};
 use serde_json::json;
 
 use super::exit;
 
 /// Open the configured cache; `None` when the config turns it off.
-pub fn open_store(config: &Config) -> anyhow::Result<Option<Store>> {
+pub fn open_store(config: &Config) -> anyhow::Result<Option<Cache>> {
     match &config.cache.database {
         None => Ok(None),
-        Some(path) => Ok(Some(Store::open(path)?)),
+        Some(path) => Ok(Some(Cache::open(path)?)),
     }
 }
 
@@ -40,7 +40,7 @@ pub async fn imbed_with_cache(config: Config) -> anyhow::Result<Imbed> {
 }
 
 /// The runtime with the cache, which the command cannot do without.
-async fn imbed_needing_cache(config: Config) -> anyhow::Result<(Imbed, Store)> {
+async fn imbed_needing_cache(config: Config) -> anyhow::Result<(Imbed, Cache)> {
     let store = open_store(&config)?.ok_or_else(|| {
         Error::Usage(
             "this command needs the cache, which the config turns off: set [cache] database".into(),
@@ -287,7 +287,7 @@ fn print_results(result: &imbed::search::SearchResult, json_out: bool) -> anyhow
 /// Search the cache with `query`, an embedding from the chain, in its own space only;
 /// `exclude` leaves out the query image itself.
 async fn search_with(
-    store: Store,
+    store: Cache,
     label: &str,
     query: imbed::Embedding,
     exclude: Option<String>,
