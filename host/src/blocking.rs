@@ -8,7 +8,7 @@ use std::future::Future;
 
 use crate::chain::{ImageRequest, Imbed, PluginStatus};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Internal, Result};
 use crate::types::Embedding;
 
 /// The synchronous twin of [`Imbed`].
@@ -41,7 +41,7 @@ impl BlockingImbed {
         let runtime = self
             .runtime
             .as_ref()
-            .ok_or_else(|| Error::Internal("runtime is gone".into()))?;
+            .ok_or_else(|| Error::Internal(Internal::RuntimeGone))?;
         run_on(runtime, future)
     }
 
@@ -81,7 +81,7 @@ where
         let _ = tx.send(future.await);
     });
     rx.recv()
-        .map_err(|_| Error::Internal("the embedding task panicked".into()))
+        .map_err(|_| Error::Internal(Internal::Panicked("the embedding task")))
 }
 
 impl Drop for BlockingImbed {

@@ -8,7 +8,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use super::status::{ModelName, PluginHealth, PluginStatus};
 use super::walk::StepError;
 use crate::config::{Config, Step};
-use crate::error::{Error, Result};
+use crate::error::{Error, Internal, Result};
 use crate::input::{self, ImageSource, ValidImage};
 use crate::runtime::{CallError, Plugin, Runtime};
 use crate::store::Cache;
@@ -283,7 +283,7 @@ impl Imbed {
         let validated =
             tokio::task::spawn_blocking(move || input::validate(bytes, &label, &limits))
                 .await
-                .map_err(|e| Error::Internal(format!("image validation panicked: {e}")))?;
+                .map_err(|_| Error::Internal(Internal::Panicked("image validation")))?;
         Ok(validated?)
     }
 

@@ -98,7 +98,7 @@ pub(super) async fn embed_items(
             };
             (
                 i,
-                r.unwrap_or_else(|| Err(Error::Internal("missing result".into()))),
+                r.unwrap_or_else(|| Err(Error::Internal(crate::error::Internal::MissingResult(i)))),
             )
         })
         .collect();

@@ -87,7 +87,7 @@ pub(super) async fn native_text(state: &AppState, body: Bytes) -> Result<Respons
         let e = results
             .into_iter()
             .next()
-            .unwrap_or_else(|| Err(Error::Internal("no result".into())))?;
+            .unwrap_or_else(|| Err(Error::Internal(crate::error::Internal::MissingResult(0))))?;
         return Ok(axum::Json(embedding_json(&e)).into_response());
     }
     let texts = v
