@@ -41,7 +41,7 @@ impl BlockingImbed {
         let runtime = self
             .runtime
             .as_ref()
-            .ok_or_else(|| Error::Internal(Internal::RuntimeGone))?;
+            .ok_or(Error::Internal(Internal::RuntimeGone))?;
         run_on(runtime, future)
     }
 

@@ -98,7 +98,9 @@ pub(super) async fn embed_items(
             };
             (
                 i,
-                r.unwrap_or_else(|| Err(Error::Internal(crate::error::Internal::MissingResult(i)))),
+                r.unwrap_or(Err(Error::Internal(crate::error::Internal::MissingResult(
+                    i,
+                )))),
             )
         })
         .collect();

@@ -84,10 +84,9 @@ pub(super) async fn native_text(state: &AppState, body: Bytes) -> Result<Respons
     let v = parse_json(&body)?;
     if let Some(text) = v.get("text").and_then(Value::as_str) {
         let results = embed_items(state, vec![Item::Text(text.to_string())]).await;
-        let e = results
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| Err(Error::Internal(crate::error::Internal::MissingResult(0))))?;
+        let e = results.into_iter().next().unwrap_or(Err(Error::Internal(
+            crate::error::Internal::MissingResult(0),
+        )))?;
         return Ok(axum::Json(embedding_json(&e)).into_response());
     }
     let texts = v
