@@ -69,30 +69,16 @@ pub(crate) struct Plugin {
     pub load_time: Duration,
 }
 
-/// Runs one guest function of one role on a leased instance and settles the outcome, with what
-/// ran natively during the call.
-macro_rules! guest_call_traced {
-    ($self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {{
-        let mut inst = $self.checkout().await?;
-        let budget = $self.arm(&mut inst.store);
-        let outcome = match inst.exports.$role.as_ref() {
-            Some(guest) => {
-                tokio::time::timeout(budget, guest.$method(&mut inst.store $(, $arg)*)).await
-            }
-            None => {
-                return Err(CallError::new(
-                    FailureKind::NotApplicable,
-                    format!("plugin {:?} does not export {}", $self.key, $what),
-                ))
-            }
-        };
-        $self.settle_traced(inst, outcome)
-    }};
-}
-
-/// Runs one guest function of one role on a leased instance and settles the outcome.
+/// Runs one guest function of one role on a leased instance and settles the outcome (`settle`,
+/// or with `traced`, `settle_traced`: also what ran natively during the call).
 macro_rules! guest_call {
-    ($self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {{
+    (traced $self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {
+        guest_call!(@with settle_traced, $self, $role, $what, $method($($arg),*))
+    };
+    ($self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {
+        guest_call!(@with settle, $self, $role, $what, $method($($arg),*))
+    };
+    (@with $settle:ident, $self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {{
         let mut inst = $self.checkout().await?;
         let budget = $self.arm(&mut inst.store);
         let outcome = match inst.exports.$role.as_ref() {
@@ -106,7 +92,7 @@ macro_rules! guest_call {
                 ))
             }
         };
-        $self.settle(inst, outcome)
+        $self.$settle(inst, outcome)
     }};
 }
 
@@ -403,7 +389,7 @@ impl Plugin {
     ) -> Result<(ModelInfo, Vec<ItemResult>), CallError> {
         let mut model = self.text_model().await?;
         let (items, inference) =
-            guest_call_traced!(self, embedder, "a text embedder", call_embed_texts(texts))?;
+            guest_call!(traced self, embedder, "a text embedder", call_embed_texts(texts))?;
         let items = self.check_vectors(&model, texts.len(), items)?;
         model.inference = inference;
         Ok((model, items))
@@ -423,7 +409,7 @@ impl Plugin {
             };
             wit_images.push(to_wit_image(&image));
         }
-        let (vectors, inference) = guest_call_traced!(
+        let (vectors, inference) = guest_call!(traced
             self,
             image_embedder,
             "an image embedder",

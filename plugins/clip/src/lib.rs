@@ -126,6 +126,24 @@ struct Front {
     preprocessor: Preprocessor,
 }
 
+impl Front {
+    /// The model with `towers`; the space names the weights' `revision`, whichever path runs.
+    fn with_towers(self, towers: Towers, revision: &str) -> Clip {
+        Clip {
+            info: ModelInfo {
+                space_id: format!("clip/{}@{revision}", self.name),
+                model_id: self.name,
+                dimensions: self.config.projection_dim,
+            },
+            towers,
+            tokenizer: self.tokenizer,
+            preprocessor: self.preprocessor,
+            image_size: self.config.vision_config.image_size,
+            channels: self.config.vision_config.num_channels,
+        }
+    }
+}
+
 impl std::fmt::Debug for Clip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Clip")
@@ -149,28 +167,13 @@ impl Clip {
         model: &str,
         unnamed: &str,
     ) -> Result<Clip, ClipError> {
-        let Front {
-            dir,
-            name,
-            config,
-            tokenizer,
-            preprocessor,
-        } = Clip::front(dir.as_ref(), model, unnamed)?;
-        let weights = dir.load_weights(WEIGHTS_FILE, DType::F32, &Device::Cpu)?;
-        let info = ModelInfo {
-            space_id: format!("clip/{name}@{}", weights.revision()),
-            model_id: name,
-            dimensions: config.projection_dim,
-        };
-        let model = weights.build(|vb| ClipModel::new(vb, &config))?;
-        Ok(Clip {
-            towers: Towers::Candle(Box::new(model)),
-            tokenizer,
-            preprocessor,
-            info,
-            image_size: config.vision_config.image_size,
-            channels: config.vision_config.num_channels,
-        })
+        let front = Clip::front(dir.as_ref(), model, unnamed)?;
+        let weights = front
+            .dir
+            .load_weights(WEIGHTS_FILE, DType::F32, &Device::Cpu)?;
+        let revision = weights.revision().to_string();
+        let model = weights.build(|vb| ClipModel::new(vb, &front.config))?;
+        Ok(front.with_towers(Towers::Candle(Box::new(model)), &revision))
     }
 
     /// Like [`Clip::load`], but the towers run through `vision` and `text` (in the plugin: the
@@ -195,32 +198,15 @@ impl Clip {
         vision: impl Infer + Send + Sync + 'static,
         text: impl Infer + Send + Sync + 'static,
     ) -> Result<Clip, ClipError> {
-        let Front {
-            dir,
-            name,
-            config,
-            tokenizer,
-            preprocessor,
-        } = Clip::front(dir.as_ref(), model, unnamed)?;
-        let revision = dir.weights_revision(WEIGHTS_FILE)?;
-        let info = ModelInfo {
-            space_id: format!("clip/{name}@{revision}"),
-            model_id: name,
-            dimensions: config.projection_dim,
+        let front = Clip::front(dir.as_ref(), model, unnamed)?;
+        let revision = front.dir.weights_revision(WEIGHTS_FILE)?;
+        let towers = Towers::Graphs {
+            vision: Box::new(vision),
+            text: Box::new(text),
+            text_inputs: AtomicUsize::new(0),
+            vision_inputs: AtomicUsize::new(0),
         };
-        Ok(Clip {
-            towers: Towers::Graphs {
-                vision: Box::new(vision),
-                text: Box::new(text),
-                text_inputs: AtomicUsize::new(0),
-                vision_inputs: AtomicUsize::new(0),
-            },
-            tokenizer,
-            preprocessor,
-            info,
-            image_size: config.vision_config.image_size,
-            channels: config.vision_config.num_channels,
-        })
+        Ok(front.with_towers(towers, &revision))
     }
 
     /// Which path runs the towers: `"candle"` or `"graph"`.
