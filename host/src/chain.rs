@@ -138,6 +138,7 @@ pub async fn check_plugin(
         image_max_side: None,
         grants: Default::default(),
         nn_memory_bytes: 0,
+        budgets: Default::default(),
         settings: Default::default(),
     };
     let health = match runtime.load("check", &cfg).await {
@@ -382,6 +383,11 @@ impl StepError {
 }
 
 impl Imbed {
+    /// Plugin log lines dropped past their log budgets since this runtime loaded, by plugin key.
+    pub fn dropped_plugin_logs(&self) -> BTreeMap<String, u64> {
+        self.inner._runtime.log_drops.snapshot()
+    }
+
     /// Start the engine and load every plugin the config lists. A plugin that fails to load
     /// does not fail this call: its steps are skipped with the reason recorded.
     pub async fn new(config: Config) -> Result<Imbed> {

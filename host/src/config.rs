@@ -271,6 +271,9 @@ pub struct PluginConfig {
     pub grants: Grants,
     /// Native memory budget for the plugin's `wasi:nn` graphs (`limits.nn_memory_mb`), in bytes.
     pub nn_memory_bytes: u64,
+    /// Caps on the plugin's log lines and on the size of what it returns (`limits.log_*`,
+    /// `limits.description_max_bytes`, `limits.structured_max_fields`).
+    pub budgets: crate::Budgets,
     /// The plugin's own settings, as strings (numbers and booleans in their TOML spelling,
     /// arrays and tables as JSON).
     pub settings: BTreeMap<String, String>,
@@ -625,6 +628,13 @@ struct RawLimits {
     warm: Option<bool>,
     image_max_side: Option<Spanned<u32>>,
     nn_memory_mb: Option<Spanned<u64>>,
+    log_lines_per_call: Option<Spanned<u32>>,
+    log_bytes_per_call: Option<Spanned<u64>>,
+    log_lines_per_minute: Option<Spanned<u32>>,
+    log_bytes_per_minute: Option<Spanned<u64>>,
+    log_line_max_bytes: Option<Spanned<usize>>,
+    description_max_bytes: Option<Spanned<usize>>,
+    structured_max_fields: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1256,6 +1266,7 @@ fn validate_plugin(
             format!("plugin {name:?}: nn_memory_mb must be from 1 to 1048576"),
         );
     }
+    let budgets = validate_budgets(name, &raw.limits, ctx)?;
 
     let mut settings = BTreeMap::new();
     for (key, value) in &raw.settings {
@@ -1287,7 +1298,85 @@ fn validate_plugin(
             nn,
         },
         nn_memory_bytes: nn_memory_mb.0 << 20,
+        budgets,
         settings,
+    })
+}
+
+/// The log and output budgets of `[plugins.X.limits]`: each at least 1 (a cap of 0 would
+/// silence a plugin or refuse every answer, which no one means), defaults otherwise.
+fn validate_budgets(
+    name: &str,
+    limits: &RawLimits,
+    ctx: &Ctx<'_>,
+) -> Result<crate::Budgets, ConfigError> {
+    fn pick<T: Copy + Into<u64>>(
+        value: &Option<Spanned<T>>,
+        default: T,
+        key: &str,
+        name: &str,
+        ctx: &Ctx<'_>,
+    ) -> Result<T, ConfigError> {
+        match value {
+            Some(v) if (*v.get_ref()).into() == 0 => ctx.err(
+                Some(v.span()),
+                format!("plugin {name:?}: {key} must be at least 1"),
+            ),
+            Some(v) => Ok(*v.get_ref()),
+            None => Ok(default),
+        }
+    }
+    let d = crate::Budgets::default();
+    let usize_pick = |value: &Option<Spanned<usize>>, default: usize, key: &str| {
+        let as_u64 = value
+            .as_ref()
+            .map(|v| Spanned::new(v.span(), *v.get_ref() as u64));
+        pick(&as_u64, default as u64, key, name, ctx).map(|v| v as usize)
+    };
+    Ok(crate::Budgets {
+        log_lines_per_call: pick(
+            &limits.log_lines_per_call,
+            d.log_lines_per_call,
+            "log_lines_per_call",
+            name,
+            ctx,
+        )?,
+        log_bytes_per_call: pick(
+            &limits.log_bytes_per_call,
+            d.log_bytes_per_call,
+            "log_bytes_per_call",
+            name,
+            ctx,
+        )?,
+        log_lines_per_minute: pick(
+            &limits.log_lines_per_minute,
+            d.log_lines_per_minute,
+            "log_lines_per_minute",
+            name,
+            ctx,
+        )?,
+        log_bytes_per_minute: pick(
+            &limits.log_bytes_per_minute,
+            d.log_bytes_per_minute,
+            "log_bytes_per_minute",
+            name,
+            ctx,
+        )?,
+        log_line_max_bytes: usize_pick(
+            &limits.log_line_max_bytes,
+            d.log_line_max_bytes,
+            "log_line_max_bytes",
+        )?,
+        description_max_bytes: usize_pick(
+            &limits.description_max_bytes,
+            d.description_max_bytes,
+            "description_max_bytes",
+        )?,
+        structured_max_fields: usize_pick(
+            &limits.structured_max_fields,
+            d.structured_max_fields,
+            "structured_max_fields",
+        )?,
     })
 }
 

@@ -45,6 +45,7 @@ pub use config::{Config, ConfigError, Env};
 pub use error::{Error, Result};
 pub use input::{ImageSource, InputError, UrlGuard, ValidImage};
 pub use plugin::{ComponentReport, Roles};
+pub use runtime::budget::Budgets;
 pub use runtime::nn::{GraphStatus, LibraryStatus, NnStatus};
 pub use store::{Store, StoreError};
 pub use types::{

@@ -25,7 +25,7 @@ use crate::bindings::{
 };
 use crate::config::PluginConfig;
 use crate::input::{describe_reqwest, hex, ValidImage};
-use crate::runtime::nn;
+use crate::runtime::{budget, nn};
 use crate::types::{FailureKind, Inference, PluginId, StructuredDescription};
 
 /// How often the engine's epoch advances: the granularity of deadlines and of yielding.
@@ -183,6 +183,8 @@ struct Shared {
     client: reqwest::Client,
     /// The plugin's wasi-nn grants, budget and shared graph sessions.
     nn: Arc<nn::PluginNn>,
+    /// The plugin's log budget (per-minute window shared by its instances).
+    log: budget::PluginLogBudget,
 }
 
 pub(crate) struct PluginState {
@@ -192,6 +194,8 @@ pub(crate) struct PluginState {
     shared: Arc<Shared>,
     deadline: Instant,
     nn: nn::InstanceNn,
+    /// This call's log lines, against the plugin's log budget.
+    call_log: budget::CallLog,
 }
 
 fn nn_view(s: &mut PluginState) -> nn::NnView<'_> {
@@ -216,7 +220,15 @@ impl wit::Host for PluginState {}
 impl host::Host for PluginState {
     async fn log(&mut self, level: host::LogLevel, message: String) -> wasmtime::Result<()> {
         let plugin = self.shared.key.as_str();
-        let message: String = message.chars().take(4096).collect();
+        let message =
+            match self
+                .shared
+                .log
+                .admit(&mut self.call_log, &message, Instant::now())
+            {
+                budget::Admit::Write(m) => m,
+                budget::Admit::Drop => return Ok(()),
+            };
         match level {
             host::LogLevel::Trace => tracing::trace!(target: "imbed::plugin", plugin, "{message}"),
             host::LogLevel::Debug => tracing::debug!(target: "imbed::plugin", plugin, "{message}"),
@@ -357,6 +369,8 @@ pub(crate) struct Runtime {
     cache_dir: Option<PathBuf>,
     client: reqwest::Client,
     stop_ticker: Arc<AtomicBool>,
+    /// Plugin log lines dropped past their budgets, by plugin, for `/metrics`.
+    pub(crate) log_drops: budget::DropCounts,
     /// Components this runtime compiled, by the SHA-256 of their bytes: inspecting and then
     /// loading the same file (`imbed plugins check`) compiles it once, not twice.
     compiled: Mutex<HashMap<[u8; 32], Component>>,
@@ -417,6 +431,7 @@ impl Runtime {
             cache_dir,
             client,
             stop_ticker: stop,
+            log_drops: Default::default(),
             compiled: Mutex::new(HashMap::new()),
             nn: Arc::new(nn::NnHost::new(nn_settings.clone(), nn_plugins)),
         })
@@ -561,6 +576,7 @@ impl Runtime {
             http_origins: cfg.grants.http.clone(),
             client: self.client.clone(),
             nn: self.nn.plugin(key, cfg),
+            log: budget::PluginLogBudget::new(key, cfg.budgets, self.log_drops.clone()),
         });
         // A plugin that can reach no network only computes: more instances than cores would
         // just take turns on them, each holding its own memory (a CLIP instance is ~600 MB).
@@ -879,6 +895,7 @@ impl Plugin {
             shared: self.shared.clone(),
             deadline: Instant::now() + cfg.timeout,
             nn: nn::InstanceNn::new(self.shared.nn.clone()),
+            call_log: Default::default(),
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -1019,6 +1036,7 @@ impl Plugin {
         outcome: Result<wasmtime::Result<Result<T, wit::Error>>, tokio::time::error::Elapsed>,
     ) -> Result<(T, Option<Inference>), CallError> {
         let inference = inst.store.data_mut().nn.used.take();
+        self.finish_log(&mut inst.store);
         let with = |mut e: CallError| {
             e.inference = inference.clone();
             e
@@ -1033,6 +1051,14 @@ impl Plugin {
                     Err(e) => Err(with(CallError::from(e))),
                 }
             }
+        }
+    }
+
+    /// Close the call's log accounting: one line saying how many lines the budget dropped.
+    fn finish_log(&self, store: &mut Store<PluginState>) {
+        let state = store.data_mut();
+        if let Some(summary) = self.shared.log.finish(&mut state.call_log) {
+            tracing::warn!(target: "imbed::plugin", plugin = self.key.as_str(), "{summary}");
         }
     }
 
@@ -1180,6 +1206,7 @@ impl Plugin {
             "a describer",
             call_describe(&wit_image, prompt)
         )?;
+        check_description(&self.key, &self.config.budgets, &d)?;
         let d = PluginDescription::from(d);
         if d.text.trim().is_empty() {
             return Err(CallError::new(
@@ -1262,6 +1289,21 @@ impl Plugin {
             .map(|(i, item)| item.map_err(CallError::from).and_then(|v| check(i, v)))
             .collect())
     }
+}
+
+/// Hold a lifted description to the plugin's output caps before it is copied any further.
+fn check_description(
+    key: &str,
+    budgets: &budget::Budgets,
+    d: &describer::Description,
+) -> Result<(), CallError> {
+    let (fields, longest) = d.structured.as_ref().map_or((0, 0), |s| {
+        let all = s.objects.iter().chain(&s.tags).chain(&s.visible_text);
+        (all.clone().count(), all.map(String::len).max().unwrap_or(0))
+    });
+    let longest = longest.max(d.model_id.len());
+    budget::check_description(key, budgets, d.text.len(), fields, longest)
+        .map_err(|m| CallError::new(FailureKind::Malformed, m))
 }
 
 fn check_model(key: &str, info: &ModelInfo) -> Result<(), CallError> {

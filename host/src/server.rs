@@ -972,7 +972,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
-    (headers, Body::from(state.metrics.render())).into_response()
+    let mut text = state.metrics.render();
+    text.push_str(&crate::runtime::budget::render_drops(
+        &state.imbed().dropped_plugin_logs(),
+    ));
+    (headers, Body::from(text)).into_response()
 }
 
 const BUCKETS: [f64; 12] = [
