@@ -220,15 +220,14 @@ impl wit::Host for PluginState {}
 impl host::Host for PluginState {
     async fn log(&mut self, level: host::LogLevel, message: String) -> wasmtime::Result<()> {
         let plugin = self.shared.key.as_str();
-        let message =
-            match self
-                .shared
-                .log
-                .admit(&mut self.call_log, &message, Instant::now())
-            {
-                budget::Admit::Write(m) => m,
-                budget::Admit::Drop => return Ok(()),
-            };
+        let message = match self
+            .shared
+            .log
+            .admit(&mut self.call_log, &message, Instant::now())
+        {
+            budget::Admit::Write(m) => m,
+            budget::Admit::Drop => return Ok(()),
+        };
         match level {
             host::LogLevel::Trace => tracing::trace!(target: "imbed::plugin", plugin, "{message}"),
             host::LogLevel::Debug => tracing::debug!(target: "imbed::plugin", plugin, "{message}"),

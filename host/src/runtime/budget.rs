@@ -149,11 +149,9 @@ impl PluginLogBudget {
             message.to_string()
         };
         let len = text.len() as u64;
-        let fits_call = call.used.fits(
-            u64::from(b.log_lines_per_call),
-            b.log_bytes_per_call,
-            len,
-        );
+        let fits_call = call
+            .used
+            .fits(u64::from(b.log_lines_per_call), b.log_bytes_per_call, len);
         let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
         if now.duration_since(window.started) >= Duration::from_secs(60) {
             window.started = now;
@@ -304,7 +302,10 @@ mod tests {
         let b = PluginLogBudget::new("p", budgets, DropCounts::default());
         let mut call = CallLog::default();
         let now = Instant::now();
-        assert!(matches!(b.admit(&mut call, "0123456789", now), Admit::Write(_)));
+        assert!(matches!(
+            b.admit(&mut call, "0123456789", now),
+            Admit::Write(_)
+        ));
         assert_eq!(b.admit(&mut call, "0123456789", now), Admit::Drop);
         assert!(matches!(b.admit(&mut call, "01234", now), Admit::Write(_)));
     }
