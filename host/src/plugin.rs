@@ -219,6 +219,19 @@ impl wit::Host for PluginState {}
 
 impl host::Host for PluginState {
     async fn log(&mut self, level: host::LogLevel, message: String) -> wasmtime::Result<()> {
+        use tracing::{enabled, Level};
+        // A line the host would not print costs nothing: only written lines count against the
+        // budget, so debug chatter under `--log warn` never shows up as "dropped".
+        let shown = match level {
+            host::LogLevel::Trace => enabled!(target: "imbed::plugin", Level::TRACE),
+            host::LogLevel::Debug => enabled!(target: "imbed::plugin", Level::DEBUG),
+            host::LogLevel::Info => enabled!(target: "imbed::plugin", Level::INFO),
+            host::LogLevel::Warn => enabled!(target: "imbed::plugin", Level::WARN),
+            host::LogLevel::Error => enabled!(target: "imbed::plugin", Level::ERROR),
+        };
+        if !shown {
+            return Ok(());
+        }
         let plugin = self.shared.key.as_str();
         let message = match self
             .shared
@@ -915,7 +928,10 @@ impl Plugin {
         let instance =
             match tokio::time::timeout(budget, self.pre.instantiate_async(&mut store)).await {
                 Ok(Ok(i)) => i,
-                Ok(Err(e)) => return Err(fail(e, &store)),
+                Ok(Err(e)) => {
+                    self.finish_log(&mut store);
+                    return Err(fail(e, &store));
+                }
                 Err(_) => return Err(self.timeout_error("starting")),
             };
         let load = |store: &mut Store<PluginState>| -> wasmtime::Result<Exports> {

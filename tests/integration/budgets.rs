@@ -233,3 +233,49 @@ fn a_zero_budget_in_the_config_is_refused_with_the_key() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn metrics_count_dropped_plugin_log_lines_by_plugin() {
+    use tower::ServiceExt;
+    // The host budgets only lines it would print: give this thread (the test's current-thread
+    // runtime, where the plugin's calls run) a subscriber at warn level that prints nowhere.
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::sink)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // 250 lines, 100 written: 150 dropped.
+    let config = chain(PluginSpec::misbehave("log-flood").setting("lines", "250")).build();
+    let state = imbed::server::AppState::build(config).await.unwrap();
+    let body = serde_json::json!({
+        "image_base64": base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            images::png(8, 8, 0)
+        )
+    });
+    let request = axum::http::Request::post("/embed/image")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    let response = imbed::server::app(state.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = imbed::server::app(state)
+        .oneshot(
+            axum::http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.contains("imbed_plugin_log_lines_dropped_total{plugin=\"vision\"} 150\n"),
+        "{text}"
+    );
+}
