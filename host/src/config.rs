@@ -1531,6 +1531,34 @@ file = "hash.wasm"
     }
 
     #[test]
+    fn log_and_output_budgets_default_and_are_read_from_limits() {
+        let cfg = Config::from_toml_str(MINIMAL, "my.toml", None, &Env::isolated()).unwrap();
+        assert_eq!(cfg.plugins["hash"].budgets, crate::Budgets::default());
+        let text = format!(
+            "{MINIMAL}[plugins.hash.limits]\nlog_lines_per_call = 7\nlog_bytes_per_minute = 9000\nlog_line_max_bytes = 80\ndescription_max_bytes = 1000\nstructured_max_fields = 3\n"
+        );
+        let cfg = Config::from_toml_str(&text, "my.toml", None, &Env::isolated()).unwrap();
+        let b = cfg.plugins["hash"].budgets;
+        assert_eq!(b.log_lines_per_call, 7);
+        assert_eq!(b.log_bytes_per_minute, 9000);
+        assert_eq!(b.log_line_max_bytes, 80);
+        assert_eq!(b.description_max_bytes, 1000);
+        assert_eq!(b.structured_max_fields, 3);
+        assert_eq!(
+            b.log_lines_per_minute,
+            crate::Budgets::default().log_lines_per_minute
+        );
+        let text = format!("{MINIMAL}[plugins.hash.limits]\ndescription_max_bytes = 0\n");
+        let err = Config::from_toml_str(&text, "my.toml", None, &Env::isolated()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("my.toml:10:"), "{msg}");
+        assert!(
+            msg.contains("description_max_bytes must be at least 1"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn a_step_naming_a_missing_plugin_is_reported_with_its_line() {
         let text = MINIMAL.replace("plugin = \"hash\"", "plugin = \"clip\"");
         let msg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated())
