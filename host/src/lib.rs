@@ -39,7 +39,7 @@ pub use blocking::BlockingImbed;
 pub use chain::{
     check_plugin, ImageRequest, Imbed, ModelName, Options, PluginHealth, PluginStatus, StepCheck,
 };
-pub use config::{Config, ConfigError, Env};
+pub use config::{Budgets, Config, ConfigError, Env};
 pub use error::{Error, Result};
 pub use input::{ImageSource, InputError, UrlGuard, ValidImage};
 pub use runtime::nn::{GraphStatus, LibraryStatus, NnStatus};
