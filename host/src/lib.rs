@@ -40,7 +40,7 @@ pub use chain::{
     check_plugin, ImageRequest, Imbed, ImbedOptions, ModelName, PluginHealth, PluginStatus,
     StepCheck,
 };
-pub use config::{Config, ConfigError, Env};
+pub use config::{Budgets, Config, ConfigError, Env};
 pub use error::{Error, Result};
 pub use input::{ImageSource, InputError, UrlGuard, ValidImage};
 pub use runtime::nn::{GraphStatus, LibraryStatus, NnStatus};

@@ -1,6 +1,7 @@
 //! imbed's integration tests: one binary, real components, real sockets on 127.0.0.1.
 
 mod blocking;
+mod budgets;
 mod cache;
 mod chain;
 mod cli;

@@ -174,6 +174,11 @@ impl Imbed {
         &self.inner.config
     }
 
+    /// Plugin log lines dropped past their log budgets since this runtime loaded, by plugin key.
+    pub fn dropped_plugin_logs(&self) -> BTreeMap<String, u64> {
+        self.inner._runtime.log_drops.snapshot()
+    }
+
     /// The embedding space each chain step answers images in, as far as it can tell now
     /// (`None` for a step whose plugin is not loaded or whose backend cannot say).
     pub async fn step_spaces(&self) -> Vec<Option<SpaceId>> {

@@ -108,6 +108,7 @@ pub async fn check_plugin(
         image_max_side: None,
         grants: Default::default(),
         nn_memory_bytes: 0,
+        budgets: Default::default(),
         settings: Default::default(),
     };
     let health = match runtime.load("check", &cfg).await {

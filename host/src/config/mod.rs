@@ -14,7 +14,7 @@ mod validate;
 pub use env::Env;
 pub use error::ConfigError;
 pub use settings::{
-    CacheSettings, ChainConfig, Config, Grants, InputLimits, NnSettings, PluginConfig,
+    Budgets, CacheSettings, ChainConfig, Config, Grants, InputLimits, NnSettings, PluginConfig,
     ServerSettings, Step,
 };
 

@@ -114,6 +114,13 @@ pub(super) struct RawLimits {
     pub(super) warm: Option<bool>,
     pub(super) image_max_side: Option<Spanned<u32>>,
     pub(super) nn_memory_mb: Option<Spanned<u64>>,
+    pub(super) log_lines_per_call: Option<Spanned<u32>>,
+    pub(super) log_bytes_per_call: Option<Spanned<u64>>,
+    pub(super) log_lines_per_minute: Option<Spanned<u32>>,
+    pub(super) log_bytes_per_minute: Option<Spanned<u64>>,
+    pub(super) log_line_max_bytes: Option<Spanned<usize>>,
+    pub(super) description_max_bytes: Option<Spanned<usize>>,
+    pub(super) structured_max_fields: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -133,9 +133,50 @@ pub struct PluginConfig {
     pub grants: Grants,
     /// Native memory budget for the plugin's `wasi:nn` graphs (`limits.nn_memory_mb`), in bytes.
     pub nn_memory_bytes: u64,
+    /// Caps on the plugin's log lines and on the size of what it returns (`limits.log_*`,
+    /// `limits.description_max_bytes`, `limits.structured_max_fields`).
+    pub budgets: Budgets,
     /// The plugin's own settings, as strings (numbers and booleans in their TOML spelling,
     /// arrays and tables as JSON).
     pub settings: BTreeMap<String, String>,
+}
+
+/// Per-plugin caps on what the plugin sends back to the host, from `[plugins.X.limits]`;
+/// enforced by the runtime (`runtime/budget.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    /// Log lines one call may write (`log_lines_per_call`).
+    pub log_lines_per_call: u32,
+    /// Log bytes one call may write (`log_bytes_per_call`).
+    pub log_bytes_per_call: u64,
+    /// Log lines all instances of the plugin may write per minute (`log_lines_per_minute`).
+    pub log_lines_per_minute: u32,
+    /// Log bytes all instances of the plugin may write per minute (`log_bytes_per_minute`).
+    pub log_bytes_per_minute: u64,
+    /// Longest single log message; longer ones are cut with a marker (`log_line_max_bytes`).
+    pub log_line_max_bytes: usize,
+    /// Longest description text, in bytes (`description_max_bytes`).
+    pub description_max_bytes: usize,
+    /// Most structured fields (objects plus tags plus visible text) in one description
+    /// (`structured_max_fields`).
+    pub structured_max_fields: usize,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets {
+            log_lines_per_call: 100,
+            log_bytes_per_call: 64 << 10,
+            log_lines_per_minute: 1000,
+            log_bytes_per_minute: 1 << 20,
+            log_line_max_bytes: 4096,
+            // Embedding models read a few thousand tokens at most; a real description is a few
+            // kilobytes. 32 KiB leaves room for verbose models without letting a plugin hand
+            // the embedder megabytes.
+            description_max_bytes: 32 << 10,
+            structured_max_fields: 256,
+        }
+    }
 }
 
 /// Settings of `imbed serve`.

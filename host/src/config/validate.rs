@@ -576,6 +576,7 @@ fn validate_plugin(
             format!("plugin {name:?}: nn_memory_mb must be from 1 to 1048576"),
         );
     }
+    let budgets = validate_budgets(name, &raw.limits, ctx)?;
 
     let mut settings = BTreeMap::new();
     for (key, value) in &raw.settings {
@@ -607,7 +608,81 @@ fn validate_plugin(
             nn,
         },
         nn_memory_bytes: nn_memory_mb.0 << 20,
+        budgets,
         settings,
+    })
+}
+
+/// The log and output budgets of `[plugins.X.limits]`: each at least 1 (a cap of 0 would
+/// silence a plugin or refuse every answer, which no one means), defaults otherwise.
+fn validate_budgets(name: &str, limits: &RawLimits, ctx: &Ctx<'_>) -> Result<Budgets, ConfigError> {
+    fn pick<T: Copy + Into<u64>>(
+        value: &Option<Spanned<T>>,
+        default: T,
+        key: &str,
+        name: &str,
+        ctx: &Ctx<'_>,
+    ) -> Result<T, ConfigError> {
+        match value {
+            Some(v) if (*v.get_ref()).into() == 0 => ctx.err(
+                Some(v.span()),
+                format!("plugin {name:?}: {key} must be at least 1"),
+            ),
+            Some(v) => Ok(*v.get_ref()),
+            None => Ok(default),
+        }
+    }
+    let d = Budgets::default();
+    let usize_pick = |value: &Option<Spanned<usize>>, default: usize, key: &str| {
+        let as_u64 = value
+            .as_ref()
+            .map(|v| Spanned::new(v.span(), *v.get_ref() as u64));
+        pick(&as_u64, default as u64, key, name, ctx).map(|v| v as usize)
+    };
+    Ok(Budgets {
+        log_lines_per_call: pick(
+            &limits.log_lines_per_call,
+            d.log_lines_per_call,
+            "log_lines_per_call",
+            name,
+            ctx,
+        )?,
+        log_bytes_per_call: pick(
+            &limits.log_bytes_per_call,
+            d.log_bytes_per_call,
+            "log_bytes_per_call",
+            name,
+            ctx,
+        )?,
+        log_lines_per_minute: pick(
+            &limits.log_lines_per_minute,
+            d.log_lines_per_minute,
+            "log_lines_per_minute",
+            name,
+            ctx,
+        )?,
+        log_bytes_per_minute: pick(
+            &limits.log_bytes_per_minute,
+            d.log_bytes_per_minute,
+            "log_bytes_per_minute",
+            name,
+            ctx,
+        )?,
+        log_line_max_bytes: usize_pick(
+            &limits.log_line_max_bytes,
+            d.log_line_max_bytes,
+            "log_line_max_bytes",
+        )?,
+        description_max_bytes: usize_pick(
+            &limits.description_max_bytes,
+            d.description_max_bytes,
+            "description_max_bytes",
+        )?,
+        structured_max_fields: usize_pick(
+            &limits.structured_max_fields,
+            d.structured_max_fields,
+            "structured_max_fields",
+        )?,
     })
 }
 
@@ -760,6 +835,34 @@ file = "hash.wasm"
         let msg = err.to_string();
         assert!(msg.starts_with("my.toml:9:"), "{msg}");
         assert!(msg.contains("memroy_mb"), "{msg}");
+    }
+
+    #[test]
+    fn log_and_output_budgets_default_and_are_read_from_limits() {
+        let cfg = Config::from_toml_str(MINIMAL, "my.toml", None, &Env::isolated()).unwrap();
+        assert_eq!(cfg.plugins["hash"].budgets, Budgets::default());
+        let text = format!(
+            "{MINIMAL}[plugins.hash.limits]\nlog_lines_per_call = 7\nlog_bytes_per_minute = 9000\nlog_line_max_bytes = 80\ndescription_max_bytes = 1000\nstructured_max_fields = 3\n"
+        );
+        let cfg = Config::from_toml_str(&text, "my.toml", None, &Env::isolated()).unwrap();
+        let b = cfg.plugins["hash"].budgets;
+        assert_eq!(b.log_lines_per_call, 7);
+        assert_eq!(b.log_bytes_per_minute, 9000);
+        assert_eq!(b.log_line_max_bytes, 80);
+        assert_eq!(b.description_max_bytes, 1000);
+        assert_eq!(b.structured_max_fields, 3);
+        assert_eq!(
+            b.log_lines_per_minute,
+            Budgets::default().log_lines_per_minute
+        );
+        let text = format!("{MINIMAL}[plugins.hash.limits]\ndescription_max_bytes = 0\n");
+        let err = Config::from_toml_str(&text, "my.toml", None, &Env::isolated()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("my.toml:10:"), "{msg}");
+        assert!(
+            msg.contains("description_max_bytes must be at least 1"),
+            "{msg}"
+        );
     }
 
     #[test]

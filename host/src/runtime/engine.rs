@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::Engine;
 
+use super::budget;
 use super::call::CallError;
 use super::contract::{
     contract_version, describer, embedder, image_embedder, plugin, HostView, CONTRACT_VERSION,
@@ -32,6 +33,8 @@ pub(crate) struct Runtime {
     pub(crate) cache_dir: Option<PathBuf>,
     client: reqwest::Client,
     stop_ticker: Arc<AtomicBool>,
+    /// Plugin log lines dropped past their budgets, by plugin, for `/metrics`.
+    pub(crate) log_drops: budget::DropCounts,
     /// Components this runtime compiled, by the SHA-256 of their bytes: inspecting and then
     /// loading the same file (`imbed plugins check`) compiles it once, not twice.
     pub(crate) compiled: Mutex<HashMap<[u8; 32], Component>>,
@@ -92,6 +95,7 @@ impl Runtime {
             cache_dir,
             client,
             stop_ticker: stop,
+            log_drops: Default::default(),
             compiled: Mutex::new(HashMap::new()),
             nn: Arc::new(nn::NnHost::new(nn_settings.clone(), nn_plugins)),
         })
@@ -181,6 +185,7 @@ impl Runtime {
             http_origins: cfg.grants.http.clone(),
             client: self.client.clone(),
             nn: self.nn.plugin(key, cfg),
+            log: budget::PluginLogBudget::new(key, cfg.budgets, self.log_drops.clone()),
         });
         // A plugin that can reach no network only computes: more instances than cores would
         // just take turns on them, each holding its own memory (a CLIP instance is ~600 MB).

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::budget;
 use super::contract::{host, http, wit};
 use super::nn;
 use super::sandbox::PluginState;
@@ -24,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) client: reqwest::Client,
     /// The plugin's wasi-nn grants, budget and shared graph sessions.
     pub(crate) nn: Arc<nn::PluginNn>,
+    /// The plugin's log budget (per-minute window shared by its instances).
+    pub(crate) log: budget::PluginLogBudget,
 }
 
 /// The setting a plugin granted a `model_dir` reads to learn the folder's name on the host (the
@@ -43,8 +46,28 @@ impl wit::Host for PluginState {}
 
 impl host::Host for PluginState {
     async fn log(&mut self, level: host::LogLevel, message: String) -> wasmtime::Result<()> {
+        use tracing::{enabled, Level};
+        // A line the host would not print costs nothing: only written lines count against the
+        // budget, so debug chatter under `--log warn` never shows up as "dropped".
+        let shown = match level {
+            host::LogLevel::Trace => enabled!(target: "imbed::plugin", Level::TRACE),
+            host::LogLevel::Debug => enabled!(target: "imbed::plugin", Level::DEBUG),
+            host::LogLevel::Info => enabled!(target: "imbed::plugin", Level::INFO),
+            host::LogLevel::Warn => enabled!(target: "imbed::plugin", Level::WARN),
+            host::LogLevel::Error => enabled!(target: "imbed::plugin", Level::ERROR),
+        };
+        if !shown {
+            return Ok(());
+        }
         let plugin = self.shared.key.as_str();
-        let message: String = message.chars().take(4096).collect();
+        let message = match self
+            .shared
+            .log
+            .admit(&mut self.call_log, &message, Instant::now())
+        {
+            budget::Admit::Write(m) => m,
+            budget::Admit::Drop => return Ok(()),
+        };
         match level {
             host::LogLevel::Trace => tracing::trace!(target: "imbed::plugin", plugin, "{message}"),
             host::LogLevel::Debug => tracing::debug!(target: "imbed::plugin", plugin, "{message}"),

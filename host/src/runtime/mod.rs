@@ -2,10 +2,14 @@
 //! instance pools, and the contract's generated bindings (converted to domain types in
 //! `contract/`). May use `config`, `input`, `models` and `types`; nothing here knows the chain.
 //!
+//! What a plugin sends back to the host is held to its budgets (`budget`: log lines, description
+//! size) before it goes any further.
+//!
 //! One [`Runtime`] holds the shared wasmtime `Engine`, the linker with the host functions, and
 //! the on-disk cache of compiled components. Each [`Plugin`] holds one component, ready to
 //! instantiate, and a small pool of live instances.
 
+mod budget;
 mod call;
 mod compile;
 mod contract;

@@ -12,13 +12,14 @@ use wasmtime::component::InstancePre;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
+use super::budget;
 use super::call::{CallError, ItemResult, ModelInfo, PluginDescription, Roles};
 use super::contract::{describer, embedder, image_embedder, plugin, to_wit_image, wit};
 use super::engine::{Runtime, TICK};
 use super::host_fns::Shared;
 use super::nn;
 use super::sandbox::PluginState;
-use crate::config::PluginConfig;
+use crate::config::{Budgets, PluginConfig};
 use crate::input::ValidImage;
 use crate::types::{FailureKind, Inference, PluginId, SpaceId};
 
@@ -153,7 +154,10 @@ impl Plugin {
         let instance =
             match tokio::time::timeout(budget, self.pre.instantiate_async(&mut store)).await {
                 Ok(Ok(i)) => i,
-                Ok(Err(e)) => return Err(fail(e, &store)),
+                Ok(Err(e)) => {
+                    self.finish_log(&mut store);
+                    return Err(fail(e, &store));
+                }
                 Err(_) => return Err(self.timeout_error("starting")),
             };
         let load = |store: &mut Store<PluginState>| -> wasmtime::Result<Exports> {
@@ -273,6 +277,7 @@ impl Plugin {
         outcome: Result<wasmtime::Result<Result<T, wit::Error>>, tokio::time::error::Elapsed>,
     ) -> Result<(T, Option<Inference>), CallError> {
         let inference = inst.store.data_mut().nn.used.take();
+        self.finish_log(&mut inst.store);
         let with = |mut e: CallError| {
             e.inference = inference.clone();
             e
@@ -287,6 +292,14 @@ impl Plugin {
                     Err(e) => Err(with(CallError::from(e))),
                 }
             }
+        }
+    }
+
+    /// Close the call's log accounting: one line saying how many lines the budget dropped.
+    fn finish_log(&self, store: &mut Store<PluginState>) {
+        let state = store.data_mut();
+        if let Some(summary) = state.shared.log.finish(&mut state.call_log) {
+            tracing::warn!(target: "imbed::plugin", plugin = self.key.as_str(), "{summary}");
         }
     }
 
@@ -434,7 +447,10 @@ impl Plugin {
             "a describer",
             call_describe(&wit_image, prompt)
         )?;
+        // The conversion moves the lifted strings, it copies nothing: checking the domain type
+        // holds every contract version's describer to the same caps.
         let d = PluginDescription::from(d);
+        check_description(&self.key, &self.config.budgets, &d)?;
         if d.text.trim().is_empty() {
             return Err(CallError::new(
                 FailureKind::Malformed,
@@ -516,6 +532,17 @@ impl Plugin {
             .map(|(i, item)| item.map_err(CallError::from).and_then(|v| check(i, v)))
             .collect())
     }
+}
+
+/// Hold a lifted description to the plugin's output caps before it is copied any further.
+fn check_description(key: &str, budgets: &Budgets, d: &PluginDescription) -> Result<(), CallError> {
+    let (fields, longest) = d.structured.as_ref().map_or((0, 0), |s| {
+        let all = s.objects.iter().chain(&s.tags).chain(&s.visible_text);
+        (all.clone().count(), all.map(String::len).max().unwrap_or(0))
+    });
+    let longest = longest.max(d.model.len());
+    budget::check_description(key, budgets, d.text.len(), fields, longest)
+        .map_err(|m| CallError::new(FailureKind::Malformed, m))
 }
 
 fn check_model(key: &str, info: &ModelInfo) -> Result<(), CallError> {

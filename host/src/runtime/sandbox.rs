@@ -9,6 +9,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::budget;
 use super::call::CallError;
 use super::host_fns::Shared;
 use super::nn;
@@ -57,6 +58,8 @@ pub(crate) struct PluginState {
     pub(crate) deadline: Instant,
     /// This instance's wasi-nn graphs and execution contexts.
     pub(crate) nn: nn::InstanceNn,
+    /// This call's log lines, against the plugin's log budget.
+    pub(crate) call_log: budget::CallLog,
 }
 
 /// What the wasi-nn host functions see of an instance's state.
@@ -126,6 +129,7 @@ impl PluginState {
             nn: nn::InstanceNn::new(shared.nn.clone()),
             shared,
             deadline: Instant::now() + cfg.timeout,
+            call_log: Default::default(),
         })
     }
 }

@@ -8,7 +8,22 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
-    (headers, Body::from(state.metrics.render())).into_response()
+    let mut text = state.metrics.render();
+    render_dropped_logs(&mut text, &state.imbed().dropped_plugin_logs());
+    (headers, Body::from(text)).into_response()
+}
+
+/// The family for plugin log lines dropped past their log budgets. The counts start again from
+/// zero when a config reload builds a new runtime, which Prometheus reads as a counter reset.
+fn render_dropped_logs(out: &mut String, drops: &BTreeMap<String, u64>) {
+    out.push_str("# HELP imbed_plugin_log_lines_dropped_total Plugin log lines dropped past the plugin's log budget, by plugin.\n# TYPE imbed_plugin_log_lines_dropped_total counter\n");
+    for (plugin, n) in drops {
+        // Plugin keys are config table names: a quoted key may hold `"` or `\`.
+        let plugin = plugin.replace('\\', "\\\\").replace('"', "\\\"");
+        out.push_str(&format!(
+            "imbed_plugin_log_lines_dropped_total{{plugin=\"{plugin}\"}} {n}\n"
+        ));
+    }
 }
 
 pub(super) const BUCKETS: [f64; 12] = [

@@ -12,6 +12,12 @@
 //! - `nan`: returns a vector containing NaN.
 //! - `wrong-count`: returns one vector fewer than asked for.
 //! - `unavailable` / `model-not-found`: reports that error.
+//! - `log-flood`: calls the host's `log` at warn level in a tight loop, setting `lines` times
+//!   (default: until the deadline stops it), then answers as `ok`; a line is setting
+//!   `line_bytes` long (default 100).
+//! - `huge-description` (describe only): returns a description of setting `mb` MiB (default 100).
+//! - `many-fields` (describe only): returns structured output with setting `fields` tags
+//!   (default 100 000).
 //!
 //! Setting `space` overrides the space id (default `test/misbehave:8`); `dims` the dimensions.
 //!
@@ -19,8 +25,8 @@
 
 use imbed_plugin_sdk::http::{HttpError, Request};
 use imbed_plugin_sdk::{
-    export_plugin, settings, Batch, Describer, Description, Embedder, Error, Image, ImageEmbedder,
-    ModelInfo, Plugin, Vector,
+    export_plugin, log, settings, Batch, Describer, Description, Embedder, Error, Image,
+    ImageEmbedder, ModelInfo, Plugin, Vector,
 };
 
 #[derive(Default)]
@@ -49,7 +55,18 @@ fn vector_from(bytes: &[u8]) -> Vec<f32> {
 fn misbehave(n: usize) -> Result<Option<Vec<Vec<f32>>>, Error> {
     let mode = setting("mode", "ok");
     match mode.as_str() {
-        "ok" => Ok(None),
+        "ok" | "huge-description" | "many-fields" => Ok(None),
+        "log-flood" => {
+            let lines: u64 = setting("lines", &u64::MAX.to_string())
+                .parse()
+                .unwrap_or(u64::MAX);
+            let width: usize = setting("line_bytes", "100").parse().unwrap_or(100);
+            let line = "x".repeat(width);
+            for i in 0..lines {
+                log::warn(format!("flood {i} {line}"));
+            }
+            Ok(None)
+        }
         "loop" => {
             let mut x: u64 = 0;
             loop {
@@ -181,6 +198,25 @@ impl ImageEmbedder for Misbehave {
 impl Describer for Misbehave {
     fn describe(&mut self, image: Image, prompt: Option<String>) -> Result<Description, Error> {
         misbehave(1)?;
+        match setting("mode", "ok").as_str() {
+            "huge-description" => {
+                let mb: usize = setting("mb", "100").parse().unwrap_or(100);
+                return Ok(Description::new("a".repeat(mb << 20), "misbehave-vision"));
+            }
+            "many-fields" => {
+                let n: usize = setting("fields", "100000").parse().unwrap_or(100_000);
+                let tags = (0..n).map(|i| format!("tag{i}")).collect();
+                return Ok(
+                    Description::new("a picture", "misbehave-vision").with_structured(
+                        imbed_plugin_sdk::Structured {
+                            tags,
+                            ..Default::default()
+                        },
+                    ),
+                );
+            }
+            _ => {}
+        }
         // Depends on the pixels' size and the prompt, so tests can tell the image arrived.
         let text = format!(
             "a {} picture of {} by {} pixels{}",
