@@ -19,6 +19,7 @@ fn to_sdk(e: ClipError) -> Error {
     match e {
         ClipError::Model(m) => Error::model_not_found(m.to_string()),
         ClipError::BadInput(m) => Error::bad_input(m),
+        ClipError::Timeout(m) => Error::timeout(m),
         other => Error::other(other.to_string()),
     }
 }

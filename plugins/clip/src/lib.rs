@@ -67,11 +67,18 @@ pub enum ClipError {
     /// The computation failed (a bug or an exhausted resource, not the input's fault).
     #[error("clip: {0}")]
     Compute(String),
+    /// The host stopped a graph run at the call's deadline.
+    #[error("clip: {0}")]
+    Timeout(String),
 }
 
 impl From<nn::NnError> for ClipError {
     fn from(e: nn::NnError) -> Self {
-        ClipError::Compute(e.to_string())
+        if e.kind == nn::NnErrorKind::Timeout {
+            ClipError::Timeout(e.to_string())
+        } else {
+            ClipError::Compute(e.to_string())
+        }
     }
 }
 

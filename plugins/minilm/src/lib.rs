@@ -90,6 +90,7 @@ mod component {
     fn item(r: Result<Vector, EmbedError>) -> Result<Vector, Error> {
         r.map_err(|e| match e {
             EmbedError::BadInput(msg) => Error::bad_input(msg),
+            EmbedError::Timeout(msg) => Error::timeout(msg),
             other => Error::other(other.to_string()),
         })
     }

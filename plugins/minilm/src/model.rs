@@ -78,7 +78,7 @@ fn batches(lengths: &[usize]) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Why a batch could not be embedded (the model itself loaded).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum EmbedError {
     /// The text cannot be embedded (empty).
@@ -87,6 +87,10 @@ pub enum EmbedError {
     /// Tokenisation or the forward pass failed.
     #[error("{0}")]
     Compute(String),
+    /// The host stopped the graph at the call's deadline: the host reports it as a timeout,
+    /// not as a failure of the model.
+    #[error("{0}")]
+    Timeout(String),
 }
 
 #[derive(Deserialize)]
@@ -315,12 +319,16 @@ impl SentenceEmbedder {
             let chunk = &encoded[range];
             let items: Vec<&(Vec<u32>, Vec<u32>)> = chunk.iter().map(|(_, e)| e).collect();
             let result = match &self.encoder {
-                Encoder::Candle { model, device } => {
-                    forward(model, device, &items).map_err(|e| e.to_string())
-                }
+                Encoder::Candle { model, device } => forward(model, device, &items)
+                    .map_err(|e| EmbedError::Compute(format!("the forward pass failed: {e}"))),
                 Encoder::Graph { graph, inputs } => {
-                    forward_graph(graph.as_ref(), inputs, self.dimensions, &items)
-                        .map_err(|e| e.to_string())
+                    forward_graph(graph.as_ref(), inputs, self.dimensions, &items).map_err(|e| {
+                        if e.kind == nn::NnErrorKind::Timeout {
+                            EmbedError::Timeout(e.to_string())
+                        } else {
+                            EmbedError::Compute(format!("the forward pass failed: {e}"))
+                        }
+                    })
                 }
             };
             match result {
@@ -331,9 +339,7 @@ impl SentenceEmbedder {
                 }
                 Err(e) => {
                     for (i, _) in chunk {
-                        out[*i] = Some(Err(EmbedError::Compute(format!(
-                            "the forward pass failed: {e}"
-                        ))));
+                        out[*i] = Some(Err(e.clone()));
                     }
                 }
             }
@@ -695,6 +701,28 @@ mod tests {
             err.contains("\"last_hidden_state\" has shape [1, 2]"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_run_the_host_stopped_at_the_deadline_is_a_timeout_for_every_text_of_the_batch() {
+        struct Slow;
+        impl Infer for Slow {
+            fn run(&self, _: &[(&str, &nn::Tensor)]) -> Result<nn::Outputs, nn::NnError> {
+                Err(nn::NnError::new(
+                    nn::NnErrorKind::Timeout,
+                    "graph \"text\" ran past the plugin call's deadline and was stopped",
+                ))
+            }
+        }
+        let (dir, _) = candle_graph(true);
+        let e = SentenceEmbedder::with_graph(&dir, Slow).unwrap();
+        let out = e.embed(&["hello", "world"]);
+        for r in out {
+            match r {
+                Err(EmbedError::Timeout(m)) => assert!(m.contains("deadline"), "{m}"),
+                other => panic!("expected a timeout, got {other:?}"),
+            }
+        }
     }
 
     #[test]

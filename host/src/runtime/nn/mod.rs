@@ -331,7 +331,7 @@ impl PluginNn {
             NnError::new(
                 Code::NotFound,
                 format!(
-                    "graph file {} for graph {name:?} is not there ({e}): put the model's ONNX files in [plugins.{key}.grants] model_dir (`imbed models pull` or `imbed models import`)",
+                    "graph file {} for graph {name:?} is not there ({e}): put the model's ONNX files in [plugins.{key}.grants] model_dir: `imbed models pull <model> --format onnx` (names in `imbed models list`) or `imbed models import`",
                     path.display()
                 ),
             )
