@@ -360,7 +360,16 @@ async fn indexing(compile_cache: &Path, model_dir: &Path) {
         .unwrap_or(1000);
     let dir = tempfile::tempdir().unwrap();
     for i in 0..n {
-        let picture = imbed_tests::images::picture(640, 480, i);
+        // The test pictures come in four patterns; a patch whose place and colour follow `i`
+        // makes every photo a different content, so each one is embedded, not found by hash.
+        let mut picture = imbed_tests::images::picture(640, 480, i);
+        let (px, py) = ((i * 37) % 600, (i / 16 * 23) % 440);
+        let colour = image::Rgb([(i * 7 % 256) as u8, (i * 13 % 256) as u8, (i / 256) as u8]);
+        for y in py..py + 40 {
+            for x in px..px + 40 {
+                picture.put_pixel(x, y, colour);
+            }
+        }
         let mut jpeg = Vec::new();
         image::DynamicImage::ImageRgb8(picture)
             .write_to(
