@@ -236,11 +236,7 @@ async fn blocking<T: Send + 'static>(
     store: &Cache,
     op: impl FnOnce(&Cache) -> Result<T, store::StoreError> + Send + 'static,
 ) -> Result<T, String> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || op(&store))
-        .await
-        .map_err(|e| format!("cache task failed: {e}"))?
-        .map_err(|e| e.to_string())
+    store.run(op).await.map_err(|e| e.to_string())
 }
 
 /// Whether stored entries make the image done for this chain: an entry in one of its spaces,

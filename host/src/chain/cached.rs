@@ -9,24 +9,18 @@ use crate::store::{self, Cache, StoreError};
 use crate::types::{Description, FailureKind, PluginId};
 
 impl Imbed {
-    /// Run a cache operation off the async threads (SQLite blocks). A cache failure is logged
-    /// and treated as a miss: the cache may make imbed faster, never make it fail.
+    /// Run a cache operation off the async threads. A cache failure is logged and treated as a
+    /// miss: the cache may make imbed faster, never make it fail.
     pub(super) async fn cache<T: Send + 'static>(
         &self,
         op: impl FnOnce(&Cache) -> std::result::Result<T, StoreError> + Send + 'static,
     ) -> Option<T> {
-        let store = self.inner.store.clone()?;
-        match tokio::task::spawn_blocking(move || op(&store)).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                tracing::warn!("cache: {e}");
-                None
-            }
-            Err(e) => {
-                tracing::warn!("cache task failed: {e}");
-                None
-            }
-        }
+        let store = self.inner.store.as_ref()?;
+        store
+            .run(op)
+            .await
+            .inspect_err(|e| tracing::warn!("cache: {e}"))
+            .ok()
     }
 
     pub(super) async fn embed_one_text(

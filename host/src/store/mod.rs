@@ -8,6 +8,12 @@
 //! keeps what only it has (SQLite's file path, its schema test helper) without widening a trait
 //! every backend must implement. A second backend adds a variant to `Backend` and a module
 //! here; nothing outside `store/` changes.
+//!
+//! Every method may block (SQLite does file I/O under a lock). Async code reaches the cache
+//! through [`Cache::run`], which runs the work on tokio's blocking pool: an async backend
+//! (tokio-postgres behind a connection pool) drives its futures there with
+//! `tokio::runtime::Handle::block_on`, which the blocking pool allows, so the chain, `index`,
+//! `search`, the server and the CLI call it the same way whichever backend is behind it.
 
 mod keys;
 mod records;
@@ -66,6 +72,18 @@ impl Cache {
         Ok(Cache {
             backend: Backend::Sqlite(SqliteStore::create_with_schema(path, version)?),
         })
+    }
+
+    /// Run `op` on the cache from async code, off the async threads (see the module's opening
+    /// comment for why every backend is reached this way).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Cache) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let cache = self.clone();
+        tokio::task::spawn_blocking(move || op(&cache))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     forward! {

@@ -78,10 +78,7 @@ pub async fn index(
             )
             .into());
         }
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.degraded_files(None))
-            .await
-            .context("cache task failed")??
+        store.run(|s| s.degraded_files(None)).await?
     } else {
         let (found, problems) =
             tokio::task::spawn_blocking(move || imbed::index::find_images(&paths))
@@ -340,9 +337,7 @@ pub async fn cache_stats(config: Config, json_out: bool) -> anyhow::Result<u8> {
     let store = open_store(&config)?.ok_or_else(|| {
         Error::Usage("the config turns the cache off ([cache] database = \"\")".into())
     })?;
-    let stats = tokio::task::spawn_blocking(move || store.stats())
-        .await
-        .context("cache task failed")??;
+    let stats = store.run(|s| s.stats()).await?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(exit::OK);
@@ -392,9 +387,7 @@ pub async fn cache_prune(
     if queries {
         options = options.text_vectors();
     }
-    let report = tokio::task::spawn_blocking(move || store.prune(&options))
-        .await
-        .context("cache task failed")??;
+    let report = store.run(move |s| s.prune(&options)).await?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
