@@ -179,7 +179,8 @@ impl Imbed {
         for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
             let outcome = match &probe {
                 Ok(image) => {
-                    self.image_step(step, image, Some("a test image for imbed doctor"))
+                    self.walk()
+                        .image_step(step, image, Some("a test image for imbed doctor"))
                         .await
                 }
                 Err(e) => Err(StepError::not_applicable(e.clone())),
