@@ -189,11 +189,10 @@ pub fn index_files(
     files: Vec<PathBuf>,
     options: &IndexOptions,
 ) -> Result<BoxStream<'static, ItemReport>, crate::Error> {
-    let store = imbed.store().cloned().ok_or_else(|| {
-        crate::Error::Usage(
-            "indexing needs the cache: set [cache] database in the config (it is off)".into(),
-        )
-    })?;
+    let store = imbed
+        .store()
+        .cloned()
+        .ok_or_else(|| crate::error::UsageError::IndexWithoutCache)?;
     let (imbed, upgrade, jobs) = (imbed.clone(), options.upgrade, options.jobs.max(1));
     // What counts as done depends on the chain as configured now: after the embedding model
     // is swapped, answers in the old space are not answers of this chain.

@@ -8,7 +8,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use super::status::{ModelName, PluginHealth, PluginStatus};
 use super::walk::Walk;
 use crate::config::{Config, Step};
-use crate::error::{Error, Internal, Result};
+use crate::error::{EngineError, Error, Internal, Result};
 use crate::input::{self, ImageSource, ValidImage};
 use crate::runtime::{CallError, Plugin, Runtime};
 use crate::store::Cache;
@@ -100,10 +100,11 @@ impl Imbed {
             .values()
             .filter(|p| !p.grants.nn.is_empty())
             .count();
-        let runtime = Arc::new(
-            Runtime::new(config.cache_dir.clone(), &config.nn, nn_plugins)
-                .map_err(Error::Engine)?,
-        );
+        let runtime = Arc::new(Runtime::new(
+            config.cache_dir.clone(),
+            &config.nn,
+            nn_plugins,
+        )?);
         let loads = config.plugins.iter().map(|(key, cfg)| {
             let runtime = runtime.clone();
             async move {
@@ -149,13 +150,16 @@ impl Imbed {
         }
         let user_agent = concat!("imbed/", env!("CARGO_PKG_VERSION"));
         let http = match &options.url_guard {
-            Some(guard) => guard.client(user_agent).map_err(Error::Engine)?,
+            Some(guard) => guard.client(user_agent)?,
             None => reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::limited(5))
                 .connect_timeout(config.input.download_timeout)
                 .user_agent(user_agent)
                 .build()
-                .map_err(|e| Error::Engine(format!("cannot build the HTTP client: {e}")))?,
+                .map_err(|source| EngineError::HttpClient {
+                    what: "download",
+                    source,
+                })?,
         };
         Ok(Imbed {
             inner: Arc::new(Inner {

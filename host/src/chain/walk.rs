@@ -5,7 +5,7 @@
 
 use super::backend::Backend;
 use crate::config::{ChainConfig, Step};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, UsageError};
 use crate::input::ValidImage;
 use crate::runtime::{CallError, ItemResult, ModelInfo, PluginDescription, Roles};
 use crate::types::{
@@ -230,9 +230,7 @@ impl<'a, B: Backend> Walk<'a, B> {
             }
         }
         if attempts.is_empty() {
-            return Err(Error::Usage(
-                "the chain has no describe-then-embed step, so nothing can describe images".into(),
-            ));
+            return Err(UsageError::NoDescriber.into());
         }
         Err(Error::Exhausted { attempts })
     }
@@ -241,7 +239,7 @@ impl<'a, B: Backend> Walk<'a, B> {
     /// with each step's text side.
     pub(super) async fn text(&self, text: &str) -> Result<Embedding> {
         if text.trim().is_empty() {
-            return Err(Error::Usage("the text to embed is empty".into()));
+            return Err(UsageError::EmptyText.into());
         }
         let mut attempts = Vec::new();
         let mut dead = Vec::new();
@@ -496,7 +494,7 @@ impl<'a, B: Backend> Walk<'a, B> {
             .map(|t| {
                 t.trim()
                     .is_empty()
-                    .then(|| Err(Error::Usage("the text to embed is empty".into())))
+                    .then(|| Err(UsageError::EmptyText.into()))
             })
             .collect();
         let mut attempts: Vec<Vec<Attempt>> = vec![Vec::new(); texts.len()];
