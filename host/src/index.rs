@@ -192,7 +192,7 @@ pub fn index_files(
     let store = imbed
         .store()
         .cloned()
-        .ok_or_else(|| crate::error::UsageError::IndexWithoutCache)?;
+        .ok_or(crate::error::UsageError::IndexWithoutCache)?;
     let (imbed, upgrade, jobs) = (imbed.clone(), options.upgrade, options.jobs.max(1));
     // What counts as done depends on the chain as configured now: after the embedding model
     // is swapped, answers in the old space are not answers of this chain.

@@ -41,7 +41,7 @@ pub async fn imbed_with_cache(config: Config) -> anyhow::Result<Imbed> {
 
 /// The runtime with the cache, which the command cannot do without.
 async fn imbed_needing_cache(config: Config) -> anyhow::Result<(Imbed, Cache)> {
-    let store = open_store(&config)?.ok_or_else(|| Usage::NeedsCache)?;
+    let store = open_store(&config)?.ok_or(Usage::NeedsCache)?;
     let imbed = Imbed::with_options(config, ImbedOptions::default().store(store.clone())).await?;
     Ok((imbed, store))
 }
@@ -327,7 +327,7 @@ fn mib(bytes: u64) -> String {
 }
 
 pub async fn cache_stats(config: Config, json_out: bool) -> anyhow::Result<u8> {
-    let store = open_store(&config)?.ok_or_else(|| Usage::CacheOff)?;
+    let store = open_store(&config)?.ok_or(Usage::CacheOff)?;
     let stats = store.run(|s| s.stats()).await?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -368,7 +368,7 @@ pub async fn cache_prune(
     queries: bool,
     json_out: bool,
 ) -> anyhow::Result<u8> {
-    let store = open_store(&config)?.ok_or_else(|| Usage::CacheOff)?;
+    let store = open_store(&config)?.ok_or(Usage::CacheOff)?;
     let mut options = PruneOptions::default().missing_files().vacuum();
     for s in spaces {
         options = options.space(s);
