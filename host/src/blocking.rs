@@ -8,7 +8,7 @@ use std::future::Future;
 
 use crate::chain::{ImageRequest, Imbed, PluginStatus};
 use crate::config::Config;
-use crate::error::{Error, Internal, Result};
+use crate::error::{EngineError, Error, Internal, Result};
 use crate::types::Embedding;
 
 /// The synchronous twin of [`Imbed`].
@@ -25,7 +25,7 @@ impl BlockingImbed {
             .thread_name("imbed-blocking")
             .enable_all()
             .build()
-            .map_err(|e| Error::Engine(format!("cannot start a tokio runtime: {e}")))?;
+            .map_err(EngineError::Tokio)?;
         let imbed = run_on(&runtime, Imbed::new(config))??;
         Ok(BlockingImbed {
             imbed,

@@ -189,11 +189,10 @@ pub fn index_files(
     files: Vec<PathBuf>,
     options: &IndexOptions,
 ) -> Result<BoxStream<'static, ItemReport>, crate::Error> {
-    let store = imbed.store().cloned().ok_or_else(|| {
-        crate::Error::Usage(
-            "indexing needs the cache: set [cache] database in the config (it is off)".into(),
-        )
-    })?;
+    let store = imbed
+        .store()
+        .cloned()
+        .ok_or(crate::error::UsageError::IndexWithoutCache)?;
     let (imbed, upgrade, jobs) = (imbed.clone(), options.upgrade, options.jobs.max(1));
     // What counts as done depends on the chain as configured now: after the embedding model
     // is swapped, answers in the old space are not answers of this chain.
@@ -236,11 +235,7 @@ async fn blocking<T: Send + 'static>(
     store: &Cache,
     op: impl FnOnce(&Cache) -> Result<T, store::StoreError> + Send + 'static,
 ) -> Result<T, String> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || op(&store))
-        .await
-        .map_err(|e| format!("cache task failed: {e}"))?
-        .map_err(|e| e.to_string())
+    store.run(op).await.map_err(|e| e.to_string())
 }
 
 /// Whether stored entries make the image done for this chain: an entry in one of its spaces,

@@ -41,7 +41,7 @@ pub use chain::{
     StepCheck,
 };
 pub use config::{Budgets, Config, ConfigError, Env};
-pub use error::{Error, Result};
+pub use error::{EngineError, Error, Result, UsageError};
 pub use input::{ImageSource, InputError, UrlGuard, ValidImage};
 pub use runtime::nn::{GraphStatus, LibraryStatus, NnStatus};
 pub use runtime::{ComponentReport, Roles};

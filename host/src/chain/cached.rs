@@ -1,65 +1,98 @@
 //! The persistent cache around plugin calls: texts and images already embedded in a space, and
 //! descriptions already written, are answered from the store; fresh answers are remembered.
+//! This is the walk's [`Backend`] for a loaded [`Imbed`].
 
+use super::backend::Backend;
 use super::imbed::Imbed;
-use super::walk::{Found, Role, StepError};
 use crate::input::ValidImage;
-use crate::runtime::{CallError, ItemResult, ModelInfo};
-use crate::store::{self, Cache, StoreError};
-use crate::types::{Description, FailureKind, PluginId};
+use crate::runtime::{CallError, ItemResult, ModelInfo, PluginDescription, Roles};
+use crate::store::{self, Cache, CachedDescription, ImageMeta, StoreError};
+use crate::types::{Embedding, FailureKind, PluginId};
 
 impl Imbed {
-    /// Run a cache operation off the async threads (SQLite blocks). A cache failure is logged
-    /// and treated as a miss: the cache may make imbed faster, never make it fail.
-    pub(super) async fn cache<T: Send + 'static>(
+    /// Run a cache operation off the async threads. A cache failure is logged and treated as a
+    /// miss: the cache may make imbed faster, never make it fail.
+    async fn cache<T: Send + 'static>(
         &self,
         op: impl FnOnce(&Cache) -> std::result::Result<T, StoreError> + Send + 'static,
     ) -> Option<T> {
-        let store = self.inner.store.clone()?;
-        match tokio::task::spawn_blocking(move || op(&store)).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                tracing::warn!("cache: {e}");
-                None
-            }
-            Err(e) => {
-                tracing::warn!("cache task failed: {e}");
-                None
-            }
-        }
-    }
-
-    pub(super) async fn embed_one_text(
-        &self,
-        key: &str,
-        text: &str,
-        description: Description,
-    ) -> std::result::Result<Found, StepError> {
-        let (plugin, model, mut items) = self.cached_text_batch(key, &[text.to_string()]).await?;
-        let (vector, cached) = items.remove(0);
-        Ok(Found {
-            plugin,
-            model,
-            vector: vector.map_err(|e| StepError::of(key, e))?,
-            description: Some(description),
-            cached,
-        })
-    }
-
-    /// One text embedder, one batch: checks the space first (before any slow work), answers
-    /// texts already embedded in that space from the cache, sends the rest to the plugin in one
-    /// call and remembers them. Each item says whether the cache answered it.
-    pub(super) async fn cached_text_batch(
-        &self,
-        key: &str,
-        texts: &[String],
-    ) -> std::result::Result<(PluginId, ModelInfo, Vec<(ItemResult, bool)>), StepError> {
-        let plugin = self.plugin(key)?;
-        let model = plugin
-            .text_model()
+        let store = self.inner.store.as_ref()?;
+        store
+            .run(op)
             .await
-            .map_err(|e| StepError::in_role(key, Role::Text, e))?;
-        self.precheck(key, &model)?;
+            .inspect_err(|e| tracing::warn!("cache: {e}"))
+            .ok()
+    }
+}
+
+impl Backend for Imbed {
+    fn loaded(&self, key: &str) -> Result<(PluginId, Roles), CallError> {
+        let plugin = self.plugin(key)?;
+        Ok((plugin.id.clone(), plugin.roles()))
+    }
+
+    async fn text_model(&self, key: &str) -> Result<ModelInfo, CallError> {
+        self.plugin(key)?.text_model().await
+    }
+
+    async fn image_model(&self, key: &str) -> Result<ModelInfo, CallError> {
+        self.plugin(key)?.image_model().await
+    }
+
+    async fn describe(
+        &self,
+        key: &str,
+        image: &ValidImage,
+        prompt: Option<&str>,
+        use_cache: bool,
+    ) -> Result<(PluginDescription, bool), CallError> {
+        let plugin = self.plugin(key)?;
+        if !use_cache {
+            return Ok((plugin.describe(image, prompt).await?, false));
+        }
+        // A description depends on the image, the vision model and the prompt, not on the
+        // embedding model: swapping the embedder reuses it.
+        let identity = store::describer_identity(&plugin.id.name, &plugin.config.settings);
+        let prompt_key = prompt.unwrap_or_default().to_string();
+        let (sha, id, p) = (image.sha256.clone(), identity.clone(), prompt_key.clone());
+        if let Some(c) = self
+            .cache(move |s| s.description(&sha, &id, &p))
+            .await
+            .flatten()
+        {
+            let structured = c.structured.and_then(|j| serde_json::from_str(&j).ok());
+            return Ok((
+                PluginDescription {
+                    text: c.text,
+                    model: c.model,
+                    structured,
+                },
+                true,
+            ));
+        }
+        let d = plugin.describe(image, prompt).await?;
+        let row = CachedDescription {
+            text: d.text.clone(),
+            plugin: plugin.id.name.clone(),
+            model: d.model.clone(),
+            structured: d
+                .structured
+                .as_ref()
+                .and_then(|st| serde_json::to_string(st).ok()),
+        };
+        let sha = image.sha256.clone();
+        self.cache(move |s| s.put_description(&sha, &identity, &prompt_key, &row))
+            .await;
+        Ok((d, false))
+    }
+
+    async fn embed_texts(
+        &self,
+        key: &str,
+        model: ModelInfo,
+        texts: &[String],
+    ) -> Result<(ModelInfo, Vec<(ItemResult, bool)>), CallError> {
+        let plugin = self.plugin(key)?;
         let keys: Vec<String> = texts.iter().map(|t| store::text_key(t)).collect();
         let space = model.space.clone();
         let found = {
@@ -83,10 +116,7 @@ impl Imbed {
         let mut model = model;
         if !missing.is_empty() {
             let batch: Vec<String> = missing.iter().map(|&i| texts[i].clone()).collect();
-            let (answered_model, items) = plugin
-                .embed_texts(&batch)
-                .await
-                .map_err(|e| StepError::in_role(key, Role::Text, e))?;
+            let (answered_model, items) = plugin.embed_texts(&batch).await?;
             model = answered_model;
             let mut fresh = Vec::new();
             for (&i, item) in missing.iter().zip(items) {
@@ -109,20 +139,16 @@ impl Imbed {
                 o.unwrap_or_else(|| (Err(CallError::new(FailureKind::Other, "no answer")), false))
             })
             .collect();
-        Ok((plugin.id.clone(), model, items))
+        Ok((model, items))
     }
 
-    pub(super) async fn embed_one_image(
+    async fn embed_image(
         &self,
         key: &str,
+        model: ModelInfo,
         image: &ValidImage,
-    ) -> std::result::Result<Found, StepError> {
+    ) -> Result<(ModelInfo, ItemResult, bool), CallError> {
         let plugin = self.plugin(key)?;
-        let model = plugin
-            .image_model()
-            .await
-            .map_err(|e| StepError::in_role(key, Role::Image, e))?;
-        self.precheck(key, &model)?;
         let (sha, space) = (image.sha256.clone(), model.space.clone());
         if let Some(vector) = self
             .cache(move |s| s.image_vector(&sha, &space))
@@ -130,33 +156,28 @@ impl Imbed {
             .flatten()
             .filter(|v| model.dimensions.is_none_or(|d| d == v.len()))
         {
-            return Ok(Found {
-                plugin: plugin.id.clone(),
-                model,
-                vector,
-                description: None,
-                cached: true,
-            });
+            return Ok((model, Ok(vector), true));
         }
-        let (model, mut vectors) = plugin
-            .embed_images(std::slice::from_ref(image))
-            .await
-            .map_err(|e| StepError::in_role(key, Role::Image, e))?;
-        let vector = vectors.remove(0).map_err(|e| StepError::of(key, e))?;
-        let (sha, space, model_id, v) = (
-            image.sha256.clone(),
-            model.space.clone(),
-            model.model.clone(),
-            vector.clone(),
-        );
-        self.cache(move |s| s.put_image_vector(&sha, &space, &model_id, &v))
-            .await;
-        Ok(Found {
-            plugin: plugin.id.clone(),
-            model,
-            vector,
-            description: None,
-            cached: false,
-        })
+        let (model, mut vectors) = plugin.embed_images(std::slice::from_ref(image)).await?;
+        let item = vectors.remove(0);
+        if let Ok(v) = &item {
+            let (sha, space, model_id, v) = (
+                image.sha256.clone(),
+                model.space.clone(),
+                model.model.clone(),
+                v.clone(),
+            );
+            self.cache(move |s| s.put_image_vector(&sha, &space, &model_id, &v))
+                .await;
+        }
+        Ok((model, item, false))
+    }
+
+    async fn record(&self, image: &ValidImage, embedding: &Embedding) {
+        // Recorded before the answer is returned, so a caller that saw it (an index run that
+        // is then killed) finds it in the cache next time.
+        let meta = ImageMeta::of(image);
+        let entry = embedding.clone();
+        self.cache(move |s| s.put_entry(&meta, &entry)).await;
     }
 }

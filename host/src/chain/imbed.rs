@@ -6,13 +6,13 @@ use std::sync::Arc;
 use futures::stream::{self, BoxStream, StreamExt};
 
 use super::status::{ModelName, PluginHealth, PluginStatus};
-use super::walk::StepError;
+use super::walk::Walk;
 use crate::config::{Config, Step};
-use crate::error::{Error, Internal, Result};
+use crate::error::{EngineError, Error, Internal, Result};
 use crate::input::{self, ImageSource, ValidImage};
 use crate::runtime::{CallError, Plugin, Runtime};
 use crate::store::Cache;
-use crate::types::{Embedding, FailureKind, SpaceId};
+use crate::types::{Description, Embedding, FailureKind, SpaceId};
 
 /// One image to embed, with an optional description from the caller (used by `description`
 /// steps).
@@ -100,10 +100,11 @@ impl Imbed {
             .values()
             .filter(|p| !p.grants.nn.is_empty())
             .count();
-        let runtime = Arc::new(
-            Runtime::new(config.cache_dir.clone(), &config.nn, nn_plugins)
-                .map_err(Error::Engine)?,
-        );
+        let runtime = Arc::new(Runtime::new(
+            config.cache_dir.clone(),
+            &config.nn,
+            nn_plugins,
+        )?);
         let loads = config.plugins.iter().map(|(key, cfg)| {
             let runtime = runtime.clone();
             async move {
@@ -149,13 +150,16 @@ impl Imbed {
         }
         let user_agent = concat!("imbed/", env!("CARGO_PKG_VERSION"));
         let http = match &options.url_guard {
-            Some(guard) => guard.client(user_agent).map_err(Error::Engine)?,
+            Some(guard) => guard.client(user_agent)?,
             None => reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::limited(5))
                 .connect_timeout(config.input.download_timeout)
                 .user_agent(user_agent)
                 .build()
-                .map_err(|e| Error::Engine(format!("cannot build the HTTP client: {e}")))?,
+                .map_err(|source| EngineError::HttpClient {
+                    what: "download",
+                    source,
+                })?,
         };
         Ok(Imbed {
             inner: Arc::new(Inner {
@@ -265,16 +269,14 @@ impl Imbed {
         }
     }
 
-    pub(super) fn plugin(&self, key: &str) -> std::result::Result<&Arc<Plugin>, StepError> {
+    /// The loaded plugin under `key`, or why there is none.
+    pub(super) fn plugin(&self, key: &str) -> std::result::Result<&Arc<Plugin>, CallError> {
         match self.inner.plugins.get(key) {
             Some(Slot::Ready(p)) => Ok(p),
-            Some(Slot::Failed(e)) => Err(StepError::of(key, e.clone())),
-            None => Err(StepError::of(
-                key,
-                CallError::new(
-                    FailureKind::NotInstalled,
-                    format!("no plugin {key:?} is configured"),
-                ),
+            Some(Slot::Failed(e)) => Err(e.clone()),
+            None => Err(CallError::new(
+                FailureKind::NotInstalled,
+                format!("no plugin {key:?} is configured"),
             )),
         }
     }
@@ -290,6 +292,38 @@ impl Imbed {
                 .await
                 .map_err(|_| Error::Internal(Internal::Panicked("image validation")))?;
         Ok(validated?)
+    }
+
+    /// Walk the chain for an image that has already been validated.
+    pub async fn embed_valid_image(
+        &self,
+        image: &ValidImage,
+        description: Option<&str>,
+    ) -> Result<Embedding> {
+        self.walk().image(image, description).await
+    }
+
+    /// Describe an image with the chain's describers, in chain order, without embedding.
+    pub async fn describe(&self, image: &ValidImage, prompt: Option<&str>) -> Result<Description> {
+        self.walk().describe(image, prompt).await
+    }
+
+    /// Embed a text query into the space of the chain's image results, walking the same chain
+    /// with each step's text side.
+    pub async fn embed_text(&self, text: &str) -> Result<Embedding> {
+        self.walk().text(text).await
+    }
+
+    /// Embed many texts (queries) in batches: each step gets every text still unanswered in one
+    /// call, so a backend such as Ollama sees one request per step, not one per text. Results
+    /// come in input order; an item that fails moves on to the next step alone.
+    pub async fn embed_texts(&self, texts: &[String]) -> Vec<Result<Embedding>> {
+        self.walk().texts(texts).await
+    }
+
+    /// A walk over this runtime's chain, with its plugins and cache as the backend.
+    pub(super) fn walk(&self) -> Walk<'_, Imbed> {
+        Walk::new(self, &self.inner.config.chain)
     }
 
     /// Embed one image: read and validate it, then walk the chain.

@@ -1,7 +1,10 @@
 //! The chain: [`Imbed`] walks the configured steps in order until one answers, recording why
-//! each earlier step did not. May use `runtime` (plugin calls), `store` (through `cached` only),
-//! `input`, `config` and `types`; the server and the CLI sit on top of it.
+//! each earlier step did not. The walk (`walk`) asks plugins only through `backend::Backend`;
+//! `cached` implements it for [`Imbed`] with the cache as a layer around the plugin calls. May
+//! use `runtime` (plugin calls), `store` (through `cached` only), `input`, `config` and `types`;
+//! the server and the CLI sit on top of it.
 
+mod backend;
 mod cached;
 mod imbed;
 mod status;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::imbed::Imbed;
 use super::walk::StepError;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, UsageError};
 use crate::input::{self, ValidImage};
 use crate::runtime::{Roles, Runtime};
 use crate::types::{FailureKind, SpaceId, StepKind};
@@ -90,14 +90,13 @@ pub async fn check_plugin(
             source,
         })
     })?;
-    let runtime = Arc::new(Runtime::new(None, &Default::default(), 0).map_err(Error::Engine)?);
+    let runtime = Arc::new(Runtime::new(None, &Default::default(), 0)?);
     let report = runtime.inspect(&bytes).map_err(|e| {
         // The parser's message spans lines (a hex dump of the header); its first line says it.
-        let first = e.lines().next().unwrap_or_default().to_string();
-        Error::Usage(format!(
-            "{} is not a valid WebAssembly component: {first}",
-            path.display()
-        ))
+        UsageError::NotAComponent {
+            path: path.to_path_buf(),
+            reason: e.lines().next().unwrap_or_default().to_string(),
+        }
     })?;
     let cfg = crate::config::PluginConfig {
         path: path.to_path_buf(),
@@ -179,7 +178,8 @@ impl Imbed {
         for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
             let outcome = match &probe {
                 Ok(image) => {
-                    self.image_step(step, image, Some("a test image for imbed doctor"))
+                    self.walk()
+                        .image_step(step, image, Some("a test image for imbed doctor"))
                         .await
                 }
                 Err(e) => Err(StepError::not_applicable(e.clone())),

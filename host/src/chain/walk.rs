@@ -1,12 +1,13 @@
 //! The walk: the configured steps in order until one answers, recording why each earlier step
-//! did not, and skipping steps that need a plugin role that already failed for good.
+//! did not, and skipping steps that need a plugin role that already failed for good. It asks
+//! plugins (and the cache in front of them) only through [`Backend`], so its rules are tested
+//! below with fakes, without wasm or a database.
 
-use super::imbed::Imbed;
-use crate::config::Step;
-use crate::error::{Error, Result};
+use super::backend::Backend;
+use crate::config::{ChainConfig, Step};
+use crate::error::{Error, Result, UsageError};
 use crate::input::ValidImage;
-use crate::runtime::{CallError, ModelInfo};
-use crate::store::{self, CachedDescription, ImageMeta};
+use crate::runtime::{CallError, ItemResult, ModelInfo, PluginDescription, Roles};
 use crate::types::{
     Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, SpaceId,
     StepKind,
@@ -23,6 +24,7 @@ pub(super) struct Found {
 }
 
 /// Why one step did not answer.
+#[derive(Clone)]
 pub(super) struct StepError {
     pub(super) plugin: Option<String>,
     /// The role the plugin failed in, when a call to it failed.
@@ -148,9 +150,25 @@ impl StepError {
     }
 }
 
-impl Imbed {
-    /// Walk the chain for an image that has already been validated.
-    pub async fn embed_valid_image(
+/// One walk over a chain's steps, asking `backend`.
+pub(super) struct Walk<'a, B> {
+    backend: &'a B,
+    chain: &'a ChainConfig,
+}
+
+impl<'a, B: Backend> Walk<'a, B> {
+    pub(super) fn new(backend: &'a B, chain: &'a ChainConfig) -> Self {
+        Walk { backend, chain }
+    }
+
+    /// The plugin under `key`, or the step's error when it cannot be called.
+    fn loaded(&self, key: &str) -> std::result::Result<(PluginId, Roles), StepError> {
+        self.backend.loaded(key).map_err(|e| StepError::of(key, e))
+    }
+
+    /// Walk the chain for an image that has already been validated; the answer is recorded
+    /// before it is returned.
+    pub(super) async fn image(
         &self,
         image: &ValidImage,
         description: Option<&str>,
@@ -158,28 +176,29 @@ impl Imbed {
         let description = description.map(str::trim).filter(|d| !d.is_empty());
         let mut attempts = Vec::new();
         let mut dead = Vec::new();
-        for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
+        for (index, step) in self.chain.steps.iter().enumerate() {
             let outcome = match skip_if_dead(step, false, &dead) {
                 Some(skip) => Err(skip),
                 None => self.image_step(step, image, description).await,
             };
             note_dead(index, &outcome, &mut dead);
             if let Some(embedding) = self.accept(index, step.kind(), outcome, &mut attempts) {
-                // Recorded before returning, so a caller that saw the answer (an index run that
-                // is then killed) finds it in the cache next time.
-                let meta = ImageMeta::of(image);
-                let entry = embedding.clone();
-                self.cache(move |s| s.put_entry(&meta, &entry)).await;
+                self.backend.record(image, &embedding).await;
                 return Ok(embedding);
             }
         }
         Err(Error::Exhausted { attempts })
     }
 
-    /// Describe an image with the chain's describers, in chain order, without embedding.
-    pub async fn describe(&self, image: &ValidImage, prompt: Option<&str>) -> Result<Description> {
+    /// Describe an image with the chain's describers, in chain order, without embedding (and
+    /// without the description cache: the caller asked for a fresh look).
+    pub(super) async fn describe(
+        &self,
+        image: &ValidImage,
+        prompt: Option<&str>,
+    ) -> Result<Description> {
         let mut attempts = Vec::new();
-        for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
+        for (index, step) in self.chain.steps.iter().enumerate() {
             let Step::DescribeThenEmbed {
                 describer,
                 prompt: step_prompt,
@@ -189,18 +208,13 @@ impl Imbed {
                 continue;
             };
             let outcome = async {
-                let plugin = self.plugin(describer)?;
-                let d = plugin
-                    .describe(image, prompt.or(step_prompt.as_deref()))
+                let (id, _) = self.loaded(describer)?;
+                let (d, _) = self
+                    .backend
+                    .describe(describer, image, prompt.or(step_prompt.as_deref()), false)
                     .await
                     .map_err(|e| StepError::of(describer, e))?;
-                Ok::<_, StepError>(Description {
-                    text: d.text,
-                    source: DescriptionSource::Model,
-                    plugin: Some(plugin.id.clone()),
-                    model: Some(d.model),
-                    structured: d.structured,
-                })
+                Ok::<_, StepError>(model_description(id, d))
             }
             .await;
             match outcome {
@@ -216,22 +230,20 @@ impl Imbed {
             }
         }
         if attempts.is_empty() {
-            return Err(Error::Usage(
-                "the chain has no describe-then-embed step, so nothing can describe images".into(),
-            ));
+            return Err(UsageError::NoDescriber.into());
         }
         Err(Error::Exhausted { attempts })
     }
 
     /// Embed a text query into the space of the chain's image results, walking the same chain
     /// with each step's text side.
-    pub async fn embed_text(&self, text: &str) -> Result<Embedding> {
+    pub(super) async fn text(&self, text: &str) -> Result<Embedding> {
         if text.trim().is_empty() {
-            return Err(Error::Usage("the text to embed is empty".into()));
+            return Err(UsageError::EmptyText.into());
         }
         let mut attempts = Vec::new();
         let mut dead = Vec::new();
-        for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
+        for (index, step) in self.chain.steps.iter().enumerate() {
             let outcome = match skip_if_dead(step, true, &dead) {
                 Some(skip) => Err(skip),
                 None => self.text_step(step, text).await,
@@ -245,7 +257,7 @@ impl Imbed {
     }
 
     /// Turn a step's outcome into the final embedding, or record why it is not one.
-    pub(super) fn accept(
+    fn accept(
         &self,
         index: usize,
         step_kind: StepKind,
@@ -269,7 +281,7 @@ impl Imbed {
                 None
             }
             Ok(found) => {
-                if let Some(required) = &self.inner.config.chain.require_space {
+                if let Some(required) = &self.chain.require_space {
                     if !found.model.space.meets(required) {
                         record(
                             Some(found.plugin.key.clone()),
@@ -301,12 +313,8 @@ impl Imbed {
 
     /// With `require_space` set, refuse a step before doing its (possibly slow) work when its
     /// model already says it answers in another space.
-    pub(super) fn precheck(
-        &self,
-        key: &str,
-        model: &ModelInfo,
-    ) -> std::result::Result<(), StepError> {
-        match &self.inner.config.chain.require_space {
+    fn precheck(&self, key: &str, model: &ModelInfo) -> std::result::Result<(), StepError> {
+        match &self.chain.require_space {
             Some(required) if !model.space.meets(required) => {
                 Err(StepError::of(key, space_mismatch(&model.space, required)))
             }
@@ -314,6 +322,7 @@ impl Imbed {
         }
     }
 
+    /// One step of the image walk.
     pub(super) async fn image_step(
         &self,
         step: &Step,
@@ -326,68 +335,22 @@ impl Imbed {
                 embedder,
                 prompt,
             } => {
-                let describe_with = self.plugin(describer)?;
+                let (describer_id, _) = self.loaded(describer)?;
                 // Check the embedder first: describing is the slow part, and is wasted when the
                 // embedder cannot answer or answers in the wrong space.
-                let text_plugin = self.plugin(embedder)?;
-                let model = text_plugin
-                    .text_model()
+                self.loaded(embedder)?;
+                let model = self
+                    .backend
+                    .text_model(embedder)
                     .await
                     .map_err(|e| StepError::in_role(embedder, Role::Text, e))?;
                 self.precheck(embedder, &model)?;
-                // A description depends on the image, the vision model and the prompt, not on
-                // the embedding model: swapping the embedder reuses it.
-                let identity = store::describer_identity(
-                    &describe_with.id.name,
-                    &describe_with.config.settings,
-                );
-                let prompt_key = prompt.clone().unwrap_or_default();
-                let cached = {
-                    let (sha, id, p) = (image.sha256.clone(), identity.clone(), prompt_key.clone());
-                    self.cache(move |s| s.description(&sha, &id, &p))
-                        .await
-                        .flatten()
-                };
-                let (description, described_from_cache) = match cached {
-                    Some(c) => (
-                        Description {
-                            text: c.text,
-                            source: DescriptionSource::Model,
-                            plugin: Some(describe_with.id.clone()),
-                            model: Some(c.model),
-                            structured: c.structured.and_then(|j| serde_json::from_str(&j).ok()),
-                        },
-                        true,
-                    ),
-                    None => {
-                        let d = describe_with
-                            .describe(image, prompt.as_deref())
-                            .await
-                            .map_err(|e| StepError::in_role(describer, Role::Describe, e))?;
-                        let row = CachedDescription {
-                            text: d.text.clone(),
-                            plugin: describe_with.id.name.clone(),
-                            model: d.model.clone(),
-                            structured: d
-                                .structured
-                                .as_ref()
-                                .and_then(|st| serde_json::to_string(st).ok()),
-                        };
-                        let sha = image.sha256.clone();
-                        self.cache(move |s| s.put_description(&sha, &identity, &prompt_key, &row))
-                            .await;
-                        (
-                            Description {
-                                text: d.text,
-                                source: DescriptionSource::Model,
-                                plugin: Some(describe_with.id.clone()),
-                                model: Some(d.model),
-                                structured: d.structured,
-                            },
-                            false,
-                        )
-                    }
-                };
+                let (d, described_from_cache) = self
+                    .backend
+                    .describe(describer, image, prompt.as_deref(), true)
+                    .await
+                    .map_err(|e| StepError::in_role(describer, Role::Describe, e))?;
+                let description = model_description(describer_id, d);
                 let text = description.text.clone();
                 let mut found = self.embed_one_text(embedder, &text, description).await?;
                 found.cached &= described_from_cache;
@@ -415,30 +378,29 @@ impl Imbed {
     }
 
     /// The plugin that embeds text for `step`, checked to land in the step's own space.
-    pub(super) async fn text_embedder<'a>(
-        &self,
-        step: &'a Step,
-    ) -> std::result::Result<&'a str, StepError> {
+    async fn text_embedder<'s>(&self, step: &'s Step) -> std::result::Result<&'s str, StepError> {
         match step {
             Step::DescribeThenEmbed { embedder, .. } | Step::Description { embedder } => {
                 Ok(embedder)
             }
             Step::ImageEmbed { plugin: key } | Step::Hash { plugin: key } => {
-                let plugin = self.plugin(key)?;
-                if !plugin.roles().text_embedder {
+                let (_, roles) = self.loaded(key)?;
+                if !roles.text_embedder {
                     return Err(StepError::not_applicable(format!(
                         "plugin {key:?} embeds images only, not text"
                     )));
                 }
                 if step.kind() == StepKind::ImageEmbed {
                     // Text from an image embedder is only useful when it lands in the image space.
-                    let image_space = plugin
-                        .image_model()
+                    let image_space = self
+                        .backend
+                        .image_model(key)
                         .await
                         .map_err(|e| StepError::of(key, e))?
                         .space;
-                    let text_space = plugin
-                        .text_model()
+                    let text_space = self
+                        .backend
+                        .text_model(key)
                         .await
                         .map_err(|e| StepError::of(key, e))?
                         .space;
@@ -453,32 +415,92 @@ impl Imbed {
         }
     }
 
-    pub(super) async fn text_step(
-        &self,
-        step: &Step,
-        text: &str,
-    ) -> std::result::Result<Found, StepError> {
+    async fn text_step(&self, step: &Step, text: &str) -> std::result::Result<Found, StepError> {
         let key = self.text_embedder(step).await?;
         self.embed_one_text(key, text, query_description(text))
             .await
     }
 
-    /// Embed many texts (queries) in batches: each step gets every text still unanswered in one
-    /// call, so a backend such as Ollama sees one request per step, not one per text. Results
-    /// come in input order; an item that fails moves on to the next step alone.
-    pub async fn embed_texts(&self, texts: &[String]) -> Vec<Result<Embedding>> {
+    async fn embed_one_text(
+        &self,
+        key: &str,
+        text: &str,
+        description: Description,
+    ) -> std::result::Result<Found, StepError> {
+        let (plugin, model, mut items) = self.text_batch(key, &[text.to_string()]).await?;
+        let (vector, cached) = items.remove(0);
+        Ok(Found {
+            plugin,
+            model,
+            vector: vector.map_err(|e| StepError::of(key, e))?,
+            description: Some(description),
+            cached,
+        })
+    }
+
+    /// One text embedder, one batch: checks the space first (before any slow work), then asks
+    /// the backend for every text at once. Each item says whether the cache answered it.
+    async fn text_batch(
+        &self,
+        key: &str,
+        texts: &[String],
+    ) -> std::result::Result<(PluginId, ModelInfo, Vec<(ItemResult, bool)>), StepError> {
+        let (id, _) = self.loaded(key)?;
+        let model = self
+            .backend
+            .text_model(key)
+            .await
+            .map_err(|e| StepError::in_role(key, Role::Text, e))?;
+        self.precheck(key, &model)?;
+        let (model, items) = self
+            .backend
+            .embed_texts(key, model, texts)
+            .await
+            .map_err(|e| StepError::in_role(key, Role::Text, e))?;
+        Ok((id, model, items))
+    }
+
+    async fn embed_one_image(
+        &self,
+        key: &str,
+        image: &ValidImage,
+    ) -> std::result::Result<Found, StepError> {
+        let (id, _) = self.loaded(key)?;
+        let model = self
+            .backend
+            .image_model(key)
+            .await
+            .map_err(|e| StepError::in_role(key, Role::Image, e))?;
+        self.precheck(key, &model)?;
+        let (model, item, cached) = self
+            .backend
+            .embed_image(key, model, image)
+            .await
+            .map_err(|e| StepError::in_role(key, Role::Image, e))?;
+        Ok(Found {
+            plugin: id,
+            model,
+            vector: item.map_err(|e| StepError::of(key, e))?,
+            description: None,
+            cached,
+        })
+    }
+
+    /// Embed many texts in batches: each step gets every text still unanswered in one call.
+    /// Results come in input order; an item that fails moves on to the next step alone.
+    pub(super) async fn texts(&self, texts: &[String]) -> Vec<Result<Embedding>> {
         let mut results: Vec<Option<Result<Embedding>>> = texts
             .iter()
             .map(|t| {
                 t.trim()
                     .is_empty()
-                    .then(|| Err(Error::Usage("the text to embed is empty".into())))
+                    .then(|| Err(UsageError::EmptyText.into()))
             })
             .collect();
         let mut attempts: Vec<Vec<Attempt>> = vec![Vec::new(); texts.len()];
         let mut dead = Vec::new();
         let mut pending: Vec<usize> = (0..texts.len()).filter(|&i| results[i].is_none()).collect();
-        for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
+        for (index, step) in self.chain.steps.iter().enumerate() {
             if pending.is_empty() {
                 break;
             }
@@ -489,30 +511,18 @@ impl Imbed {
                 None => {
                     async {
                         let key = self.text_embedder(step).await?;
-                        let (plugin, model, items) = self.cached_text_batch(key, &batch).await?;
+                        let (plugin, model, items) = self.text_batch(key, &batch).await?;
                         Ok::<_, StepError>((key, plugin, model, items))
                     }
                     .await
                 }
             };
-            if let Err(e) = &answered {
-                let probe = Err(StepError {
-                    plugin: e.plugin.clone(),
-                    role: e.role,
-                    error: e.error.clone(),
-                });
-                note_dead(index, &probe, &mut dead);
-            }
             let mut still = Vec::new();
             match answered {
                 Err(e) => {
+                    note_dead(index, &Err::<Found, _>(e.clone()), &mut dead);
                     for &i in &pending {
-                        let e = StepError {
-                            plugin: e.plugin.clone(),
-                            role: e.role,
-                            error: e.error.clone(),
-                        };
-                        self.accept(index, kind, Err(e), &mut attempts[i]);
+                        self.accept(index, kind, Err(e.clone()), &mut attempts[i]);
                     }
                     continue;
                 }
@@ -544,6 +554,17 @@ impl Imbed {
     }
 }
 
+/// A describer's answer as the walk reports it.
+fn model_description(plugin: PluginId, d: PluginDescription) -> Description {
+    Description {
+        text: d.text,
+        source: DescriptionSource::Model,
+        plugin: Some(plugin),
+        model: Some(d.model),
+        structured: d.structured,
+    }
+}
+
 fn query_description(text: &str) -> Description {
     Description {
         text: text.to_string(),
@@ -560,3 +581,6 @@ fn space_mismatch(space: &SpaceId, required: &SpaceId) -> CallError {
         format!("answers in space {space:?}, but the config requires {required:?} ([chain] require_space)"),
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -66,7 +66,7 @@ impl UrlGuard {
     /// drops non-public addresses, and reqwest connects to exactly the addresses it returns, so
     /// a DNS answer that changes between check and use (rebinding) cannot slip through.
     /// Redirects are checked hop by hop; proxies are not used (they would resolve for us).
-    pub fn client(&self, user_agent: &str) -> Result<reqwest::Client, String> {
+    pub fn client(&self, user_agent: &str) -> Result<reqwest::Client, crate::error::EngineError> {
         let guard = std::sync::Arc::new(self.clone());
         let redirect_guard = guard.clone();
         reqwest::Client::builder()
@@ -86,7 +86,10 @@ impl UrlGuard {
                 }
             }))
             .build()
-            .map_err(|e| format!("cannot build the guarded HTTP client: {e}"))
+            .map_err(|source| crate::error::EngineError::HttpClient {
+                what: "guarded",
+                source,
+            })
     }
 }
 

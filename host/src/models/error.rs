@@ -1,6 +1,7 @@
 //! What can go wrong with a model's files.
 
-use super::*;
+use std::path::Path;
+use std::path::PathBuf;
 
 /// Something went wrong with a model's files.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,16 @@
 //! The file-system steps pulls and imports share: locks, `.part` names, durable renames,
 //! hashing while reading or copying, and the manifest.
 
-use super::*;
+use super::error::ModelError;
+use super::registry::ModelFile;
+use super::report::{FileOutcome, Manifest, Progress, ProgressEvent};
+use super::{CHUNK, LOCK_FILE, MANIFEST};
+use sha2::Digest;
+use sha2::Sha256;
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub(super) fn part_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();

@@ -1,6 +1,16 @@
 //! `Models::import`: take a model's files from a folder already on this machine.
 
-use super::*;
+use super::error::ModelError;
+use super::files::{
+    copy_hashing, create_dir_all, hash_into, is_file, lock, part_path, remove_file,
+    remove_manifest, rename, same_file, write_manifest,
+};
+use super::local::Models;
+use super::registry::{Format, Formats, ModelFile};
+use super::report::{FileOutcome, ImportReport, Manifest, Progress, ProgressEvent};
+use sha2::Digest;
+use sha2::Sha256;
+use std::path::Path;
 
 impl Models {
     /// Take a model's files from a folder already on this machine. The files every format needs

@@ -1,10 +1,20 @@
 //! [`Models`]: one models directory and its registry; what is there (`list`, `status`) and
 //! `remove`. Pulling and importing are in `pull` and `import`.
 
+use super::{MANIFEST, MIRROR_ENV};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::*;
+use super::error::ModelError;
+use super::files::{check_existing, is_file, lock, part_path, read_manifest, remove_manifest};
+use super::registry::{check_base_url, Format, Formats, ModelFile, ModelSpec, Registry};
+use super::report::{FileOutcome, ModelState, ModelStatus, Progress};
+use crate::config::Config;
+use crate::config::Env;
+use crate::input::describe_reqwest;
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// Model management over one models directory and registry.
 #[derive(Debug, Clone)]
@@ -323,7 +333,8 @@ pub fn human_size(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{human_size, Models};
+    use crate::models::{Format, Formats, Manifest, Registry};
 
     #[test]
     fn the_builtin_registry_parses_and_names_both_models() {

@@ -28,18 +28,6 @@
 //! # Ok(()) }
 //! ```
 
-// The rooms share their imports through this module: each opens with `use super::*`.
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::config::{Config, Env};
-use crate::input::describe_reqwest;
-
 mod error;
 mod files;
 mod import;
@@ -49,7 +37,6 @@ mod registry;
 mod report;
 
 pub use error::ModelError;
-use files::*;
 pub use local::{human_size, Models};
 pub use registry::{
     check_base_url, Format, Formats, ModelFile, ModelSettings, ModelSpec, Registry,

@@ -1,6 +1,18 @@
 //! `Models::pull`: download a model's missing files with resume, verify them, write the manifest.
 
-use super::*;
+use super::error::ModelError;
+use super::files::{
+    check_existing, create_dir_all, hash_into, is_file, lock, part_path, read_manifest,
+    remove_file, remove_manifest, rename, write_manifest,
+};
+use super::local::Models;
+use super::registry::{Formats, ModelFile, ModelSpec};
+use super::report::{FileOutcome, Manifest, Progress, ProgressEvent, PullReport};
+use crate::input::describe_reqwest;
+use sha2::Digest;
+use sha2::Sha256;
+use std::path::Path;
+use tokio::io::AsyncWriteExt;
 
 impl Models {
     /// Download a model's missing files, verify everything, write the manifest. Files already

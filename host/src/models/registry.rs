@@ -1,7 +1,13 @@
 //! The registry of known models (built in, plus the config's extra file) and the `[models]`
 //! settings.
 
-use super::*;
+use super::error::ModelError;
+use super::{BUILTIN_REGISTRY, MANIFEST};
+use serde::Deserialize;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::path::PathBuf;
 
 /// Which format a file belongs to; files of no format are needed by every format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

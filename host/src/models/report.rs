@@ -1,6 +1,10 @@
 //! What pulls, imports and listings report: the manifest, progress events, outcomes.
 
-use super::*;
+use super::registry::{Format, Formats, ModelSpec};
+use serde::Deserialize;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// What `imbed-model.json` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,6 +21,7 @@ use super::nn;
 use super::plugin::{Indices, Plugin};
 use super::sandbox::{nn_view, PluginState};
 use crate::config::PluginConfig;
+use crate::error::EngineError;
 use crate::types::{FailureKind, PluginId};
 
 /// How often the engine's epoch advances: the granularity of deadlines and of yielding.
@@ -53,10 +54,10 @@ impl Runtime {
         cache_dir: Option<PathBuf>,
         nn_settings: &crate::config::NnSettings,
         nn_plugins: usize,
-    ) -> Result<Runtime, String> {
+    ) -> Result<Runtime, EngineError> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+        let engine = Engine::new(&config).map_err(EngineError::Wasmtime)?;
 
         // Epoch interruption only fires when something advances the epoch: without this ticker
         // a guest in an endless loop would never be stopped.
@@ -72,14 +73,14 @@ impl Runtime {
                         engine.increment_epoch();
                     }
                 })
-                .map_err(|e| format!("cannot start the epoch thread: {e}"))?;
+                .map_err(EngineError::EpochThread)?;
         }
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(EngineError::Wasmtime)?;
         HostView::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| format!("{e:#}"))?;
-        nn::add_to_linker(&mut linker, nn_view).map_err(|e| format!("{e:#}"))?;
+            .map_err(EngineError::Wasmtime)?;
+        nn::add_to_linker(&mut linker, nn_view).map_err(EngineError::Wasmtime)?;
 
         let client = reqwest::Client::builder()
             // Plugins see every hop: a redirect to an origin that is not granted must not be
@@ -87,7 +88,10 @@ impl Runtime {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("imbed/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(|source| EngineError::HttpClient {
+                what: "plugin",
+                source,
+            })?;
 
         Ok(Runtime {
             engine,

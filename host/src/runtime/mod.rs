@@ -20,7 +20,7 @@ mod plugin;
 mod sandbox;
 
 pub use call::Roles;
-pub(crate) use call::{CallError, ItemResult, ModelInfo};
+pub(crate) use call::{CallError, ItemResult, ModelInfo, PluginDescription};
 pub use compile::ComponentReport;
 pub(crate) use engine::Runtime;
 pub(crate) use host_fns::model_dir_name;

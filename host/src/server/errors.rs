@@ -1,6 +1,14 @@
 //! Errors in the style of each API, and how a library error maps to a status.
 
-use super::*;
+use crate::error::Error;
+use crate::input::InputError;
+use crate::types::Attempt;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use serde_json::json;
+use serde_json::Value;
 
 #[derive(Clone, Copy)]
 pub(super) enum Api {
@@ -121,7 +129,12 @@ pub(super) fn parse_json(body: &Bytes) -> Result<Value, Failure> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use axum::http::StatusCode;
+
+    use super::Failure;
+    use crate::error::Error;
+    use crate::input::InputError;
+    use crate::types::Attempt;
 
     #[test]
     fn an_error_maps_to_its_status_in_place() {

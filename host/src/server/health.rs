@@ -1,6 +1,13 @@
 //! `GET /health`: which chain steps can answer, probed at most every few seconds.
 
-use super::*;
+use super::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use serde_json::json;
+use std::time::Duration;
+use std::time::Instant;
 
 /// How long a health check's step probes are reused: probing runs the whole chain.
 pub(super) const HEALTH_TTL: Duration = Duration::from_secs(15);

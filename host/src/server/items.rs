@@ -1,7 +1,15 @@
 //! What the APIs share: image sources, mixed text/image items embedded in one go, JSON for
 //! results, and the first failure of a batch that must succeed whole.
 
-use super::*;
+use super::errors::Failure;
+use super::state::AppState;
+use crate::chain::ImageRequest;
+use crate::error::Error;
+use crate::input::ImageSource;
+use crate::types::Embedding;
+use serde_json::json;
+use serde_json::Value;
+use std::time::Instant;
 
 /// An image given as a URL or as base64 (raw or `data:`).
 pub(super) fn image_source(text: &str) -> ImageSource {

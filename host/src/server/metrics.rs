@@ -1,164 +1,218 @@
-//! `GET /metrics`: request and outcome counters in Prometheus' text format.
+//! `GET /metrics`: request and outcome counters in the OpenMetrics text format, through
+//! `prometheus-client` (the Prometheus project's own Rust client).
 
-use super::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use super::state::AppState;
+use crate::error::Error;
+use crate::types::Embedding;
+
+/// The content type of what [`Metrics::render`] writes.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    let mut text = state.metrics.render();
-    render_dropped_logs(&mut text, &state.imbed().dropped_plugin_logs());
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+    let text = state.metrics.render(&state.imbed().dropped_plugin_logs());
     (headers, Body::from(text)).into_response()
 }
 
-/// The family for plugin log lines dropped past their log budgets. The counts start again from
-/// zero when a config reload builds a new runtime, which Prometheus reads as a counter reset.
-fn render_dropped_logs(out: &mut String, drops: &BTreeMap<String, u64>) {
-    out.push_str("# HELP imbed_plugin_log_lines_dropped_total Plugin log lines dropped past the plugin's log budget, by plugin.\n# TYPE imbed_plugin_log_lines_dropped_total counter\n");
-    for (plugin, n) in drops {
-        // Plugin keys are config table names: a quoted key may hold `"` or `\`.
-        let plugin = plugin.replace('\\', "\\\\").replace('"', "\\\"");
-        out.push_str(&format!(
-            "imbed_plugin_log_lines_dropped_total{{plugin=\"{plugin}\"}} {n}\n"
-        ));
-    }
-}
-
-pub(super) const BUCKETS: [f64; 12] = [
+/// Latency buckets in seconds, from a cached answer to a slow vision model.
+const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-#[derive(Default)]
-pub(super) struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    total: u64,
+fn latency() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
-impl Histogram {
-    pub(super) fn observe(&mut self, took: Duration) {
-        let secs = took.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.counts[i] += 1;
-            }
-        }
-        self.sum += secs;
-        self.total += 1;
-    }
-
-    pub(super) fn render(&self, out: &mut String, name: &str, label: &str, value: &str) {
-        for (i, b) in BUCKETS.iter().enumerate() {
-            out.push_str(&format!(
-                "{name}_bucket{{{label}=\"{value}\",le=\"{b}\"}} {}\n",
-                self.counts[i]
-            ));
-        }
-        out.push_str(&format!(
-            "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}\n",
-            self.total
-        ));
-        out.push_str(&format!("{name}_sum{{{label}=\"{value}\"}} {}\n", self.sum));
-        out.push_str(&format!(
-            "{name}_count{{{label}=\"{value}\"}} {}\n",
-            self.total
-        ));
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: String,
+    status: String,
 }
 
-/// Counters for `/metrics`, in Prometheus' text format.
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Route {
+    route: String,
+}
+
+/// `step:kind` of the step that answered, or `none`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnsweringStep {
+    step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepKindLabels {
+    step: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginKind {
+    plugin: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Plugin {
+    plugin: String,
+}
+
+/// The server's metrics. Counters are registered without their `_total` suffix: OpenMetrics
+/// names the family without it and the encoder adds it to each sample.
 pub(super) struct Metrics {
-    inner: Mutex<MetricsInner>,
+    registry: Registry,
+    requests: Family<RouteStatus, Counter>,
+    latency: Family<Route, Histogram, fn() -> Histogram>,
+    step_latency: Family<AnsweringStep, Histogram, fn() -> Histogram>,
+    answers: Family<StepKindLabels, Counter>,
+    fallbacks: Counter,
+    exhausted: Counter,
+    failures: Family<PluginKind, Counter>,
 }
 
-#[derive(Default)]
-pub(super) struct MetricsInner {
-    requests: BTreeMap<(&'static str, u16), u64>,
-    latency: BTreeMap<&'static str, Histogram>,
-    answers: BTreeMap<(usize, String), u64>,
-    step_latency: BTreeMap<String, Histogram>,
-    fallbacks: u64,
-    exhausted: u64,
-    failures: BTreeMap<(String, String), u64>,
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency as fn() -> Histogram),
+            step_latency: Family::new_with_constructor(latency as fn() -> Histogram),
+            answers: Family::default(),
+            fallbacks: Counter::default(),
+            exhausted: Counter::default(),
+            failures: Family::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "imbed_requests",
+            "HTTP requests by route and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "imbed_request_duration_seconds",
+            "Request latency by route",
+            m.latency.clone(),
+        );
+        r.register(
+            "imbed_embed_duration_seconds",
+            "Time to embed one input, by the step that answered (step:kind, or none)",
+            m.step_latency.clone(),
+        );
+        r.register(
+            "imbed_step_answers",
+            "Embeddings by the chain step that answered",
+            m.answers.clone(),
+        );
+        r.register(
+            "imbed_fallbacks",
+            "Embeddings answered by a step below the first (degraded)",
+            m.fallbacks.clone(),
+        );
+        r.register(
+            "imbed_exhausted",
+            "Inputs for which no step answered",
+            m.exhausted.clone(),
+        );
+        r.register(
+            "imbed_step_failures",
+            "Step failures by plugin and kind (trap, timeout, memory-exceeded, ...)",
+            m.failures.clone(),
+        );
+        m
+    }
 }
 
 impl Metrics {
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, MetricsInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub(super) fn request(&self, route: &'static str, status: u16, took: Duration) {
-        let mut m = self.lock();
-        *m.requests.entry((route, status)).or_default() += 1;
-        m.latency.entry(route).or_default().observe(took);
+        self.requests
+            .get_or_create(&RouteStatus {
+                route: route.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&Route {
+                route: route.to_string(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Count an embedding result; `took` is the time of the chain walk that produced it.
     pub(super) fn outcome(&self, result: &Result<Embedding, Error>, took: Duration) {
-        let mut m = self.lock();
-        let label = match result {
+        let step = match result {
             Ok(e) => format!("{}:{}", e.provenance.step, e.provenance.step_kind),
             Err(_) => "none".to_string(),
         };
-        m.step_latency.entry(label).or_default().observe(took);
+        self.step_latency
+            .get_or_create(&AnsweringStep { step })
+            .observe(took.as_secs_f64());
         let attempts = match result {
             Ok(e) => {
-                *m.answers
-                    .entry((e.provenance.step, e.provenance.step_kind.to_string()))
-                    .or_default() += 1;
+                self.answers
+                    .get_or_create(&StepKindLabels {
+                        step: e.provenance.step.to_string(),
+                        kind: e.provenance.step_kind.to_string(),
+                    })
+                    .inc();
                 if e.provenance.degraded {
-                    m.fallbacks += 1;
+                    self.fallbacks.inc();
                 }
-                e.provenance.attempts.clone()
+                &e.provenance.attempts[..]
             }
             Err(Error::Exhausted { attempts }) => {
-                m.exhausted += 1;
-                attempts.clone()
+                self.exhausted.inc();
+                &attempts[..]
             }
-            Err(_) => vec![],
+            Err(_) => &[],
         };
         for a in attempts {
-            let plugin = a.plugin.unwrap_or_else(|| "-".into());
-            *m.failures.entry((plugin, a.kind.to_string())).or_default() += 1;
+            self.failures
+                .get_or_create(&PluginKind {
+                    plugin: a.plugin.clone().unwrap_or_else(|| "-".into()),
+                    kind: a.kind.to_string(),
+                })
+                .inc();
         }
     }
 
-    pub(super) fn render(&self) -> String {
-        let m = self.lock();
+    /// Everything, with the plugin log lines dropped past their budgets (`drops`, by plugin
+    /// key). Those are counted by the runtime, which a config reload replaces: their counts then
+    /// start again from zero, which Prometheus reads as a counter reset.
+    pub(super) fn render(&self, drops: &BTreeMap<String, u64>) -> String {
+        let mut dropped = Registry::default();
+        let family = Family::<Plugin, Counter>::default();
+        for (plugin, n) in drops {
+            family
+                .get_or_create(&Plugin {
+                    plugin: plugin.clone(),
+                })
+                .inc_by(*n);
+        }
+        dropped.register(
+            "imbed_plugin_log_lines_dropped",
+            "Plugin log lines dropped past the plugin's log budget, by plugin",
+            family,
+        );
         let mut out = String::new();
-        out.push_str("# HELP imbed_requests_total HTTP requests by route and status.\n# TYPE imbed_requests_total counter\n");
-        for ((route, status), n) in &m.requests {
-            out.push_str(&format!(
-                "imbed_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}\n"
-            ));
-        }
-        out.push_str("# HELP imbed_request_duration_seconds Request latency by route.\n# TYPE imbed_request_duration_seconds histogram\n");
-        for (route, h) in &m.latency {
-            h.render(&mut out, "imbed_request_duration_seconds", "route", route);
-        }
-        out.push_str("# HELP imbed_embed_duration_seconds Time to embed one input, by the step that answered (step:kind, or none).\n# TYPE imbed_embed_duration_seconds histogram\n");
-        for (step, h) in &m.step_latency {
-            h.render(&mut out, "imbed_embed_duration_seconds", "step", step);
-        }
-        out.push_str("# HELP imbed_step_answers_total Embeddings by the chain step that answered.\n# TYPE imbed_step_answers_total counter\n");
-        for ((step, kind), n) in &m.answers {
-            out.push_str(&format!(
-                "imbed_step_answers_total{{step=\"{step}\",kind=\"{kind}\"}} {n}\n"
-            ));
-        }
-        out.push_str("# HELP imbed_fallbacks_total Embeddings answered by a step below the first (degraded).\n# TYPE imbed_fallbacks_total counter\n");
-        out.push_str(&format!("imbed_fallbacks_total {}\n", m.fallbacks));
-        out.push_str("# HELP imbed_exhausted_total Inputs for which no step answered.\n# TYPE imbed_exhausted_total counter\n");
-        out.push_str(&format!("imbed_exhausted_total {}\n", m.exhausted));
-        out.push_str("# HELP imbed_step_failures_total Step failures by plugin and kind (trap, timeout, memory-exceeded, ...).\n# TYPE imbed_step_failures_total counter\n");
-        for ((plugin, kind), n) in &m.failures {
-            out.push_str(&format!(
-                "imbed_step_failures_total{{plugin=\"{plugin}\",kind=\"{kind}\"}} {n}\n"
-            ));
-        }
+        // Writing into a String cannot fail.
+        let _ = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &dropped))
+            .and_then(|()| encode_eof(&mut out));
         out
     }
 }

@@ -1,7 +1,16 @@
 //! What every request passes through: the API key, the bound on requests in flight, the
 //! deadline, metrics, and the 404 in each API's style.
 
-use super::*;
+use super::errors::{api_of, error_response, Api};
+use super::state::AppState;
+use axum::extract::Request;
+use axum::extract::State;
+use axum::http::header;
+use axum::http::HeaderValue;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
+use std::time::Instant;
 
 pub(super) async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();

@@ -15,28 +15,6 @@
 //! `native`), `items` (what they share), `errors`, `middleware`, `health`, `metrics` and
 //! `reload`. It uses the library's public face (`chain`, `config`, `input`, `types`) only.
 
-// The rooms share their imports through this module: each opens with `use super::*`.
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
-use base64::Engine as _;
-use serde_json::{json, Value};
-use tokio::sync::Semaphore;
-
-use crate::chain::{ImageRequest, Imbed, StepCheck};
-use crate::config::ServerSettings;
-use crate::error::Error;
-use crate::input::{ImageSource, InputError};
-use crate::types::{Attempt, Embedding};
-
 mod errors;
 mod health;
 mod items;
@@ -48,13 +26,5 @@ mod openai;
 mod reload;
 mod state;
 
-use errors::*;
-use health::*;
-use items::*;
-use metrics::*;
-use middleware::*;
-use native::*;
-use ollama::*;
-use openai::*;
 pub use reload::ReloadStatus;
 pub use state::{app, serve, AppState};

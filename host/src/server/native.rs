@@ -1,7 +1,24 @@
 //! The native API: `POST /embed/image` (JSON or multipart), `/embed/text`, `/embed/batch`,
 //! `/describe`.
 
-use super::*;
+use super::errors::{parse_json, Api, Failure};
+use super::items::{embed_items, embedding_json, native_item, result_json, Item};
+use super::state::AppState;
+use crate::chain::ImageRequest;
+use crate::error::Error;
+use crate::input::ImageSource;
+use axum::body::Bytes;
+use axum::extract::FromRequest;
+use axum::extract::Multipart;
+use axum::extract::Request;
+use axum::extract::State;
+use axum::http::header;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use serde_json::json;
+use serde_json::Value;
+use std::time::Instant;
 
 pub(super) async fn native_embed_image(
     State(state): State<AppState>,

@@ -1,6 +1,15 @@
 //! Ollama-compatible `POST /api/embed`, `GET /api/tags`, `GET /api/version`.
 
-use super::*;
+use super::errors::{parse_json, Api, Failure};
+use super::items::{all_or_first_error, embed_items, Item};
+use super::state::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use serde_json::json;
+use serde_json::Value;
+use std::time::Instant;
 
 pub(super) async fn ollama_embed(State(state): State<AppState>, body: Bytes) -> Response {
     ollama(&state, body)

@@ -1,9 +1,18 @@
 //! OpenAI-compatible `POST /v1/embeddings`.
 
+use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 
-use super::*;
+use super::errors::{parse_body, Api, Failure};
+use super::items::{all_or_first_error, embed_items, image_source, Item};
+use super::state::AppState;
+use crate::chain::ImageRequest;
 use crate::types::{Provenance, SpaceId};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use base64::Engine as _;
 
 pub(super) async fn openai_embeddings(State(state): State<AppState>, body: Bytes) -> Response {
     openai(&state, body)
@@ -174,7 +183,14 @@ pub(super) async fn openai(state: &AppState, body: Bytes) -> Result<Response, Fa
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use axum::body::Bytes;
+    use axum::http::StatusCode;
+    use serde_json::{json, Value};
+
+    use super::{EncodingFormat, OpenAiRequest};
+    use crate::input::ImageSource;
+    use crate::server::errors::{parse_body, Failure};
+    use crate::server::items::Item;
 
     fn parse(v: Value) -> Result<OpenAiRequest, Failure> {
         parse_body(&Bytes::from(v.to_string()), "an OpenAI embeddings request")

@@ -1,7 +1,9 @@
 //! Hot reload: a changed config file or plugin file is loaded beside the running one and
 //! swapped in only when it loads; `/health` reports what the last reload did.
 
-use super::*;
+use super::state::AppState;
+use crate::chain::Imbed;
+use std::time::Duration;
 
 /// What the last hot reload did, for `/health`.
 #[derive(Debug, Clone, Default, serde::Serialize)]

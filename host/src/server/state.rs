@@ -1,6 +1,23 @@
 //! [`AppState`]: the service's shared state; the router, and serving until shutdown.
 
-use super::*;
+use super::health::health;
+use super::metrics::{metrics, Metrics};
+use super::middleware::{guard, not_found};
+use super::native::{native_describe, native_embed_batch, native_embed_image, native_embed_text};
+use super::ollama::{ollama_embed, ollama_tags, ollama_version};
+use super::openai::openai_embeddings;
+use super::reload::ReloadStatus;
+use crate::chain::Imbed;
+use crate::chain::StepCheck;
+use crate::config::ServerSettings;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::routing::post;
+use axum::Router;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Instant;
+use tokio::sync::Semaphore;
 
 /// Shared state of the service.
 #[derive(Clone)]

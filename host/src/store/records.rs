@@ -34,6 +34,9 @@ pub enum StoreError {
         /// The error.
         source: rusqlite::Error,
     },
+    /// A cache task run off the async threads ended without an answer (it panicked).
+    #[error("a cache task failed: {0}; please report this")]
+    Task(String),
 }
 
 /// An image's facts, as the cache records them.

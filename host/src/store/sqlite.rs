@@ -1,4 +1,4 @@
-//! The persistent cache: descriptions, vectors and indexed files, keyed by content, in SQLite.
+//! The SQLite backend of the cache: one file, keyed by content.
 //!
 //! Why SQLite (through `rusqlite`, with SQLite compiled in): one file, transactions that survive
 //! a killed process or a power cut (write-ahead log), readers that never see a half-written row,
@@ -106,14 +106,16 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 /// The cache database. Cheap to clone; every clone shares one connection.
 #[derive(Clone)]
-pub struct Cache {
+pub struct SqliteStore {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
 }
 
-impl std::fmt::Debug for Cache {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -173,9 +175,9 @@ fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
-impl Cache {
+impl SqliteStore {
     /// Open (creating if needed) the database at `path` and bring its schema up to date.
-    pub fn open(path: impl Into<PathBuf>) -> Result<Cache> {
+    pub fn open(path: impl Into<PathBuf>) -> Result<SqliteStore> {
         let path = path.into();
         let open_err = |message: String| StoreError::Open {
             path: path.clone(),
@@ -202,7 +204,7 @@ impl Cache {
         })?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| open_err(e.to_string()))?;
-        let store = Cache {
+        let store = SqliteStore {
             path,
             conn: Arc::new(Mutex::new(conn)),
         };
@@ -213,13 +215,13 @@ impl Cache {
     /// Create a database at an older schema version, as an older imbed left it. For testing
     /// migrations; not for use otherwise.
     #[doc(hidden)]
-    pub fn create_with_schema(path: impl Into<PathBuf>, version: i64) -> Result<Cache> {
+    pub fn create_with_schema(path: impl Into<PathBuf>, version: i64) -> Result<SqliteStore> {
         let path = path.into();
         let conn = Connection::open(&path).map_err(|e| StoreError::Open {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let store = Cache {
+        let store = SqliteStore {
             path,
             conn: Arc::new(Mutex::new(conn)),
         };
@@ -909,7 +911,7 @@ mod tests {
                     .map(|_| {
                         s.spawn(|| {
                             barrier.wait();
-                            Cache::open(&path).map(|st| st.schema_version().unwrap())
+                            SqliteStore::open(&path).map(|st| st.schema_version().unwrap())
                         })
                     })
                     .collect();

@@ -9,10 +9,10 @@ use futures::StreamExt;
 use imbed::index::{IndexOptions, Outcome, Summary};
 use imbed::search::Method;
 use imbed::store::{Cache, PruneOptions};
-use imbed::{Config, Error, ImageSource, Imbed, ImbedOptions};
+use imbed::{Config, ImageSource, Imbed, ImbedOptions};
 use serde_json::json;
 
-use super::exit;
+use super::{exit, Usage};
 
 /// Open the configured cache; `None` when the config turns it off.
 pub fn open_store(config: &Config) -> anyhow::Result<Option<Cache>> {
@@ -41,11 +41,7 @@ pub async fn imbed_with_cache(config: Config) -> anyhow::Result<Imbed> {
 
 /// The runtime with the cache, which the command cannot do without.
 async fn imbed_needing_cache(config: Config) -> anyhow::Result<(Imbed, Cache)> {
-    let store = open_store(&config)?.ok_or_else(|| {
-        Error::Usage(
-            "this command needs the cache, which the config turns off: set [cache] database".into(),
-        )
-    })?;
+    let store = open_store(&config)?.ok_or(Usage::NeedsCache)?;
     let imbed = Imbed::with_options(config, ImbedOptions::default().store(store.clone())).await?;
     Ok((imbed, store))
 }
@@ -73,15 +69,9 @@ pub async fn index(
     let (imbed, store) = imbed_needing_cache(config).await?;
     let files = if paths.is_empty() {
         if !upgrade {
-            return Err(Error::Usage(
-                "give the folders or files to index (or --upgrade alone to retry every degraded image in the cache)".into(),
-            )
-            .into());
+            return Err(Usage::NothingToIndex.into());
         }
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.degraded_files(None))
-            .await
-            .context("cache task failed")??
+        store.run(|s| s.degraded_files(None)).await?
     } else {
         let (found, problems) =
             tokio::task::spawn_blocking(move || imbed::index::find_images(&paths))
@@ -91,7 +81,7 @@ pub async fn index(
             eprintln!("imbed: skipping {p}");
         }
         if found.is_empty() && !problems.is_empty() {
-            return Err(Error::Usage("nothing to index: no path could be read".into()).into());
+            return Err(Usage::NoReadablePath.into());
         }
         found
     };
@@ -337,12 +327,8 @@ fn mib(bytes: u64) -> String {
 }
 
 pub async fn cache_stats(config: Config, json_out: bool) -> anyhow::Result<u8> {
-    let store = open_store(&config)?.ok_or_else(|| {
-        Error::Usage("the config turns the cache off ([cache] database = \"\")".into())
-    })?;
-    let stats = tokio::task::spawn_blocking(move || store.stats())
-        .await
-        .context("cache task failed")??;
+    let store = open_store(&config)?.ok_or(Usage::CacheOff)?;
+    let stats = store.run(|s| s.stats()).await?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(exit::OK);
@@ -382,9 +368,7 @@ pub async fn cache_prune(
     queries: bool,
     json_out: bool,
 ) -> anyhow::Result<u8> {
-    let store = open_store(&config)?.ok_or_else(|| {
-        Error::Usage("the config turns the cache off ([cache] database = \"\")".into())
-    })?;
+    let store = open_store(&config)?.ok_or(Usage::CacheOff)?;
     let mut options = PruneOptions::default().missing_files().vacuum();
     for s in spaces {
         options = options.space(s);
@@ -392,9 +376,7 @@ pub async fn cache_prune(
     if queries {
         options = options.text_vectors();
     }
-    let report = tokio::task::spawn_blocking(move || store.prune(&options))
-        .await
-        .context("cache task failed")??;
+    let report = store.run(move |s| s.prune(&options)).await?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use imbed::{Config, Embedding, Error, ImageRequest, ImageSource};
 use serde_json::{json, Value};
 
-use super::{collection, exit};
+use super::{collection, exit, Usage};
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Output {
@@ -21,7 +21,7 @@ pub(crate) enum Output {
 fn parse_input(arg: &str, stdin_used: &mut bool, max_bytes: u64) -> anyhow::Result<ImageSource> {
     if arg == "-" {
         if std::mem::replace(stdin_used, true) {
-            return Err(Error::Usage("`-` (stdin) can be given only once".into()).into());
+            return Err(Usage::StdinTwice.into());
         }
         // Never more than the cap: `imbed embed - < /dev/zero` must end, and quickly.
         let bytes = imbed::input::read_capped(std::io::stdin().lock(), "<stdin>", max_bytes)
@@ -137,10 +137,7 @@ pub(crate) async fn embed(
     concurrency: usize,
 ) -> anyhow::Result<u8> {
     if inputs.is_empty() && base64.is_empty() {
-        return Err(Error::Usage(
-            "give at least one image: a path, a URL, `-` for stdin, or --base64".into(),
-        )
-        .into());
+        return Err(Usage::NoImages.into());
     }
     let mut stdin_used = false;
     let mut labels = Vec::new();

@@ -24,6 +24,26 @@ mod plugins_new;
 mod serve;
 
 /// Exit codes scripts can rely on (documented in the README).
+/// How the command line was misused (the library's own misuse is [`imbed::UsageError`]); each
+/// ends the command with [`exit::USAGE`].
+#[derive(Debug, thiserror::Error)]
+enum Usage {
+    #[error("`-` (stdin) can be given only once")]
+    StdinTwice,
+    #[error("give at least one image: a path, a URL, `-` for stdin, or --base64")]
+    NoImages,
+    #[error("give the folders or files to index (or --upgrade alone to retry every degraded image in the cache)")]
+    NothingToIndex,
+    #[error("nothing to index: no path could be read")]
+    NoReadablePath,
+    #[error("this command needs the cache, which the config turns off: set [cache] database")]
+    NeedsCache,
+    #[error("the config turns the cache off ([cache] database = \"\")")]
+    CacheOff,
+    #[error(transparent)]
+    Template(imbed::template::TemplateError),
+}
+
 mod exit {
     pub const OK: u8 = 0;
     /// No step of the chain answered for at least one input.
@@ -248,6 +268,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(Error::Input(_)) => exit::BAD_INPUT,
         Some(Error::Engine(_)) => exit::ENGINE,
         _ if e.downcast_ref::<imbed::ConfigError>().is_some() => exit::USAGE,
+        _ if e.downcast_ref::<Usage>().is_some() => exit::USAGE,
         _ => exit::EXHAUSTED,
     }
 }
@@ -340,8 +361,13 @@ mod tests {
     #[test]
     fn each_kind_of_failure_has_its_documented_exit_code() {
         let code = |e: Error| exit_code(&anyhow::Error::from(e));
-        assert_eq!(code(Error::Engine("no threads".into())), exit::ENGINE);
-        assert_eq!(code(Error::Usage("x".into())), exit::USAGE);
+        let no_threads = std::io::Error::other("no threads");
+        assert_eq!(
+            code(imbed::EngineError::EpochThread(no_threads).into()),
+            exit::ENGINE
+        );
+        assert_eq!(code(imbed::UsageError::EmptyText.into()), exit::USAGE);
+        assert_eq!(exit_code(&Usage::NoImages.into()), exit::USAGE);
         assert_eq!(code(Error::Exhausted { attempts: vec![] }), exit::EXHAUSTED);
         let pipe = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
             .context("writing a result");

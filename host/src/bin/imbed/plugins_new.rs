@@ -11,7 +11,7 @@ pub fn run(
     dir: Option<PathBuf>,
     sdk: Option<PathBuf>,
 ) -> anyhow::Result<u8> {
-    let usage = |e: template::TemplateError| imbed::Error::Usage(e.to_string());
+    let usage = super::Usage::Template;
     let kind: Kind = kind.parse().map_err(usage)?;
     let mut plan = NewPlugin::new(name, kind);
     if let Some(dir) = dir {
