@@ -6,7 +6,15 @@ use super::walk::{Found, Role, StepError};
 use crate::input::ValidImage;
 use crate::runtime::{CallError, ItemResult, ModelInfo};
 use crate::store::{self, Cache, StoreError};
-use crate::types::{Description, FailureKind, PluginId};
+use crate::types::{Description, FailureKind, PluginId, Purpose};
+
+/// One text of a batch: its vector or error, whether the cache answered, and the task prefix
+/// the model saw before it.
+pub(super) struct TextItem {
+    pub(super) result: ItemResult,
+    pub(super) cached: bool,
+    pub(super) prefix: Option<String>,
+}
 
 impl Imbed {
     /// Run a cache operation off the async threads (SQLite blocks). A cache failure is logged
@@ -29,38 +37,56 @@ impl Imbed {
         }
     }
 
+    /// Embed `description.text` as `purpose`; the description comes back with the purpose and
+    /// the prefix the plugin applied.
     pub(super) async fn embed_one_text(
         &self,
         key: &str,
-        text: &str,
-        description: Description,
+        mut description: Description,
+        purpose: Purpose,
     ) -> std::result::Result<Found, StepError> {
-        let (plugin, model, mut items) = self.cached_text_batch(key, &[text.to_string()]).await?;
-        let (vector, cached) = items.remove(0);
+        let (plugin, model, mut items) = self
+            .cached_text_batch(key, std::slice::from_ref(&description.text), purpose)
+            .await?;
+        let item = items.remove(0);
+        description.purpose = Some(purpose);
+        description.prefix = item.prefix;
         Ok(Found {
             plugin,
             model,
-            vector: vector.map_err(|e| StepError::of(key, e))?,
+            vector: item.result.map_err(|e| StepError::of(key, e))?,
             description: Some(description),
-            cached,
+            cached: item.cached,
         })
     }
 
     /// One text embedder, one batch: checks the space first (before any slow work), answers
     /// texts already embedded in that space from the cache, sends the rest to the plugin in one
-    /// call and remembers them. Each item says whether the cache answered it.
+    /// call and remembers them. Each item says whether the cache answered it and which task
+    /// prefix the plugin put before it.
+    ///
+    /// The cache is keyed on the text the model sees (prefix included), not the text given: a
+    /// vector of a bare text is not the vector of the same text as a document, so vectors
+    /// embedded before a plugin started applying prefixes are never reused for prefixed texts.
     pub(super) async fn cached_text_batch(
         &self,
         key: &str,
         texts: &[String],
-    ) -> std::result::Result<(PluginId, ModelInfo, Vec<(ItemResult, bool)>), StepError> {
+        purpose: Purpose,
+    ) -> std::result::Result<(PluginId, ModelInfo, Vec<TextItem>), StepError> {
         let plugin = self.plugin(key)?;
         let model = plugin
             .text_model()
             .await
             .map_err(|e| StepError::in_role(key, Role::Text, e))?;
         self.precheck(key, &model)?;
-        let keys: Vec<String> = texts.iter().map(|t| store::text_key(t)).collect();
+        let (keys, prefixes): (Vec<String>, Vec<Option<String>>) = texts
+            .iter()
+            .map(|t| {
+                let (sent, prefix) = model.sent_text(purpose, t);
+                (store::text_key(&sent), prefix)
+            })
+            .unzip();
         let space = model.space.clone();
         let found = {
             let keys = keys.clone();
@@ -84,7 +110,7 @@ impl Imbed {
         if !missing.is_empty() {
             let batch: Vec<String> = missing.iter().map(|&i| texts[i].clone()).collect();
             let (answered_model, items) = plugin
-                .embed_texts(&batch)
+                .embed_texts(&batch, purpose)
                 .await
                 .map_err(|e| StepError::in_role(key, Role::Text, e))?;
             model = answered_model;
@@ -105,8 +131,16 @@ impl Imbed {
         }
         let items = out
             .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| (Err(CallError::new(FailureKind::Other, "no answer")), false))
+            .zip(prefixes)
+            .map(|(o, prefix)| {
+                let (result, cached) = o.unwrap_or_else(|| {
+                    (Err(CallError::new(FailureKind::Other, "no answer")), false)
+                });
+                TextItem {
+                    result,
+                    cached,
+                    prefix,
+                }
             })
             .collect();
         Ok((plugin.id.clone(), model, items))

@@ -8,8 +8,8 @@ use crate::input::ValidImage;
 use crate::runtime::{CallError, ModelInfo};
 use crate::store::{self, CachedDescription, ImageMeta};
 use crate::types::{
-    Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, SpaceId,
-    StepKind,
+    Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, Purpose,
+    SpaceId, StepKind,
 };
 
 /// What one step produced.
@@ -200,6 +200,8 @@ impl Imbed {
                     plugin: Some(plugin.id.clone()),
                     model: Some(d.model),
                     structured: d.structured,
+                    purpose: None,
+                    prefix: None,
                 })
             }
             .await;
@@ -224,8 +226,14 @@ impl Imbed {
     }
 
     /// Embed a text query into the space of the chain's image results, walking the same chain
-    /// with each step's text side.
+    /// with each step's text side. The text is a query (an asymmetric model gets its query
+    /// prefix); [`Imbed::embed_text_for`] embeds it for another purpose.
     pub async fn embed_text(&self, text: &str) -> Result<Embedding> {
+        self.embed_text_for(text, Purpose::Query).await
+    }
+
+    /// [`Imbed::embed_text`] for `purpose`.
+    pub async fn embed_text_for(&self, text: &str, purpose: Purpose) -> Result<Embedding> {
         if text.trim().is_empty() {
             return Err(Error::Usage("the text to embed is empty".into()));
         }
@@ -234,7 +242,7 @@ impl Imbed {
         for (index, step) in self.inner.config.chain.steps.iter().enumerate() {
             let outcome = match skip_if_dead(step, true, &dead) {
                 Some(skip) => Err(skip),
-                None => self.text_step(step, text).await,
+                None => self.text_step(step, text, purpose).await,
             };
             note_dead(index, &outcome, &mut dead);
             if let Some(embedding) = self.accept(index, step.kind(), outcome, &mut attempts) {
@@ -337,16 +345,37 @@ impl Imbed {
                 self.precheck(embedder, &model)?;
                 // A description depends on the image, the vision model and the prompt, not on
                 // the embedding model: swapping the embedder reuses it.
-                let identity = store::describer_identity(
+                // The describer says what its descriptions depend on (0.2.0); one that cannot
+                // (0.1.0) is keyed by its settings, as every description was before 0.2.0.
+                // Those older entries are still read, so moving to a describer that states
+                // its identity costs no vision call for images described already.
+                let legacy = store::describer_identity(
                     &describe_with.id.name,
                     &describe_with.config.settings,
                 );
+                let identity = match describe_with
+                    .cache_identity()
+                    .await
+                    .map_err(|e| StepError::in_role(describer, Role::Describe, e))?
+                {
+                    Some(pairs) => store::describer_identity_of(&describe_with.id.name, &pairs),
+                    None => legacy.clone(),
+                };
                 let prompt_key = prompt.clone().unwrap_or_default();
                 let cached = {
-                    let (sha, id, p) = (image.sha256.clone(), identity.clone(), prompt_key.clone());
-                    self.cache(move |s| s.description(&sha, &id, &p))
-                        .await
-                        .flatten()
+                    let (sha, id, old, p) = (
+                        image.sha256.clone(),
+                        identity.clone(),
+                        legacy,
+                        prompt_key.clone(),
+                    );
+                    self.cache(move |s| match s.description(&sha, &id, &p)? {
+                        Some(found) => Ok(Some(found)),
+                        None if old != id => s.description(&sha, &old, &p),
+                        None => Ok(None),
+                    })
+                    .await
+                    .flatten()
                 };
                 let (description, described_from_cache) = match cached {
                     Some(c) => (
@@ -356,6 +385,8 @@ impl Imbed {
                             plugin: Some(describe_with.id.clone()),
                             model: Some(c.model),
                             structured: c.structured.and_then(|j| serde_json::from_str(&j).ok()),
+                            purpose: None,
+                            prefix: None,
                         },
                         true,
                     ),
@@ -383,13 +414,17 @@ impl Imbed {
                                 plugin: Some(describe_with.id.clone()),
                                 model: Some(d.model),
                                 structured: d.structured,
+                                purpose: None,
+                                prefix: None,
                             },
                             false,
                         )
                     }
                 };
-                let text = description.text.clone();
-                let mut found = self.embed_one_text(embedder, &text, description).await?;
+                // A description is what a search should find: embedded as a document.
+                let mut found = self
+                    .embed_one_text(embedder, description, Purpose::Document)
+                    .await?;
                 found.cached &= described_from_cache;
                 Ok(found)
             }
@@ -407,8 +442,11 @@ impl Imbed {
                         plugin: None,
                         model: None,
                         structured: None,
+                        purpose: None,
+                        prefix: None,
                     };
-                    self.embed_one_text(embedder, text, description).await
+                    self.embed_one_text(embedder, description, Purpose::Document)
+                        .await
                 }
             },
         }
@@ -457,9 +495,10 @@ impl Imbed {
         &self,
         step: &Step,
         text: &str,
+        purpose: Purpose,
     ) -> std::result::Result<Found, StepError> {
         let key = self.text_embedder(step).await?;
-        self.embed_one_text(key, text, query_description(text))
+        self.embed_one_text(key, query_description(text), purpose)
             .await
     }
 
@@ -467,6 +506,15 @@ impl Imbed {
     /// call, so a backend such as Ollama sees one request per step, not one per text. Results
     /// come in input order; an item that fails moves on to the next step alone.
     pub async fn embed_texts(&self, texts: &[String]) -> Vec<Result<Embedding>> {
+        self.embed_texts_for(texts, Purpose::Query).await
+    }
+
+    /// [`Imbed::embed_texts`] for `purpose` (the compatible routes embed as given: `none`).
+    pub async fn embed_texts_for(
+        &self,
+        texts: &[String],
+        purpose: Purpose,
+    ) -> Vec<Result<Embedding>> {
         let mut results: Vec<Option<Result<Embedding>>> = texts
             .iter()
             .map(|t| {
@@ -489,7 +537,8 @@ impl Imbed {
                 None => {
                     async {
                         let key = self.text_embedder(step).await?;
-                        let (plugin, model, items) = self.cached_text_batch(key, &batch).await?;
+                        let (plugin, model, items) =
+                            self.cached_text_batch(key, &batch, purpose).await?;
                         Ok::<_, StepError>((key, plugin, model, items))
                     }
                     .await
@@ -517,14 +566,19 @@ impl Imbed {
                     continue;
                 }
                 Ok((key, plugin, model, items)) => {
-                    for (&i, (item, cached)) in pending.iter().zip(items) {
+                    for (&i, item) in pending.iter().zip(items) {
                         let outcome = item
+                            .result
                             .map(|vector| Found {
                                 plugin: plugin.clone(),
                                 model: model.clone(),
                                 vector,
-                                description: Some(query_description(&texts[i])),
-                                cached,
+                                description: Some(Description {
+                                    purpose: Some(purpose),
+                                    prefix: item.prefix,
+                                    ..query_description(&texts[i])
+                                }),
+                                cached: item.cached,
                             })
                             .map_err(|e| StepError::of(key, e));
                         match self.accept(index, kind, outcome, &mut attempts[i]) {
@@ -551,6 +605,8 @@ fn query_description(text: &str) -> Description {
         plugin: None,
         model: None,
         structured: None,
+        purpose: None,
+        prefix: None,
     }
 }
 

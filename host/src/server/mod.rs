@@ -35,7 +35,7 @@ use crate::chain::{ImageRequest, Imbed, StepCheck};
 use crate::config::ServerSettings;
 use crate::error::Error;
 use crate::input::{ImageSource, InputError};
-use crate::types::{Attempt, Embedding};
+use crate::types::{Attempt, Embedding, Purpose};
 
 mod errors;
 mod health;

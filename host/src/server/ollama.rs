@@ -30,10 +30,13 @@ pub(super) async fn ollama(state: &AppState, body: Bytes) -> Result<Response, Fa
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(Failure::bad("invalid input type")),
     };
+    // Ollama's clients expect their texts embedded as sent; `input_type` opts in to a purpose.
+    let purpose = input_type(req.get("input_type"), Purpose::None)?;
     let embeddings = if texts.is_empty() {
         vec![]
     } else {
-        let results = embed_items(state, texts.into_iter().map(Item::Text).collect()).await;
+        let results =
+            embed_items(state, texts.into_iter().map(Item::Text).collect(), purpose).await;
         all_or_first_error(results).map_err(|(_, f)| f)?
     };
     let vectors: Vec<&Vec<f32>> = embeddings.iter().map(|e| &e.vector).collect();

@@ -6,7 +6,7 @@ mod keys;
 mod records;
 mod sqlite;
 
-pub use keys::{describer_identity, file_stamp, text_key};
+pub use keys::{describer_identity, describer_identity_of, file_stamp, text_key};
 pub use records::{
     CachedDescription, Entry, FileRecord, ImageMeta, PruneOptions, PruneReport, SpaceStats,
     SpaceVectors, Stats, StoreError,
