@@ -140,6 +140,10 @@ fn header_safe(s: &str) -> bool {
 impl Settings {
     /// Read settings through `get`, validating each.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, Failure> {
+        // Prefixes are taken verbatim: their trailing space is part of them.
+        let prefix = |key: &str| get(key).filter(|v| !v.is_empty());
+        let document_prefix = prefix("document_prefix");
+        let query_prefix = prefix("query_prefix");
         // An unset `${VAR:-}` arrives as an empty string: treat it as absent.
         let get = |key: &str| {
             get(key)
@@ -290,8 +294,8 @@ impl Settings {
             retry_max_wait_ms: number("retry_max_wait_ms", 5_000)?,
             headers,
             space: get("space"),
-            document_prefix: get("document_prefix"),
-            query_prefix: get("query_prefix"),
+            document_prefix,
+            query_prefix,
             base_url,
         })
     }

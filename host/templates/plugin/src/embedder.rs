@@ -44,10 +44,6 @@ impl Embedder for {{Type}} {
             .with_dimensions(dims as u32))
     }
 
-    // An asymmetric model (one trained with "query: " / "passage: " prefixes) would override
-    // `task_prefixes`: the SDK then prefixes each text for its purpose (document or query)
-    // before `embed_text` sees it, and tells the host.
-
     fn embed_text(&mut self, text: &str) -> Result<Vector, Error> {
         letter_bigrams(text, text_dimensions()?)
             .ok_or_else(|| Error::bad_input("the text has no letters or digits to embed"))

@@ -15,11 +15,4 @@ pub struct {{Type}};
 impl Plugin for {{Type}} {
     const NAME: &'static str = "{{name}}";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
-
-    /// What `imbed doctor` and `/health` show for this plugin: one check per thing it depends
-    /// on (a server, a model file), each failing one with what to do. This example needs
-    /// nothing but its settings.
-    fn health(&mut self) -> Result<Vec<HealthCheck>, Error> {
-        Ok(vec![HealthCheck::ok("settings", "nothing to check: the example runs anywhere")])
-    }
 }
