@@ -334,7 +334,7 @@ fn legacy() -> PluginSpec {
 }
 
 fn letters(text: &str) -> Vec<f32> {
-    let mut v = vec![0f32; 26];
+    let mut v = [0f32; 26];
     for b in text
         .to_ascii_lowercase()
         .bytes()

@@ -28,6 +28,9 @@ const STDERR_CAP: usize = 256 * 1024;
 /// Longest side of images sent to describers unless the plugin's config says otherwise.
 const DESCRIBER_MAX_SIDE: u32 = 1024;
 
+/// A describer's cache identity as its contract version answers it (`None`: no such export).
+pub(crate) type CacheIdentity = Option<Vec<(String, String)>>;
+
 /// A live instance, with its store and the permit that counts it against the plugin's limit.
 pub(crate) struct Instance {
     store: Store<PluginState>,
@@ -53,7 +56,7 @@ pub(crate) struct Plugin {
     pub(crate) learned_dims: Mutex<HashMap<SpaceId, usize>>,
     /// The describer's cache identity, asked once like the models (`Some(None)`: the contract
     /// version has none).
-    pub(crate) identity: Mutex<Option<Option<Vec<(String, String)>>>>,
+    pub(crate) identity: Mutex<Option<CacheIdentity>>,
     pub from_cache: bool,
     pub load_time: Duration,
 }
@@ -318,7 +321,7 @@ impl Plugin {
     /// What determines the describer's descriptions, sorted by key; `None` for a contract
     /// version without the export (0.1.0). Asked once per loaded plugin, as the models are: a
     /// config change (hot reload) loads the plugin again.
-    pub(crate) async fn cache_identity(&self) -> Result<Option<Vec<(String, String)>>, CallError> {
+    pub(crate) async fn cache_identity(&self) -> Result<CacheIdentity, CallError> {
         if let Some(known) = self
             .identity
             .lock()
