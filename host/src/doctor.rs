@@ -1,14 +1,13 @@
-//! `imbed doctor`: the troubleshooting guide as a command. Checks that Ollama is reachable and
-//! has the configured models, that plugins load, that model files are present, and which chain
-//! steps can answer right now.
+//! `imbed doctor`: the troubleshooting guide as a command. Checks that plugins load, asks each
+//! whether it can work now (its backend reachable, its models there: the plugin knows its
+//! backend, the host does not), checks that model files are present, and which chain steps can
+//! answer right now.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::chain::{Imbed, PluginStatus, StepCheck};
+use crate::chain::{Imbed, PluginCheck, PluginStatus, StepCheck};
 
 /// Everything doctor found.
 #[derive(Debug, Clone, Serialize)]
@@ -17,8 +16,8 @@ pub struct Report {
     pub config: String,
     /// Each plugin's load state.
     pub plugins: Vec<PluginStatus>,
-    /// Each Ollama server the config talks to.
-    pub ollama: Vec<OllamaCheck>,
+    /// What each loaded plugin says about its backend and models.
+    pub health: Vec<PluginCheck>,
     /// Each granted model directory.
     pub model_dirs: Vec<ModelDirCheck>,
     /// Each chain step, tried on a small test image.
@@ -30,36 +29,6 @@ impl Report {
     pub fn can_answer(&self) -> bool {
         self.steps.iter().any(|s| s.ok)
     }
-}
-
-/// One Ollama server.
-#[derive(Debug, Clone, Serialize)]
-pub struct OllamaCheck {
-    /// The plugin section that uses it.
-    pub plugin: String,
-    /// Its base URL.
-    pub base_url: String,
-    /// The server's version, when it answered.
-    pub version: Option<String>,
-    /// Why it could not be reached, with what to do.
-    pub error: Option<String>,
-    /// The configured models.
-    pub models: Vec<ModelCheck>,
-}
-
-/// One configured Ollama model.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelCheck {
-    /// `vision` or `embed`.
-    pub role: String,
-    /// The model name as configured.
-    pub name: String,
-    /// Whether the server has it.
-    pub present: bool,
-    /// What the server says it can do (`vision`, `embedding`, ...), when it says.
-    pub capabilities: Vec<String>,
-    /// What to do, when something is wrong.
-    pub fix: Option<String>,
 }
 
 /// One granted model directory.
@@ -82,145 +51,10 @@ pub struct ModelDirCheck {
     pub problems: Vec<String>,
 }
 
-fn with_latest(name: &str) -> String {
-    if name.contains(':') {
-        name.to_string()
-    } else {
-        format!("{name}:latest")
-    }
-}
-
-async fn check_ollama(
-    plugin: &str,
-    settings: &std::collections::BTreeMap<String, String>,
-) -> OllamaCheck {
-    let base = settings
-        .get("base_url")
-        .cloned()
-        .unwrap_or_default()
-        .trim_end_matches('/')
-        .to_string();
-    let mut check = OllamaCheck {
-        plugin: plugin.into(),
-        base_url: base.clone(),
-        version: None,
-        error: None,
-        models: vec![],
-    };
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            check.error = Some(format!("cannot build an HTTP client: {e}"));
-            return check;
-        }
-    };
-    let get = |path: &str| {
-        let client = client.clone();
-        let url = format!("{base}{path}");
-        async move {
-            let r = client
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| crate::input::describe_reqwest(&e))?;
-            let status = r.status();
-            let bytes = r
-                .bytes()
-                .await
-                .map_err(|e| crate::input::describe_reqwest(&e))?;
-            let body: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{url} did not answer JSON: {e}"))?;
-            if !status.is_success() {
-                return Err(format!("{url} answered {status}"));
-            }
-            Ok::<Value, String>(body)
-        }
-    };
-    match get("/api/version").await {
-        Ok(v) => check.version = v.get("version").and_then(Value::as_str).map(str::to_string),
-        Err(e) => {
-            check.error = Some(format!(
-                "cannot reach Ollama at {base} ({e}): start it with `ollama serve`, or set OLLAMA_BASE_URL to where it runs"
-            ));
-            return check;
-        }
-    }
-    let tags = match get("/api/tags").await {
-        Ok(t) => t,
-        Err(e) => {
-            check.error = Some(format!("cannot list models: {e}"));
-            return check;
-        }
-    };
-    let available: Vec<(String, Vec<String>)> = tags
-        .get("models")
-        .and_then(Value::as_array)
-        .map(|models| {
-            models
-                .iter()
-                .filter_map(|m| {
-                    let name = m.get("name").and_then(Value::as_str)?.to_string();
-                    let caps = m
-                        .get("capabilities")
-                        .and_then(|c| serde_json::from_value::<Vec<String>>(c.clone()).ok())
-                        .unwrap_or_default();
-                    Some((name, caps))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    for (role, key, needed) in [
-        ("vision", "vision_model", "vision"),
-        ("embed", "embed_model", "embedding"),
-    ] {
-        let Some(name) = settings.get(key) else {
-            continue;
-        };
-        let found = available
-            .iter()
-            .find(|(n, _)| with_latest(n) == with_latest(name));
-        let (present, capabilities) = match found {
-            Some((_, caps)) => (true, caps.clone()),
-            None => (false, vec![]),
-        };
-        let fix = if !present {
-            Some(format!("run `ollama pull {name}`"))
-        } else if !capabilities.is_empty() && !capabilities.iter().any(|c| c == needed) {
-            Some(format!(
-                "\"{name}\" cannot do {role} (it can: {}): set {key} to a {role} model",
-                capabilities.join(", ")
-            ))
-        } else {
-            None
-        };
-        check.models.push(ModelCheck {
-            role: role.into(),
-            name: name.clone(),
-            present,
-            capabilities,
-            fix,
-        });
-    }
-    check
-}
-
 /// Run every check.
 pub async fn run(imbed: &Imbed) -> Report {
     let config = imbed.config();
-    let mut ollama = Vec::new();
-    for (key, p) in &config.plugins {
-        let looks_like_ollama = key.contains("ollama")
-            || p.path
-                .file_name()
-                .and_then(|f| f.to_str())
-                .is_some_and(|f| f.contains("ollama"));
-        if looks_like_ollama && p.settings.contains_key("base_url") {
-            ollama.push(check_ollama(key, &p.settings).await);
-        }
-    }
+    let health = imbed.plugin_checks().await;
     // The registry knows each model's files: a folder named after a registry model is checked
     // against it, the way `imbed models list` does.
     let registry = crate::models::Models::from_config(config, &crate::config::Env::isolated())
@@ -271,7 +105,7 @@ pub async fn run(imbed: &Imbed) -> Report {
     Report {
         config: config.source.clone(),
         plugins: imbed.plugins(),
-        ollama,
+        health,
         model_dirs,
         steps: imbed.check_steps().await,
     }

@@ -37,8 +37,8 @@ pub mod types;
 
 pub use blocking::BlockingImbed;
 pub use chain::{
-    check_plugin, ImageRequest, Imbed, ImbedOptions, ModelName, PluginHealth, PluginStatus,
-    StepCheck,
+    check_plugin, ImageRequest, Imbed, ImbedOptions, ModelName, PluginCheck, PluginHealth,
+    PluginStatus, StepCheck,
 };
 pub use config::{Budgets, Config, ConfigError, Env};
 pub use error::{EngineError, Error, Result, UsageError};
@@ -47,6 +47,6 @@ pub use runtime::nn::{GraphStatus, LibraryStatus, NnStatus};
 pub use runtime::{ComponentReport, Roles};
 pub use store::{Cache, StoreError};
 pub use types::{
-    Attempt, Description, DescriptionSource, Embedding, FailureKind, Inference, PluginId,
-    Provenance, SpaceId, StepKind, StructuredDescription,
+    Attempt, Description, DescriptionSource, Embedding, FailureKind, HealthCheck, HealthStatus,
+    Inference, PluginId, Provenance, Purpose, SpaceId, StepKind, StructuredDescription,
 };

@@ -156,6 +156,72 @@ pub struct Description {
     /// Structured fields, when the describer was asked for them and answered with them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub structured: Option<StructuredDescription>,
+    /// What the text was embedded as (`document`, `query`, `none`); absent on records written
+    /// before purposes existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<Purpose>,
+    /// The task prefix the embedder put before the text (`search_document: `), when it put one:
+    /// the model saw `prefix + text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// What a text is embedded for. Asymmetric models (nomic-embed-text, e5, mxbai-embed-large)
+/// embed documents and queries with different task prefixes; the plugin applies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Purpose {
+    /// The text exactly as given (the OpenAI- and Ollama-compatible routes by default).
+    None,
+    /// A text to be found: a description of an image, by a describer or a caller.
+    Document,
+    /// A text to search with.
+    Query,
+    /// A text to classify.
+    Classification,
+    /// A text to cluster.
+    Clustering,
+}
+
+impl std::fmt::Display for Purpose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Purpose::None => "none",
+            Purpose::Document => "document",
+            Purpose::Query => "query",
+            Purpose::Classification => "classification",
+            Purpose::Clustering => "clustering",
+        })
+    }
+}
+
+/// How one thing a plugin depends on stands, as the plugin's `health` export says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthStatus {
+    /// Works.
+    Ok,
+    /// Works, not at full strength.
+    Degraded,
+    /// Does not work until someone acts.
+    Failing,
+    /// Could not be checked (or the plugin's contract has no health export).
+    Unknown,
+}
+
+/// One check of a plugin's health report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// What was checked: `server`, `model llava`.
+    pub name: String,
+    /// How it stands.
+    pub status: HealthStatus,
+    /// What was found.
+    pub detail: String,
+    /// What to do when it is not ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
 }
 
 /// Fields a describer extracted from an image.
@@ -185,6 +251,8 @@ pub enum FailureKind {
     Timeout,
     /// The plugin reported some other failure.
     Other,
+    /// A setting in the plugin's config section is wrong (contract 0.2.0 and later).
+    BadSetting,
     /// The plugin file is missing or failed to load.
     NotInstalled,
     /// The plugin crashed (a trap: panic, unreachable, a failed host call).

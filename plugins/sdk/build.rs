@@ -16,7 +16,7 @@ fn main() {
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let wit = match env::var_os("IMBED_WIT_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => manifest.join("../../wit/0.1.0"),
+        None => manifest.join("../../wit/0.2.0"),
     };
     let wit = match wit.canonicalize() {
         Ok(p) if p.join("worlds.wit").is_file() => p,
@@ -24,7 +24,7 @@ fn main() {
             // A build script reports a failure by exiting non-zero with a message cargo shows.
             eprintln!(
                 "error: the imbed plugin SDK needs the contract at {} (worlds.wit was not found there): \
-                 keep plugins/sdk inside the imbed repository, or set IMBED_WIT_DIR to a copy of wit/0.1.0",
+                 keep plugins/sdk inside the imbed repository, or set IMBED_WIT_DIR to a copy of wit/0.2.0",
                 wit.display()
             );
             std::process::exit(1);
@@ -50,9 +50,9 @@ macro_rules! __imbed_generate {{
             path: {wit:?},
             runtime_path: "::imbed_plugin_sdk::__private::wit_bindgen::rt",
             with: {{
-                "imbed:plugin/types@0.1.0": ::imbed_plugin_sdk::__private::bindings::imbed::plugin::types,
-                "imbed:plugin/host@0.1.0": ::imbed_plugin_sdk::__private::bindings::imbed::plugin::host,
-                "imbed:plugin/http@0.1.0": ::imbed_plugin_sdk::__private::bindings::imbed::plugin::http,
+                "imbed:plugin/types@0.2.0": ::imbed_plugin_sdk::__private::bindings::imbed::plugin::types,
+                "imbed:plugin/host@0.2.0": ::imbed_plugin_sdk::__private::bindings::imbed::plugin::host,
+                "imbed:plugin/http@0.2.0": ::imbed_plugin_sdk::__private::bindings::imbed::plugin::http,
             }},
             // For the inline world of export_plugin!, whose interfaces live in another package.
             generate_all,

@@ -1,6 +1,7 @@
 //! Budgets for what a plugin sends back (issue #21): a plugin flooding the log, and one
-//! returning a giant description, against the real `imbed` binary. The host serves one contract
-//! version today (0.1.0), so these budgets hold for every version it serves.
+//! returning a giant description, against the real `imbed` binary. The budgets are checked on
+//! the host's own types, after each contract version's conversion, so they hold for every
+//! version it serves (0.1.0 and 0.2.0).
 
 use std::path::Path;
 use std::process::{Output, Stdio};

@@ -306,7 +306,9 @@ async fn a_plugin_for_another_contract_version_is_refused_naming_both_versions()
     let a = &e.provenance.attempts[0];
     assert_eq!(a.kind, FailureKind::NotInstalled);
     assert!(
-        a.message.contains("imbed:plugin@9.0.0") && a.message.contains("imbed:plugin@0.1.0"),
+        a.message.contains("built for imbed:plugin@9.0.0")
+            && a.message
+                .contains("serves imbed:plugin@0.1.0 and imbed:plugin@0.2.0"),
         "{}",
         a.message
     );

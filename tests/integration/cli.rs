@@ -310,7 +310,7 @@ fn plugins_check_describes_a_component_and_refuses_other_contract_versions() {
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["component"]["contract"], "0.1.0");
+    assert_eq!(v["component"]["contract"], "0.2.0");
     assert_eq!(v["health"]["state"], "ready");
     assert_eq!(v["health"]["roles"]["text_embedder"], true);
     let exports: Vec<&str> = v["component"]["exports"]
@@ -320,7 +320,7 @@ fn plugins_check_describes_a_component_and_refuses_other_contract_versions() {
         .map(|e| e.as_str().unwrap())
         .collect();
     assert!(
-        exports.contains(&"imbed:plugin/image-embedder@0.1.0"),
+        exports.contains(&"imbed:plugin/image-embedder@0.2.0"),
         "{exports:?}"
     );
 
@@ -342,7 +342,7 @@ fn plugins_check_describes_a_component_and_refuses_other_contract_versions() {
     assert_eq!(code(&out), 3);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("built for imbed:plugin@9.0.0, but this host serves imbed:plugin@0.1.0"),
+        text.contains("built for imbed:plugin@9.0.0, but this host serves imbed:plugin@0.1.0 and imbed:plugin@0.2.0"),
         "{text}"
     );
 

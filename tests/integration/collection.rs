@@ -306,11 +306,91 @@ async fn pulling_new_weights_under_the_same_name_starts_a_new_space() {
         .unwrap();
     assert_eq!(e.provenance.space, new_space);
     let text = &e.provenance.description.as_ref().unwrap().text;
-    let fresh = ollama.expected_embedding("nomic-embed-text", text).unwrap();
+    let fresh = ollama
+        .expected_embedding("nomic-embed-text", &format!("search_document: {text}"))
+        .unwrap();
     assert!(imbed_tests::cosine(&e.vector, &fresh) > 0.9999);
     let spaces: Vec<String> = after
         .store()
         .unwrap()
+        .stats()
+        .unwrap()
+        .spaces
+        .into_iter()
+        .map(|s| s.space)
+        .collect();
+    assert!(
+        spaces.contains(&old_space) && spaces.contains(&new_space),
+        "{spaces:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_collection_embedded_bare_is_re_embedded_with_task_prefixes_without_vision_calls() {
+    // Before contract 0.2.0 every description went to nomic-embed-text bare. The plugin asked
+    // to keep texts bare (`task_prefixes = false`) embeds exactly as it did then.
+    let ollama = OllamaStandIn::start();
+    let dir = tempfile::tempdir().unwrap();
+    let photos = photo_folder(dir.path(), 3, [30, 200, 30]);
+    let db = dir.path().join("imbed.db");
+    let bare_cfg = TestConfig::new()
+        .plugin(
+            "ollama",
+            ollama_plugin(&ollama, "nomic-embed-text").setting("task_prefixes", "false"),
+        )
+        .plugin("hash", PluginSpec::hash())
+        .describe_then_embed("ollama", "ollama")
+        .hash("hash")
+        .database(&db);
+    let before = open(&bare_cfg, &db).await;
+    assert_eq!(
+        index(&before, &photos, IndexOptions::new(3)).await.embedded,
+        3
+    );
+    let old_space = ollama.bare_space("nomic-embed-text").unwrap();
+    let described = ollama.vision_calls();
+    assert_eq!(described, 3);
+    drop(before);
+
+    // Now with the model card's prefixes: the descriptions are embedded again as documents,
+    // from the cache, with no vision call.
+    ollama.reset_log();
+    let after = open(&ollama_chain(&ollama, "nomic-embed-text", &db), &db).await;
+    let s = index(&after, &photos, IndexOptions::new(3)).await;
+    assert_eq!(s.embedded, 3, "{s:?}");
+    assert_eq!(
+        ollama.vision_calls(),
+        0,
+        "the descriptions come from the cache"
+    );
+    let documents: Vec<String> = ollama
+        .embedded_texts()
+        .into_iter()
+        .filter(|t| t != "dimension probe")
+        .collect();
+    assert_eq!(documents.len(), 3, "{documents:?}");
+    assert!(
+        documents.iter().all(|t| t.starts_with("search_document: ")),
+        "{documents:?}"
+    );
+
+    // A query searches only the prefixed space: the bare vectors are never compared with it.
+    let new_space = ollama.space("nomic-embed-text").unwrap();
+    assert_ne!(old_space, new_space);
+    let store = after.store().unwrap().clone();
+    let q = after.embed_text("green").await.unwrap();
+    assert_eq!(q.provenance.space, new_space);
+    let r = imbed::search::search(
+        &store,
+        &q.provenance.space,
+        &q.vector,
+        10,
+        Method::Exact,
+        None,
+    )
+    .unwrap();
+    assert_eq!((r.space.as_str(), r.searched), (new_space.as_str(), 3));
+    let spaces: Vec<String> = store
         .stats()
         .unwrap()
         .spaces

@@ -7,6 +7,7 @@ mod chain;
 mod cli;
 mod clip;
 mod collection;
+mod contract;
 mod hash;
 mod input;
 mod minilm;

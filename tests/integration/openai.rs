@@ -606,3 +606,58 @@ async fn a_text_too_long_for_the_model_fails_alone() {
         [Some(400), Some(200), Some(400), Some(200)]
     );
 }
+
+#[tokio::test]
+async fn a_known_asymmetric_model_gets_its_prefixes_and_its_own_space() {
+    let server = OpenAiStandIn::builder().api_key(KEY).start();
+    // LM Studio names nomic's model this way; any server may serve it.
+    server.add_model(ModelSpec::embedding(
+        "text-embedding-nomic-embed-text-v1.5",
+        768,
+    ));
+    let imbed = start(
+        openai_plugin(&server).setting("embed_model", "text-embedding-nomic-embed-text-v1.5"),
+    )
+    .await;
+    server.reset_log();
+    let e = embed_bytes(&imbed, images::png(32, 32, 5)).await;
+    assert_eq!(e.provenance.step, 0, "{:?}", e.provenance.attempts);
+    let d = e.provenance.description.clone().unwrap();
+    imbed.embed_text("a red car").await.unwrap();
+    let inputs: Vec<String> = server
+        .requests_to(Route::Embeddings)
+        .iter()
+        .flat_map(|r| match &r.body.as_ref().unwrap()["input"] {
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().unwrap().to_string())
+                .collect(),
+            other => vec![other.as_str().unwrap().to_string()],
+        })
+        .filter(|t| t != "dimension probe")
+        .collect();
+    assert_eq!(
+        inputs,
+        [
+            format!("search_document: {}", d.text),
+            "search_query: a red car".to_string()
+        ]
+    );
+    assert!(
+        e.provenance
+            .space
+            .ends_with("text-embedding-nomic-embed-text-v1.5@tp09b78f89"),
+        "{}",
+        e.provenance.space
+    );
+
+    // A model it does not know, with prefixes from the settings.
+    let custom = start(openai_plugin(&server).setting("query_prefix", "Q: ")).await;
+    server.reset_log();
+    custom.embed_text("a red car").await.unwrap();
+    let last = server.requests_to(Route::Embeddings).pop().unwrap();
+    assert_eq!(
+        last.body.unwrap()["input"],
+        serde_json::json!(["Q: a red car"])
+    );
+}

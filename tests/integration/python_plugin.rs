@@ -1,5 +1,5 @@
 //! A plugin written in Python (tests/programs/python-embedder), built by componentize-py from
-//! the same wit/0.1.0 files as the Rust plugins, loaded and used by the unmodified host: the
+//! the same wit/0.2.0 files as the Rust plugins, loaded and used by the unmodified host: the
 //! contract does not depend on the guest's language.
 //!
 //! Its vectors are checked against this file's own Rust implementation of the algorithm the
@@ -108,8 +108,8 @@ async fn the_component_targets_the_contract_and_loads_with_nothing_granted() {
     let (report, health) = imbed::check_plugin(path)
         .await
         .expect("the component is readable");
-    assert_eq!(report.contract.as_deref(), Some("0.1.0"));
-    for export in ["imbed:plugin/plugin@0.1.0", "imbed:plugin/embedder@0.1.0"] {
+    assert_eq!(report.contract.as_deref(), Some("0.2.0"));
+    for export in ["imbed:plugin/plugin@0.2.0", "imbed:plugin/embedder@0.2.0"] {
         assert!(
             report.exports.iter().any(|e| e == export),
             "{:?}",
@@ -127,7 +127,7 @@ async fn the_component_targets_the_contract_and_loads_with_nothing_granted() {
     assert!(report
         .imports
         .iter()
-        .any(|i| i == "imbed:plugin/host@0.1.0"));
+        .any(|i| i == "imbed:plugin/host@0.2.0"));
     // The Python runtime imports WASI (files, environment, sockets...); the host links all of
     // it and grants none of it, and the plugin still loads and answers.
     assert!(report
@@ -309,7 +309,7 @@ async fn a_bad_setting_fails_the_step_with_what_to_fix() {
     .await;
     let e = bad.embed_text("anything").await.unwrap();
     let a = &e.provenance.attempts[0];
-    assert_eq!(a.kind, FailureKind::Other);
+    assert_eq!(a.kind, FailureKind::BadSetting);
     assert!(
         a.message
             .contains("dimensions = 3 is not an integer from 8 to 4096"),

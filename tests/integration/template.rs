@@ -90,7 +90,7 @@ async fn a_new_embedder_builds_offline_checks_and_answers_in_a_chain() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         report["component"]["exports"],
-        serde_json::json!(["imbed:plugin/plugin@0.1.0", "imbed:plugin/embedder@0.1.0"])
+        serde_json::json!(["imbed:plugin/plugin@0.2.0", "imbed:plugin/embedder@0.2.0"])
     );
     assert_eq!(report["health"]["state"], "ready");
     assert_eq!(report["health"]["name"], "letters");

@@ -678,11 +678,44 @@ impl OllamaStandIn {
     }
 
     /// The space id imbed's Ollama plugin reports for `model` as pulled now
-    /// (`ollama/<name>@<first 12 hex digits of its digest>`), or `None` when it is not there.
+    /// (`ollama/<name>@<first 12 hex digits of its digest>`, then `+<tag>` for a model the
+    /// plugin embeds with task prefixes), or `None` when it is not there.
     pub fn space(&self, model: &str) -> Option<String> {
         let spec = self.shared.model(&canonical(model)?)?;
         let name = spec.name.strip_suffix(":latest").unwrap_or(&spec.name);
+        let tag = match name {
+            // The tags of the known prefixes (pinned in the plugin SDK's own tests).
+            "nomic-embed-text" => "+tp09b78f89",
+            "mxbai-embed-large" => "+tpdb383b17",
+            _ => "",
+        };
+        Some(format!("ollama/{name}@{}{tag}", &spec.digest()[..12]))
+    }
+
+    /// The space id of `model` as the Ollama plugin reported it before task prefixes (contract
+    /// 0.1.0): `ollama/<name>@<digest>`.
+    pub fn bare_space(&self, model: &str) -> Option<String> {
+        let spec = self.shared.model(&canonical(model)?)?;
+        let name = spec.name.strip_suffix(":latest").unwrap_or(&spec.name);
         Some(format!("ollama/{name}@{}", &spec.digest()[..12]))
+    }
+
+    /// Every text embedding routes received, exactly as sent, oldest first: the `input` of
+    /// `/api/embed` (each item of a list) and the `prompt` of `/api/embeddings`.
+    pub fn embedded_texts(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter(|r| matches!(r.route, Some(Route::Embed | Route::Embeddings)))
+            .filter_map(|r| r.body.as_ref())
+            .flat_map(|b| match (b.get("input"), b.get("prompt")) {
+                (Some(Value::String(s)), _) | (None, Some(Value::String(s))) => vec![s.clone()],
+                (Some(Value::Array(items)), _) => items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_string))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect()
     }
 
     /// The vector `/api/embed` answers for `text` on `model` (before `dimensions`), or `None`

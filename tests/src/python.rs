@@ -1,5 +1,5 @@
 //! The Python test plugin (`tests/programs/python-embedder`), built with `componentize-py` from
-//! the same `wit/0.1.0` files as the Rust plugins: proof that the contract is not tied to Rust.
+//! the same `wit/0.2.0` files as the Rust plugins: proof that the contract is not tied to Rust.
 //!
 //! A Python component bundles CPython (about 18 MB) and takes several seconds to build and tens
 //! of seconds to compile, so both are cached under `target/python-embedder/`, keyed by what went
@@ -63,7 +63,7 @@ fn componentize_py() -> Result<PathBuf, String> {
 /// Files whose content decides the component: the Python sources and the contract.
 fn inputs() -> Result<Vec<PathBuf>, String> {
     let mut files = Vec::new();
-    for (dir, ext) in [(source_dir(), "py"), (repo_root().join("wit/0.1.0"), "wit")] {
+    for (dir, ext) in [(source_dir(), "py"), (repo_root().join("wit/0.2.0"), "wit")] {
         let entries =
             std::fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
         for entry in entries {
@@ -127,7 +127,7 @@ pub fn build() -> Result<PathBuf, String> {
     let tmp = out.join(format!(".py_embedder-{key}.{}.wasm", std::process::id()));
     let result = Command::new(&tool)
         .arg("-d")
-        .arg(root.join("wit/0.1.0"))
+        .arg(root.join("wit/0.2.0"))
         .args(["-w", WORLD, "componentize", "-p"])
         .arg(source_dir())
         .arg("app")

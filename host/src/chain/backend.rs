@@ -6,7 +6,7 @@
 
 use crate::input::ValidImage;
 use crate::runtime::{CallError, ItemResult, ModelInfo, PluginDescription, Roles};
-use crate::types::{Embedding, PluginId};
+use crate::types::{Embedding, PluginId, Purpose};
 
 /// The plugins (and the cache around them) as the walk sees them. Every call names the plugin
 /// by its config key; a failure comes back as the plugin's [`CallError`] and the walk decides
@@ -33,8 +33,9 @@ pub(super) trait Backend: Sync {
         use_cache: bool,
     ) -> Result<(PluginDescription, bool), CallError>;
 
-    /// Embed `texts` with the plugin whose text model is `model` (just asked for, so the walk
-    /// could check its space first). Texts already embedded in that space come from the cache.
+    /// Embed `texts` as `purpose` with the plugin whose text model is `model` (just asked for,
+    /// so the walk could check its space first; its task prefixes say what the plugin puts
+    /// before each text). Texts already embedded in that space come from the cache.
     /// One item per text, in order, each saying whether the cache answered it; the model that
     /// answered the batch. An `Err` means the whole call failed.
     async fn embed_texts(
@@ -42,6 +43,7 @@ pub(super) trait Backend: Sync {
         key: &str,
         model: ModelInfo,
         texts: &[String],
+        purpose: Purpose,
     ) -> Result<(ModelInfo, Vec<(ItemResult, bool)>), CallError>;
 
     /// Embed `image` itself with the plugin whose image model is `model`, from the cache when

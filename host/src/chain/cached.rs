@@ -7,7 +7,7 @@ use super::imbed::Imbed;
 use crate::input::ValidImage;
 use crate::runtime::{CallError, ItemResult, ModelInfo, PluginDescription, Roles};
 use crate::store::{self, Cache, CachedDescription, ImageMeta, StoreError};
-use crate::types::{Embedding, FailureKind, PluginId};
+use crate::types::{Embedding, FailureKind, PluginId, Purpose};
 
 impl Imbed {
     /// Run a cache operation off the async threads. A cache failure is logged and treated as a
@@ -52,11 +52,28 @@ impl Backend for Imbed {
         }
         // A description depends on the image, the vision model and the prompt, not on the
         // embedding model: swapping the embedder reuses it.
-        let identity = store::describer_identity(&plugin.id.name, &plugin.config.settings);
+        // The describer says what its descriptions depend on (0.2.0); one that cannot (0.1.0)
+        // is keyed by its settings, as every description was before 0.2.0. Those older entries
+        // are still read, so moving to a describer that states its identity costs no vision
+        // call for images described already.
+        let legacy = store::describer_identity(&plugin.id.name, &plugin.config.settings);
+        let identity = match plugin.cache_identity().await? {
+            Some(pairs) => store::describer_identity_of(&plugin.id.name, &pairs),
+            None => legacy.clone(),
+        };
         let prompt_key = prompt.unwrap_or_default().to_string();
-        let (sha, id, p) = (image.sha256.clone(), identity.clone(), prompt_key.clone());
+        let (sha, id, old, p) = (
+            image.sha256.clone(),
+            identity.clone(),
+            legacy,
+            prompt_key.clone(),
+        );
         if let Some(c) = self
-            .cache(move |s| s.description(&sha, &id, &p))
+            .cache(move |s| match s.description(&sha, &id, &p)? {
+                Some(found) => Ok(Some(found)),
+                None if old != id => s.description(&sha, &old, &p),
+                None => Ok(None),
+            })
             .await
             .flatten()
         {
@@ -91,9 +108,16 @@ impl Backend for Imbed {
         key: &str,
         model: ModelInfo,
         texts: &[String],
+        purpose: Purpose,
     ) -> Result<(ModelInfo, Vec<(ItemResult, bool)>), CallError> {
         let plugin = self.plugin(key)?;
-        let keys: Vec<String> = texts.iter().map(|t| store::text_key(t)).collect();
+        // Keyed on the text the model sees (prefix included), not the text given: a vector of
+        // a bare text is not the vector of the same text as a document, so vectors embedded
+        // before a plugin started applying prefixes are never reused for prefixed texts.
+        let keys: Vec<String> = texts
+            .iter()
+            .map(|t| store::text_key(&model.sent_text(purpose, t).0))
+            .collect();
         let space = model.space.clone();
         let found = {
             let keys = keys.clone();
@@ -116,7 +140,7 @@ impl Backend for Imbed {
         let mut model = model;
         if !missing.is_empty() {
             let batch: Vec<String> = missing.iter().map(|&i| texts[i].clone()).collect();
-            let (answered_model, items) = plugin.embed_texts(&batch).await?;
+            let (answered_model, items) = plugin.embed_texts(&batch, purpose).await?;
             model = answered_model;
             let mut fresh = Vec::new();
             for (&i, item) in missing.iter().zip(items) {

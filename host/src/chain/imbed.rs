@@ -12,7 +12,7 @@ use crate::error::{EngineError, Error, Internal, Result};
 use crate::input::{self, ImageSource, ValidImage};
 use crate::runtime::{CallError, Plugin, Runtime};
 use crate::store::Cache;
-use crate::types::{Description, Embedding, FailureKind, SpaceId};
+use crate::types::{Description, Embedding, FailureKind, Purpose, SpaceId};
 
 /// One image to embed, with an optional description from the caller (used by `description`
 /// steps).
@@ -309,16 +309,31 @@ impl Imbed {
     }
 
     /// Embed a text query into the space of the chain's image results, walking the same chain
-    /// with each step's text side.
+    /// with each step's text side. The text is a query (an asymmetric model gets its query
+    /// prefix); [`Imbed::embed_text_for`] embeds it for another purpose.
     pub async fn embed_text(&self, text: &str) -> Result<Embedding> {
-        self.walk().text(text).await
+        self.embed_text_for(text, Purpose::Query).await
+    }
+
+    /// [`Imbed::embed_text`] for `purpose`.
+    pub async fn embed_text_for(&self, text: &str, purpose: Purpose) -> Result<Embedding> {
+        self.walk().text(text, purpose).await
     }
 
     /// Embed many texts (queries) in batches: each step gets every text still unanswered in one
     /// call, so a backend such as Ollama sees one request per step, not one per text. Results
     /// come in input order; an item that fails moves on to the next step alone.
     pub async fn embed_texts(&self, texts: &[String]) -> Vec<Result<Embedding>> {
-        self.walk().texts(texts).await
+        self.embed_texts_for(texts, Purpose::Query).await
+    }
+
+    /// [`Imbed::embed_texts`] for `purpose` (the compatible routes embed as given: `none`).
+    pub async fn embed_texts_for(
+        &self,
+        texts: &[String],
+        purpose: Purpose,
+    ) -> Vec<Result<Embedding>> {
+        self.walk().texts(texts, purpose).await
     }
 
     /// A walk over this runtime's chain, with its plugins and cache as the backend.

@@ -11,4 +11,4 @@ mod status;
 mod walk;
 
 pub use imbed::{ImageRequest, Imbed, ImbedOptions};
-pub use status::{check_plugin, ModelName, PluginHealth, PluginStatus, StepCheck};
+pub use status::{check_plugin, ModelName, PluginCheck, PluginHealth, PluginStatus, StepCheck};

@@ -11,7 +11,7 @@ use super::walk::StepError;
 use crate::error::{Error, Result, UsageError};
 use crate::input::{self, ValidImage};
 use crate::runtime::{Roles, Runtime};
-use crate::types::{FailureKind, SpaceId, StepKind};
+use crate::types::{FailureKind, HealthCheck, HealthStatus, SpaceId, StepKind};
 
 /// The name of the model in a granted model directory, and where it comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -169,7 +169,82 @@ pub enum PluginHealth {
     },
 }
 
+/// What a loaded plugin says about whether it can work now (its `health` export): the checks
+/// of its backend and models, each with what to do when it fails.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginCheck {
+    /// The config key.
+    pub plugin: String,
+    /// The contract version the plugin is built for.
+    pub contract: &'static str,
+    /// The plugin's checks, in the order to fix them; empty when it reported none or cannot
+    /// report (see `reported`).
+    pub checks: Vec<HealthCheck>,
+    /// False for a plugin whose contract has no health export (0.1.0): only the step probes
+    /// speak for it.
+    pub reported: bool,
+    /// Why the health check itself failed (a bad setting, a crash), when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PluginCheck {
+    /// The worst status among the checks (`unknown` when the plugin reported nothing).
+    pub fn status(&self) -> HealthStatus {
+        if self.error.is_some() {
+            return HealthStatus::Failing;
+        }
+        let rank = |s: HealthStatus| match s {
+            HealthStatus::Ok => 0,
+            HealthStatus::Unknown => 1,
+            HealthStatus::Degraded => 2,
+            HealthStatus::Failing => 3,
+        };
+        match self
+            .checks
+            .iter()
+            .map(|c| c.status)
+            .max_by_key(|s| rank(*s))
+        {
+            Some(s) if self.reported => s,
+            _ if self.reported => HealthStatus::Ok,
+            _ => HealthStatus::Unknown,
+        }
+    }
+}
+
 impl Imbed {
+    /// Ask every loaded plugin whether it can work now (contract 0.2.0's `health`; a 0.1.0
+    /// plugin cannot say). The plugins are asked at once: each may contact its backend.
+    pub async fn plugin_checks(&self) -> Vec<PluginCheck> {
+        let asks = self.inner.plugins.keys().filter_map(|key| {
+            let plugin = self.plugin(key).ok()?.clone();
+            Some(async move {
+                let contract = plugin.contract();
+                let mut check = PluginCheck {
+                    plugin: key.clone(),
+                    contract,
+                    checks: Vec::new(),
+                    reported: false,
+                    error: None,
+                };
+                match plugin.health().await {
+                    Ok(Some(checks)) => {
+                        check.checks = checks;
+                        check.reported = true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        check.reported = true;
+                        check.error = Some(format!("{}: {}", e.kind, e.message));
+                    }
+                }
+                check
+            })
+        });
+        futures::future::join_all(asks).await
+    }
+
     /// Try every step on its own with a small test image and a test description: which steps
     /// can answer right now, and why the others cannot.
     pub async fn check_steps(&self) -> Vec<StepCheck> {

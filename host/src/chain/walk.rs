@@ -9,8 +9,8 @@ use crate::error::{Error, Result, UsageError};
 use crate::input::ValidImage;
 use crate::runtime::{CallError, ItemResult, ModelInfo, PluginDescription, Roles};
 use crate::types::{
-    Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, SpaceId,
-    StepKind,
+    Attempt, Description, DescriptionSource, Embedding, FailureKind, PluginId, Provenance, Purpose,
+    SpaceId, StepKind,
 };
 
 /// What one step produced.
@@ -235,9 +235,10 @@ impl<'a, B: Backend> Walk<'a, B> {
         Err(Error::Exhausted { attempts })
     }
 
-    /// Embed a text query into the space of the chain's image results, walking the same chain
-    /// with each step's text side.
-    pub(super) async fn text(&self, text: &str) -> Result<Embedding> {
+    /// Embed a text into the space of the chain's image results, walking the same chain with
+    /// each step's text side; `purpose` says what the text is for (an asymmetric model puts its
+    /// task prefix before it).
+    pub(super) async fn text(&self, text: &str, purpose: Purpose) -> Result<Embedding> {
         if text.trim().is_empty() {
             return Err(UsageError::EmptyText.into());
         }
@@ -246,7 +247,7 @@ impl<'a, B: Backend> Walk<'a, B> {
         for (index, step) in self.chain.steps.iter().enumerate() {
             let outcome = match skip_if_dead(step, true, &dead) {
                 Some(skip) => Err(skip),
-                None => self.text_step(step, text).await,
+                None => self.text_step(step, text, purpose).await,
             };
             note_dead(index, &outcome, &mut dead);
             if let Some(embedding) = self.accept(index, step.kind(), outcome, &mut attempts) {
@@ -351,8 +352,10 @@ impl<'a, B: Backend> Walk<'a, B> {
                     .await
                     .map_err(|e| StepError::in_role(describer, Role::Describe, e))?;
                 let description = model_description(describer_id, d);
-                let text = description.text.clone();
-                let mut found = self.embed_one_text(embedder, &text, description).await?;
+                // A description is what a search should find: embedded as a document.
+                let mut found = self
+                    .embed_one_text(embedder, description, Purpose::Document)
+                    .await?;
                 found.cached &= described_from_cache;
                 Ok(found)
             }
@@ -370,8 +373,11 @@ impl<'a, B: Backend> Walk<'a, B> {
                         plugin: None,
                         model: None,
                         structured: None,
+                        purpose: None,
+                        prefix: None,
                     };
-                    self.embed_one_text(embedder, text, description).await
+                    self.embed_one_text(embedder, description, Purpose::Document)
+                        .await
                 }
             },
         }
@@ -415,20 +421,31 @@ impl<'a, B: Backend> Walk<'a, B> {
         }
     }
 
-    async fn text_step(&self, step: &Step, text: &str) -> std::result::Result<Found, StepError> {
+    async fn text_step(
+        &self,
+        step: &Step,
+        text: &str,
+        purpose: Purpose,
+    ) -> std::result::Result<Found, StepError> {
         let key = self.text_embedder(step).await?;
-        self.embed_one_text(key, text, query_description(text))
+        self.embed_one_text(key, query_description(text), purpose)
             .await
     }
 
+    /// Embed `description.text` as `purpose`; the description comes back with the purpose and
+    /// the prefix the plugin applied.
     async fn embed_one_text(
         &self,
         key: &str,
-        text: &str,
-        description: Description,
+        mut description: Description,
+        purpose: Purpose,
     ) -> std::result::Result<Found, StepError> {
-        let (plugin, model, mut items) = self.text_batch(key, &[text.to_string()]).await?;
+        let (plugin, model, mut items) = self
+            .text_batch(key, std::slice::from_ref(&description.text), purpose)
+            .await?;
         let (vector, cached) = items.remove(0);
+        description.purpose = Some(purpose);
+        description.prefix = model.sent_text(purpose, &description.text).1;
         Ok(Found {
             plugin,
             model,
@@ -444,6 +461,7 @@ impl<'a, B: Backend> Walk<'a, B> {
         &self,
         key: &str,
         texts: &[String],
+        purpose: Purpose,
     ) -> std::result::Result<(PluginId, ModelInfo, Vec<(ItemResult, bool)>), StepError> {
         let (id, _) = self.loaded(key)?;
         let model = self
@@ -454,7 +472,7 @@ impl<'a, B: Backend> Walk<'a, B> {
         self.precheck(key, &model)?;
         let (model, items) = self
             .backend
-            .embed_texts(key, model, texts)
+            .embed_texts(key, model, texts, purpose)
             .await
             .map_err(|e| StepError::in_role(key, Role::Text, e))?;
         Ok((id, model, items))
@@ -488,7 +506,7 @@ impl<'a, B: Backend> Walk<'a, B> {
 
     /// Embed many texts in batches: each step gets every text still unanswered in one call.
     /// Results come in input order; an item that fails moves on to the next step alone.
-    pub(super) async fn texts(&self, texts: &[String]) -> Vec<Result<Embedding>> {
+    pub(super) async fn texts(&self, texts: &[String], purpose: Purpose) -> Vec<Result<Embedding>> {
         let mut results: Vec<Option<Result<Embedding>>> = texts
             .iter()
             .map(|t| {
@@ -511,7 +529,7 @@ impl<'a, B: Backend> Walk<'a, B> {
                 None => {
                     async {
                         let key = self.text_embedder(step).await?;
-                        let (plugin, model, items) = self.text_batch(key, &batch).await?;
+                        let (plugin, model, items) = self.text_batch(key, &batch, purpose).await?;
                         Ok::<_, StepError>((key, plugin, model, items))
                     }
                     .await
@@ -533,7 +551,11 @@ impl<'a, B: Backend> Walk<'a, B> {
                                 plugin: plugin.clone(),
                                 model: model.clone(),
                                 vector,
-                                description: Some(query_description(&texts[i])),
+                                description: Some(Description {
+                                    purpose: Some(purpose),
+                                    prefix: model.sent_text(purpose, &texts[i]).1,
+                                    ..query_description(&texts[i])
+                                }),
                                 cached,
                             })
                             .map_err(|e| StepError::of(key, e));
@@ -562,6 +584,8 @@ fn model_description(plugin: PluginId, d: PluginDescription) -> Description {
         plugin: Some(plugin),
         model: Some(d.model),
         structured: d.structured,
+        purpose: None,
+        prefix: None,
     }
 }
 
@@ -572,6 +596,8 @@ fn query_description(text: &str) -> Description {
         plugin: None,
         model: None,
         structured: None,
+        purpose: None,
+        prefix: None,
     }
 }
 

@@ -8,17 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
 use super::budget;
 use super::call::CallError;
-use super::contract::{
-    contract_version, describer, embedder, image_embedder, plugin, HostView, CONTRACT_VERSION,
-};
+use super::contract::{self, contract_version, supported_list, Indices, NEWEST, SUPPORTED};
 use super::host_fns::{model_dir_name, Shared};
 use super::nn;
-use super::plugin::{Indices, Plugin};
+use super::plugin::Plugin;
 use super::sandbox::{nn_view, PluginState};
 use crate::config::PluginConfig;
 use crate::error::EngineError;
@@ -78,8 +76,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(EngineError::Wasmtime)?;
-        HostView::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(EngineError::Wasmtime)?;
+        contract::add_to_linker(&mut linker).map_err(EngineError::Wasmtime)?;
         nn::add_to_linker(&mut linker, nn_view).map_err(EngineError::Wasmtime)?;
 
         let client = reqwest::Client::builder()
@@ -157,31 +154,32 @@ impl Runtime {
                     cfg.path.display()
                 ))
             })?;
-        if let Some(found) = contract_version(&self.engine, &component) {
-            if found != CONTRACT_VERSION {
+        let found = contract_version(&self.engine, &component);
+        if let Some(found) = &found {
+            if !SUPPORTED.contains(&found.as_str()) {
                 return Err(not_installed(format!(
-                    "{} is built for imbed:plugin@{found}, but this host serves imbed:plugin@{CONTRACT_VERSION}: rebuild the plugin against wit/{CONTRACT_VERSION}, or use an imbed release that serves {found}",
-                    cfg.path.display()
+                    "{} is built for imbed:plugin@{found}, but this host serves {}: rebuild the plugin against wit/{NEWEST}, or use an imbed release that serves {found}",
+                    cfg.path.display(),
+                    supported_list()
                 )));
             }
         }
+        // A component that exports no contract at all is held to the newest: the message then
+        // says what it should export.
+        let version = found.as_deref().unwrap_or(NEWEST);
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             not_installed(format!(
-                "{} imports something imbed does not provide (is it built for imbed:plugin@{CONTRACT_VERSION}?): {e:#}",
+                "{} imports something imbed does not provide (is it built for {}?): {e:#}",
+                cfg.path.display(),
+                supported_list()
+            ))
+        })?;
+        let indices = Indices::new(version, &pre).map_err(|e| {
+            not_installed(format!(
+                "{} does not export imbed:plugin/plugin@{version} as this host expects ({e}): rebuild it against wit/{NEWEST}",
                 cfg.path.display()
             ))
         })?;
-        let indices = Indices {
-            plugin: plugin::GuestIndices::new(&pre).map_err(|e| {
-                not_installed(format!(
-                    "{} does not export imbed:plugin/plugin@{CONTRACT_VERSION} as this host expects ({e}): rebuild it against wit/{CONTRACT_VERSION}",
-                    cfg.path.display()
-                ))
-            })?,
-            describer: describer::GuestIndices::new(&pre).ok(),
-            embedder: embedder::GuestIndices::new(&pre).ok(),
-            image_embedder: image_embedder::GuestIndices::new(&pre).ok(),
-        };
         let shared = Arc::new(Shared {
             key: key.to_string(),
             settings: cfg.settings.clone(),
@@ -223,6 +221,7 @@ impl Runtime {
             text_model: Mutex::new(None),
             image_model: Mutex::new(None),
             learned_dims: Mutex::new(HashMap::new()),
+            identity: Mutex::new(None),
             from_cache,
             load_time: Duration::ZERO,
         };

@@ -13,35 +13,23 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use super::budget;
-use super::call::{CallError, ItemResult, ModelInfo, PluginDescription, Roles};
-use super::contract::{describer, embedder, image_embedder, plugin, to_wit_image, wit};
+use super::call::{CallError, HealthReport, ItemResult, ModelInfo, PluginDescription, Roles};
+use super::contract::{Exports, Indices};
 use super::engine::{Runtime, TICK};
 use super::host_fns::Shared;
 use super::nn;
 use super::sandbox::PluginState;
 use crate::config::{Budgets, PluginConfig};
 use crate::input::ValidImage;
-use crate::types::{FailureKind, Inference, PluginId, SpaceId};
+use crate::types::{FailureKind, Inference, PluginId, Purpose, SpaceId};
 
 /// Guest stderr kept per instance (panic messages land here).
 const STDERR_CAP: usize = 256 * 1024;
 /// Longest side of images sent to describers unless the plugin's config says otherwise.
 const DESCRIBER_MAX_SIDE: u32 = 1024;
 
-/// Where each role's exports are in the component, found once at load.
-pub(crate) struct Indices {
-    pub(crate) plugin: plugin::GuestIndices,
-    pub(crate) describer: Option<describer::GuestIndices>,
-    pub(crate) embedder: Option<embedder::GuestIndices>,
-    pub(crate) image_embedder: Option<image_embedder::GuestIndices>,
-}
-
-struct Exports {
-    plugin: plugin::Guest,
-    describer: Option<describer::Guest>,
-    embedder: Option<embedder::Guest>,
-    image_embedder: Option<image_embedder::Guest>,
-}
+/// A describer's cache identity as its contract version answers it (`None`: no such export).
+pub(crate) type CacheIdentity = Option<Vec<(String, String)>>;
 
 /// A live instance, with its store and the permit that counts it against the plugin's limit.
 pub(crate) struct Instance {
@@ -66,12 +54,16 @@ pub(crate) struct Plugin {
     pub(crate) text_model: Mutex<Option<ModelInfo>>,
     pub(crate) image_model: Mutex<Option<ModelInfo>>,
     pub(crate) learned_dims: Mutex<HashMap<SpaceId, usize>>,
+    /// The describer's cache identity, asked once like the models (`Some(None)`: the contract
+    /// version has none).
+    pub(crate) identity: Mutex<Option<CacheIdentity>>,
     pub from_cache: bool,
     pub load_time: Duration,
 }
 
 /// Runs one guest function of one role on a leased instance and settles the outcome (`settle`,
-/// or with `traced`, `settle_traced`: also what ran natively during the call).
+/// or with `traced`, `settle_traced`: also what ran natively during the call). A role the
+/// component does not export is refused before an instance is leased.
 macro_rules! guest_call {
     (traced $self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {
         guest_call!(@with settle_traced, $self, $role, $what, $method($($arg),*))
@@ -80,19 +72,16 @@ macro_rules! guest_call {
         guest_call!(@with settle, $self, $role, $what, $method($($arg),*))
     };
     (@with $settle:ident, $self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {{
+        if !$self.roles().$role {
+            return Err(CallError::new(
+                FailureKind::NotApplicable,
+                format!("plugin {:?} does not export {}", $self.key, $what),
+            ));
+        }
         let mut inst = $self.checkout().await?;
         let budget = $self.arm(&mut inst.store);
-        let outcome = match inst.exports.$role.as_ref() {
-            Some(guest) => {
-                tokio::time::timeout(budget, guest.$method(&mut inst.store $(, $arg)*)).await
-            }
-            None => {
-                return Err(CallError::new(
-                    FailureKind::NotApplicable,
-                    format!("plugin {:?} does not export {}", $self.key, $what),
-                ))
-            }
-        };
+        let outcome =
+            tokio::time::timeout(budget, inst.exports.$method(&mut inst.store $(, $arg)*)).await;
         $self.$settle(inst, outcome)
     }};
 }
@@ -109,11 +98,12 @@ impl Plugin {
     }
 
     pub(crate) fn roles(&self) -> Roles {
-        Roles {
-            describer: self.indices.describer.is_some(),
-            text_embedder: self.indices.embedder.is_some(),
-            image_embedder: self.indices.image_embedder.is_some(),
-        }
+        self.indices.roles()
+    }
+
+    /// The contract version the plugin is built for.
+    pub(crate) fn contract(&self) -> &'static str {
+        self.indices.version()
     }
 
     /// Lease an idle instance or make a new one, waiting while the plugin is at its limit.
@@ -160,30 +150,7 @@ impl Plugin {
                 }
                 Err(_) => return Err(self.timeout_error("starting")),
             };
-        let load = |store: &mut Store<PluginState>| -> wasmtime::Result<Exports> {
-            Ok(Exports {
-                plugin: self.indices.plugin.load(&mut *store, &instance)?,
-                describer: self
-                    .indices
-                    .describer
-                    .as_ref()
-                    .map(|i| i.load(&mut *store, &instance))
-                    .transpose()?,
-                embedder: self
-                    .indices
-                    .embedder
-                    .as_ref()
-                    .map(|i| i.load(&mut *store, &instance))
-                    .transpose()?,
-                image_embedder: self
-                    .indices
-                    .image_embedder
-                    .as_ref()
-                    .map(|i| i.load(&mut *store, &instance))
-                    .transpose()?,
-            })
-        };
-        let exports = load(&mut store).map_err(|e| {
+        let exports = self.indices.load(&mut store, &instance).map_err(|e| {
             CallError::new(
                 FailureKind::NotInstalled,
                 format!(
@@ -264,7 +231,7 @@ impl Plugin {
     fn settle<T>(
         &self,
         inst: Instance,
-        outcome: Result<wasmtime::Result<Result<T, wit::Error>>, tokio::time::error::Elapsed>,
+        outcome: Result<wasmtime::Result<Result<T, CallError>>, tokio::time::error::Elapsed>,
     ) -> Result<T, CallError> {
         self.settle_traced(inst, outcome).map(|(v, _)| v)
     }
@@ -274,7 +241,7 @@ impl Plugin {
     fn settle_traced<T>(
         &self,
         mut inst: Instance,
-        outcome: Result<wasmtime::Result<Result<T, wit::Error>>, tokio::time::error::Elapsed>,
+        outcome: Result<wasmtime::Result<Result<T, CallError>>, tokio::time::error::Elapsed>,
     ) -> Result<(T, Option<Inference>), CallError> {
         let inference = inst.store.data_mut().nn.used.take();
         self.finish_log(&mut inst.store);
@@ -289,7 +256,7 @@ impl Plugin {
                 self.give_back(inst);
                 match result {
                     Ok(v) => Ok((v, inference)),
-                    Err(e) => Err(with(CallError::from(e))),
+                    Err(e) => Err(with(e)),
                 }
             }
         }
@@ -315,13 +282,71 @@ impl Plugin {
         }
     }
 
-    pub(crate) async fn info(&self) -> Result<wit::PluginInfo, CallError> {
+    pub(crate) async fn info(&self) -> Result<super::call::PluginInfo, CallError> {
         let mut inst = self.checkout().await?;
         let budget = self.arm(&mut inst.store);
-        let outcome = tokio::time::timeout(budget, inst.exports.plugin.call_info(&mut inst.store))
-            .await
-            .map(|r| r.map(Ok));
+        let outcome = tokio::time::timeout(budget, inst.exports.info(&mut inst.store)).await;
         self.settle(inst, outcome)
+    }
+
+    /// The plugin's own account of whether it can work now; `None` for a contract version
+    /// without the export (0.1.0).
+    pub(crate) async fn health(&self) -> Result<HealthReport, CallError> {
+        let mut inst = self.checkout().await?;
+        let budget = self.arm(&mut inst.store);
+        let outcome = tokio::time::timeout(budget, inst.exports.health(&mut inst.store)).await;
+        let report = self.settle(inst, outcome)?;
+        // A report is for a person to read: a plugin that floods it is broken, not informative.
+        if let Some(checks) = &report {
+            let longest = checks
+                .iter()
+                .flat_map(|c| [&c.name, &c.detail].into_iter().chain(&c.fix))
+                .map(String::len)
+                .max()
+                .unwrap_or(0);
+            if checks.len() > 64 || longest > 4096 {
+                return Err(CallError::new(
+                    FailureKind::Malformed,
+                    format!(
+                        "plugin {:?} returned a health report of {} checks (at most 64, each text at most 4 KiB)",
+                        self.key,
+                        checks.len()
+                    ),
+                ));
+            }
+        }
+        Ok(report)
+    }
+
+    /// What determines the describer's descriptions, sorted by key; `None` for a contract
+    /// version without the export (0.1.0). Asked once per loaded plugin, as the models are: a
+    /// config change (hot reload) loads the plugin again.
+    pub(crate) async fn cache_identity(&self) -> Result<CacheIdentity, CallError> {
+        if let Some(known) = self
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(known);
+        }
+        let mut pairs = guest_call!(self, describer, "a describer", cache_identity())?;
+        if let Some(p) = pairs.as_mut() {
+            p.sort();
+            let longest = p.iter().map(|(k, v)| k.len().max(v.len())).max();
+            if p.len() > 256 || longest.is_some_and(|l| l > 64 * 1024) {
+                return Err(CallError::new(
+                    FailureKind::Malformed,
+                    format!(
+                        "plugin {:?} returned a cache identity of {} pairs (at most 256 of at most 64 KiB each)",
+                        self.key,
+                        p.len()
+                    ),
+                ));
+            }
+        }
+        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(pairs.clone());
+        Ok(pairs)
     }
 
     /// Ask every instance the plugin may run to get ready (load its models), as the contract
@@ -339,8 +364,7 @@ impl Plugin {
                 let mut inst = lease?;
                 let budget = this.arm(&mut inst.store);
                 let outcome =
-                    tokio::time::timeout(budget, inst.exports.plugin.call_warm(&mut inst.store))
-                        .await;
+                    tokio::time::timeout(budget, inst.exports.warm(&mut inst.store)).await;
                 this.settle(inst, outcome)
             })
         });
@@ -367,8 +391,7 @@ impl Plugin {
         {
             return Ok(m);
         }
-        let info: ModelInfo =
-            guest_call!(self, embedder, "a text embedder", call_text_model())?.into();
+        let info = guest_call!(self, text_embedder, "a text embedder", text_model())?;
         check_model(&self.key, &info)?;
         *self.text_model.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.clone());
         Ok(info)
@@ -383,26 +406,21 @@ impl Plugin {
         {
             return Ok(m);
         }
-        let info: ModelInfo = guest_call!(
-            self,
-            image_embedder,
-            "an image embedder",
-            call_image_model()
-        )?
-        .into();
+        let info = guest_call!(self, image_embedder, "an image embedder", image_model())?;
         check_model(&self.key, &info)?;
         *self.image_model.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.clone());
         Ok(info)
     }
 
-    /// Embed a batch of texts: the outer error fails the batch, each item has its own result.
+    /// Embed a batch of texts for `purpose`: the outer error fails the batch, each item has its
+    /// own result.
     pub(crate) async fn embed_texts(
         &self,
         texts: &[String],
+        purpose: Purpose,
     ) -> Result<(ModelInfo, Vec<ItemResult>), CallError> {
         let mut model = self.text_model().await?;
-        let (items, inference) =
-            guest_call!(traced self, embedder, "a text embedder", call_embed_texts(texts))?;
+        let (items, inference) = guest_call!(traced self, text_embedder, "a text embedder", embed_texts(texts, purpose))?;
         let items = self.check_vectors(&model, texts.len(), items)?;
         model.inference = inference;
         Ok((model, items))
@@ -414,19 +432,18 @@ impl Plugin {
         images: &[ValidImage],
     ) -> Result<(ModelInfo, Vec<ItemResult>), CallError> {
         let mut model = self.image_model().await?;
-        let mut wit_images = Vec::with_capacity(images.len());
+        let mut fitted = Vec::with_capacity(images.len());
         for image in images {
-            let image = match self.config.image_max_side {
+            fitted.push(match self.config.image_max_side {
                 Some(max_side) => self.fit(image, max_side).await?,
                 None => image.clone(),
-            };
-            wit_images.push(to_wit_image(&image));
+            });
         }
         let (vectors, inference) = guest_call!(traced
             self,
             image_embedder,
             "an image embedder",
-            call_embed_images(&wit_images)
+            embed_images(&fitted)
         )?;
         let vectors = self.check_vectors(&model, images.len(), vectors)?;
         model.inference = inference;
@@ -440,16 +457,9 @@ impl Plugin {
     ) -> Result<PluginDescription, CallError> {
         let max_side = self.config.image_max_side.unwrap_or(DESCRIBER_MAX_SIDE);
         let image = self.fit(image, max_side).await?;
-        let wit_image = to_wit_image(&image);
-        let d = guest_call!(
-            self,
-            describer,
-            "a describer",
-            call_describe(&wit_image, prompt)
-        )?;
-        // The conversion moves the lifted strings, it copies nothing: checking the domain type
-        // holds every contract version's describer to the same caps.
-        let d = PluginDescription::from(d);
+        // The version's conversion moved the lifted strings into the domain type, copying
+        // nothing: checking it holds every contract version's describer to the same caps.
+        let d = guest_call!(self, describer, "a describer", describe(&image, prompt))?;
         check_description(&self.key, &self.config.budgets, &d)?;
         if d.text.trim().is_empty() {
             return Err(CallError::new(
@@ -478,7 +488,7 @@ impl Plugin {
         &self,
         model: &ModelInfo,
         expected: usize,
-        items: Vec<Result<Vec<f32>, wit::Error>>,
+        items: Vec<ItemResult>,
     ) -> Result<Vec<ItemResult>, CallError> {
         let malformed = |m: String| {
             CallError::new(FailureKind::Malformed, format!("plugin {:?} {m}", self.key))
@@ -529,7 +539,7 @@ impl Plugin {
         Ok(items
             .into_iter()
             .enumerate()
-            .map(|(i, item)| item.map_err(CallError::from).and_then(|v| check(i, v)))
+            .map(|(i, item)| item.and_then(|v| check(i, v)))
             .collect())
     }
 }

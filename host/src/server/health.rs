@@ -1,4 +1,5 @@
-//! `GET /health`: which chain steps can answer, probed at most every few seconds.
+//! `GET /health`: which chain steps can answer and what each plugin says about its backend,
+//! probed at most every few seconds.
 
 use super::state::AppState;
 use axum::extract::State;
@@ -13,14 +14,17 @@ use std::time::Instant;
 pub(super) const HEALTH_TTL: Duration = Duration::from_secs(15);
 
 pub(super) async fn health(State(state): State<AppState>) -> Response {
-    let steps = {
+    let (steps, checks) = {
         let mut cached = state.health.lock().await;
         match cached.as_ref() {
-            Some((at, steps)) if at.elapsed() < HEALTH_TTL => steps.clone(),
+            Some((at, steps, checks)) if at.elapsed() < HEALTH_TTL => {
+                (steps.clone(), checks.clone())
+            }
             _ => {
-                let steps = state.imbed().check_steps().await;
-                *cached = Some((Instant::now(), steps.clone()));
-                steps
+                let imbed = state.imbed();
+                let (steps, checks) = futures::join!(imbed.check_steps(), imbed.plugin_checks());
+                *cached = Some((Instant::now(), steps.clone(), checks.clone()));
+                (steps, checks)
             }
         }
     };
@@ -37,6 +41,7 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
             "status": word,
             "steps": steps,
             "plugins": state.imbed().plugins(),
+            "plugin_health": checks,
             "config": state.imbed().config().source,
             "reload": state.reload_status(),
         })),

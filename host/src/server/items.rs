@@ -6,7 +6,7 @@ use super::state::AppState;
 use crate::chain::ImageRequest;
 use crate::error::Error;
 use crate::input::ImageSource;
-use crate::types::Embedding;
+use crate::types::{Embedding, Purpose};
 use serde_json::json;
 use serde_json::Value;
 use std::time::Instant;
@@ -17,6 +17,27 @@ pub(super) fn image_source(text: &str) -> ImageSource {
         ImageSource::Url(text.to_string())
     } else {
         ImageSource::Base64(text.to_string())
+    }
+}
+
+/// The purpose a request's texts are embedded for: its `input_type` field (as Cohere and Voyage
+/// name it; both spellings of each purpose are accepted), or `default` without one.
+pub(super) fn input_type(v: Option<&Value>, default: Purpose) -> Result<Purpose, Failure> {
+    match v {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::String(s)) => match s.as_str() {
+            "query" | "search_query" => Ok(Purpose::Query),
+            "document" | "search_document" => Ok(Purpose::Document),
+            "classification" => Ok(Purpose::Classification),
+            "clustering" => Ok(Purpose::Clustering),
+            "none" => Ok(Purpose::None),
+            other => Err(Failure::bad(format!(
+                "unknown input_type {other:?}: use \"query\" or \"document\" (or \"classification\", \"clustering\", \"none\")"
+            ))),
+        },
+        Some(_) => Err(Failure::bad(
+            "input_type must be a string: \"query\" or \"document\"",
+        )),
     }
 }
 
@@ -47,10 +68,12 @@ pub(super) fn native_item(v: &Value, index: usize) -> Result<Item, Failure> {
     Ok(Item::Image(r))
 }
 
-/// Embed mixed items: texts in one batch, images concurrently. Results in input order.
+/// Embed mixed items: texts in one batch (for `purpose`), images concurrently. Results in input
+/// order.
 pub(super) async fn embed_items(
     state: &AppState,
     items: Vec<Item>,
+    purpose: Purpose,
 ) -> Vec<Result<Embedding, Error>> {
     let mut texts = Vec::new();
     let mut slots = Vec::new();
@@ -72,7 +95,7 @@ pub(super) async fn embed_items(
     let text_results = if texts.is_empty() {
         Vec::new()
     } else {
-        imbed.embed_texts(&texts).await
+        imbed.embed_texts_for(&texts, purpose).await
     };
     // A batch is one walk of the chain: each of its texts took the batch's time.
     let text_time = t.elapsed();

@@ -2,11 +2,12 @@
 //! `/describe`.
 
 use super::errors::{parse_json, Api, Failure};
-use super::items::{embed_items, embedding_json, native_item, result_json, Item};
+use super::items::{embed_items, embedding_json, input_type, native_item, result_json, Item};
 use super::state::AppState;
 use crate::chain::ImageRequest;
 use crate::error::Error;
 use crate::input::ImageSource;
+use crate::types::Purpose;
 use axum::body::Bytes;
 use axum::extract::FromRequest;
 use axum::extract::Multipart;
@@ -99,8 +100,10 @@ pub(super) async fn native_embed_text(State(state): State<AppState>, body: Bytes
 
 pub(super) async fn native_text(state: &AppState, body: Bytes) -> Result<Response, Failure> {
     let v = parse_json(&body)?;
+    // The native text routes are for searching: queries unless the caller says otherwise.
+    let purpose = input_type(v.get("input_type"), Purpose::Query)?;
     if let Some(text) = v.get("text").and_then(Value::as_str) {
-        let results = embed_items(state, vec![Item::Text(text.to_string())]).await;
+        let results = embed_items(state, vec![Item::Text(text.to_string())], purpose).await;
         let e = results.into_iter().next().unwrap_or(Err(Error::Internal(
             crate::error::Internal::MissingResult(0),
         )))?;
@@ -118,7 +121,7 @@ pub(super) async fn native_text(state: &AppState, body: Bytes) -> Result<Respons
                 .ok_or_else(|| Failure::bad("every text must be a string"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let results = embed_items(state, items).await;
+    let results = embed_items(state, items, purpose).await;
     Ok(
         axum::Json(json!({ "results": results.iter().map(result_json).collect::<Vec<_>>() }))
             .into_response(),
@@ -141,7 +144,8 @@ pub(super) async fn native_batch(state: &AppState, body: Bytes) -> Result<Respon
         .enumerate()
         .map(|(i, v)| native_item(v, i))
         .collect::<Result<Vec<_>, _>>()?;
-    let results = embed_items(state, items).await;
+    let purpose = input_type(v.get("input_type"), Purpose::Query)?;
+    let results = embed_items(state, items, purpose).await;
     Ok(
         axum::Json(json!({ "results": results.iter().map(result_json).collect::<Vec<_>>() }))
             .into_response(),

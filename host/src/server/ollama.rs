@@ -1,8 +1,9 @@
 //! Ollama-compatible `POST /api/embed`, `GET /api/tags`, `GET /api/version`.
 
 use super::errors::{parse_json, Api, Failure};
-use super::items::{all_or_first_error, embed_items, Item};
+use super::items::{all_or_first_error, embed_items, input_type, Item};
 use super::state::AppState;
+use crate::types::Purpose;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -39,10 +40,13 @@ pub(super) async fn ollama(state: &AppState, body: Bytes) -> Result<Response, Fa
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(Failure::bad("invalid input type")),
     };
+    // Ollama's clients expect their texts embedded as sent; `input_type` opts in to a purpose.
+    let purpose = input_type(req.get("input_type"), Purpose::None)?;
     let embeddings = if texts.is_empty() {
         vec![]
     } else {
-        let results = embed_items(state, texts.into_iter().map(Item::Text).collect()).await;
+        let results =
+            embed_items(state, texts.into_iter().map(Item::Text).collect(), purpose).await;
         all_or_first_error(results).map_err(|(_, f)| f)?
     };
     let vectors: Vec<&Vec<f32>> = embeddings.iter().map(|e| &e.vector).collect();

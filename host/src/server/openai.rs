@@ -4,15 +4,16 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 
 use super::errors::{parse_body, Api, Failure};
-use super::items::{all_or_first_error, embed_items, image_source, Item};
+use super::items::{all_or_first_error, embed_items, image_source, input_type, Item};
 use super::state::AppState;
 use crate::chain::ImageRequest;
-use crate::types::{Provenance, SpaceId};
+use crate::types::{Provenance, Purpose, SpaceId};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine as _;
+use serde_json::Value;
 
 pub(super) async fn openai_embeddings(State(state): State<AppState>, body: Bytes) -> Response {
     openai(&state, body)
@@ -30,6 +31,10 @@ pub(super) struct OpenAiRequest {
     model: Option<String>,
     #[serde(default)]
     encoding_format: EncodingFormat,
+    /// `query` or `document` (Cohere's and Voyage's field): OpenAI's own API has no such field,
+    /// so without it the texts are embedded exactly as sent.
+    #[serde(default)]
+    input_type: Option<Value>,
 }
 
 /// `input`: one text, or a list of texts and images. Token arrays are recognised only to be
@@ -127,8 +132,9 @@ pub(super) async fn openai(state: &AppState, body: Bytes) -> Result<Response, Fa
     let base64_out = req.encoding_format == EncodingFormat::Base64;
     let requested_model = req.model.clone().unwrap_or_default();
     let requested_space = SpaceId::new(requested_model.as_str());
+    let purpose = input_type(req.input_type.as_ref(), Purpose::None)?;
     let items = req.items()?;
-    let results = embed_items(state, items).await;
+    let results = embed_items(state, items, purpose).await;
     let embeddings = all_or_first_error(results).map_err(|(i, mut f)| {
         f.message = format!("input[{i}]: {}", f.message);
         f

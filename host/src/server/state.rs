@@ -32,7 +32,7 @@ pub struct AppState {
 }
 
 /// The last step probe and when it ran.
-pub(super) type HealthSnapshot = (Instant, Vec<StepCheck>);
+pub(super) type HealthSnapshot = (Instant, Vec<StepCheck>, Vec<crate::chain::PluginCheck>);
 
 impl AppState {
     /// State for an [`Imbed`] (see [`AppState::build`] for one with the settings' URL guard).

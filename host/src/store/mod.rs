@@ -21,7 +21,7 @@ mod sqlite;
 
 use std::path::{Path, PathBuf};
 
-pub use keys::{describer_identity, file_stamp, text_key};
+pub use keys::{describer_identity, describer_identity_of, file_stamp, text_key};
 pub use records::{
     CachedDescription, Entry, FileRecord, ImageMeta, PruneOptions, PruneReport, SpaceStats,
     SpaceVectors, Stats, StoreError,

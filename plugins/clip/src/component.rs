@@ -3,7 +3,7 @@
 
 use imbed_plugin_sdk::{
     export_plugin, log, nn, settings, single, Batch, Embedder, Error, Image, ImageEmbedder,
-    ModelInfo, Plugin, Vector,
+    ModelInfo, Plugin, Purpose, Vector,
 };
 
 use crate::{Clip, ClipError, DEFAULT_MODEL, TEXT_GRAPH, VISION_GRAPH};
@@ -91,11 +91,11 @@ impl Embedder for ClipPlugin {
     }
 
     fn embed_text(&mut self, text: &str) -> Result<Vector, Error> {
-        single(self.embed_texts(vec![text.to_string()]))
+        single(self.embed_texts(vec![text.to_string()], Purpose::None))
     }
 
     /// One call per batch: the text tower runs the texts together.
-    fn embed_texts(&mut self, texts: Vec<String>) -> Batch {
+    fn embed_texts(&mut self, texts: Vec<String>, _purpose: Purpose) -> Batch {
         let out = self.clip()?.embed_texts(&texts).map_err(to_sdk)?;
         Ok(out.into_iter().map(|r| r.map_err(to_sdk)).collect())
     }

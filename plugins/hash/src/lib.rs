@@ -16,7 +16,8 @@ pub const ALGORITHM_VERSION: u32 = 1;
 const DEFAULT_DIMENSIONS: usize = 256;
 
 use imbed_plugin_sdk::{
-    export_plugin, settings, Embedder, Error, Image, ImageEmbedder, ModelInfo, Plugin, Vector,
+    export_plugin, settings, Embedder, Error, Image, ImageEmbedder, ModelInfo, Plugin, Purpose,
+    Vector,
 };
 
 /// The plugin: stateless, every call reads its settings.
@@ -50,7 +51,7 @@ impl Embedder for HashPlugin {
             .ok_or_else(|| Error::bad_input("the text has no letters or digits to embed"))
     }
 
-    fn embed_texts(&mut self, texts: Vec<String>) -> imbed_plugin_sdk::Batch {
+    fn embed_texts(&mut self, texts: Vec<String>, _purpose: Purpose) -> imbed_plugin_sdk::Batch {
         // A bad setting fails the whole batch, not each item.
         let dims = dimensions()?;
         Ok(texts

@@ -28,7 +28,7 @@ mod component {
     use super::model::{EmbedError, SentenceEmbedder, GRAPH, MODEL_ID, REGISTRY_NAME};
     use imbed_model_io::{ModelDir, ModelError, MODEL_ROOT};
     use imbed_plugin_sdk::{
-        export_plugin, log, nn, Batch, Embedder, Error, ModelInfo, Plugin, Vector,
+        export_plugin, log, nn, Batch, Embedder, Error, ModelInfo, Plugin, Purpose, Vector,
     };
 
     /// The plugin instance. A failed load is not remembered: the next call tries again, so
@@ -119,7 +119,7 @@ mod component {
         }
 
         /// One call per batch: texts of similar length share forward passes.
-        fn embed_texts(&mut self, texts: Vec<String>) -> Batch {
+        fn embed_texts(&mut self, texts: Vec<String>, _purpose: Purpose) -> Batch {
             let m = self.model()?;
             let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
             Ok(m.embed(&texts).into_iter().map(item).collect())

@@ -8,7 +8,7 @@ use imbed_plugin_sdk::http::{HttpError, Request};
 use imbed_plugin_sdk::settings::Settings as HostSettings;
 use imbed_plugin_sdk::{
     embed_non_blank, export_plugin, log, single, Batch, Describer, Description, Embedder, Error,
-    Image, ModelInfo, Plugin, Structured, Vector,
+    HealthCheck, Image, ModelInfo, Plugin, Purpose, Structured, TaskPrefixes, Vector,
 };
 use serde_json::Value;
 
@@ -217,9 +217,110 @@ impl Plugin for Ollama {
         single(self.embed_batch(&s, &["warm up"]))?;
         Ok(())
     }
+
+    /// The server, then each configured model: pulled, and able to do its role. Lists the
+    /// models once (`/api/tags`); loads nothing.
+    fn health(&mut self) -> Result<Vec<HealthCheck>, Error> {
+        let s = settings()?;
+        let base = &s.base_url;
+        let server = "server";
+        let version = match self.send(&s, "GET", "/api/version", None, "") {
+            Ok((200, body)) => protocol::version(&body),
+            Ok((status, _)) => {
+                return Ok(vec![HealthCheck::failing(
+                    server,
+                    format!(
+                    "{base} answered GET /api/version with {status}: it does not look like Ollama"
+                ),
+                    "point base_url (or OLLAMA_BASE_URL) at an Ollama server",
+                )])
+            }
+            Err(e) => {
+                return Ok(vec![HealthCheck::failing(
+                    server,
+                    format!("cannot reach Ollama at {base}: {}", e.message()),
+                    "start it with `ollama serve`, or set OLLAMA_BASE_URL to where it runs",
+                )])
+            }
+        };
+        let mut checks = vec![HealthCheck::ok(
+            server,
+            format!(
+                "Ollama {} at {base}",
+                version.as_deref().unwrap_or("(version unknown)")
+            ),
+        )];
+        let tags = match self.send(&s, "GET", "/api/tags", None, "") {
+            Ok((200, body)) => body,
+            Ok((status, _)) => {
+                checks.push(HealthCheck::unknown(
+                    "models",
+                    format!("cannot list models: GET /api/tags answered {status}"),
+                ));
+                return Ok(checks);
+            }
+            Err(e) => {
+                checks.push(HealthCheck::unknown(
+                    "models",
+                    format!("cannot list models: {}", e.message()),
+                ));
+                return Ok(checks);
+            }
+        };
+        for (role, key, model, needed) in [
+            ("vision", "vision_model", &s.vision_model, "vision"),
+            ("embed", "embed_model", &s.embed_model, "embedding"),
+        ] {
+            let name = format!("{role} model {model}");
+            match protocol::listed_capabilities(&tags, model) {
+                None => checks.push(HealthCheck::failing(
+                    name,
+                    format!("model \"{model}\" is not pulled on {base}"),
+                    format!("run `ollama pull {model}`"),
+                )),
+                Some(caps) if !caps.is_empty() && !caps.iter().any(|c| c == needed) => {
+                    checks.push(HealthCheck::failing(
+                        name,
+                        format!("\"{model}\" cannot do {role} (it can: {})", caps.join(", ")),
+                        format!("set {key} to a {role} model"),
+                    ))
+                }
+                Some(_) => checks.push(HealthCheck::ok(name, "present")),
+            }
+        }
+        Ok(checks)
+    }
 }
 
 impl Describer for Ollama {
+    /// The vision model (and its digest, so an `ollama pull` that moves the tag writes new
+    /// descriptions), the prompts and every option sent with them. Not the address, the
+    /// timeouts or the embedding side: those do not change what the model writes.
+    fn cache_identity(&mut self) -> Result<Vec<(String, String)>, Error> {
+        let s = settings()?;
+        let digest = match self.send(&s, "GET", "/api/tags", None, "") {
+            Ok((200, body)) => protocol::model_revision(&body, &s.vision_model),
+            _ => None,
+        };
+        let mut pairs = vec![
+            ("vision_model".to_string(), s.vision_model.clone()),
+            ("prompt".to_string(), s.prompt.clone()),
+            ("structured".to_string(), s.structured.to_string()),
+            ("endpoint".to_string(), format!("{:?}", s.endpoint)),
+            ("temperature".to_string(), s.temperature.to_string()),
+            ("seed".to_string(), s.seed.to_string()),
+        ];
+        if let Some(d) = digest {
+            pairs.push(("vision_digest".to_string(), d));
+        }
+        pairs.extend(
+            s.prompts
+                .iter()
+                .map(|(k, v)| (format!("prompts.{k}"), v.clone())),
+        );
+        Ok(pairs)
+    }
+
     fn describe(&mut self, image: Image, prompt: Option<String>) -> Result<Description, Error> {
         let s = settings()?;
         self.check_vision(&s)?;
@@ -279,11 +380,15 @@ impl Embedder for Ollama {
         )
     }
 
-    fn embed_text(&mut self, text: &str) -> Result<Vector, Error> {
-        single(self.embed_texts(vec![text.to_string()]))
+    fn task_prefixes(&mut self) -> Result<TaskPrefixes, Error> {
+        Ok(settings()?.task_prefixes())
     }
 
-    fn embed_texts(&mut self, texts: Vec<String>) -> Batch {
+    fn embed_text(&mut self, text: &str) -> Result<Vector, Error> {
+        single(self.embed_texts(vec![text.to_string()], Purpose::None))
+    }
+
+    fn embed_texts(&mut self, texts: Vec<String>, _purpose: Purpose) -> Batch {
         let s = settings()?;
         embed_non_blank(&texts, |wanted| self.embed_batch(&s, wanted))
     }

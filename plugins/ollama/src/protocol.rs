@@ -2,7 +2,7 @@
 //! mapping of Ollama's answers to the contract's error cases, with messages that say what to do.
 
 use imbed_plugin_sdk::settings::Settings as SdkSettings;
-use imbed_plugin_sdk::Error;
+use imbed_plugin_sdk::{prefixes, Error, Purpose, TaskPrefixes};
 use serde_json::{json, Value};
 
 /// The seed's default prompt.
@@ -44,6 +44,13 @@ pub struct Settings {
     pub request_timeout_ms: u32,
     /// Deadline of the first request to a model, which may have to load it.
     pub load_timeout_ms: u32,
+    /// Apply task prefixes at all (`task_prefixes = false`: every text bare, as before
+    /// contract 0.2.0, and the space id without a prefix tag).
+    pub task_prefixes: bool,
+    /// Overrides the known prefix for documents (`""`: none).
+    pub document_prefix: Option<String>,
+    /// Overrides the known prefix for queries (`""`: none).
+    pub query_prefix: Option<String>,
 }
 
 /// Which route describes.
@@ -60,7 +67,7 @@ impl Settings {
     pub fn from_settings(settings: &SdkSettings) -> Result<Settings, Error> {
         let get = |key: &str| settings.get(key);
         let bad = |key: &str, value: &str, want: &str| {
-            Error::Other(format!("setting `{key}` is {value:?}: {want}"))
+            Error::BadSetting(format!("setting `{key}` is {value:?}: {want}"))
         };
         let base_url = get("base_url").unwrap_or_else(|| "http://localhost:11434".into());
         let base_url = base_url.trim().trim_end_matches('/').to_string();
@@ -121,7 +128,26 @@ impl Settings {
             dimensions,
             request_timeout_ms: settings.parse("request_timeout_ms", 60_000)?,
             load_timeout_ms: settings.parse("load_timeout_ms", 120_000)?,
+            task_prefixes: settings.flag("task_prefixes", true)?,
+            document_prefix: get("document_prefix"),
+            query_prefix: get("query_prefix"),
         })
+    }
+
+    /// The task prefixes of `embed_model`: the model card's when the model is a known one,
+    /// with `document_prefix` / `query_prefix` taking precedence (an empty one removes it).
+    pub fn task_prefixes(&self) -> TaskPrefixes {
+        if !self.task_prefixes {
+            return TaskPrefixes::none();
+        }
+        let mut p = prefixes::known(&self.embed_model);
+        if let Some(d) = &self.document_prefix {
+            p = p.with(Purpose::Document, d.clone());
+        }
+        if let Some(q) = &self.query_prefix {
+            p = p.with(Purpose::Query, q.clone());
+        }
+        p
     }
 
     /// The prompt for an image: the first of `"<mime>:<size>"`, `"<mime>"`, `"<size>"` found in
@@ -148,13 +174,21 @@ impl Settings {
     /// The embedding space of `embed_model`: Ollama names `x` and `x:latest` the same model.
     /// `revision` is the first 12 hex digits of the model's digest (see [`model_revision`]): a
     /// name is only a tag, and `ollama pull` can move it to other weights (tags such as `latest`
-    /// are mutable), whose vectors must not be mixed with the old ones.
+    /// are mutable), whose vectors must not be mixed with the old ones. Task prefixes add
+    /// `+<tag>` to the revision (see [`TaskPrefixes::space_tag`]): a prefixed text's vector is
+    /// another vector than the bare text's, so collections embedded before the prefixes are
+    /// re-embedded rather than compared with them.
     pub fn space_id(&self, revision: Option<&str>) -> String {
         let model = self
             .embed_model
             .strip_suffix(":latest")
             .unwrap_or(&self.embed_model);
-        let revision = revision.map(|r| format!("@{r}")).unwrap_or_default();
+        let revision = match (revision, self.task_prefixes().space_tag()) {
+            (Some(r), Some(t)) => format!("@{r}+{t}"),
+            (Some(r), None) => format!("@{r}"),
+            (None, Some(t)) => format!("@{t}"),
+            (None, None) => String::new(),
+        };
         match self.dimensions {
             Some(d) => format!("ollama/{model}{revision}:{d}"),
             None => format!("ollama/{model}{revision}"),
@@ -372,6 +406,40 @@ pub fn model_revision(tags_answer: &[u8], model: &str) -> Option<String> {
         .then(|| hex[..12].to_ascii_lowercase())
 }
 
+/// The version in a `/api/version` answer.
+pub fn version(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(body)
+        .ok()?
+        .get("version")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The capabilities `/api/tags` lists for `model` (empty when the server does not say), or
+/// `None` when the model is not listed at all (not pulled). `x` and `x:latest` are one model.
+pub fn listed_capabilities(tags_answer: &[u8], model: &str) -> Option<Vec<String>> {
+    let full = |name: &str| {
+        if name.contains(':') {
+            name.to_string()
+        } else {
+            format!("{name}:latest")
+        }
+    };
+    let wanted = full(model);
+    let v: Value = serde_json::from_slice(tags_answer).ok()?;
+    let entry = v.get("models")?.as_array()?.iter().find(|m| {
+        ["name", "model"]
+            .iter()
+            .any(|k| m.get(*k).and_then(Value::as_str).map(full).as_deref() == Some(&wanted))
+    })?;
+    Some(
+        entry
+            .get("capabilities")
+            .and_then(|c| serde_json::from_value::<Vec<String>>(c.clone()).ok())
+            .unwrap_or_default(),
+    )
+}
+
 /// The vectors of an `/api/embed` answer.
 pub fn parse_embed(body: &[u8]) -> Result<Vec<Vec<f32>>, Error> {
     let v: Value = serde_json::from_slice(body)
@@ -474,15 +542,44 @@ mod tests {
             ("llava", "nomic-embed-text")
         );
         assert_eq!(s.prompt, DEFAULT_PROMPT);
-        assert_eq!(s.space_id(None), "ollama/nomic-embed-text");
+        // nomic-embed-text takes task prefixes: its space says which.
+        let tag = s.task_prefixes().space_tag().unwrap();
+        assert_eq!(s.space_id(None), format!("ollama/nomic-embed-text@{tag}"));
         assert_eq!(
             s.space_id(Some("0a109f422b47")),
-            "ollama/nomic-embed-text@0a109f422b47"
+            format!("ollama/nomic-embed-text@0a109f422b47+{tag}")
+        );
+        let minilm = settings(&[("embed_model", "all-minilm")]);
+        assert_eq!(minilm.space_id(None), "ollama/all-minilm");
+        assert_eq!(
+            minilm.space_id(Some("0a109f422b47")),
+            "ollama/all-minilm@0a109f422b47"
         );
         let body = s.describe_body("p", "AAAA".into());
         assert_eq!(body["stream"], false);
         assert_eq!(body["options"]["temperature"], 0.0);
         assert_eq!(body["images"][0], "AAAA");
+    }
+
+    #[test]
+    fn prefix_settings_override_the_known_table() {
+        let s = settings(&[]);
+        assert_eq!(
+            s.task_prefixes().get(Purpose::Query),
+            Some("search_query: ")
+        );
+        let custom = settings(&[("embed_model", "my-embedder"), ("query_prefix", "Q: ")]);
+        assert_eq!(custom.task_prefixes().get(Purpose::Query), Some("Q: "));
+        assert_eq!(custom.task_prefixes().get(Purpose::Document), None);
+        let off = settings(&[("document_prefix", ""), ("query_prefix", "")]);
+        assert_eq!(off.task_prefixes().get(Purpose::Query), None);
+        assert_eq!(off.task_prefixes().get(Purpose::Document), None);
+        let bare = settings(&[("task_prefixes", "false")]);
+        assert!(bare.task_prefixes().is_empty());
+        assert_eq!(
+            bare.space_id(Some("0a109f422b47")),
+            "ollama/nomic-embed-text@0a109f422b47"
+        );
     }
 
     #[test]

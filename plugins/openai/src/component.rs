@@ -27,6 +27,46 @@ impl Plugin for OpenAi {
         let s = settings()?;
         self.probe(&s).map(|_| ()).map_err(to_error)
     }
+
+    /// One embedding of the embed model (as `warm`): says whether the server answers, the key
+    /// is accepted and the model exists. The vision model is not tried, for the same reason.
+    fn health(&mut self) -> Result<Vec<HealthCheck>, Error> {
+        let s = settings()?;
+        let server = s.server();
+        // Not `probe`: it answers from what the instance learned, and health must ask now.
+        let fresh = self
+            .embed_chunk(&s, &["health check"])
+            .and_then(|mut items| {
+                items
+                    .pop()
+                    .unwrap_or_else(|| Err(Failure::Other("no answer for the health check".into())))
+            });
+        Ok(vec![match fresh.map(|v| v.len()) {
+            Ok(dims) => HealthCheck::ok(
+                format!("embed model {}", s.embed_model),
+                format!("{server} embeds with it ({dims} dimensions)"),
+            ),
+            Err(f) => {
+                let e = to_error(f);
+                let name = match e {
+                    Error::Unavailable(_) | Error::Timeout(_) => "server".to_string(),
+                    _ => format!("embed model {}", s.embed_model),
+                };
+                HealthCheck::failing(name, e.message(), "see the message: it says what to change")
+            }
+        }])
+    }
+}
+
+fn task_prefixes_of(s: &Settings) -> TaskPrefixes {
+    let mut p = imbed_plugin_sdk::prefixes::known(&s.embed_model);
+    if let Some(d) = &s.document_prefix {
+        p = p.with(Purpose::Document, d.clone());
+    }
+    if let Some(q) = &s.query_prefix {
+        p = p.with(Purpose::Query, q.clone());
+    }
+    p
 }
 
 impl Embedder for OpenAi {
@@ -34,14 +74,22 @@ impl Embedder for OpenAi {
         let s = settings()?;
         // The vector length is whatever the server actually returns: ask it once per instance.
         let dims = self.probe(&s).map_err(to_error)?;
-        Ok(ModelInfo::new(s.embed_model.clone(), s.space_id()).with_dimensions(dims as u32))
+        let tag = task_prefixes_of(&s).space_tag();
+        Ok(
+            ModelInfo::new(s.embed_model.clone(), s.space_id_tagged(tag.as_deref()))
+                .with_dimensions(dims as u32),
+        )
+    }
+
+    fn task_prefixes(&mut self) -> Result<TaskPrefixes, Error> {
+        Ok(task_prefixes_of(&settings()?))
     }
 
     fn embed_text(&mut self, text: &str) -> Result<Vector, Error> {
-        imbed_plugin_sdk::single(self.embed_texts(vec![text.to_string()]))
+        imbed_plugin_sdk::single(self.embed_texts(vec![text.to_string()], Purpose::None))
     }
 
-    fn embed_texts(&mut self, texts: Vec<String>) -> Batch {
+    fn embed_texts(&mut self, texts: Vec<String>, _purpose: Purpose) -> Batch {
         let s = settings()?;
         embed_non_blank(&texts, |wanted| {
             let mut answers = Vec::with_capacity(wanted.len());
@@ -64,6 +112,24 @@ impl Describer for OpenAi {
     fn describe(&mut self, image: Image, prompt: Option<String>) -> Result<Description, Error> {
         let s = settings()?;
         self.describe_with(&s, &image, prompt).map_err(to_error)
+    }
+
+    /// The model, where it runs (a local server's model name is only its own label), the prompt
+    /// and the sampling options; not the key, timeouts or retries.
+    fn cache_identity(&mut self) -> Result<Vec<(String, String)>, Error> {
+        let s = settings()?;
+        let mut pairs = vec![
+            ("vision_model".to_string(), s.vision_model.clone()),
+            ("prompt".to_string(), s.prompt.clone()),
+            ("max_tokens".to_string(), s.max_tokens.to_string()),
+            ("temperature".to_string(), format!("{:?}", s.temperature)),
+            ("seed".to_string(), format!("{:?}", s.seed)),
+            ("detail".to_string(), format!("{:?}", s.detail)),
+        ];
+        if !s.is_openai() {
+            pairs.push(("server".to_string(), protocol::host_of(&s.base_url)));
+        }
+        Ok(pairs)
     }
 }
 

@@ -110,6 +110,10 @@ pub struct Settings {
     pub headers: Vec<(String, String)>,
     /// Overrides the space id (for servers known to serve the very same weights).
     pub space: Option<String>,
+    /// Overrides the known task prefix for documents.
+    pub document_prefix: Option<String>,
+    /// Overrides the known task prefix for queries.
+    pub query_prefix: Option<String>,
 }
 
 // The key must never reach a log line: Debug shows only whether there is one.
@@ -136,6 +140,10 @@ fn header_safe(s: &str) -> bool {
 impl Settings {
     /// Read settings through `get`, validating each.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, Failure> {
+        // Prefixes are taken verbatim: their trailing space is part of them.
+        let prefix = |key: &str| get(key).filter(|v| !v.is_empty());
+        let document_prefix = prefix("document_prefix");
+        let query_prefix = prefix("query_prefix");
         // An unset `${VAR:-}` arrives as an empty string: treat it as absent.
         let get = |key: &str| {
             get(key)
@@ -286,6 +294,8 @@ impl Settings {
             retry_max_wait_ms: number("retry_max_wait_ms", 5_000)?,
             headers,
             space: get("space"),
+            document_prefix,
+            query_prefix,
             base_url,
         })
     }
@@ -314,14 +324,22 @@ impl Settings {
     /// shortened vector is a different space. The `space` setting overrides all of this for
     /// servers known to serve identical weights.
     pub fn space_id(&self) -> String {
+        self.space_id_tagged(None)
+    }
+
+    /// [`Settings::space_id`] for vectors of texts with task prefixes named `tag` (after `@`,
+    /// where a revision goes): prefixed and bare texts give different vectors. The `space`
+    /// setting is taken as it is.
+    pub fn space_id_tagged(&self, tag: Option<&str>) -> String {
         if let Some(space) = &self.space {
             return space.clone();
         }
+        let tag = tag.map(|t| format!("@{t}")).unwrap_or_default();
         let base = if self.is_openai() {
-            format!("openai/{}", self.embed_model)
+            format!("openai/{}{tag}", self.embed_model)
         } else {
             format!(
-                "openai-compat/{}/{}",
+                "openai-compat/{}/{}{tag}",
                 host_of(&self.base_url),
                 self.embed_model
             )
@@ -980,6 +998,15 @@ mod tests {
             ("space", "team/nomic-v1.5"),
         ]);
         assert_eq!(pinned.space_id(), "team/nomic-v1.5");
+        assert_eq!(pinned.space_id_tagged(Some("tp1")), "team/nomic-v1.5");
+        assert_eq!(
+            s.space_id_tagged(Some("tp12345678")),
+            "openai-compat/127.0.0.1:1234/nomic-embed-text-v1.5@tp12345678"
+        );
+        assert_eq!(
+            dims.space_id_tagged(Some("tp1")),
+            "openai/text-embedding-3-large@tp1:256"
+        );
         assert_eq!(
             host_of("HTTPS://user:pw@Api.OpenAI.com:443/v1"),
             "api.openai.com"

@@ -39,7 +39,10 @@ pub use self::wasm::*;
 mod wasm {
     use super::with_plugin;
     use crate::bindings::imbed::plugin::types as wit;
-    use crate::{Describer, Description, Embedder, Error, Image, ImageEmbedder, ModelInfo, Plugin};
+    use crate::{
+        Describer, Description, Embedder, Error, HealthCheck, HealthStatus, Image, ImageEmbedder,
+        ModelInfo, Plugin, Purpose, TaskPrefixes,
+    };
 
     impl From<Error> for wit::Error {
         fn from(e: Error) -> Self {
@@ -48,17 +51,63 @@ mod wasm {
                 Error::ModelNotFound(m) => wit::Error::ModelNotFound(m),
                 Error::BadInput(m) => wit::Error::BadInput(m),
                 Error::Timeout(m) => wit::Error::Timeout(m),
+                Error::BadSetting(m) => wit::Error::BadSetting(m),
                 Error::Other(m) => wit::Error::Other(m),
             }
         }
     }
 
-    impl From<ModelInfo> for wit::ModelInfo {
-        fn from(m: ModelInfo) -> Self {
-            wit::ModelInfo {
-                model_id: m.model_id,
-                dimensions: m.dimensions,
-                space_id: m.space_id,
+    fn model_info(m: ModelInfo, prefixes: &TaskPrefixes) -> wit::ModelInfo {
+        wit::ModelInfo {
+            model_id: m.model_id,
+            dimensions: m.dimensions,
+            space_id: m.space_id,
+            task_prefixes: prefixes
+                .iter()
+                .map(|(purpose, prefix)| wit::TaskPrefix {
+                    purpose: purpose.into(),
+                    prefix: prefix.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    impl From<Purpose> for wit::Purpose {
+        fn from(p: Purpose) -> Self {
+            match p {
+                Purpose::None => wit::Purpose::None,
+                Purpose::Document => wit::Purpose::Document,
+                Purpose::Query => wit::Purpose::Query,
+                Purpose::Classification => wit::Purpose::Classification,
+                Purpose::Clustering => wit::Purpose::Clustering,
+            }
+        }
+    }
+
+    impl From<wit::Purpose> for Purpose {
+        fn from(p: wit::Purpose) -> Self {
+            match p {
+                wit::Purpose::None => Purpose::None,
+                wit::Purpose::Document => Purpose::Document,
+                wit::Purpose::Query => Purpose::Query,
+                wit::Purpose::Classification => Purpose::Classification,
+                wit::Purpose::Clustering => Purpose::Clustering,
+            }
+        }
+    }
+
+    impl From<HealthCheck> for wit::HealthCheck {
+        fn from(c: HealthCheck) -> Self {
+            wit::HealthCheck {
+                name: c.name,
+                status: match c.status {
+                    HealthStatus::Ok => wit::HealthStatus::Ok,
+                    HealthStatus::Degraded => wit::HealthStatus::Degraded,
+                    HealthStatus::Failing => wit::HealthStatus::Failing,
+                    HealthStatus::Unknown => wit::HealthStatus::Unknown,
+                },
+                detail: c.detail,
+                fix: c.fix,
             }
         }
     }
@@ -95,22 +144,43 @@ mod wasm {
         with_plugin(P::warm).map_err(Into::into)
     }
 
-    /// `embedder.text-model`
-    pub fn text_model<P: Embedder>() -> Result<wit::ModelInfo, wit::Error> {
-        with_plugin(P::text_model)
-            .map(Into::into)
+    /// `plugin.health`
+    pub fn health<P: Plugin>() -> Result<wit::HealthReport, wit::Error> {
+        with_plugin(P::health)
+            .map(|checks| wit::HealthReport {
+                checks: checks.into_iter().map(Into::into).collect(),
+            })
             .map_err(Into::into)
     }
 
-    /// `embedder.embed-texts`
-    pub fn embed_texts<P: Embedder>(texts: Vec<String>) -> WitBatch {
-        batch(with_plugin(|p: &mut P| p.embed_texts(texts)))
+    /// `embedder.text-model`: the model, with the prefixes `embed_texts` will apply.
+    pub fn text_model<P: Embedder>() -> Result<wit::ModelInfo, wit::Error> {
+        with_plugin(|p: &mut P| {
+            let model = p.text_model()?;
+            Ok(model_info(model, &p.task_prefixes()?))
+        })
+        .map_err(Into::into)
+    }
+
+    /// `embedder.embed-texts`: the texts reach the plugin with the model's task prefix for
+    /// `purpose` already applied, by the same rule the host keys its cache with.
+    pub fn embed_texts<P: Embedder>(texts: Vec<String>, purpose: wit::Purpose) -> WitBatch {
+        let purpose = Purpose::from(purpose);
+        batch(with_plugin(|p: &mut P| {
+            let prefixes = p.task_prefixes()?;
+            let texts = if prefixes.is_empty() {
+                texts
+            } else {
+                texts.iter().map(|t| prefixes.prepare(purpose, t)).collect()
+            };
+            p.embed_texts(texts, purpose)
+        }))
     }
 
     /// `image-embedder.image-model`
     pub fn image_model<P: ImageEmbedder>() -> Result<wit::ModelInfo, wit::Error> {
         with_plugin(P::image_model)
-            .map(Into::into)
+            .map(|m| model_info(m, &TaskPrefixes::none()))
             .map_err(Into::into)
     }
 
@@ -127,6 +197,11 @@ mod wasm {
         prompt: Option<String>,
     ) -> Result<Description, wit::Error> {
         with_plugin(|p: &mut P| p.describe(image.into(), prompt)).map_err(Into::into)
+    }
+
+    /// `describer.cache-identity`
+    pub fn cache_identity<P: Describer>() -> Result<Vec<(String, String)>, wit::Error> {
+        with_plugin(P::cache_identity).map_err(Into::into)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Write imbed plugins in Rust.
 //!
-//! An imbed plugin is a WebAssembly component implementing the contract in `wit/0.1.0`
-//! (`imbed:plugin@0.1.0`). This crate keeps the generated bindings out of sight: a plugin is a
+//! An imbed plugin is a WebAssembly component implementing the contract in `wit/0.2.0`
+//! (`imbed:plugin@0.2.0`). This crate keeps the generated bindings out of sight: a plugin is a
 //! type implementing [`Plugin`] and any of the roles [`Embedder`], [`ImageEmbedder`] and
 //! [`Describer`] with plain Rust types, and one [`export_plugin!`] line that makes the component
 //! export exactly those roles (the host reads a component's exports to know what it can do).
@@ -50,7 +50,7 @@
 //! so the plugin's logic is unit-tested natively (`cargo test --target <host triple>`).
 //!
 //! The plugin's crate must depend on this one under its own name, `imbed_plugin_sdk` (the
-//! export macro names it), and the contract is read from the repository's `wit/0.1.0` next to
+//! export macro names it), and the contract is read from the repository's `wit/0.2.0` next to
 //! this crate (or from `$IMBED_WIT_DIR` when this crate is built elsewhere).
 #![deny(missing_docs)]
 
@@ -58,11 +58,13 @@ mod glue;
 pub mod http;
 pub mod log;
 pub mod nn;
+pub mod prefixes;
 pub mod settings;
 mod types;
 
 pub use types::{
-    Batch, Description, Error, Image, ImageFormat, ModelInfo, PluginInfo, Structured, Vector,
+    Batch, Description, Error, HealthCheck, HealthStatus, Image, ImageFormat, ModelInfo,
+    PluginInfo, Purpose, Structured, TaskPrefixes, Vector,
 };
 
 /// The bindings of the imports every plugin shares (host, http, types). Public only so that the
@@ -76,13 +78,13 @@ pub mod bindings {
         inline: "
             package imbed:plugin-sdk;
             world sdk {
-                import imbed:plugin/types@0.1.0;
-                import imbed:plugin/host@0.1.0;
-                import imbed:plugin/http@0.1.0;
+                import imbed:plugin/types@0.2.0;
+                import imbed:plugin/host@0.2.0;
+                import imbed:plugin/http@0.2.0;
             }
         ",
         world: "sdk",
-        path: "../../wit/0.1.0",
+        path: "../../wit/0.2.0",
         // The types interface has no functions; its records are used by the plugin's exports.
         generate_unused_types: true,
         // The interfaces come from the contract package, not the inline one.
@@ -107,7 +109,8 @@ pub mod prelude {
     pub use crate::http::{Request, Response};
     pub use crate::{
         embed_non_blank, export_plugin, log, settings, single, Batch, Describer, Description,
-        Embedder, Error, Image, ImageEmbedder, ModelInfo, Plugin, PluginInfo, Structured, Vector,
+        Embedder, Error, HealthCheck, HealthStatus, Image, ImageEmbedder, ModelInfo, Plugin,
+        PluginInfo, Purpose, Structured, TaskPrefixes, Vector,
     };
 }
 
@@ -128,11 +131,19 @@ pub trait Plugin: Default + 'static {
         PluginInfo::new(Self::NAME, Self::VERSION)
     }
 
-    /// Get ready for work (load a model, check the backend is there). The host calls it once
-    /// per instance at start when the config says `warm = true`; a failure is logged and the
-    /// instance stays usable. Does nothing by default.
+    /// Get ready for work (load a model). The host calls it once per instance at start when the
+    /// config says `warm = true`; a failure is logged and the instance stays usable. Does
+    /// nothing by default.
     fn warm(&mut self) -> Result<(), Error> {
         Ok(())
+    }
+
+    /// Whether the plugin can work now, and if not what to do: one [`HealthCheck`] per thing
+    /// it depends on (the server, then each model), in the order a person should fix them.
+    /// `imbed doctor` prints it and `/health` reports it. Cheap and without side effects: no
+    /// model loading, no embedding. By default nothing is checked (an empty report).
+    fn health(&mut self) -> Result<Vec<HealthCheck>, Error> {
+        Ok(Vec::new())
     }
 }
 
@@ -142,12 +153,26 @@ pub trait Embedder: Plugin {
     /// embed.
     fn text_model(&mut self) -> Result<ModelInfo, Error>;
 
-    /// Embed one text.
+    /// The prefixes the model wants before texts of each purpose, from the settings alone (no
+    /// backend contact: it is asked before every batch). The SDK applies them before
+    /// [`Embedder::embed_texts`] sees the texts and reports them to the host with
+    /// [`Embedder::text_model`], so what the host is told and what the model gets cannot
+    /// differ. A plugin that starts prefixing a model it used to embed bare must change that
+    /// model's space id too. None by default.
+    fn task_prefixes(&mut self) -> Result<TaskPrefixes, Error> {
+        Ok(TaskPrefixes::none())
+    }
+
+    /// Embed one text, exactly as given (any task prefix is already on it).
     fn embed_text(&mut self, text: &str) -> Result<Vector, Error>;
 
-    /// Embed a batch: exactly one entry per text, in order. By default each text goes through
-    /// [`Embedder::embed_text`] on its own; override it when the backend takes batches.
-    fn embed_texts(&mut self, texts: Vec<String>) -> Batch {
+    /// Embed a batch of texts for `purpose`: exactly one entry per text, in order. The texts
+    /// arrive with the prefix of [`Embedder::task_prefixes`] already applied (the SDK does
+    /// it), so most plugins ignore `purpose`; it is there for backends that take the task
+    /// another way (an API field). By default each text goes through [`Embedder::embed_text`]
+    /// on its own; override it when the backend takes batches.
+    fn embed_texts(&mut self, texts: Vec<String>, purpose: Purpose) -> Batch {
+        let _ = purpose;
         Ok(texts.iter().map(|t| self.embed_text(t)).collect())
     }
 }
@@ -212,6 +237,15 @@ pub trait ImageEmbedder: Plugin {
 pub trait Describer: Plugin {
     /// Describe one image; `prompt` overrides the plugin's configured prompt when given.
     fn describe(&mut self, image: Image, prompt: Option<String>) -> Result<Description, Error>;
+
+    /// What determines the descriptions besides the image and the `prompt` argument, as
+    /// key/value pairs: the model (and its weights' digest when known), the configured prompt,
+    /// sampling options. The host caches descriptions under them (with the plugin's name), so
+    /// list everything that changes a description and nothing that does not (the server's
+    /// address, timeouts). By default nothing: right only for a describer without settings.
+    fn cache_identity(&mut self) -> Result<Vec<(String, String)>, Error> {
+        Ok(Vec::new())
+    }
 }
 
 /// Export a [`Plugin`] type as the component's implementation of the roles listed.
@@ -252,10 +286,10 @@ macro_rules! export_plugin {
         $crate::__export_plugin!($ty, [
             inline: "package imbed:plugin-sdk;
                 world describer-image-embedder-plugin {
-                    include imbed:plugin/imports@0.1.0;
-                    export imbed:plugin/plugin@0.1.0;
-                    export imbed:plugin/describer@0.1.0;
-                    export imbed:plugin/image-embedder@0.1.0;
+                    include imbed:plugin/imports@0.2.0;
+                    export imbed:plugin/plugin@0.2.0;
+                    export imbed:plugin/describer@0.2.0;
+                    export imbed:plugin/image-embedder@0.2.0;
                 }",
             world: "describer-image-embedder-plugin",
         ], [describer image_embedder]);
@@ -340,6 +374,12 @@ macro_rules! __export_role {
             fn warm() -> ::core::result::Result<(), $crate::__private::bindings::imbed::plugin::types::Error> {
                 $crate::__private::warm::<super::__ImbedPluginType>()
             }
+            fn health() -> ::core::result::Result<
+                $crate::__private::bindings::imbed::plugin::types::HealthReport,
+                $crate::__private::bindings::imbed::plugin::types::Error,
+            > {
+                $crate::__private::health::<super::__ImbedPluginType>()
+            }
         }
     };
     (embedder) => {
@@ -352,11 +392,12 @@ macro_rules! __export_role {
             }
             fn embed_texts(
                 texts: ::std::vec::Vec<::std::string::String>,
+                purpose: $crate::__private::bindings::imbed::plugin::types::Purpose,
             ) -> ::core::result::Result<
                 ::std::vec::Vec<::core::result::Result<::std::vec::Vec<f32>, $crate::__private::bindings::imbed::plugin::types::Error>>,
                 $crate::__private::bindings::imbed::plugin::types::Error,
             > {
-                $crate::__private::embed_texts::<super::__ImbedPluginType>(texts)
+                $crate::__private::embed_texts::<super::__ImbedPluginType>(texts, purpose)
             }
         }
     };
@@ -399,6 +440,12 @@ macro_rules! __export_role {
                         }),
                     }
                 })
+            }
+            fn cache_identity() -> ::core::result::Result<
+                ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                $crate::__private::bindings::imbed::plugin::types::Error,
+            > {
+                $crate::__private::cache_identity::<super::__ImbedPluginType>()
             }
         }
     };

@@ -95,7 +95,7 @@ impl Settings {
     pub fn required(&self, key: &str) -> Result<String, Error> {
         match self.get(key) {
             Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-            _ => Err(Error::other(format!(
+            _ => Err(Error::bad_setting(format!(
                 "setting `{key}` is missing: add it to this plugin's [plugins.<name>.settings] in the config"
             ))),
         }
@@ -191,7 +191,7 @@ impl Settings {
 }
 
 fn bad(key: &str, value: &str, want: &str) -> Error {
-    Error::other(format!("setting `{key}` is {value:?}: {want}"))
+    Error::bad_setting(format!("setting `{key}` is {value:?}: {want}"))
 }
 
 /// How to write a `T`, for error messages.
@@ -299,7 +299,7 @@ mod tests {
         assert_eq!(s.parse("f", 0.0f64).unwrap(), 0.5);
         assert_eq!(
             s.parse("x", 1u32).unwrap_err(),
-            Error::Other("setting `x` is \"twelve\": set it to a whole number".into())
+            Error::BadSetting("setting `x` is \"twelve\": set it to a whole number".into())
         );
         assert_eq!(
             s.parse_in("n", 1u32, 1..=10).unwrap_err().message(),

@@ -1,6 +1,6 @@
 //! The contract's types as plain Rust: what a plugin receives and returns.
 //!
-//! They mirror `wit/0.1.0/types.wit` and the describer's records field for field; the export
+//! They mirror `wit/0.2.0/types.wit` and the describer's records field for field; the export
 //! glue converts them to and from the generated bindings, which stay private.
 
 use std::fmt;
@@ -29,7 +29,9 @@ pub enum Error {
     BadInput(String),
     /// The backend did not answer in time.
     Timeout(String),
-    /// Anything else, including a bad setting.
+    /// A setting of the plugin's config section is wrong: name the key and what it accepts.
+    BadSetting(String),
+    /// Anything else.
     Other(String),
 }
 
@@ -54,6 +56,11 @@ impl Error {
         Error::Timeout(message.into())
     }
 
+    /// [`Error::BadSetting`].
+    pub fn bad_setting(message: impl Into<String>) -> Self {
+        Error::BadSetting(message.into())
+    }
+
     /// [`Error::Other`].
     pub fn other(message: impl Into<String>) -> Self {
         Error::Other(message.into())
@@ -67,6 +74,7 @@ impl Error {
             Error::ModelNotFound(_) => "model-not-found",
             Error::BadInput(_) => "bad-input",
             Error::Timeout(_) => "timeout",
+            Error::BadSetting(_) => "bad-setting",
             Error::Other(_) => "other",
         }
     }
@@ -78,6 +86,7 @@ impl Error {
             | Error::ModelNotFound(m)
             | Error::BadInput(m)
             | Error::Timeout(m)
+            | Error::BadSetting(m)
             | Error::Other(m) => m,
         }
     }
@@ -138,6 +147,171 @@ impl ModelInfo {
     pub fn with_dimensions(mut self, dimensions: u32) -> Self {
         self.dimensions = Some(dimensions);
         self
+    }
+}
+
+/// The prefixes a model wants before texts of each purpose (nomic-embed-text:
+/// `search_document: ` and `search_query: `); empty for a model that takes texts as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskPrefixes(Vec<(Purpose, String)>);
+
+impl TaskPrefixes {
+    /// No prefixes: every text goes as it is.
+    pub fn none() -> Self {
+        TaskPrefixes::default()
+    }
+
+    /// The same, prefixing texts of `purpose` with `prefix` (an empty prefix removes it).
+    pub fn with(mut self, purpose: Purpose, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        self.0.retain(|(p, _)| *p != purpose);
+        if !prefix.is_empty() {
+            self.0.push((purpose, prefix));
+        }
+        self
+    }
+
+    /// The prefix for `purpose`, if any.
+    pub fn get(&self, purpose: Purpose) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(p, _)| *p == purpose)
+            .map(|(_, prefix)| prefix.as_str())
+    }
+
+    /// Whether no purpose gets a prefix.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Each purpose with its prefix.
+    pub fn iter(&self) -> impl Iterator<Item = (Purpose, &str)> {
+        self.0.iter().map(|(p, s)| (*p, s.as_str()))
+    }
+
+    /// A short tag naming these prefixes, for the space id (`tp1a2b3c4d`), or `None` without
+    /// prefixes. Vectors of prefixed texts are not comparable with vectors of the same model
+    /// embedded bare or with other prefixes, so a space id must say which prefixes made it.
+    pub fn space_tag(&self) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let mut sorted: Vec<(String, &str)> = self
+            .0
+            .iter()
+            .map(|(p, s)| (format!("{p:?}"), s.as_str()))
+            .collect();
+        sorted.sort();
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let mut h: u32 = 0x811c_9dc5;
+        for (purpose, prefix) in sorted {
+            for b in purpose.bytes().chain([0]).chain(prefix.bytes()).chain([0]) {
+                h ^= u32::from(b);
+                h = h.wrapping_mul(0x0100_0193);
+            }
+        }
+        Some(format!("tp{h:08x}"))
+    }
+
+    /// The text the model gets for `text` embedded as `purpose`: the purpose's prefix in front,
+    /// unless the text already starts with any of these prefixes (a caller who followed the
+    /// model card is never prefixed twice). The host applies the same rule to key its cache.
+    pub fn prepare(&self, purpose: Purpose, text: &str) -> String {
+        match self.get(purpose) {
+            Some(prefix) if !self.0.iter().any(|(_, p)| text.starts_with(p.as_str())) => {
+                format!("{prefix}{text}")
+            }
+            _ => text.to_string(),
+        }
+    }
+}
+
+/// What a batch of texts is embedded for. Asymmetric models embed a document and a query for it
+/// differently; symmetric models ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Purpose {
+    /// The text exactly as given.
+    None,
+    /// A text to be found later: a description.
+    Document,
+    /// A text to search with.
+    Query,
+    /// A text to classify.
+    Classification,
+    /// A text to cluster.
+    Clustering,
+}
+
+/// How one thing a plugin depends on stands right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthStatus {
+    /// Works.
+    Ok,
+    /// Works, not at full strength.
+    Degraded,
+    /// Does not work until someone acts on the fix.
+    Failing,
+    /// Could not be checked.
+    Unknown,
+}
+
+/// One check of a plugin's health: a server, a model, a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What was checked, short: `server`, `model llava`.
+    pub name: String,
+    /// How it stands.
+    pub status: HealthStatus,
+    /// What was found, for a person.
+    pub detail: String,
+    /// What to do when it is not ok: "run `ollama pull llava`".
+    pub fix: Option<String>,
+}
+
+impl HealthCheck {
+    /// A check that passed.
+    pub fn ok(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        HealthCheck {
+            name: name.into(),
+            status: HealthStatus::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    /// A check that failed, with what to do.
+    pub fn failing(
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        HealthCheck {
+            name: name.into(),
+            status: HealthStatus::Failing,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    /// A check that passed with a reservation, with what to do about it.
+    pub fn degraded(
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        HealthCheck {
+            status: HealthStatus::Degraded,
+            ..HealthCheck::failing(name, detail, fix)
+        }
+    }
+
+    /// A check that could not be made.
+    pub fn unknown(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        HealthCheck {
+            status: HealthStatus::Unknown,
+            ..HealthCheck::ok(name, detail)
+        }
     }
 }
 
@@ -239,6 +413,30 @@ mod tests {
         assert_eq!(e.kind(), "model-not-found");
         assert_eq!(e.message(), "run `ollama pull llava`");
         assert_eq!(e.to_string(), "model-not-found: run `ollama pull llava`");
+    }
+
+    #[test]
+    fn prepare_prefixes_once() {
+        let m = TaskPrefixes::none()
+            .with(Purpose::Document, "search_document: ")
+            .with(Purpose::Query, "search_query: ");
+        assert_eq!(m.prepare(Purpose::Query, "cat"), "search_query: cat");
+        assert_eq!(m.prepare(Purpose::Document, "cat"), "search_document: cat");
+        assert_eq!(m.prepare(Purpose::None, "cat"), "cat");
+        assert_eq!(
+            m.prepare(Purpose::Query, "search_query: cat"),
+            "search_query: cat"
+        );
+        assert_eq!(
+            m.prepare(Purpose::Query, "search_document: cat"),
+            "search_document: cat"
+        );
+        assert_eq!(TaskPrefixes::none().prepare(Purpose::Query, "cat"), "cat");
+        assert_eq!(TaskPrefixes::none().space_tag(), None);
+        let tag = m.space_tag().unwrap();
+        assert!(tag.starts_with("tp") && tag.len() == 10, "{tag}");
+        let other = m.clone().with(Purpose::Query, "q: ");
+        assert_ne!(other.space_tag(), m.space_tag());
     }
 
     #[test]

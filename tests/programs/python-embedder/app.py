@@ -1,5 +1,5 @@
 """The py-hash plugin: a text embedder for imbed written in Python, built with componentize-py
-against wit/0.1.0 (world `embedder-plugin`). The algorithm lives in pyhash.py; this file is the
+against wit/0.2.0 (world `embedder-plugin`). The algorithm lives in pyhash.py; this file is the
 glue between it and the contract.
 
 Settings:
@@ -16,8 +16,11 @@ from wit_world import exports
 from wit_world.imports import host
 from wit_world.imports.types import (
     Error_BadInput,
+    Error_BadSetting,
     Error_ModelNotFound,
-    Error_Other,
+    HealthCheck,
+    HealthReport,
+    HealthStatus,
     ModelInfo,
     PluginInfo,
 )
@@ -61,7 +64,7 @@ def config() -> _Config:
         try:
             _config = _Config()
         except ValueError as e:
-            raise Err(Error_Other(str(e)))
+            raise Err(Error_BadSetting(str(e)))
     return _config
 
 
@@ -72,14 +75,28 @@ class Plugin(exports.Plugin):
     def warm(self) -> None:
         config()
 
+    def health(self) -> HealthReport:
+        # Everything this plugin needs is its settings and the stop-word file: reading them is
+        # the whole check.
+        try:
+            c = config()
+        except Err as e:
+            return HealthReport(checks=[HealthCheck(
+                name="settings", status=HealthStatus.FAILING, detail=e.value.value,
+                fix="change this plugin's settings as the message says")])
+        return HealthReport(checks=[HealthCheck(
+            name="settings", status=HealthStatus.OK,
+            detail="%d dimensions, %d stop words" % (c.dims, len(c.stopwords)), fix=None)])
+
 
 class Embedder(exports.Embedder):
     def text_model(self) -> ModelInfo:
         c = config()
+        # Feature hashing has no notion of documents and queries: no task prefixes.
         return ModelInfo(model_id="py-hash-text-" + pyhash.ALGORITHM, dimensions=c.dims,
-                         space_id=c.space)
+                         space_id=c.space, task_prefixes=[])
 
-    def embed_texts(self, texts):
+    def embed_texts(self, texts, purpose):
         c = config()
         out = []
         for i, text in enumerate(texts):

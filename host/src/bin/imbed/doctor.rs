@@ -76,26 +76,6 @@ pub(crate) async fn doctor(config: Config, json_out: bool) -> anyhow::Result<u8>
         return Ok(code);
     }
     println!("config: {}", report.config);
-    for o in &report.ollama {
-        match (&o.version, &o.error) {
-            (_, Some(e)) => println!(
-                "ollama ({}): NOT REACHABLE at {} — {e}",
-                o.plugin, o.base_url
-            ),
-            (v, None) => println!(
-                "ollama ({}): reachable at {} (version {})",
-                o.plugin,
-                o.base_url,
-                v.as_deref().unwrap_or("unknown")
-            ),
-        }
-        for m in &o.models {
-            match &m.fix {
-                None => println!("  {} model {}: present", m.role, m.name),
-                Some(fix) => println!("  {} model {}: PROBLEM — {fix}", m.role, m.name),
-            }
-        }
-    }
     for p in &report.plugins {
         match &p.health {
             PluginHealth::Ready { name, version, .. } => {
@@ -103,6 +83,31 @@ pub(crate) async fn doctor(config: Config, json_out: bool) -> anyhow::Result<u8>
             }
             PluginHealth::Failed { message, .. } => {
                 println!("plugin {}: DOES NOT LOAD — {message}", p.key)
+            }
+        }
+        let Some(check) = report.health.iter().find(|h| h.plugin == p.key) else {
+            continue;
+        };
+        if let Some(e) = &check.error {
+            println!("  health: CANNOT CHECK — {e}");
+        } else if !check.reported {
+            println!(
+                "  health: unknown (built for contract {}, which has no health check; see the steps below)",
+                check.contract
+            );
+        }
+        for c in &check.checks {
+            use imbed::HealthStatus as S;
+            let fix = c
+                .fix
+                .as_deref()
+                .map(|f| format!(": {f}"))
+                .unwrap_or_default();
+            match c.status {
+                S::Ok => println!("  {}: ok — {}", c.name, c.detail),
+                S::Degraded => println!("  {}: DEGRADED — {}{fix}", c.name, c.detail),
+                S::Failing => println!("  {}: PROBLEM — {}{fix}", c.name, c.detail),
+                S::Unknown => println!("  {}: unknown — {}", c.name, c.detail),
             }
         }
     }

@@ -10,7 +10,7 @@ use crate::config::{ChainConfig, Step};
 use crate::error::Error;
 use crate::input::ValidImage;
 use crate::runtime::{CallError, ItemResult, ModelInfo, PluginDescription, Roles};
-use crate::types::{DescriptionSource, Embedding, FailureKind, PluginId, SpaceId};
+use crate::types::{DescriptionSource, Embedding, FailureKind, PluginId, Purpose, SpaceId};
 
 /// One plugin as the fake plays it.
 #[derive(Clone, Default)]
@@ -110,6 +110,7 @@ fn model(key: &str) -> ModelInfo {
         dimensions: Some(3),
         space: SpaceId::new(key),
         inference: None,
+        task_prefixes: Vec::new(),
     }
 }
 
@@ -171,6 +172,7 @@ impl Backend for Fake {
         key: &str,
         model: ModelInfo,
         texts: &[String],
+        _purpose: Purpose,
     ) -> Result<(ModelInfo, Vec<(ItemResult, bool)>), CallError> {
         let plugin = self.call(key, "embed_texts", &texts.join("|"))?;
         let items = texts
@@ -384,7 +386,7 @@ fn a_batch_keeps_input_order_when_items_answer_at_different_steps() {
         .with("hash", FakePlugin::image_embedder(true));
     let chain = chain(vec![describe_then_embed("ollama", "minilm"), hash("hash")]);
     let texts: Vec<String> = ["ant", "bee", "  ", "cat"].map(String::from).to_vec();
-    let out = run(Walk::new(&fake, &chain).texts(&texts));
+    let out = run(Walk::new(&fake, &chain).texts(&texts, Purpose::Query));
     assert_eq!(out.len(), 4);
     let ant = out[0].as_ref().unwrap();
     assert_eq!((ant.provenance.step, ant.provenance.degraded), (0, false));
@@ -427,7 +429,7 @@ fn a_batch_whose_embedder_is_down_moves_every_item_on_and_skips_it_later() {
         hash("hash"),
     ]);
     let texts: Vec<String> = ["ant", "bee"].map(String::from).to_vec();
-    let out = run(Walk::new(&fake, &chain).texts(&texts));
+    let out = run(Walk::new(&fake, &chain).texts(&texts, Purpose::Query));
     for (e, text) in out.iter().zip(&texts) {
         let e = e.as_ref().unwrap();
         assert_eq!(e.provenance.step, 2);
@@ -452,7 +454,7 @@ fn the_text_walk_embeds_the_query_and_the_image_walk_describes_first() {
     let chain = chain(vec![describe_then_embed("ollama", "minilm")]);
     let walk = Walk::new(&fake, &chain);
 
-    let q = run(walk.text("cats on a sofa")).unwrap();
+    let q = run(walk.text("cats on a sofa", Purpose::Query)).unwrap();
     assert_eq!(fake.count("describe"), 0, "{:?}", fake.calls());
     assert_eq!(q.vector, vector("minilm", "cats on a sofa"));
     let d = q.provenance.description.as_ref().unwrap();
@@ -476,7 +478,7 @@ fn the_text_walk_asks_an_image_step_for_its_text_side_only_when_it_has_one() {
         .with("pixels", FakePlugin::image_embedder(false))
         .with("hash", FakePlugin::image_embedder(true));
     let chain = chain(vec![image_embed("pixels"), hash("hash")]);
-    let q = run(Walk::new(&fake, &chain).text("a dog")).unwrap();
+    let q = run(Walk::new(&fake, &chain).text("a dog", Purpose::Query)).unwrap();
     assert_eq!((q.provenance.step, q.provenance.degraded), (1, true));
     assert_eq!(q.provenance.attempts[0].kind, FailureKind::NotApplicable);
     assert_eq!(fake.count("embed_image"), 0, "{:?}", fake.calls());

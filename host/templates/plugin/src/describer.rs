@@ -48,6 +48,13 @@ impl Describer for {{Type}} {
         // This describer reads pixels and cannot follow a prompt; a vision model would get it.
         Ok(Description::new(describe_pixels(&image)?, "mean-colour-v1"))
     }
+
+    /// What decides a description besides the image: only the method here. A model-backed
+    /// describer lists its model (and weights' digest), prompt and sampling options, so the
+    /// host's description cache is reused exactly when a description would come out the same.
+    fn cache_identity(&mut self) -> Result<Vec<(String, String)>, Error> {
+        Ok(vec![("method".into(), "mean-colour-v1".into())])
+    }
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@
 use imbed_plugin_sdk::http::{HttpError, Request};
 use imbed_plugin_sdk::{
     export_plugin, log, settings, Batch, Describer, Description, Embedder, Error, Image,
-    ImageEmbedder, ModelInfo, Plugin, Vector,
+    ImageEmbedder, ModelInfo, Plugin, Purpose, Vector,
 };
 
 #[derive(Default)]
@@ -176,7 +176,7 @@ impl Embedder for Misbehave {
         }
     }
 
-    fn embed_texts(&mut self, texts: Vec<String>) -> Batch {
+    fn embed_texts(&mut self, texts: Vec<String>, _purpose: Purpose) -> Batch {
         batch(&texts, |t| self.embed_text(t))
     }
 }
