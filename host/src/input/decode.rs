@@ -34,6 +34,57 @@ pub fn validate(
     label: &str,
     limits: &InputLimits,
 ) -> Result<ValidImage, InputError> {
+    let Upright {
+        format,
+        format_name,
+        turned,
+        image: decoded,
+        sha256,
+    } = decode_upright(&bytes, label, limits)?;
+    let corrupt = |detail: String| InputError::Corrupt {
+        label: label.to_string(),
+        format: format_name.clone(),
+        detail,
+    };
+    let (data, mime_type): (Arc<[u8]>, _) = match format {
+        ImageFormat::Png if !turned => (bytes.into(), "image/png"),
+        ImageFormat::Jpeg if !turned => (bytes.into(), "image/jpeg"),
+        // A turned JPEG stays a JPEG (quality 95: a photo as PNG would be many times the size).
+        // Neither re-encoding carries the EXIF tag, so nothing downstream turns it again.
+        ImageFormat::Jpeg => (
+            encode_jpeg(&decoded, 95)
+                .map_err(|e| corrupt(format!("cannot re-encode the turned image: {e}")))?
+                .into(),
+            "image/jpeg",
+        ),
+        _ => {
+            let mut out = Vec::new();
+            decoded
+                .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+                .map_err(|e| corrupt(format!("cannot re-encode as PNG: {e}")))?;
+            (out.into(), "image/png")
+        }
+    };
+    Ok(ValidImage {
+        data,
+        mime_type,
+        width: decoded.width(),
+        height: decoded.height(),
+        sha256,
+    })
+}
+
+/// An image decoded and turned upright, with what [`validate`] needs to re-encode it.
+struct Upright {
+    format: ImageFormat,
+    format_name: String,
+    turned: bool,
+    image: image::DynamicImage,
+    sha256: String,
+}
+
+/// The checks and the decoding of [`validate`].
+fn decode_upright(bytes: &[u8], label: &str, limits: &InputLimits) -> Result<Upright, InputError> {
     if bytes.is_empty() {
         return Err(InputError::Empty(label.to_string()));
     }
@@ -43,10 +94,10 @@ pub fn validate(
             limit: limits.max_bytes,
         });
     }
-    let sha256 = hex(&Sha256::digest(&bytes));
-    let format = image::guess_format(&bytes).map_err(|_| InputError::NotAnImage {
+    let sha256 = hex(&Sha256::digest(bytes));
+    let format = image::guess_format(bytes).map_err(|_| InputError::NotAnImage {
         label: label.to_string(),
-        detail: sniff(&bytes),
+        detail: sniff(bytes),
     })?;
     let format_name = format!("{format:?}").to_uppercase();
     let corrupt = |detail: String| InputError::Corrupt {
@@ -60,11 +111,11 @@ pub fn validate(
         label: label.to_string(),
         format: format_name.clone(),
     };
-    if complete::check(format, &bytes) == complete::Completeness::Truncated {
+    if complete::check(format, bytes) == complete::Completeness::Truncated {
         return Err(truncated());
     }
 
-    let (width, height) = ImageReader::with_format(Cursor::new(&bytes), format)
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
         .map_err(|e| match e {
             image::ImageError::Unsupported(_) => InputError::NotAnImage {
@@ -96,7 +147,7 @@ pub fn validate(
         });
     }
 
-    let mut reader = ImageReader::with_format(Cursor::new(&bytes), format);
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut decode_limits = image::Limits::default();
     decode_limits.max_image_width = Some(limits.max_side);
     decode_limits.max_image_height = Some(limits.max_side);
@@ -122,31 +173,11 @@ pub fn validate(
     if turned {
         decoded.apply_orientation(orientation);
     }
-
-    let (data, mime_type): (Arc<[u8]>, _) = match format {
-        ImageFormat::Png if !turned => (bytes.into(), "image/png"),
-        ImageFormat::Jpeg if !turned => (bytes.into(), "image/jpeg"),
-        // A turned JPEG stays a JPEG (quality 95: a photo as PNG would be many times the size).
-        // Neither re-encoding carries the EXIF tag, so nothing downstream turns it again.
-        ImageFormat::Jpeg => (
-            encode_jpeg(&decoded, 95)
-                .map_err(|e| corrupt(format!("cannot re-encode the turned image: {e}")))?
-                .into(),
-            "image/jpeg",
-        ),
-        _ => {
-            let mut out = Vec::new();
-            decoded
-                .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
-                .map_err(|e| corrupt(format!("cannot re-encode as PNG: {e}")))?;
-            (out.into(), "image/png")
-        }
-    };
-    Ok(ValidImage {
-        data,
-        mime_type,
-        width: decoded.width(),
-        height: decoded.height(),
+    Ok(Upright {
+        format,
+        format_name,
+        turned,
+        image: decoded,
         sha256,
     })
 }
