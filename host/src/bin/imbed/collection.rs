@@ -83,6 +83,11 @@ pub async fn index(
             .await
             .context("cache task failed")??
     } else {
+        // The search page of `imbed serve` serves files from under these folders only.
+        let (roots, for_roots) = (paths.clone(), store.clone());
+        tokio::task::spawn_blocking(move || imbed::index::record_roots(&for_roots, &roots))
+            .await
+            .context("cache task failed")??;
         let (found, problems) =
             tokio::task::spawn_blocking(move || imbed::index::find_images(&paths))
                 .await
