@@ -209,12 +209,15 @@ fn cached_or_made(
     }))
 }
 
-/// Write then rename: a reader never sees half a thumbnail.
+/// Write then rename: a reader never sees half a thumbnail. Two requests making the same one at
+/// once each write their own temporary file; the second rename replaces equal bytes.
 fn keep(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
 }
