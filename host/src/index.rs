@@ -146,6 +146,20 @@ pub fn find_images(roots: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
     (found, problems)
 }
 
+/// Record `roots` (the folders and files given to an index run) in the cache, canonical (links
+/// resolved), so that `imbed serve`'s search page serves only files under one of them. Roots
+/// that cannot be resolved (gone, unreadable) are skipped: they hold nothing to serve.
+pub fn record_roots(store: &Cache, roots: &[PathBuf]) -> Result<Vec<PathBuf>, store::StoreError> {
+    let mut recorded = Vec::new();
+    for root in roots {
+        if let Ok(canonical) = std::fs::canonicalize(root) {
+            store.put_root(&canonical)?;
+            recorded.push(canonical);
+        }
+    }
+    Ok(recorded)
+}
+
 fn walk(dir: &Path, found: &mut Vec<PathBuf>, problems: &mut Vec<String>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,

@@ -432,6 +432,35 @@ pub fn search(
     })
 }
 
+/// A page of [`search`] over the indexed collection: only images with a known file path (an
+/// image embedded from a URL, an upload or stdin is stored too, but is no part of a folder), the
+/// `k` after the first `offset`. `more` says whether a next page may hold anything.
+pub fn search_collection(
+    store: &Cache,
+    space: &str,
+    query: &[f32],
+    offset: usize,
+    k: usize,
+    method: Method,
+    exclude: Option<&str>,
+) -> Result<(SearchResult, bool), SearchError> {
+    let want = offset.saturating_add(k);
+    // Ask for a little more than a page, then for more while path-less images crowd it out.
+    let mut ask = want.saturating_add(1).max(16);
+    loop {
+        let mut result = search(store, space, query, ask, method, exclude)?;
+        let everything = result.hits.len() < ask || ask >= result.searched;
+        result.hits.retain(|h| !h.paths.is_empty());
+        if result.hits.len() > want || everything {
+            // Exact: the search either covered every vector or found one past this page.
+            let more = result.hits.len() > want;
+            result.hits = result.hits.into_iter().skip(offset).take(k).collect();
+            return Ok((result, more));
+        }
+        ask = ask.saturating_mul(2);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

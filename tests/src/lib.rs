@@ -15,6 +15,7 @@ use std::time::Duration;
 use imbed::{Config, Env};
 
 pub mod bench;
+pub mod browser;
 pub mod clip;
 pub mod files;
 pub mod models;

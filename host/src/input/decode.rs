@@ -34,6 +34,109 @@ pub fn validate(
     label: &str,
     limits: &InputLimits,
 ) -> Result<ValidImage, InputError> {
+    let Upright {
+        format,
+        format_name,
+        turned,
+        image: decoded,
+        sha256,
+    } = decode_upright(&bytes, label, limits)?;
+    let corrupt = |detail: String| InputError::Corrupt {
+        label: label.to_string(),
+        format: format_name.clone(),
+        detail,
+    };
+    let (data, mime_type): (Arc<[u8]>, _) = match format {
+        ImageFormat::Png if !turned => (bytes.into(), "image/png"),
+        ImageFormat::Jpeg if !turned => (bytes.into(), "image/jpeg"),
+        // A turned JPEG stays a JPEG (quality 95: a photo as PNG would be many times the size).
+        // Neither re-encoding carries the EXIF tag, so nothing downstream turns it again.
+        ImageFormat::Jpeg => (
+            encode_jpeg(&decoded, 95)
+                .map_err(|e| corrupt(format!("cannot re-encode the turned image: {e}")))?
+                .into(),
+            "image/jpeg",
+        ),
+        _ => {
+            let mut out = Vec::new();
+            decoded
+                .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+                .map_err(|e| corrupt(format!("cannot re-encode as PNG: {e}")))?;
+            (out.into(), "image/png")
+        }
+    };
+    Ok(ValidImage {
+        data,
+        mime_type,
+        width: decoded.width(),
+        height: decoded.height(),
+        sha256,
+    })
+}
+
+/// A small copy of an image for people to look at (the search page's thumbnails).
+#[derive(Debug, Clone)]
+pub struct Thumbnail {
+    /// JPEG bytes, or PNG when the image has transparency.
+    pub data: Vec<u8>,
+    /// `image/jpeg` or `image/png`.
+    pub mime_type: &'static str,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// SHA-256 of the bytes the thumbnail was made from, hex.
+    pub sha256: String,
+}
+
+/// Check and decode an encoded image as [`validate`] does (the same limits, EXIF orientation
+/// applied), and shrink it so its longer side is at most `max_side` pixels. CPU-bound.
+pub fn thumbnail(
+    bytes: &[u8],
+    label: &str,
+    limits: &InputLimits,
+    max_side: u32,
+) -> Result<Thumbnail, InputError> {
+    let upright = decode_upright(bytes, label, limits)?;
+    let mut small = upright.image;
+    if small.width().max(small.height()) > max_side {
+        // `thumbnail` averages areas: fast, and sharp enough for a grid.
+        small = small.thumbnail(max_side, max_side);
+    }
+    let corrupt = |e: image::ImageError| InputError::Corrupt {
+        label: label.to_string(),
+        format: upright.format_name.clone(),
+        detail: format!("cannot encode the thumbnail: {e}"),
+    };
+    let (data, mime_type) = if small.color().has_alpha() {
+        let mut out = Vec::new();
+        small
+            .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .map_err(corrupt)?;
+        (out, "image/png")
+    } else {
+        (encode_jpeg(&small, 82).map_err(corrupt)?, "image/jpeg")
+    };
+    Ok(Thumbnail {
+        data,
+        mime_type,
+        width: small.width(),
+        height: small.height(),
+        sha256: upright.sha256,
+    })
+}
+
+/// An image decoded and turned upright, with what [`validate`] needs to re-encode it.
+struct Upright {
+    format: ImageFormat,
+    format_name: String,
+    turned: bool,
+    image: image::DynamicImage,
+    sha256: String,
+}
+
+/// The checks and the decoding [`validate`] and [`thumbnail`] share.
+fn decode_upright(bytes: &[u8], label: &str, limits: &InputLimits) -> Result<Upright, InputError> {
     if bytes.is_empty() {
         return Err(InputError::Empty(label.to_string()));
     }
@@ -43,10 +146,10 @@ pub fn validate(
             limit: limits.max_bytes,
         });
     }
-    let sha256 = hex(&Sha256::digest(&bytes));
-    let format = image::guess_format(&bytes).map_err(|_| InputError::NotAnImage {
+    let sha256 = hex(&Sha256::digest(bytes));
+    let format = image::guess_format(bytes).map_err(|_| InputError::NotAnImage {
         label: label.to_string(),
-        detail: sniff(&bytes),
+        detail: sniff(bytes),
     })?;
     let format_name = format!("{format:?}").to_uppercase();
     let corrupt = |detail: String| InputError::Corrupt {
@@ -60,11 +163,11 @@ pub fn validate(
         label: label.to_string(),
         format: format_name.clone(),
     };
-    if complete::check(format, &bytes) == complete::Completeness::Truncated {
+    if complete::check(format, bytes) == complete::Completeness::Truncated {
         return Err(truncated());
     }
 
-    let (width, height) = ImageReader::with_format(Cursor::new(&bytes), format)
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
         .map_err(|e| match e {
             image::ImageError::Unsupported(_) => InputError::NotAnImage {
@@ -96,7 +199,7 @@ pub fn validate(
         });
     }
 
-    let mut reader = ImageReader::with_format(Cursor::new(&bytes), format);
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut decode_limits = image::Limits::default();
     decode_limits.max_image_width = Some(limits.max_side);
     decode_limits.max_image_height = Some(limits.max_side);
@@ -122,31 +225,11 @@ pub fn validate(
     if turned {
         decoded.apply_orientation(orientation);
     }
-
-    let (data, mime_type): (Arc<[u8]>, _) = match format {
-        ImageFormat::Png if !turned => (bytes.into(), "image/png"),
-        ImageFormat::Jpeg if !turned => (bytes.into(), "image/jpeg"),
-        // A turned JPEG stays a JPEG (quality 95: a photo as PNG would be many times the size).
-        // Neither re-encoding carries the EXIF tag, so nothing downstream turns it again.
-        ImageFormat::Jpeg => (
-            encode_jpeg(&decoded, 95)
-                .map_err(|e| corrupt(format!("cannot re-encode the turned image: {e}")))?
-                .into(),
-            "image/jpeg",
-        ),
-        _ => {
-            let mut out = Vec::new();
-            decoded
-                .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
-                .map_err(|e| corrupt(format!("cannot re-encode as PNG: {e}")))?;
-            (out.into(), "image/png")
-        }
-    };
-    Ok(ValidImage {
-        data,
-        mime_type,
-        width: decoded.width(),
-        height: decoded.height(),
+    Ok(Upright {
+        format,
+        format_name,
+        turned,
+        image: decoded,
         sha256,
     })
 }
@@ -293,6 +376,20 @@ mod tests {
             downsize(&v, 400).unwrap().data.as_ptr(),
             v.data.as_ptr()
         ));
+    }
+
+    #[test]
+    fn a_thumbnail_is_small_upright_and_names_its_source() {
+        let bytes = png(400, 100);
+        let t = thumbnail(&bytes, "w.png", &InputLimits::default(), 200).unwrap();
+        assert_eq!((t.width, t.height, t.mime_type), (200, 50, "image/jpeg"));
+        assert_eq!(t.sha256, hex(&Sha256::digest(&bytes)));
+        let seen = image::load_from_memory(&t.data).unwrap();
+        assert_eq!((seen.width(), seen.height()), (200, 50));
+        let small = thumbnail(&png(20, 10), "s.png", &InputLimits::default(), 200).unwrap();
+        assert_eq!((small.width, small.height), (20, 10), "never enlarged");
+        let e = thumbnail(b"hello", "t.txt", &InputLimits::default(), 200).unwrap_err();
+        assert!(matches!(e, InputError::NotAnImage { .. }), "{e}");
     }
 
     #[test]

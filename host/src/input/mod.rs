@@ -9,7 +9,7 @@ mod read;
 mod url_guard;
 
 pub(crate) use decode::hex;
-pub use decode::{downsize, validate, ValidImage};
+pub use decode::{downsize, thumbnail, validate, Thumbnail, ValidImage};
 pub use error::InputError;
 pub use read::{decode_base64, read_capped, ImageSource};
 pub(crate) use read::{describe_reqwest, read_source};

@@ -2,6 +2,7 @@
 //! deadline, metrics, and the 404 in each API's style.
 
 use super::errors::{api_of, error_response, Api};
+use super::page::OPEN_PATHS;
 use super::state::AppState;
 use axum::extract::Request;
 use axum::extract::State;
@@ -41,7 +42,8 @@ pub(super) async fn guarded(
     request: Request,
     next: Next,
 ) -> Response {
-    let open = matches!(path, "/health" | "/metrics");
+    // The page's HTML, script and style hold no data; what they show needs the key.
+    let open = matches!(path, "/health" | "/metrics") || OPEN_PATHS.contains(&path);
     if !open && !state.settings.api_keys.is_empty() {
         let presented = request
             .headers()
@@ -132,6 +134,14 @@ pub(super) fn route_label(path: &str) -> &'static str {
         "/describe" => "/describe",
         "/health" => "/health",
         "/metrics" => "/metrics",
+        "/" => "/",
+        "/page.js" => "/page.js",
+        "/page.css" => "/page.css",
+        "/search" => "/search",
+        "/search/image" => "/search/image",
+        // One label per route, not per hash: metrics must not grow with the collection.
+        p if p.starts_with("/similar/") => "/similar/{hash}",
+        p if p.starts_with("/thumb/") => "/thumb/{hash}",
         _ => "other",
     }
 }

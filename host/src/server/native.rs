@@ -43,17 +43,24 @@ pub(super) async fn image_request_from(
         let mut form = Multipart::from_request(request, state)
             .await
             .map_err(|e| Failure::bad(format!("bad multipart body: {e}")))?;
+        // A body past the size limit is 413, not a malformed form (the multipart error knows).
+        let multipart_failure =
+            |what: String, e: axum::extract::multipart::MultipartError| Failure {
+                status: e.status(),
+                message: format!("{what}: {}", e.body_text()),
+                attempts: vec![],
+            };
         let (mut bytes, mut description, mut prompt) = (None, None, None);
         while let Some(field) = form
             .next_field()
             .await
-            .map_err(|e| Failure::bad(format!("bad multipart body: {e}")))?
+            .map_err(|e| multipart_failure("bad multipart body".into(), e))?
         {
             let name = field.name().unwrap_or_default().to_string();
             let data = field
                 .bytes()
                 .await
-                .map_err(|e| Failure::bad(format!("bad multipart field {name}: {e}")))?;
+                .map_err(|e| multipart_failure(format!("bad multipart field {name}"), e))?;
             match name.as_str() {
                 "image" => bytes = Some(data.to_vec()),
                 "description" => description = Some(String::from_utf8_lossy(&data).into_owned()),

@@ -6,6 +6,9 @@ use super::middleware::{guard, not_found};
 use super::native::{native_describe, native_embed_batch, native_embed_image, native_embed_text};
 use super::ollama::{ollama_embed, ollama_tags, ollama_version};
 use super::openai::openai_embeddings;
+use super::page::{
+    page_script, page_search, page_search_image, page_shell, page_similar, page_style, page_thumb,
+};
 use super::reload::ReloadStatus;
 use crate::chain::Imbed;
 use crate::chain::StepCheck;
@@ -93,6 +96,13 @@ pub fn app(state: AppState) -> Router {
         .route("/embed/text", post(native_embed_text))
         .route("/embed/batch", post(native_embed_batch))
         .route("/describe", post(native_describe))
+        .route("/", get(page_shell))
+        .route("/page.js", get(page_script))
+        .route("/page.css", get(page_style))
+        .route("/search", get(page_search))
+        .route("/search/image", post(page_search_image))
+        .route("/similar/{hash}", get(page_similar))
+        .route("/thumb/{hash}", get(page_thumb))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)

@@ -91,6 +91,12 @@ impl Cache {
         fn path(&self) -> &Path;
         /// Where approximate-search index files for this database live.
         fn ann_dir(&self) -> PathBuf;
+        /// Where the search page keeps thumbnails for this database (named by content hash).
+        fn thumb_dir(&self) -> PathBuf;
+        /// Record a folder (or file) given to `imbed index`, as a canonical path.
+        fn put_root(&self, root: &Path) -> Result<()>;
+        /// The folders (and files) `imbed index` was given, canonical, in order.
+        fn roots(&self) -> Result<Vec<PathBuf>>;
         /// The schema version of the open database.
         fn schema_version(&self) -> Result<i64>;
         /// The database's own consistency check of everything it holds: empty when sound.

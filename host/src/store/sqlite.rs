@@ -30,7 +30,7 @@ use super::records::*;
 
 /// The schema version this build writes. Older databases are migrated on open; newer ones are
 /// refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Each migration takes the database from version `index` to `index + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -100,6 +100,12 @@ const MIGRATIONS: &[&str] = &[
          built_at INTEGER NOT NULL
      );
      CREATE INDEX entries_by_image ON entries(image, degraded);",
+    // 2 -> 3: the folders `imbed index` was given (canonical): the search page serves a file
+    // only from under one of them.
+    "CREATE TABLE roots (
+         path TEXT PRIMARY KEY,
+         added_at INTEGER NOT NULL
+     );",
 ];
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -253,6 +259,17 @@ impl SqliteStore {
             .map(|n| n.to_os_string())
             .unwrap_or_default();
         name.push(".ann");
+        self.path.with_file_name(name)
+    }
+
+    /// Where the search page keeps thumbnails for this database (named by content hash).
+    pub fn thumb_dir(&self) -> PathBuf {
+        let mut name = self
+            .path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".thumbs");
         self.path.with_file_name(name)
     }
 
@@ -520,6 +537,30 @@ impl SqliteStore {
             )
             .optional()
             .map_err(|e| self.sql(e))
+    }
+
+    /// Record a folder (or file) given to `imbed index`, as a canonical path.
+    pub fn put_root(&self, root: &Path) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO roots (path, added_at) VALUES (?1, ?2)",
+                params![path_key(root), now()],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// The folders (and files) `imbed index` was given, canonical, in order.
+    pub fn roots(&self) -> Result<Vec<PathBuf>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT path FROM roots ORDER BY path")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.sql(e))?;
+        rows.map(|r| r.map(PathBuf::from).map_err(|e| self.sql(e)))
+            .collect()
     }
 
     /// Paths known to hold `image`.
@@ -841,6 +882,11 @@ impl SqliteStore {
                 .execute("DELETE FROM ann_indexes", [])
                 .map_err(|e| self.sql(e))?;
             let _ = std::fs::remove_dir_all(self.ann_dir());
+        }
+        if report.images > 0 {
+            // Thumbnails are named by content: those of forgotten images would never be served
+            // again. The rest are made again on demand.
+            let _ = std::fs::remove_dir_all(self.thumb_dir());
         }
         if options.vacuum {
             let conn = self.conn();

@@ -73,6 +73,11 @@ pub async fn index(
         }
         store.run(|s| s.degraded_files(None)).await?
     } else {
+        // The search page of `imbed serve` serves files from under these folders only.
+        let (roots, for_roots) = (paths.clone(), store.clone());
+        tokio::task::spawn_blocking(move || imbed::index::record_roots(&for_roots, &roots))
+            .await
+            .context("cache task failed")??;
         let (found, problems) =
             tokio::task::spawn_blocking(move || imbed::index::find_images(&paths))
                 .await
