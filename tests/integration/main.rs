@@ -18,6 +18,7 @@ mod ollama;
 mod ollama_standin;
 mod openai;
 mod page;
+mod postgres;
 mod python_plugin;
 mod sandbox;
 mod server;

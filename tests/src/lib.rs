@@ -23,6 +23,7 @@ pub mod nn;
 pub mod ollama;
 pub mod onnx;
 pub mod openai;
+pub mod postgres;
 pub mod python;
 pub mod request_log;
 
