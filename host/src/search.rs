@@ -5,7 +5,8 @@
 //! (eight independent accumulators over contiguous f32) and is split across cores for large
 //! sets. Approximate search uses USearch's HNSW index (a well-kept library used by several
 //! databases) for collections where a scan gets slow; its index file is kept beside the
-//! database and brought up to date with the entries added since it was built.
+//! database and brought up to date with the entries added since it was built. A PostgreSQL
+//! cache answers top-k itself with pgvector (exact, or its per-space HNSW index).
 
 use std::path::PathBuf;
 
@@ -372,6 +373,9 @@ pub fn search(
     method: Method,
     exclude: Option<&str>,
 ) -> Result<SearchResult, SearchError> {
+    if store.searches_in_database() {
+        return search_in_database(store, space, query, k, method, exclude);
+    }
     let set = store.load_space(space)?;
     if set.is_empty() {
         return Err(SearchError::EmptySpace {
@@ -429,6 +433,60 @@ pub fn search(
         method,
         searched: set.len(),
         hits: out,
+    })
+}
+
+/// [`search`] where the database answers top-k itself (PostgreSQL with pgvector): the same
+/// checks and the same rule for [`Method::Auto`], without loading the space.
+fn search_in_database(
+    store: &Cache,
+    space: &str,
+    query: &[f32],
+    k: usize,
+    method: Method,
+    exclude: Option<&str>,
+) -> Result<SearchResult, SearchError> {
+    let (count, dims) = store.space_size(space)?;
+    if count == 0 {
+        return Err(SearchError::EmptySpace {
+            space: space.to_string(),
+            available: store.spaces()?,
+        });
+    }
+    if dims != query.len() {
+        return Err(SearchError::Dimensions {
+            space: space.to_string(),
+            query: query.len(),
+            stored: dims,
+        });
+    }
+    let method = match method {
+        Method::Auto if count >= AUTO_APPROXIMATE_FROM => Method::Approximate,
+        Method::Auto => Method::Exact,
+        m => m,
+    };
+    // One more than asked, in case the excluded image is among them.
+    let ask = k + usize::from(exclude.is_some());
+    let found = store
+        .nearest(space, query, ask, method == Method::Approximate)?
+        .unwrap_or_default();
+    let mut hits = Vec::with_capacity(k);
+    for (image, score) in found
+        .into_iter()
+        .filter(|(image, _)| Some(image.as_str()) != exclude)
+        .take(k)
+    {
+        hits.push(Hit {
+            paths: store.paths_of(&image)?,
+            image,
+            score,
+        });
+    }
+    Ok(SearchResult {
+        space: space.to_string(),
+        method,
+        searched: count,
+        hits,
     })
 }
 

@@ -1048,3 +1048,65 @@ async fn search_on_the_real_minilm_weights_finds_the_right_captions() {
         );
     }
 }
+
+#[test]
+fn cache_migrate_copies_an_sqlite_cache_into_postgres_with_the_same_search_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    let pic = images::picture(96, 72, 2);
+    let query = write(&photos, "a.png", &images::png_of(&pic));
+    write(&photos, "a-small.jpg", &images::jpeg_of(&pic, 80));
+    write(&photos, "b.png", &images::png(96, 72, 3));
+    write(&photos, "c.png", &images::png(96, 72, 4));
+    let sqlite = dir.path().join("imbed.db");
+    let pg = imbed_tests::postgres::database();
+    let sqlite_config = hash_chain(&sqlite).write(dir.path());
+    let pg_dir = dir.path().join("pg");
+    std::fs::create_dir_all(&pg_dir).unwrap();
+    let pg_config = hash_chain(Path::new(pg.url())).write(&pg_dir);
+    let run = |config: &Path, args: &[&str]| {
+        let out = imbed_cli(dir.path())
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&sqlite_config, &["index", photos.to_str().unwrap()]);
+    let before = run(
+        &sqlite_config,
+        &["similar", query.to_str().unwrap(), "-k", "3"],
+    );
+
+    let copied = run(
+        &sqlite_config,
+        &["cache", "migrate", "--to", pg.url(), "--json"],
+    );
+    let copied: serde_json::Value = serde_json::from_str(&copied).unwrap();
+    assert_eq!(copied["copied"]["entries"], 4, "{copied}");
+    assert_eq!(copied["copied"]["files"], 4, "{copied}");
+
+    let after = run(&pg_config, &["similar", query.to_str().unwrap(), "-k", "3"]);
+    assert_eq!(before, after);
+    // Nothing was embedded again: the copied entries are the hash plugin's, row for row.
+    let sqlite_cache = Cache::open(&sqlite).unwrap();
+    let pg_cache = Cache::open_postgres(pg.url(), Default::default()).unwrap();
+    let space = &sqlite_cache.spaces().unwrap()[0].space;
+    assert_eq!(sqlite_cache.spaces().unwrap(), pg_cache.spaces().unwrap());
+    let (a, b) = (
+        sqlite_cache.load_space(space).unwrap(),
+        pg_cache.load_space(space).unwrap(),
+    );
+    assert_eq!((a.images, a.data), (b.images, b.data));
+    assert_eq!(sqlite_cache.roots().unwrap(), pg_cache.roots().unwrap());
+    // Copying again adds nothing.
+    run(&sqlite_config, &["cache", "migrate", "--to", pg.url()]);
+    assert_eq!(pg_cache.stats().unwrap().spaces[0].entries, 4);
+}

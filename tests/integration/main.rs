@@ -22,6 +22,7 @@ mod postgres;
 mod python_plugin;
 mod sandbox;
 mod server;
+mod store_backends;
 mod template;
 
 use imbed::{Config, Embedding, Error, ImageRequest, ImageSource, Imbed};

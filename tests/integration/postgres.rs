@@ -8,21 +8,21 @@ fn the_test_server_has_pgvector_and_gives_each_test_its_own_database() {
     let b = database();
     assert_ne!(a.name(), b.name());
     a.psql("CREATE TABLE only_in_a (v vector(3)); INSERT INTO only_in_a VALUES ('[1,2,3]')");
+    assert_eq!(a.psql("SELECT v <-> '[1,2,4]' FROM only_in_a").trim(), "1");
     assert_eq!(
-        a.psql("SELECT v <-> '[1,2,4]' FROM only_in_a").trim(),
-        "1"
-    );
-    assert_eq!(
-        b.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'only_in_a'").trim(),
+        b.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'only_in_a'")
+            .trim(),
         "0"
     );
     assert_eq!(
-        a.psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'").trim(),
+        a.psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            .trim(),
         "0.8.6"
     );
     let bare = database_without_vector();
     assert_eq!(
-        bare.psql("SELECT count(*) FROM pg_extension WHERE extname = 'vector'").trim(),
+        bare.psql("SELECT count(*) FROM pg_extension WHERE extname = 'vector'")
+            .trim(),
         "0"
     );
 }
@@ -48,7 +48,12 @@ fn the_server_is_not_run_as_root() {
     let owner = std::os::unix::fs::MetadataExt::uid(
         &std::fs::metadata(uid.trim()).expect("the data folder exists"),
     );
-    assert_ne!(owner, 0, "the data folder of {:?} is owned by root", server.dir());
+    assert_ne!(
+        owner,
+        0,
+        "the data folder of {:?} is owned by root",
+        server.dir()
+    );
 }
 
 #[test]

@@ -22,6 +22,13 @@ use crate::repo_root;
 
 /// The release `scripts/setup --test` unpacks (keep in step with it).
 const VERSION: &str = "18.6.3";
+/// A role that must give its password ([`PASSWORD`]); every other role is trusted.
+pub const PASSWORD_USER: &str = "imbed_password_test";
+/// [`PASSWORD_USER`]'s password.
+pub const PASSWORD: &str = "right-password";
+/// A role without superuser rights (it cannot `CREATE EXTENSION vector`).
+pub const PLAIN_USER: &str = "imbed_plain_test";
+
 /// The user the server runs as when the tests run as root.
 const TEST_USER: &str = "imbed-pg-test";
 
@@ -71,6 +78,19 @@ impl TestDb {
         &self.url
     }
 
+    /// A URL for it as `user` (with `password`, when given).
+    pub fn url_as(&self, user: &str, password: Option<&str>) -> String {
+        let auth = match password {
+            Some(p) => format!("{user}:{p}"),
+            None => user.to_string(),
+        };
+        format!(
+            "postgres://{auth}@127.0.0.1:{}/{}",
+            server().port(),
+            self.name
+        )
+    }
+
     /// Its name.
     pub fn name(&self) -> &str {
         &self.name
@@ -98,7 +118,9 @@ impl Drop for TestDb {
 }
 
 fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// `cmd args…` as `user` (or as ourselves when `user` is None).
@@ -245,12 +267,25 @@ impl PgServer {
         let data = dir.join("data");
 
         let mut initdb = as_user(user, &bin.join("initdb"));
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"]);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]);
         initdb.arg("--locale=C");
         run(initdb, "initdb");
+        // Everyone is trusted but one role, which must give its password: for testing what a
+        // wrong one says. (The first matching line wins.)
+        let hba = data.join("pg_hba.conf");
+        let trusted = std::fs::read_to_string(&hba).expect("initdb writes pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!("host all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256\n{trusted}"),
+        )
+        .expect("cannot write pg_hba.conf");
 
         // The watchdog: stops the server and removes its folder once this process is gone.
         let pg_ctl = bin.join("pg_ctl");
@@ -265,6 +300,8 @@ impl PgServer {
             data = data.display(),
             dir = dir.display(),
         );
+        // Never waited for: it must outlive this process, which is what it watches.
+        #[allow(clippy::zombie_processes)]
         Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
@@ -299,6 +336,14 @@ impl PgServer {
                 };
                 // Every test database is made from template1: give it the extension once.
                 server.psql("template1", "CREATE EXTENSION IF NOT EXISTS vector");
+                server.psql(
+                    "postgres",
+                    &format!("CREATE ROLE {PASSWORD_USER} LOGIN PASSWORD '{PASSWORD}'"),
+                );
+                server.psql(
+                    "postgres",
+                    &format!("CREATE ROLE {PLAIN_USER} LOGIN NOSUPERUSER"),
+                );
                 return server;
             }
             last = format!(
@@ -351,8 +396,26 @@ impl PgServer {
 
     fn try_psql(&self, db: &str, sql: &str) -> std::io::Result<std::process::Output> {
         Command::new(bin_dir().join("psql"))
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-c", sql])
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
             .stdin(Stdio::null())
             .output()
     }

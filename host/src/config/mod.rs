@@ -14,8 +14,8 @@ mod validate;
 pub use env::Env;
 pub use error::ConfigError;
 pub use settings::{
-    Budgets, CacheSettings, ChainConfig, Config, Grants, InputLimits, NnSettings, PluginConfig,
-    ServerSettings, Step,
+    Budgets, CacheSettings, ChainConfig, Config, Database, Grants, InputLimits, NnSettings,
+    PluginConfig, ServerSettings, Step,
 };
 
 /// The default configuration, compiled into the binary so `imbed` works without a config file.

@@ -51,6 +51,10 @@ pub(super) struct RawModels {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCache {
     pub(super) database: Option<Spanned<String>>,
+    pub(super) ef_search: Option<Spanned<u32>>,
+    pub(super) halfvec: Option<bool>,
+    pub(super) exact_rerank: Option<bool>,
+    pub(super) pool_size: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -265,8 +265,30 @@ pub struct Config {
 /// `[cache]`: the database of descriptions, vectors and indexed files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheSettings {
-    /// The SQLite file; `None` (`database = ""`) turns the cache off. It lives under
-    /// `IMBED_HOME`, not the cache directory: it holds hours of vision-model work that a cache
-    /// cleaner should not throw away.
-    pub database: Option<PathBuf>,
+    /// Where it lives; `None` (`database = ""`) turns the cache off. By default an SQLite file
+    /// under `IMBED_HOME`, not the cache directory: it holds hours of vision-model work that a
+    /// cache cleaner should not throw away.
+    pub database: Option<Database>,
+    /// PostgreSQL: HNSW candidates per search (`hnsw.ef_search`, 1 to 1000; default 40).
+    pub ef_search: u32,
+    /// PostgreSQL: index vectors as `halfvec` (half the memory) at any size, not only above
+    /// 2,000 dimensions.
+    pub halfvec: bool,
+    /// PostgreSQL: re-rank the index's candidates by the exact inner product.
+    pub exact_rerank: bool,
+    /// PostgreSQL: connections per imbed process.
+    pub pool_size: usize,
+    /// PostgreSQL: this machine's folder for what is not shared (the search page's
+    /// thumbnails, made again on demand): `$IMBED_HOME/postgres`.
+    pub local_dir: PathBuf,
+}
+
+/// The database behind the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An SQLite file: `database = "/path/imbed.db"`.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database with pgvector: `database = "postgres://…"` or
+    /// `IMBED_DATABASE_URL`.
+    Postgres(String),
 }

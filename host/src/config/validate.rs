@@ -58,6 +58,11 @@ impl Ctx<'_> {
     }
 }
 
+/// `postgres://` and `postgresql://` select PostgreSQL; anything else is an SQLite path.
+fn is_postgres_url(value: &str) -> bool {
+    value.starts_with("postgres://") || value.starts_with("postgresql://")
+}
+
 fn valid_plugin_key(key: &str) -> bool {
     let mut chars = key.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -264,14 +269,55 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
     };
 
     let server = validate_server(&raw.server, ctx)?;
-    let cache = CacheSettings {
-        database: match &raw.cache.database {
-            Some(db) if db.get_ref().trim().is_empty() => None,
-            Some(db) => Some(ctx.path(db)?),
-            None => {
-                Some(PathBuf::from(ctx.env.get("IMBED_HOME").unwrap_or_default()).join("imbed.db"))
+    let from_env = ctx
+        .env
+        .get("IMBED_DATABASE_URL")
+        .filter(|u| !u.trim().is_empty());
+    let database = match &raw.cache.database {
+        Some(db) if db.get_ref().trim().is_empty() => None,
+        Some(db) if is_postgres_url(&ctx.expand(db)?) => Some(Database::Postgres(ctx.expand(db)?)),
+        Some(db) => Some(Database::Sqlite(ctx.path(db)?)),
+        // The key wins over the variable: a config file that names its database means it.
+        None => match from_env {
+            Some(url) if is_postgres_url(&url) => Some(Database::Postgres(url)),
+            Some(url) => {
+                return ctx.err(
+                    None,
+                    format!(
+                        "IMBED_DATABASE_URL is {url:?}, not a postgres:// URL: write it as \
+                         postgres://user:password@host:5432/database, or unset it"
+                    ),
+                )
             }
+            None => Some(Database::Sqlite(
+                PathBuf::from(ctx.env.get("IMBED_HOME").unwrap_or_default()).join("imbed.db"),
+            )),
         },
+    };
+    let ef_search = match &raw.cache.ef_search {
+        Some(ef) if !(1..=1000).contains(ef.get_ref()) => {
+            return ctx.err(
+                Some(ef.span()),
+                "ef_search must be between 1 and 1000 (pgvector's hnsw.ef_search)",
+            )
+        }
+        Some(ef) => *ef.get_ref(),
+        None => 40,
+    };
+    let pool_size = match &raw.cache.pool_size {
+        Some(n) if *n.get_ref() == 0 => {
+            return ctx.err(Some(n.span()), "pool_size must be at least 1")
+        }
+        Some(n) => *n.get_ref(),
+        None => 16,
+    };
+    let cache = CacheSettings {
+        database,
+        ef_search,
+        halfvec: raw.cache.halfvec.unwrap_or(false),
+        exact_rerank: raw.cache.exact_rerank.unwrap_or(false),
+        pool_size,
+        local_dir: PathBuf::from(ctx.env.get("IMBED_HOME").unwrap_or_default()).join("postgres"),
     };
 
     let models = validate_models(&raw.models, ctx)?;
@@ -980,6 +1026,44 @@ file = "hash.wasm"
         assert!(msg.contains("[nn] threads must be from 1 to 1024"), "{msg}");
         let msg = parse("", "[nn]\nlibary = \"x\"\n").unwrap_err().to_string();
         assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgresql_from_the_config_or_imbed_database_url() {
+        let url = "postgres://imbed:pw@db:5432/imbed";
+        let env = Env::isolated().set("IMBED_DATABASE_URL", url);
+        let cfg = Config::from_toml_str(MINIMAL, "c.toml", None, &env).unwrap();
+        assert_eq!(cfg.cache.database, Some(Database::Postgres(url.into())));
+        assert_eq!((cfg.cache.ef_search, cfg.cache.pool_size), (40, 16));
+        // The config's own key wins over the variable.
+        let file = format!(
+            "{MINIMAL}\n[cache]\ndatabase = \"/x/imbed.db\"\nef_search = 200\nhalfvec = true\n"
+        );
+        let cfg = Config::from_toml_str(&file, "c.toml", None, &env).unwrap();
+        assert_eq!(
+            cfg.cache.database,
+            Some(Database::Sqlite("/x/imbed.db".into()))
+        );
+        assert_eq!((cfg.cache.ef_search, cfg.cache.halfvec), (200, true));
+        let file = format!("{MINIMAL}\n[cache]\ndatabase = \"postgresql://h/db\"\n");
+        let cfg = Config::from_toml_str(&file, "c.toml", None, &Env::isolated()).unwrap();
+        assert_eq!(
+            cfg.cache.database,
+            Some(Database::Postgres("postgresql://h/db".into()))
+        );
+        let env = Env::isolated().set("IMBED_DATABASE_URL", "mysql://nope");
+        let msg = Config::from_toml_str(MINIMAL, "c.toml", None, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("not a postgres:// URL"), "{msg}");
+        let file = format!("{MINIMAL}\n[cache]\nef_search = 0\n");
+        let msg = Config::from_toml_str(&file, "c.toml", None, &Env::isolated())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("ef_search must be between 1 and 1000"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The persistent cache: descriptions, vectors and indexed files, keyed by content. The rest of
 //! the host uses [`Cache`] and the records of `records`; the backends sit behind it (SQLite in
-//! `sqlite`, the embedded default). Uses only `types` and `input` (an image's facts).
+//! `sqlite`, the embedded default; PostgreSQL with pgvector in `postgres`, shared by many
+//! machines). Uses only `types` and `input` (an image's facts).
 //!
 //! Why an enum over backends rather than `Arc<dyn Trait>`: the backends are a closed set known
-//! when imbed is built (SQLite always, PostgreSQL behind a cargo feature), a match costs no
+//! when imbed is built (SQLite and PostgreSQL), a match costs no
 //! allocation or vtable, `Cache` stays a concrete `Clone` type in the public API, and a backend
 //! keeps what only it has (SQLite's file path, its schema test helper) without widening a trait
 //! every backend must implement. A second backend adds a variant to `Backend` and a module
@@ -16,18 +17,34 @@
 //! `search`, the server and the CLI call it the same way whichever backend is behind it.
 
 mod keys;
+mod postgres;
 mod records;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
 
 pub use keys::{describer_identity, describer_identity_of, file_stamp, text_key};
+use postgres::PostgresStore;
+pub use postgres::{is_postgres_url, PgOptions, PG_SCHEMA_VERSION};
 pub use records::{
     CachedDescription, Entry, FileRecord, ImageMeta, PruneOptions, PruneReport, SpaceStats,
     SpaceVectors, Stats, StoreError,
 };
-use sqlite::SqliteStore;
 pub use sqlite::SCHEMA_VERSION;
+use sqlite::{Export, SqliteStore};
+
+/// What [`Cache::copy_to`] copied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CopyReport {
+    /// Entries (chain answers).
+    pub entries: u64,
+    /// Known files.
+    pub files: u64,
+    /// Descriptions.
+    pub descriptions: u64,
+    /// Text and direct image vectors.
+    pub vectors: u64,
+}
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -41,6 +58,21 @@ pub struct Cache {
 #[derive(Clone, Debug)]
 enum Backend {
     Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+/// Where the cache lives: `[cache] database`, or `IMBED_DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by `postgres://` URL, and how to use it.
+    Postgres {
+        /// The URL (it may hold a password: never print it, see [`Cache::location`]).
+        url: String,
+        /// Search settings and the local folder.
+        options: PgOptions,
+    },
 }
 
 /// Methods every backend answers the same way; each forwards to the backend in use.
@@ -51,6 +83,7 @@ macro_rules! forward {
             pub fn $name(&self $(, $arg: $ty)*) -> $ret {
                 match &self.backend {
                     Backend::Sqlite(s) => s.$name($($arg),*),
+                    Backend::Postgres(s) => s.$name($($arg),*),
                 }
             }
         )*
@@ -63,6 +96,153 @@ impl Cache {
         Ok(Cache {
             backend: Backend::Sqlite(SqliteStore::open(path)?),
         })
+    }
+
+    /// Open the cache at `location`, bringing its schema up to date.
+    pub fn open_location(location: &Location) -> Result<Cache> {
+        match location {
+            Location::Sqlite(path) => Cache::open(path),
+            Location::Postgres { url, options } => Cache::open_postgres(url, options.clone()),
+        }
+    }
+
+    /// Connect to the PostgreSQL database at `url` (it needs the pgvector extension) and bring
+    /// its schema up to date.
+    pub fn open_postgres(url: &str, options: PgOptions) -> Result<Cache> {
+        Ok(Cache {
+            backend: Backend::Postgres(PostgresStore::open(url, options)?),
+        })
+    }
+
+    /// The database, for messages: the SQLite file or the URL without its password.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(s) => s.path().display().to_string(),
+            Backend::Postgres(s) => s.location().to_string(),
+        }
+    }
+
+    /// Whether search runs inside the database ([`Cache::nearest`]) rather than over
+    /// [`Cache::load_space`] in this process.
+    pub fn searches_in_database(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Entries in `space` and their length (0 when empty).
+    pub fn space_size(&self, space: &str) -> Result<(usize, usize)> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                let set = s.load_space(space)?;
+                Ok((set.len(), set.dims))
+            }
+            Backend::Postgres(s) => s.space_size(space),
+        }
+    }
+
+    /// The `k` images of `space` closest to `query`, best first with their cosine, computed in
+    /// the database. `None` when the backend leaves search to this process (SQLite: see
+    /// `search`, over [`Cache::load_space`]).
+    pub fn nearest(
+        &self,
+        space: &str,
+        query: &[f32],
+        k: usize,
+        approximate: bool,
+    ) -> Result<Option<Vec<(String, f32)>>> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(s) => s.nearest(space, query, k, approximate).map(Some),
+        }
+    }
+
+    /// Build `space`'s search index in the database when it has none (PostgreSQL; `imbed
+    /// index` calls it at the end). Nothing to do for SQLite, whose index files are built on
+    /// first search.
+    pub fn prepare_search(&self, space: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(s) => s.ensure_search_index(space).map(drop),
+        }
+    }
+
+    /// The plan of an approximate search of `space` (PostgreSQL's `EXPLAIN`); `None` for SQLite.
+    #[doc(hidden)]
+    pub fn explain_search(&self, space: &str, dims: usize) -> Result<Option<String>> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(s) => s.explain_nearest(space, dims).map(Some),
+        }
+    }
+
+    /// Record many answers at once (one transaction for PostgreSQL).
+    pub fn put_entries(&self, items: &[(ImageMeta, crate::types::Embedding)]) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(s) => items.iter().try_for_each(|(i, e)| s.put_entry(i, e)),
+            Backend::Postgres(s) => s.put_entries(items),
+        }
+    }
+
+    /// Copy everything this SQLite cache holds into `to` (`imbed cache migrate`): the work
+    /// done is kept, nothing is recomputed. Copying again skips what is there. Search indexes
+    /// of `to` are built at the end.
+    pub fn copy_to(&self, to: &Cache) -> Result<CopyReport> {
+        let Backend::Sqlite(from) = &self.backend else {
+            return Err(StoreError::Connect {
+                location: self.location(),
+                message: "only an SQLite cache can be copied: set [cache] database to the SQLite file to copy from".into(),
+            });
+        };
+        let mut report = CopyReport::default();
+        from.export(2_000, &mut |piece| {
+            match piece {
+                Export::Entries(items) => {
+                    report.entries += items.len() as u64;
+                    to.put_entries(&items)?;
+                }
+                Export::File {
+                    path,
+                    image,
+                    size,
+                    mtime_ns,
+                } => {
+                    report.files += 1;
+                    to.put_file(&path, &image, size, mtime_ns)?;
+                }
+                Export::Description {
+                    image,
+                    describer,
+                    prompt,
+                    description,
+                } => {
+                    report.descriptions += 1;
+                    to.put_description(&image, &describer, &prompt, &description)?;
+                }
+                Export::TextVector {
+                    key,
+                    space,
+                    model,
+                    vector,
+                } => {
+                    report.vectors += 1;
+                    to.put_text_vector(&key, &space, &model, &vector)?;
+                }
+                Export::ImageVector {
+                    key,
+                    space,
+                    model,
+                    vector,
+                } => {
+                    report.vectors += 1;
+                    to.put_image_vector(&key, &space, &model, &vector)?;
+                }
+                Export::Root(root) => to.put_root(&root)?,
+            }
+            Ok(())
+        })?;
+        for space in to.spaces()? {
+            to.prepare_search(&space.space)?;
+        }
+        Ok(report)
     }
 
     /// Create an SQLite database at an older schema version, as an older imbed left it. For
@@ -87,7 +267,7 @@ impl Cache {
     }
 
     forward! {
-        /// The database file.
+        /// The database file (SQLite), or the local folder for per-machine files (PostgreSQL).
         fn path(&self) -> &Path;
         /// Where approximate-search index files for this database live.
         fn ann_dir(&self) -> PathBuf;

@@ -34,9 +34,33 @@ pub enum StoreError {
         /// The error.
         source: rusqlite::Error,
     },
+    /// The PostgreSQL database cannot be used as it is; `message` says what to do.
+    #[error("cannot use the cache database {location}: {message}")]
+    Connect {
+        /// The database URL, without its password.
+        location: String,
+        /// What went wrong and what to do.
+        message: String,
+    },
+    /// PostgreSQL reported an error.
+    #[error("cache database {location}: {}", pg_message(source))]
+    Postgres {
+        /// The database URL, without its password.
+        location: String,
+        /// The error.
+        source: tokio_postgres::Error,
+    },
     /// A cache task run off the async threads ended without an answer (it panicked).
     #[error("a cache task failed: {0}; please report this")]
     Task(String),
+}
+
+/// PostgreSQL's own words (tokio-postgres's `Display` says only "db error").
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.to_string(),
+        None => e.to_string(),
+    }
 }
 
 /// An image's facts, as the cache records them.

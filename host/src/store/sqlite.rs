@@ -898,6 +898,221 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Every image, file, description, cached vector, root and entry, in `batch`-sized
+    /// pieces handed to `sink` (for `imbed cache migrate`): never the whole file in memory.
+    pub fn export(&self, batch: usize, sink: &mut dyn FnMut(Export) -> Result<()>) -> Result<()> {
+        let batch = batch.max(1) as i64;
+        let mut after = 0i64;
+        loop {
+            let rows: Vec<(i64, ImageMeta, crate::types::Embedding)> = {
+                let conn = self.conn();
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT e.id, i.sha256, i.mime, i.width, i.height, i.bytes, e.vector, e.provenance
+                         FROM entries e JOIN images i ON i.sha256 = e.image
+                         WHERE e.id > ?1 ORDER BY e.id LIMIT ?2",
+                    )
+                    .map_err(|e| self.sql(e))?;
+                let rows = stmt
+                    .query_map(params![after, batch], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            ImageMeta {
+                                sha256: r.get(1)?,
+                                mime: r.get(2)?,
+                                width: r.get(3)?,
+                                height: r.get(4)?,
+                                bytes: r.get::<_, i64>(5)? as u64,
+                            },
+                            r.get::<_, Vec<u8>>(6)?,
+                            r.get::<_, String>(7)?,
+                        ))
+                    })
+                    .map_err(|e| self.sql(e))?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (id, meta, blob, prov) = row.map_err(|e| self.sql(e))?;
+                    after = id;
+                    match (from_blob(&blob), serde_json::from_str(&prov)) {
+                        (Some(vector), Ok(provenance)) => {
+                            out.push((id, meta, crate::types::Embedding { vector, provenance }))
+                        }
+                        _ => tracing::warn!(
+                            "not copying entry {id}: its vector or provenance is damaged"
+                        ),
+                    }
+                }
+                out
+            };
+            if rows.is_empty() && self.count_above("entries", "id", after)? == 0 {
+                break;
+            }
+            sink(Export::Entries(
+                rows.into_iter().map(|(_, m, e)| (m, e)).collect(),
+            ))?;
+        }
+        {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare("SELECT f.path, f.size, f.mtime_ns, i.sha256, i.mime, i.width, i.height, i.bytes
+                          FROM files f JOIN images i ON i.sha256 = f.sha256 ORDER BY f.path")
+                .map_err(|e| self.sql(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Export::File {
+                        path: PathBuf::from(r.get::<_, String>(0)?),
+                        size: r.get::<_, i64>(1)? as u64,
+                        mtime_ns: r.get(2)?,
+                        image: ImageMeta {
+                            sha256: r.get(3)?,
+                            mime: r.get(4)?,
+                            width: r.get(5)?,
+                            height: r.get(6)?,
+                            bytes: r.get::<_, i64>(7)? as u64,
+                        },
+                    })
+                })
+                .map_err(|e| self.sql(e))?;
+            let rows: Vec<Export> = rows
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| self.sql(e))?;
+            drop(stmt);
+            drop(conn);
+            for row in rows {
+                sink(row)?;
+            }
+        }
+        let descriptions: Vec<Export> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare("SELECT image, describer, prompt, text, plugin, model, structured FROM descriptions")
+                .map_err(|e| self.sql(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Export::Description {
+                        image: r.get(0)?,
+                        describer: r.get(1)?,
+                        prompt: r.get(2)?,
+                        description: CachedDescription {
+                            text: r.get(3)?,
+                            plugin: r.get(4)?,
+                            model: r.get(5)?,
+                            structured: r.get(6)?,
+                        },
+                    })
+                })
+                .map_err(|e| self.sql(e))?;
+            rows.collect::<std::result::Result<_, _>>()
+                .map_err(|e| self.sql(e))?
+        };
+        for d in descriptions {
+            sink(d)?;
+        }
+        for table in [VectorTable::Text, VectorTable::Image] {
+            let (name, column) = table.names();
+            let vectors: Vec<(String, String, String, Vec<u8>)> = {
+                let conn = self.conn();
+                let mut stmt = conn
+                    .prepare(&format!(
+                        "SELECT {column}, space, model, vector FROM {name}"
+                    ))
+                    .map_err(|e| self.sql(e))?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .map_err(|e| self.sql(e))?;
+                rows.collect::<std::result::Result<_, _>>()
+                    .map_err(|e| self.sql(e))?
+            };
+            for (key, space, model, blob) in vectors {
+                let Some(vector) = from_blob(&blob) else {
+                    continue;
+                };
+                sink(match table {
+                    VectorTable::Text => Export::TextVector {
+                        key,
+                        space,
+                        model,
+                        vector,
+                    },
+                    VectorTable::Image => Export::ImageVector {
+                        key,
+                        space,
+                        model,
+                        vector,
+                    },
+                })?;
+            }
+        }
+        for root in self.roots()? {
+            sink(Export::Root(root))?;
+        }
+        Ok(())
+    }
+
+    fn count_above(&self, table: &str, column: &str, after: i64) -> Result<i64> {
+        self.conn()
+            .query_row(
+                &format!("SELECT COUNT(*) FROM {table} WHERE {column} > ?1"),
+                params![after],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql(e))
+    }
+}
+
+/// One piece of an SQLite cache, as [`SqliteStore::export`] hands it over.
+pub enum Export {
+    /// Entries with their images.
+    Entries(Vec<(ImageMeta, crate::types::Embedding)>),
+    /// A known file.
+    File {
+        /// Its path.
+        path: PathBuf,
+        /// Its image.
+        image: ImageMeta,
+        /// Size when seen.
+        size: u64,
+        /// Modification time when seen.
+        mtime_ns: i64,
+    },
+    /// A description.
+    Description {
+        /// Image hash.
+        image: String,
+        /// Describer identity.
+        describer: String,
+        /// Prompt.
+        prompt: String,
+        /// The description.
+        description: CachedDescription,
+    },
+    /// A text vector.
+    TextVector {
+        /// Text hash.
+        key: String,
+        /// Space.
+        space: String,
+        /// Model.
+        model: String,
+        /// Vector.
+        vector: Vec<f32>,
+    },
+    /// A direct image vector.
+    ImageVector {
+        /// Image hash.
+        key: String,
+        /// Space.
+        space: String,
+        /// Model.
+        model: String,
+        /// Vector.
+        vector: Vec<f32>,
+    },
+    /// A folder `imbed index` was given.
+    Root(PathBuf),
+}
+
 /// The two caches of plugin outputs: vectors of texts and direct vectors of images.
 #[derive(Clone, Copy)]
 enum VectorTable {

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
+use imbed::config::Database;
 use imbed::index::{IndexOptions, Outcome, Summary};
 use imbed::search::Method;
-use imbed::store::{Cache, PruneOptions};
+use imbed::store::{Cache, Location, PgOptions, PruneOptions};
 use imbed::{Config, ImageSource, Imbed, ImbedOptions};
 use serde_json::json;
 
@@ -16,10 +17,34 @@ use super::{exit, Usage};
 
 /// Open the configured cache; `None` when the config turns it off.
 pub fn open_store(config: &Config) -> anyhow::Result<Option<Cache>> {
-    match &config.cache.database {
-        None => Ok(None),
-        Some(path) => Ok(Some(Cache::open(path)?)),
-    }
+    Ok(match store_location(config) {
+        None => None,
+        Some(location) => Some(Cache::open_location(&location)?),
+    })
+}
+
+/// Where the configured cache lives, with the PostgreSQL settings; `None` when it is off.
+pub fn store_location(config: &Config) -> Option<Location> {
+    let settings = &config.cache;
+    Some(match settings.database.as_ref()? {
+        Database::Sqlite(path) => Location::Sqlite(path.clone()),
+        Database::Postgres(url) => Location::Postgres {
+            url: url.clone(),
+            options: pg_options(config),
+        },
+    })
+}
+
+/// The `[cache]` settings of a PostgreSQL cache.
+fn pg_options(config: &Config) -> PgOptions {
+    let settings = &config.cache;
+    let mut options = PgOptions::default();
+    options.ef_search = settings.ef_search;
+    options.halfvec = settings.halfvec;
+    options.exact_rerank = settings.exact_rerank;
+    options.pool_size = settings.pool_size;
+    options.local_dir = settings.local_dir.clone();
+    options
 }
 
 /// The runtime with the cache when there is one. For commands that only benefit from the
@@ -118,6 +143,22 @@ pub async fn index(
     // Dropping the stream abandons the images in flight; everything finished is committed.
     drop(stream);
     progress.finish();
+    if !interrupted && summary.embedded + summary.upgraded > 0 {
+        // PostgreSQL: build each space's search index over what is there now (later rows join
+        // it as they are written); nothing to do for SQLite.
+        if let Err(e) = store
+            .run(|s| {
+                s.spaces()?
+                    .iter()
+                    .try_for_each(|sp| s.prepare_search(&sp.space))
+            })
+            .await
+        {
+            eprintln!(
+                "imbed: the search index could not be built now (the first search builds it): {e}"
+            );
+        }
+    }
     let secs = started.elapsed().as_secs_f64();
     let line = format!(
         "{} {} of {total} files in {secs:.1} s: {} embedded ({} by a fallback step), {} unchanged, {} already known by content, {} upgraded, {} still degraded, {} failed",
@@ -393,6 +434,42 @@ pub async fn cache_prune(
             report.text_vectors,
             mib(report.bytes_before),
             mib(report.bytes_after)
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// `imbed cache migrate --to postgres://…`.
+pub async fn cache_migrate(config: Config, to: String, json_out: bool) -> anyhow::Result<u8> {
+    let from = open_store(&config)?.ok_or(Usage::NeedsCache)?;
+    if !imbed::store::is_postgres_url(&to) {
+        return Err(anyhow::anyhow!(
+            "--to {to:?} is not a postgres:// URL: write it as postgres://user:password@host:5432/database"
+        ));
+    }
+    let options = pg_options(&config);
+    let (started, source) = (Instant::now(), from.location());
+    let (report, target) = tokio::task::spawn_blocking(move || {
+        let target = Cache::open_postgres(&to, options)?;
+        let report = from.copy_to(&target)?;
+        Ok::<_, imbed::store::StoreError>((report, target.location()))
+    })
+    .await
+    .context("the copy task failed")??;
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string(&json!({ "from": source, "to": target, "copied": report }))?
+        );
+    } else {
+        println!(
+            "copied {source} into {target} in {:.1} s: {} entries, {} files, {} descriptions, {} cached vectors; \
+             now set [cache] database (or IMBED_DATABASE_URL) to it",
+            started.elapsed().as_secs_f64(),
+            report.entries,
+            report.files,
+            report.descriptions,
+            report.vectors
         );
     }
     Ok(exit::OK)

@@ -194,6 +194,17 @@ enum CacheCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Copy the configured SQLite cache into a PostgreSQL database (with pgvector): every
+    /// description, vector and entry is kept, nothing is recomputed. Then point
+    /// `[cache] database` (or IMBED_DATABASE_URL) at it.
+    Migrate {
+        /// The PostgreSQL database: postgres://user:password@host:5432/database.
+        #[arg(long)]
+        to: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -351,6 +362,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     json,
                 },
         } => collection::cache_prune(config()?, spaces, queries, json).await,
+        Command::Cache {
+            command: CacheCommand::Migrate { to, json },
+        } => collection::cache_migrate(config()?, to, json).await,
     }
 }
 
