@@ -57,9 +57,16 @@ struct Collection {
     /// The bytes of `outside/secret.png`, which a link in the folder points to.
     secret: Vec<u8>,
     near_duplicate: Vec<u8>,
+    /// The PostgreSQL database, when the collection lives in one.
+    _pg: Option<imbed_tests::postgres::TestDb>,
 }
 
 async fn collection(server: &[(&str, &str)]) -> Collection {
+    collection_on(server, false).await
+}
+
+/// [`collection`] in SQLite, or with `postgres` in a database of the test server.
+async fn collection_on(server: &[(&str, &str)], postgres: bool) -> Collection {
     let dir = tempfile::tempdir().unwrap();
     let photos = dir.path().join("photos");
     let mut hashes = std::collections::HashMap::new();
@@ -101,7 +108,11 @@ async fn collection(server: &[(&str, &str)]) -> Collection {
     let outside = write(&dir.path().join("outside"), "secret.png", &secret);
     std::os::unix::fs::symlink(&outside, photos.join("link-to-secret.png")).unwrap();
 
-    let db = dir.path().join("imbed.db");
+    let pg = postgres.then(imbed_tests::postgres::database);
+    let db = match &pg {
+        Some(pg) => PathBuf::from(pg.url()),
+        None => dir.path().join("imbed.db"),
+    };
     let mut cfg = TestConfig::new()
         .plugin("hash", PluginSpec::hash())
         .hash("hash")
@@ -110,11 +121,25 @@ async fn collection(server: &[(&str, &str)]) -> Collection {
         cfg = cfg.server(key, value);
     }
     let config = cfg.build();
-    let store = Cache::open(&db).unwrap();
+    let store = match &pg {
+        Some(pg) => {
+            let mut options = imbed::store::PgOptions::default();
+            options.local_dir = dir.path().join("pg-local");
+            Cache::open_postgres(pg.url(), options).unwrap()
+        }
+        None => Cache::open(&db).unwrap(),
+    };
     let imbed = Imbed::with_options(config.clone(), ImbedOptions::default().store(store.clone()))
         .await
         .unwrap();
-    let roots = imbed::index::record_roots(&store, std::slice::from_ref(&photos)).unwrap();
+    // Off the async threads, as `imbed index` does: a PostgreSQL store blocks.
+    let (for_roots, folder) = (store.clone(), photos.clone());
+    let roots = tokio::task::spawn_blocking(move || {
+        imbed::index::record_roots(&for_roots, std::slice::from_ref(&folder))
+    })
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(roots, vec![std::fs::canonicalize(&photos).unwrap()]);
     let (files, problems) = imbed::index::find_images(std::slice::from_ref(&photos));
     assert!(problems.is_empty(), "{problems:?}");
@@ -124,8 +149,13 @@ async fn collection(server: &[(&str, &str)]) -> Collection {
             panic!("{}: {message}", report.path.display());
         }
     }
+    let (for_paths, secret_hash) = (store.clone(), hashes["secret.png"].clone());
+    let secret_paths = tokio::task::spawn_blocking(move || for_paths.paths_of(&secret_hash))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
-        !store.paths_of(&hashes["secret.png"]).unwrap().is_empty(),
+        !secret_paths.is_empty(),
         "the link was indexed: the store knows the secret's content"
     );
     let state = AppState::new(imbed, config.server.clone());
@@ -137,6 +167,7 @@ async fn collection(server: &[(&str, &str)]) -> Collection {
         hashes,
         secret,
         near_duplicate,
+        _pg: pg,
     }
 }
 
@@ -391,8 +422,15 @@ async fn a_database_without_recorded_folders_serves_no_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn searches_say_what_they_searched_and_name_images_by_hash_and_relative_name() {
-    let c = collection(&[("max_body_mb", "1")]).await;
+    searches_answer_the_same(collection(&[("max_body_mb", "1")]).await).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_answer_the_same_from_postgres() {
+    searches_answer_the_same(collection_on(&[("max_body_mb", "1")], true).await).await;
+}
+
+async fn searches_answer_the_same(c: Collection) {
     // More like this: the near-duplicate... here the original's neighbours, itself left out.
     let twin = &c.hashes["twin.png"];
     let a = c.get(&format!("/similar/{twin}?k=3")).await;
@@ -456,7 +494,11 @@ async fn searches_say_what_they_searched_and_name_images_by_hash_and_relative_na
         + p1["hits"].as_array().unwrap().len()
         + p2["hits"].as_array().unwrap().len();
     // Every image with a file, but the query itself, and no path-less image.
-    let with_files = c.store.stats().unwrap().images as usize - 1;
+    let store = c.store.clone();
+    let stats = tokio::task::spawn_blocking(move || store.stats())
+        .await
+        .unwrap();
+    let with_files = stats.unwrap().images as usize - 1;
     assert_eq!(total, with_files, "{p0}\n{p1}\n{p2}");
     assert_eq!(p2["more"], false);
 
