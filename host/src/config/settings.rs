@@ -4,31 +4,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::input::InputLimits;
 use crate::types::{SpaceId, StepKind};
-
-/// Limits applied to every input image before any plugin sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InputLimits {
-    /// Largest encoded image accepted, in bytes.
-    pub max_bytes: u64,
-    /// Largest width × height accepted, checked from the header before decoding.
-    pub max_pixels: u64,
-    /// Largest width or height accepted.
-    pub max_side: u32,
-    /// Deadline for downloading an image from a URL.
-    pub download_timeout: Duration,
-}
-
-impl Default for InputLimits {
-    fn default() -> Self {
-        InputLimits {
-            max_bytes: 64 << 20,
-            max_pixels: 50_000_000,
-            max_side: 30_000,
-            download_timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 /// One step of the priority chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,7 +234,7 @@ pub struct Config {
     /// The persistent cache of descriptions and vectors.
     pub cache: CacheSettings,
     /// `[models]`: where model files live and where `imbed models pull` fetches them.
-    pub models: crate::models::ModelSettings,
+    pub models: ModelSettings,
     /// `[nn]`: the native inference backend of the `wasi:nn` capability.
     pub nn: NnSettings,
 }
@@ -269,4 +246,17 @@ pub struct CacheSettings {
     /// `IMBED_HOME`, not the cache directory: it holds hours of vision-model work that a cache
     /// cleaner should not throw away.
     pub database: Option<PathBuf>,
+}
+
+/// The `[models]` section of the config.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModelSettings {
+    /// Where model folders live (default `${IMBED_HOME}/models`).
+    pub dir: PathBuf,
+    /// A mirror: files are fetched from `<mirror>/<model>/<path>`.
+    pub mirror: Option<String>,
+    /// Per-model base URLs: the model's files are fetched from `<url>/<path>`.
+    pub urls: BTreeMap<String, String>,
+    /// An extra registry file whose models are added to (or replace) the built-in ones.
+    pub registry: Option<PathBuf>,
 }

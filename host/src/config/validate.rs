@@ -327,10 +327,7 @@ fn validate_nn(raw: &RawNn, ctx: &Ctx<'_>) -> Result<NnSettings, ConfigError> {
     })
 }
 
-fn validate_models(
-    raw: &RawModels,
-    ctx: &Ctx<'_>,
-) -> Result<crate::models::ModelSettings, ConfigError> {
+fn validate_models(raw: &RawModels, ctx: &Ctx<'_>) -> Result<ModelSettings, ConfigError> {
     let dir = match &raw.dir {
         Some(d) => ctx.path(d)?,
         None => PathBuf::from(ctx.env.get("IMBED_HOME").unwrap_or_default()).join("models"),
@@ -341,7 +338,7 @@ fn validate_models(
         if text.trim().is_empty() {
             return Ok(None);
         }
-        crate::models::check_base_url(text.trim())
+        normalize_base_url(text.trim())
             .map(Some)
             .or_else(|e| ctx.err(Some(value.span()), format!("[models] {what}: {e}")))
     };
@@ -356,7 +353,7 @@ fn validate_models(
         }
     }
     let registry = raw.registry.as_ref().map(|r| ctx.path(r)).transpose()?;
-    Ok(crate::models::ModelSettings {
+    Ok(ModelSettings {
         dir,
         mirror,
         urls,
@@ -755,6 +752,21 @@ fn validate_step(
             )
         }
     })
+}
+
+/// An http(s) base URL without trailing slashes, or what is wrong with it. Shared with
+/// `models`, which checks the URLs of registry files and `IMBED_MODEL_MIRROR` the same way.
+pub(crate) fn normalize_base_url(url: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err("write it as http(s)://host[:port]/path".to_string());
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(
+            "a base URL has no ?query or #fragment: file paths are appended to it".to_string(),
+        );
+    }
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 #[cfg(test)]
