@@ -13,6 +13,9 @@ use crate::store::records::*;
 /// write, and rewriting the row each time would turn every cache read into a write.
 const LAST_SEEN_EVERY_SECS: i64 = 60;
 
+/// A space's owner (if pinned) and its writers, oldest first.
+type SpaceOwnership = (Option<SpaceOwner>, Vec<SpaceWriterStats>);
+
 /// The tables that hold vectors, each naming its writer.
 const VECTOR_TABLES: [&str; 3] = ["entries", "text_vectors", "image_vectors"];
 
@@ -122,12 +125,9 @@ impl SqliteStore {
     }
 
     /// Owners and writers of every space that has either.
-    pub(super) fn ownership(
-        &self,
-    ) -> Result<BTreeMap<String, (Option<SpaceOwner>, Vec<SpaceWriterStats>)>> {
+    pub(super) fn ownership(&self) -> Result<BTreeMap<String, SpaceOwnership>> {
         let conn = self.conn();
-        let mut out: BTreeMap<String, (Option<SpaceOwner>, Vec<SpaceWriterStats>)> =
-            BTreeMap::new();
+        let mut out: BTreeMap<String, SpaceOwnership> = BTreeMap::new();
         let mut stmt = conn
             .prepare("SELECT space, owner_key, owner_name, first_written FROM spaces")
             .map_err(|e| self.sql(e))?;
