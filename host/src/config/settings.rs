@@ -116,6 +116,10 @@ pub struct PluginConfig {
     /// The plugin's own settings, as strings (numbers and booleans in their TOML spelling,
     /// arrays and tables as JSON).
     pub settings: BTreeMap<String, String>,
+    /// Config keys of plugins whose embedding spaces this one may write into
+    /// (`shares_space_with`): they compute the same vectors (one backend under two keys, an
+    /// OpenAI-compatible server serving Ollama's model). See [`Config::space_partners`].
+    pub shares_space_with: Vec<String>,
 }
 
 /// Per-plugin caps on what the plugin sends back to the host, from `[plugins.X.limits]`;
@@ -237,6 +241,38 @@ pub struct Config {
     pub models: ModelSettings,
     /// `[nn]`: the native inference backend of the `wasi:nn` capability.
     pub nn: NnSettings,
+}
+
+impl Config {
+    /// The config keys that share embedding spaces with `key`: a space owned by one of them
+    /// takes vectors from `key`. One `shares_space_with` declaration links both keys (either
+    /// may have written first, depending on chain order and on which backend was up), and
+    /// links chain: keys that name a common partner share with each other too.
+    pub fn space_partners(&self, key: &str) -> Vec<String> {
+        let mut group = vec![key.to_string()];
+        let mut i = 0;
+        while i < group.len() {
+            let current = group[i].clone();
+            let neighbours = self.plugins.iter().flat_map(|(k, p)| {
+                if *k == current {
+                    p.shares_space_with.clone()
+                } else if p.shares_space_with.contains(&current) {
+                    vec![k.clone()]
+                } else {
+                    Vec::new()
+                }
+            });
+            for n in neighbours.collect::<Vec<_>>() {
+                if !group.contains(&n) {
+                    group.push(n);
+                }
+            }
+            i += 1;
+        }
+        group.remove(0);
+        group.sort();
+        group
+    }
 }
 
 /// `[cache]`: the database of descriptions, vectors and indexed files.

@@ -236,6 +236,34 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         );
     }
 
+    // Partners are checked once every plugin is known.
+    for (key, section) in &raw.plugins {
+        let Some(value) = &section.get_ref().shares_space_with else {
+            continue;
+        };
+        for partner in &plugins[key.get_ref()].shares_space_with {
+            if !plugins.contains_key(partner) {
+                let known: Vec<&str> = plugins
+                    .keys()
+                    .filter(|k| *k != key.get_ref())
+                    .map(String::as_str)
+                    .collect();
+                return ctx.err(
+                    Some(value.span()),
+                    format!(
+                        "plugin {:?}: shares_space_with names {partner:?}, which has no [plugins.{partner}] section: name the config key of the plugin whose space this one computes too{}",
+                        key.get_ref(),
+                        if known.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (configured: {})", known.join(", "))
+                        }
+                    ),
+                );
+            }
+        }
+    }
+
     let chain = raw.chain.get_ref();
     if chain.steps.is_empty() {
         // A chain TOML made implicitly (`chain.require_space = ...`) has no span of its own.
@@ -590,6 +618,37 @@ fn validate_plugin(
         settings.insert(key.clone(), rendered);
     }
 
+    let mut shares_space_with = Vec::new();
+    if let Some(value) = &raw.shares_space_with {
+        let bad = || {
+            ctx.err(
+                Some(value.span()),
+                format!("plugin {name:?}: shares_space_with must be a plugin's config key or a list of them, e.g. shares_space_with = \"ollama\""),
+            )
+        };
+        let keys: Vec<&toml::Value> = match value.get_ref() {
+            toml::Value::Array(items) => items.iter().collect(),
+            one => vec![one],
+        };
+        for k in keys {
+            let Some(k) = k.as_str() else {
+                return bad();
+            };
+            if k == name {
+                return ctx.err(
+                    Some(value.span()),
+                    format!("plugin {name:?}: shares_space_with names the plugin itself; a plugin always writes its own spaces: remove it"),
+                );
+            }
+            if !shares_space_with.iter().any(|s| s == k) {
+                shares_space_with.push(k.to_string());
+            }
+        }
+        if shares_space_with.is_empty() {
+            return bad();
+        }
+    }
+
     Ok(PluginConfig {
         path,
         memory_bytes: memory_mb.0 << 20,
@@ -607,6 +666,7 @@ fn validate_plugin(
         nn_memory_bytes: nn_memory_mb.0 << 20,
         budgets,
         settings,
+        shares_space_with,
     })
 }
 
@@ -887,6 +947,39 @@ file = "hash.wasm"
             msg,
             "c.toml:5: step 0 names plugin \"clip\", which has no [plugins.clip] section"
         );
+    }
+
+    #[test]
+    fn shares_space_with_takes_a_key_or_a_list_and_links_both_ways() {
+        let text = format!(
+            "{MINIMAL}\n[plugins.a]\nfile = \"a.wasm\"\nshares_space_with = \"hash\"\n\
+             [plugins.b]\nfile = \"b.wasm\"\nshares_space_with = [\"a\", \"a\"]\n\
+             [plugins.c]\nfile = \"c.wasm\"\n"
+        );
+        let cfg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated()).unwrap();
+        assert_eq!(cfg.plugins["a"].shares_space_with, ["hash"]);
+        assert_eq!(cfg.plugins["b"].shares_space_with, ["a"]);
+        // One declaration links both keys, and links chain.
+        assert_eq!(cfg.space_partners("hash"), ["a", "b"]);
+        assert_eq!(cfg.space_partners("b"), ["a", "hash"]);
+        assert!(cfg.space_partners("c").is_empty());
+    }
+
+    #[test]
+    fn shares_space_with_must_name_another_configured_plugin() {
+        let err = |extra: &str| {
+            let text = format!("{MINIMAL}\n[plugins.a]\nfile = \"a.wasm\"\n{extra}\n");
+            Config::from_toml_str(&text, "c.toml", None, &Env::isolated())
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("shares_space_with = \"ollama\""),
+            "c.toml:12: plugin \"a\": shares_space_with names \"ollama\", which has no [plugins.ollama] section: name the config key of the plugin whose space this one computes too (configured: hash)"
+        );
+        assert!(err("shares_space_with = \"a\"").contains("names the plugin itself"));
+        assert!(err("shares_space_with = 3").contains("must be a plugin's config key"));
+        assert!(err("shares_space_with = []").contains("must be a plugin's config key"));
     }
 
     #[test]

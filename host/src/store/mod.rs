@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 
 pub use keys::{describer_identity, describer_identity_of, file_stamp, text_key};
 pub use records::{
-    CachedDescription, Entry, FileRecord, ImageMeta, PruneOptions, PruneReport, SpaceStats,
-    SpaceVectors, Stats, StoreError,
+    CachedDescription, Entry, FileRecord, ImageMeta, Ownership, PruneOptions, PruneReport,
+    SpaceClaim, SpaceOwner, SpaceStats, SpaceVectors, SpaceWriterStats, Stats, StoreError, Writer,
+    WriterFilter,
 };
 use sqlite::SqliteStore;
 pub use sqlite::SCHEMA_VERSION;
@@ -110,17 +111,28 @@ impl Cache {
             d: &CachedDescription) -> Result<()>;
         /// A cached vector of a text (by its SHA-256, see [`text_key`]) in `space`.
         fn text_vector(&self, text_sha: &str, space: &str) -> Result<Option<Vec<f32>>>;
-        /// Remember a text's vector.
-        fn put_text_vector(&self, text_sha: &str, space: &str, model: &str, vector: &[f32])
-            -> Result<()>;
+        /// Remember a text's vector, written by `writer`, which must hold a claim on `space`
+        /// ([`Cache::claim_space`]); otherwise nothing is written ([`StoreError::NotClaimed`]).
+        fn put_text_vector(&self, text_sha: &str, space: &str, model: &str, vector: &[f32],
+            writer: &Writer) -> Result<()>;
         /// A cached direct image vector in `space`.
         fn image_vector(&self, image: &str, space: &str) -> Result<Option<Vec<f32>>>;
-        /// Remember a direct image vector.
-        fn put_image_vector(&self, image: &str, space: &str, model: &str, vector: &[f32])
-            -> Result<()>;
-        /// Record the chain's answer for an image (and the image itself), all or nothing.
-        fn put_entry(&self, image: &ImageMeta, embedding: &crate::types::Embedding)
-            -> Result<()>;
+        /// Remember a direct image vector, written by `writer`, which must hold a claim on
+        /// `space`.
+        fn put_image_vector(&self, image: &str, space: &str, model: &str, vector: &[f32],
+            writer: &Writer) -> Result<()>;
+        /// Record the chain's answer for an image (and the image itself), all or nothing;
+        /// `writer` produced it and must hold a claim on its space.
+        fn put_entry(&self, image: &ImageMeta, embedding: &crate::types::Embedding,
+            writer: &Writer) -> Result<()>;
+        /// Ask to write into `space` as `claim.writer`. The first plugin to write into a space
+        /// owns it (this pins it); later claims are granted to the owner and to the keys the
+        /// config declares as sharing with it ([`SpaceClaim::allows`]), refused to everyone
+        /// else. A granted claim also records the claimant's component among the space's
+        /// writers. Atomic: of two processes racing to pin a space, exactly one wins.
+        fn claim_space(&self, space: &str, claim: &SpaceClaim) -> Result<Ownership>;
+        /// The plugin `space` is pinned to, if any (read only; pins nothing).
+        fn space_owner(&self, space: &str) -> Result<Option<SpaceOwner>>;
         /// Record that `path` (with this size and mtime) holds `image`.
         fn put_file(&self, path: &Path, image: &ImageMeta, size: u64, mtime_ns: i64)
             -> Result<()>;
@@ -137,7 +149,7 @@ impl Cache {
         fn load_space(&self, space: &str) -> Result<SpaceVectors>;
         /// Entries in `space` with an id above `after`, for bringing an index up to date.
         fn space_since(&self, space: &str, after: i64) -> Result<SpaceVectors>;
-        /// Spaces with stored entries, largest first.
+        /// Spaces with stored entries, largest first, with their owners and writers.
         fn spaces(&self) -> Result<Vec<SpaceStats>>;
         /// Known files whose image has only degraded entries, optionally only under `under`.
         fn degraded_files(&self, under: Option<&Path>) -> Result<Vec<PathBuf>>;
