@@ -32,11 +32,11 @@ def main(folder: Path, query: str) -> int:
             print(e, file=sys.stderr)
             return 1
         for hit in result.hits:
-            print(f"{hit.score:.3f} {', '.join(hit.paths)}")
-        e: imbed.Embedding = im.embed_text(query)
-        vector: list[float] = e.vector
-        attempts: list[imbed.Attempt] = e.provenance.attempts
-        print(len(vector), e.space, [a.kind for a in attempts])
+            print(f"{hit.score:.3f} {', '.join(str(p) for p in hit.paths)}")
+        emb: imbed.Embedding = im.embed_text(query)
+        vector: list[float] = emb.vector
+        attempts: list[imbed.Attempt] = emb.provenance.attempts
+        print(len(vector), emb.space, [a.kind for a in attempts])
         print(asyncio.run(similar_texts(im, [query, "a cat", "a dog"])))
     return 0
 

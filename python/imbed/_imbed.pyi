@@ -10,9 +10,9 @@ from imbed._errors import ImbedError
 
 __version__: str
 
-Purpose = Literal["query", "document", "none", "classification", "clustering"]
-ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | Base64
-ConfigInput = str | os.PathLike[str] | dict[str, Any] | None
+_Purpose = Literal["query", "document", "none", "classification", "clustering"]
+_ImageInput = str | os.PathLike[str] | bytes | bytearray | memoryview | Base64
+_ConfigInput = str | os.PathLike[str] | dict[str, Any] | None
 
 @final
 class Base64:
@@ -154,14 +154,14 @@ class IndexSummary:
 
 @final
 class Imbed:
-    def __new__(cls, config: ConfigInput = None) -> Imbed: ...
+    def __new__(cls, config: _ConfigInput = None) -> Imbed: ...
     @property
     def config_source(self) -> str: ...
-    def embed_image(self, image: ImageInput, *, description: str | None = None) -> Embedding: ...
+    def embed_image(self, image: _ImageInput, *, description: str | None = None) -> Embedding: ...
     @overload
     def embed_images(
         self,
-        images: Iterable[ImageInput],
+        images: Iterable[_ImageInput],
         *,
         description: str | None = None,
         jobs: int = 4,
@@ -170,15 +170,15 @@ class Imbed:
     @overload
     def embed_images(
         self,
-        images: Iterable[ImageInput],
+        images: Iterable[_ImageInput],
         *,
         description: str | None = None,
         jobs: int = 4,
         return_exceptions: Literal[True],
     ) -> list[Embedding | ImbedError]: ...
-    def embed_text(self, text: str, *, purpose: Purpose = "query") -> Embedding: ...
-    def embed_texts(self, texts: list[str], *, purpose: Purpose = "document") -> list[Embedding]: ...
-    def search(self, query: str | Embedding | ImageInput, *, k: int = 10) -> SearchResult: ...
+    def embed_text(self, text: str, *, purpose: _Purpose = "query") -> Embedding: ...
+    def embed_texts(self, texts: list[str], *, purpose: _Purpose = "document") -> list[Embedding]: ...
+    def search(self, query: str | Embedding | _ImageInput, *, k: int = 10) -> SearchResult: ...
     def index(
         self,
         *paths: str | os.PathLike[str],
@@ -188,12 +188,12 @@ class Imbed:
     ) -> IndexSummary: ...
     def plugins(self) -> list[dict[str, Any]]: ...
     def aembed_image(
-        self, image: ImageInput, *, description: str | None = None
+        self, image: _ImageInput, *, description: str | None = None
     ) -> Awaitable[Embedding]: ...
     @overload
     def aembed_images(
         self,
-        images: Iterable[ImageInput],
+        images: Iterable[_ImageInput],
         *,
         description: str | None = None,
         jobs: int = 4,
@@ -202,21 +202,36 @@ class Imbed:
     @overload
     def aembed_images(
         self,
-        images: Iterable[ImageInput],
+        images: Iterable[_ImageInput],
         *,
         description: str | None = None,
         jobs: int = 4,
         return_exceptions: Literal[True],
     ) -> Awaitable[list[Embedding | ImbedError]]: ...
-    def aembed_text(self, text: str, *, purpose: Purpose = "query") -> Awaitable[Embedding]: ...
+    def aembed_text(self, text: str, *, purpose: _Purpose = "query") -> Awaitable[Embedding]: ...
     def aembed_texts(
-        self, texts: list[str], *, purpose: Purpose = "document"
+        self, texts: list[str], *, purpose: _Purpose = "document"
     ) -> Awaitable[list[Embedding]]: ...
     def asearch(
-        self, query: str | Embedding | ImageInput, *, k: int = 10
+        self, query: str | Embedding | _ImageInput, *, k: int = 10
     ) -> Awaitable[SearchResult]: ...
     def close(self) -> None: ...
     def __enter__(self) -> Imbed: ...
     def __exit__(self, *_exc: object) -> bool: ...
     def _bench_rust_embed_text(self, text: str, n: int) -> float: ...
 
+
+__all__ = [
+    "Imbed",
+    "Embedding",
+    "Provenance",
+    "Attempt",
+    "PluginId",
+    "Description",
+    "Base64",
+    "SearchResult",
+    "Hit",
+    "IndexReport",
+    "IndexSummary",
+    "__version__",
+]
