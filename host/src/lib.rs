@@ -35,6 +35,9 @@ pub mod store;
 pub mod template;
 pub mod types;
 
+#[cfg(test)]
+mod layout_tests;
+
 pub use blocking::BlockingImbed;
 pub use chain::{
     check_plugin, ImageRequest, Imbed, ImbedOptions, ModelName, PluginCheck, PluginHealth,

@@ -1,4 +1,4 @@
-"""Talks to the OpenAI stand-in (tests/src/openai.rs) with the official `openai` Python client,
+"""Talks to the OpenAI stand-in (tests/src/openai/) with the official `openai` Python client,
 unchanged, to prove the stand-in speaks the API the client expects: routes, bodies, streaming,
 base64 embeddings, error objects and Retry-After.
 

@@ -760,15 +760,29 @@ async fn old_schemas_are_migrated_and_newer_ones_refused() {
     {
         let v1 = Cache::create_with_schema(&db, 1).unwrap();
         assert_eq!(v1.schema_version().unwrap(), 1);
-        let imbed = Imbed::with_options(hash_chain(&db).build(), ImbedOptions::default().store(v1))
-            .await
-            .unwrap();
-        imbed
+        drop(v1);
+        // An entry as an imbed of schema 1 wrote it (this imbed writes only into a cache it
+        // has migrated).
+        let imbed = Imbed::new(hash_chain(&db).build()).await.unwrap();
+        let e = imbed
             .embed_image(ImageRequest::new(ImageSource::Bytes(images::png(
                 40, 30, 5,
             ))))
             .await
             .unwrap();
+        let blob: Vec<u8> = e.vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute(
+            "INSERT INTO entries (image, space, dims, vector, provenance, degraded, created_at)
+             VALUES ('x', ?1, ?2, ?3, ?4, 0, 0)",
+            rusqlite::params![
+                e.provenance.space.as_str(),
+                e.vector.len() as i64,
+                blob,
+                serde_json::to_string(&e.provenance).unwrap()
+            ],
+        )
+        .unwrap();
     }
     let store = Cache::open(&db).unwrap();
     assert_eq!(
@@ -781,6 +795,9 @@ async fn old_schemas_are_migrated_and_newer_ones_refused() {
         1,
         "data written under schema 1 survives the migration"
     );
+    // Its entries name one plugin: the space is pinned to it (schema 4).
+    let owner = store.space_owner(&set.space).unwrap().unwrap();
+    assert_eq!(owner.key, "hash");
     // The table schema 2 added works.
     let r = imbed::search::search(
         &store,
@@ -839,6 +856,22 @@ fn fake_embedding(vector: Vec<f32>, space: &str) -> imbed::Embedding {
     serde_json::from_value(e).unwrap()
 }
 
+/// The writer of the fake entries, holding a claim on `space`.
+fn test_writer(store: &Cache, space: &str) -> imbed::store::Writer {
+    let writer = imbed::store::Writer {
+        key: "t".into(),
+        name: "t".into(),
+        component: "0".repeat(64),
+    };
+    let claim = imbed::store::SpaceClaim {
+        writer: writer.clone(),
+        shares_with: Vec::new(),
+    };
+    let granted = store.claim_space(space, &claim).unwrap();
+    assert!(matches!(granted, imbed::store::Ownership::Granted { .. }));
+    writer
+}
+
 fn meta(i: usize) -> imbed::store::ImageMeta {
     imbed::store::ImageMeta {
         sha256: format!("{i:064x}"),
@@ -855,9 +888,10 @@ fn approximate_search_agrees_with_exact_search_and_stays_up_to_date() {
     let store = Cache::open(dir.path().join("ann.db")).unwrap();
     let space = "test/random:48";
     let vectors = random_unit_vectors(3000, 48, 7);
+    let writer = test_writer(&store, space);
     for (i, v) in vectors.iter().enumerate() {
         store
-            .put_entry(&meta(i), &fake_embedding(v.clone(), space))
+            .put_entry(&meta(i), &fake_embedding(v.clone(), space), &writer)
             .unwrap();
     }
     let queries = random_unit_vectors(40, 48, 99);
@@ -884,12 +918,12 @@ fn approximate_search_agrees_with_exact_search_and_stays_up_to_date() {
     // the newest vector is found.
     let extra = random_unit_vectors(1, 48, 12345).remove(0);
     store
-        .put_entry(&meta(5000), &fake_embedding(extra.clone(), space))
+        .put_entry(&meta(5000), &fake_embedding(extra.clone(), space), &writer)
         .unwrap();
     let hit = imbed::search::search(&store, space, &extra, 1, Method::Approximate, None).unwrap();
     assert_eq!(hit.hits[0].image, meta(5000).sha256);
     store
-        .put_entry(&meta(3), &fake_embedding(extra.clone(), space))
+        .put_entry(&meta(3), &fake_embedding(extra.clone(), space), &writer)
         .unwrap();
     let hits = imbed::search::search(&store, space, &extra, 2, Method::Approximate, None).unwrap();
     let got: HashSet<_> = hits.hits.iter().map(|h| h.image.clone()).collect();
@@ -1099,7 +1133,14 @@ fn cache_migrate_copies_an_sqlite_cache_into_postgres_with_the_same_search_resul
     let sqlite_cache = Cache::open(&sqlite).unwrap();
     let pg_cache = Cache::open_postgres(pg.url(), Default::default()).unwrap();
     let space = &sqlite_cache.spaces().unwrap()[0].space;
+    // Owners and writers too: the space stays pinned to the plugin that wrote it.
     assert_eq!(sqlite_cache.spaces().unwrap(), pg_cache.spaces().unwrap());
+    let owner = pg_cache
+        .space_owner(space)
+        .unwrap()
+        .expect("the space is pinned");
+    assert_eq!(owner, sqlite_cache.space_owner(space).unwrap().unwrap());
+    assert_eq!(pg_cache.spaces().unwrap()[0].writers.len(), 1);
     let (a, b) = (
         sqlite_cache.load_space(space).unwrap(),
         pg_cache.load_space(space).unwrap(),

@@ -17,6 +17,7 @@ mod nn_plugins;
 mod ollama;
 mod ollama_standin;
 mod openai;
+mod ownership;
 mod page;
 mod postgres;
 mod python_plugin;

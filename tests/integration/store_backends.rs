@@ -6,7 +6,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use imbed::search::Method;
-use imbed::store::{Cache, CachedDescription, ImageMeta, PgOptions, PruneOptions, StoreError};
+use imbed::store::{
+    Cache, CachedDescription, ImageMeta, Ownership, PgOptions, PruneOptions, SpaceClaim,
+    StoreError, Writer,
+};
 use imbed_tests::postgres::{self, TestDb};
 
 /// A cache of one backend, and what keeps it alive.
@@ -64,6 +67,23 @@ fn embedding(vector: Vec<f32>, space: &str, degraded: bool) -> imbed::Embedding 
         }
     });
     serde_json::from_value(e).unwrap()
+}
+
+/// The test plugin `t` (the plugin `embedding` names), holding a claim on `space` of `c`.
+#[track_caller]
+fn t_in(c: &Cache, space: &str) -> Writer {
+    let writer = Writer {
+        key: "t".into(),
+        name: "t".into(),
+        component: "0".repeat(64),
+    };
+    let claim = SpaceClaim {
+        writer: writer.clone(),
+        shares_with: Vec::new(),
+    };
+    let granted = c.claim_space(space, &claim).unwrap();
+    assert!(matches!(granted, Ownership::Granted { .. }), "{granted:?}");
+    writer
 }
 
 fn meta(i: usize) -> ImageMeta {
@@ -131,7 +151,8 @@ fn descriptions_and_vectors_round_trip_keyed_by_content() {
         assert_eq!(c.description("img", "desc-a", "").unwrap(), Some(again));
 
         let v = vec![0.25f32, -0.5, 1.0e-7, 3.0];
-        c.put_text_vector("t1", "s", "m", &v).unwrap();
+        c.put_text_vector("t1", "s", "m", &v, &t_in(c, "s"))
+            .unwrap();
         assert_eq!(
             c.text_vector("t1", "s").unwrap(),
             Some(v.clone()),
@@ -139,7 +160,8 @@ fn descriptions_and_vectors_round_trip_keyed_by_content() {
             b.name
         );
         assert_eq!(c.text_vector("t1", "other").unwrap(), None);
-        c.put_image_vector("i1", "s", "m", &v[..2]).unwrap();
+        c.put_image_vector("i1", "s", "m", &v[..2], &t_in(c, "s"))
+            .unwrap();
         assert_eq!(c.image_vector("i1", "s").unwrap(), Some(v[..2].to_vec()));
         assert_eq!(c.image_vector("t1", "s").unwrap(), None);
     });
@@ -149,16 +171,28 @@ fn descriptions_and_vectors_round_trip_keyed_by_content() {
 fn entries_keep_their_id_for_the_same_answer_and_get_a_new_one_when_replaced() {
     on_both(|b| {
         let c = &b.cache;
-        c.put_entry(&meta(1), &embedding(vec![1.0, 0.0], "s", true))
-            .unwrap();
+        c.put_entry(
+            &meta(1),
+            &embedding(vec![1.0, 0.0], "s", true),
+            &t_in(c, "s"),
+        )
+        .unwrap();
         let first = c.entries_of(&meta(1).sha256).unwrap();
         assert_eq!(first.len(), 1, "{}", b.name);
         assert!(first[0].degraded);
-        c.put_entry(&meta(1), &embedding(vec![1.0, 0.0], "s", true))
-            .unwrap();
+        c.put_entry(
+            &meta(1),
+            &embedding(vec![1.0, 0.0], "s", true),
+            &t_in(c, "s"),
+        )
+        .unwrap();
         assert_eq!(c.entries_of(&meta(1).sha256).unwrap()[0].id, first[0].id);
-        c.put_entry(&meta(1), &embedding(vec![0.0, 1.0], "s", false))
-            .unwrap();
+        c.put_entry(
+            &meta(1),
+            &embedding(vec![0.0, 1.0], "s", false),
+            &t_in(c, "s"),
+        )
+        .unwrap();
         let replaced = c.entries_of(&meta(1).sha256).unwrap();
         assert_eq!(replaced.len(), 1);
         assert!(replaced[0].id > first[0].id, "{}", b.name);
@@ -168,10 +202,18 @@ fn entries_keep_their_id_for_the_same_answer_and_get_a_new_one_when_replaced() {
         assert_eq!(e.provenance.space.as_str(), "s");
         assert!(c.space_changed_below("s", 1, first[0].id).unwrap());
 
-        c.put_entry(&meta(1), &embedding(vec![0.5, 0.5, 0.5], "wide", true))
-            .unwrap();
-        c.put_entry(&meta(2), &embedding(vec![0.0, -1.0], "s", false))
-            .unwrap();
+        c.put_entry(
+            &meta(1),
+            &embedding(vec![0.5, 0.5, 0.5], "wide", true),
+            &t_in(c, "wide"),
+        )
+        .unwrap();
+        c.put_entry(
+            &meta(2),
+            &embedding(vec![0.0, -1.0], "s", false),
+            &t_in(c, "s"),
+        )
+        .unwrap();
         let spaces = c.spaces().unwrap();
         assert_eq!(spaces.len(), 2);
         assert_eq!(
@@ -220,9 +262,9 @@ fn files_roots_and_degraded_files_are_remembered() {
             b.name
         );
 
-        c.put_entry(&meta(1), &embedding(vec![1.0], "s", true))
+        c.put_entry(&meta(1), &embedding(vec![1.0], "s", true), &t_in(c, "s"))
             .unwrap();
-        c.put_entry(&meta(2), &embedding(vec![1.0], "s", false))
+        c.put_entry(&meta(2), &embedding(vec![1.0], "s", false), &t_in(c, "s"))
             .unwrap();
         assert_eq!(c.degraded_files(None).unwrap(), vec![a.clone(), z.clone()]);
         assert_eq!(
@@ -244,8 +286,12 @@ fn prune_forgets_vanished_files_spaces_and_queries() {
         c.put_file(&dir.path().join("gone.png"), &meta(2), 1, 1)
             .unwrap();
         for i in [1, 2] {
-            c.put_entry(&meta(i), &embedding(vec![1.0, 0.0], "s", false))
-                .unwrap();
+            c.put_entry(
+                &meta(i),
+                &embedding(vec![1.0, 0.0], "s", false),
+                &t_in(c, "s"),
+            )
+            .unwrap();
             c.put_description(
                 &meta(i).sha256,
                 "d",
@@ -259,7 +305,8 @@ fn prune_forgets_vanished_files_spaces_and_queries() {
             )
             .unwrap();
         }
-        c.put_text_vector("q", "s", "m", &[1.0]).unwrap();
+        c.put_text_vector("q", "s", "m", &[1.0], &t_in(c, "s"))
+            .unwrap();
         let stats = c.stats().unwrap();
         assert_eq!(
             (
@@ -307,7 +354,7 @@ fn search_gives_the_same_answers_on_both_backends() {
                 .enumerate()
                 .map(|(i, v)| (meta(i), embedding(v.clone(), "s", false)))
                 .collect();
-            c.put_entries(&items).unwrap();
+            c.put_entries(&items, &t_in(c, "s")).unwrap();
             c.put_file(Path::new("/photos/one.png"), &meta(7), 1, 1)
                 .unwrap();
             queries
@@ -339,8 +386,12 @@ fn empty_spaces_and_wrong_lengths_are_the_same_errors_on_both_backends() {
             "{}: {err}",
             b.name
         );
-        c.put_entry(&meta(1), &embedding(vec![1.0, 0.0], "s", false))
-            .unwrap();
+        c.put_entry(
+            &meta(1),
+            &embedding(vec![1.0, 0.0], "s", false),
+            &t_in(c, "s"),
+        )
+        .unwrap();
         let err =
             imbed::search::search(c, "s", &[1.0, 0.0, 0.0], 3, Method::Auto, None).unwrap_err();
         assert!(
@@ -465,7 +516,7 @@ fn load(cache: &Cache, space: &str, vectors: &[Vec<f32>], first: usize) {
                 )
             })
             .collect();
-        cache.put_entries(&items).unwrap();
+        cache.put_entries(&items, &t_in(cache, space)).unwrap();
     }
 }
 
@@ -495,8 +546,12 @@ fn pgvector_hnsw_search_finds_what_exact_search_finds_in_spaces_of_384_and_768()
     }
     // A row written after the index was built is found through it.
     let extra = clustered(1, 384, 1, 777).remove(0);
-    c.put_entry(&meta(999_999), &embedding(extra.clone(), small, false))
-        .unwrap();
+    c.put_entry(
+        &meta(999_999),
+        &embedding(extra.clone(), small, false),
+        &t_in(c, small),
+    )
+    .unwrap();
     let hit = imbed::search::search(c, small, &extra, 1, Method::Approximate, None).unwrap();
     assert_eq!(hit.hits[0].image, meta(999_999).sha256);
     assert!((hit.hits[0].score - 1.0).abs() < 1e-4);

@@ -107,6 +107,7 @@ pub struct PluginSpec {
     model_dir: Option<PathBuf>,
     nn: Vec<String>,
     settings: Vec<(String, String)>,
+    shares_space_with: Vec<String>,
 }
 
 impl PluginSpec {
@@ -124,6 +125,7 @@ impl PluginSpec {
             model_dir: None,
             nn: vec![],
             settings: vec![],
+            shares_space_with: vec![],
         }
     }
 
@@ -135,6 +137,13 @@ impl PluginSpec {
     /// The misbehaving test plugin in the given mode.
     pub fn misbehave(mode: &str) -> Self {
         PluginSpec::file(component("misbehave")).setting("mode", mode)
+    }
+
+    /// Declare that the plugin shares the embedding spaces of the plugin under config key
+    /// `key` (`shares_space_with`; may repeat).
+    pub fn shares_space_with(mut self, key: &str) -> Self {
+        self.shares_space_with.push(key.to_string());
+        self
     }
 
     /// A string setting.
@@ -359,6 +368,11 @@ impl TestConfig {
                 "[plugins.{key}]\nfile = {}\n",
                 toml_string(&p.file.display().to_string())
             ));
+            if !p.shares_space_with.is_empty() {
+                let keys: Vec<String> =
+                    p.shares_space_with.iter().map(|k| toml_string(k)).collect();
+                t.push_str(&format!("shares_space_with = [{}]\n", keys.join(", ")));
+            }
             t.push_str(&format!("[plugins.{key}.limits]\n"));
             if let Some(m) = p.memory_mb {
                 t.push_str(&format!("memory_mb = {m}\n"));

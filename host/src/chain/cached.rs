@@ -1,13 +1,25 @@
 //! The persistent cache around plugin calls: texts and images already embedded in a space, and
 //! descriptions already written, are answered from the store; fresh answers are remembered.
 //! This is the walk's [`Backend`] for a loaded [`Imbed`].
+//!
+//! It is also where a plugin's claim on a space is checked, since it is the one place every
+//! vector passes between a plugin and both the store and the caller: a space belongs to the
+//! plugin (config key) that first wrote into it, and a vector another plugin reports in that
+//! space is refused (`space-mismatch`) before it is stored or returned, unless the config
+//! declares the two as sharing (`shares_space_with`). A plugin's own claim on its space can
+//! only come from the config, never from what the plugin says.
+
+use std::sync::Arc;
 
 use super::backend::Backend;
 use super::imbed::Imbed;
 use crate::input::ValidImage;
-use crate::runtime::{CallError, ItemResult, ModelInfo, PluginDescription, Roles};
-use crate::store::{self, Cache, CachedDescription, ImageMeta, StoreError};
-use crate::types::{Embedding, FailureKind, PluginId, Purpose};
+use crate::runtime::{CallError, ItemResult, ModelInfo, Plugin, PluginDescription, Roles};
+use crate::store::{
+    self, Cache, CachedDescription, ImageMeta, Ownership, SpaceClaim, SpaceOwner, StoreError,
+    Writer,
+};
+use crate::types::{Embedding, FailureKind, PluginId, Purpose, SpaceId};
 
 impl Imbed {
     /// Run a cache operation off the async threads. A cache failure is logged and treated as a
@@ -22,6 +34,74 @@ impl Imbed {
             .await
             .inspect_err(|e| tracing::warn!("cache: {e}"))
             .ok()
+    }
+}
+
+/// The store's name for what `plugin` writes.
+fn writer_of(plugin: &Plugin) -> Writer {
+    Writer {
+        key: plugin.key.clone(),
+        name: plugin.id.name.clone(),
+        component: plugin.component_sha256.clone(),
+    }
+}
+
+/// Why a plugin's vectors in a space another plugin owns were dropped, and what would allow
+/// them.
+fn not_the_owner(plugin: &Plugin, space: &SpaceId, owner: &SpaceOwner) -> CallError {
+    CallError::new(
+        FailureKind::SpaceMismatch,
+        format!(
+            "plugin {key:?} (reporting itself as {name:?}) answers in space {space:?}, which belongs to plugin {owner_key:?} (reporting itself as {owner_name:?}), the first to write into it: its vectors were neither stored nor returned. If both really compute the same vectors, add shares_space_with = {owner_key:?} to [plugins.{key}]; otherwise the plugin reports the wrong space id",
+            key = plugin.key,
+            name = plugin.id.name,
+            owner_key = owner.key,
+            owner_name = owner.name,
+        ),
+    )
+}
+
+impl Imbed {
+    /// What `plugin` asks for when it writes into a space.
+    fn claim_of(&self, plugin: &Plugin) -> SpaceClaim {
+        SpaceClaim {
+            writer: writer_of(plugin),
+            shares_with: self.inner.config.space_partners(&plugin.key),
+        }
+    }
+
+    /// Before a plugin works for a space it announced: refuse it at once when another plugin
+    /// owns that space, rather than after a (possibly slow) call whose answer would be dropped.
+    /// Pins nothing.
+    async fn check_owner(&self, plugin: &Plugin, space: &SpaceId) -> Result<(), CallError> {
+        let s = space.to_string();
+        let claim = self.claim_of(plugin);
+        match self.cache(move |c| c.space_owner(&s)).await.flatten() {
+            Some(owner) if !claim.allows(&owner.key) => Err(not_the_owner(plugin, space, &owner)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Claim `space` for `plugin` before any of its vectors there is stored or returned. A
+    /// refusal is the call's error. A cache that cannot answer does not fail the call (the
+    /// cache never makes imbed fail): the vectors are returned, and the store, finding no
+    /// claim, writes none of them.
+    async fn claim(&self, plugin: &Arc<Plugin>, space: &SpaceId) -> Result<(), CallError> {
+        let (s, claim) = (space.to_string(), self.claim_of(plugin));
+        match self.cache(move |c| c.claim_space(&s, &claim)).await {
+            Some(Ownership::Refused { owner }) => Err(not_the_owner(plugin, space, &owner)),
+            Some(Ownership::Granted { owner }) => {
+                if owner.key != plugin.key {
+                    tracing::debug!(
+                        plugin = plugin.key.as_str(),
+                        "writing into space {space:?} of plugin {:?} (shares_space_with)",
+                        owner.key
+                    );
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -111,6 +191,7 @@ impl Backend for Imbed {
         purpose: Purpose,
     ) -> Result<(ModelInfo, Vec<(ItemResult, bool)>), CallError> {
         let plugin = self.plugin(key)?;
+        self.check_owner(plugin, &model.space).await?;
         // Keyed on the text the model sees (prefix included), not the text given: a vector of
         // a bare text is not the vector of the same text as a document, so vectors embedded
         // before a plugin started applying prefixes are never reused for prefixed texts.
@@ -138,10 +219,18 @@ impl Backend for Imbed {
             .collect();
         let missing: Vec<usize> = (0..texts.len()).filter(|&i| out[i].is_none()).collect();
         let mut model = model;
-        if !missing.is_empty() {
+        if missing.is_empty() {
+            // All from the cache: still only for a plugin that may write into the space (the
+            // vectors there may be another plugin's).
+            self.claim(plugin, &model.space).await?;
+        } else {
             let batch: Vec<String> = missing.iter().map(|&i| texts[i].clone()).collect();
             let (answered_model, items) = plugin.embed_texts(&batch, purpose).await?;
             model = answered_model;
+            // The space the plugin answered in, which may not be the one it announced.
+            if items.iter().any(Result::is_ok) || missing.len() < texts.len() {
+                self.claim(plugin, &model.space).await?;
+            }
             let mut fresh = Vec::new();
             for (&i, item) in missing.iter().zip(items) {
                 if let Ok(v) = &item {
@@ -149,13 +238,16 @@ impl Backend for Imbed {
                 }
                 out[i] = Some((item, false));
             }
-            let (space, model_id) = (model.space.clone(), model.model.clone());
-            self.cache(move |s| {
-                fresh
-                    .iter()
-                    .try_for_each(|(k, v)| s.put_text_vector(k, &space, &model_id, v))
-            })
-            .await;
+            let (space, model_id, writer) =
+                (model.space.clone(), model.model.clone(), writer_of(plugin));
+            if !fresh.is_empty() {
+                self.cache(move |s| {
+                    fresh
+                        .iter()
+                        .try_for_each(|(k, v)| s.put_text_vector(k, &space, &model_id, v, &writer))
+                })
+                .await;
+            }
         }
         let items = out
             .into_iter()
@@ -173,6 +265,7 @@ impl Backend for Imbed {
         image: &ValidImage,
     ) -> Result<(ModelInfo, ItemResult, bool), CallError> {
         let plugin = self.plugin(key)?;
+        self.check_owner(plugin, &model.space).await?;
         let (sha, space) = (image.sha256.clone(), model.space.clone());
         if let Some(vector) = self
             .cache(move |s| s.image_vector(&sha, &space))
@@ -180,18 +273,22 @@ impl Backend for Imbed {
             .flatten()
             .filter(|v| model.dimensions.is_none_or(|d| d == v.len()))
         {
+            self.claim(plugin, &model.space).await?;
             return Ok((model, Ok(vector), true));
         }
         let (model, mut vectors) = plugin.embed_images(std::slice::from_ref(image)).await?;
         let item = vectors.remove(0);
         if let Ok(v) = &item {
-            let (sha, space, model_id, v) = (
+            // The space the plugin answered in, which may not be the one it announced.
+            self.claim(plugin, &model.space).await?;
+            let (sha, space, model_id, v, writer) = (
                 image.sha256.clone(),
                 model.space.clone(),
                 model.model.clone(),
                 v.clone(),
+                writer_of(plugin),
             );
-            self.cache(move |s| s.put_image_vector(&sha, &space, &model_id, &v))
+            self.cache(move |s| s.put_image_vector(&sha, &space, &model_id, &v, &writer))
                 .await;
         }
         Ok((model, item, false))
@@ -200,8 +297,13 @@ impl Backend for Imbed {
     async fn record(&self, image: &ValidImage, embedding: &Embedding) {
         // Recorded before the answer is returned, so a caller that saw it (an index run that
         // is then killed) finds it in the cache next time.
-        let meta = ImageMeta::of(image);
-        let entry = embedding.clone();
-        self.cache(move |s| s.put_entry(&meta, &entry)).await;
+        // The plugin that produced it, which claimed the space when it answered (the store
+        // refuses the row otherwise).
+        let Ok(plugin) = self.plugin(&embedding.provenance.plugin.key) else {
+            return;
+        };
+        let (meta, entry, writer) = (ImageMeta::of(image), embedding.clone(), writer_of(plugin));
+        self.cache(move |s| s.put_entry(&meta, &entry, &writer))
+            .await;
     }
 }

@@ -150,7 +150,12 @@ impl Imbed {
         }
         let user_agent = concat!("imbed/", env!("CARGO_PKG_VERSION"));
         let http = match &options.url_guard {
-            Some(guard) => guard.client(user_agent)?,
+            Some(guard) => guard
+                .client(user_agent)
+                .map_err(|source| EngineError::HttpClient {
+                    what: "guarded",
+                    source,
+                })?,
             None => reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::limited(5))
                 .connect_timeout(config.input.download_timeout)

@@ -109,6 +109,7 @@ pub async fn check_plugin(
         nn_memory_bytes: 0,
         budgets: Default::default(),
         settings: Default::default(),
+        shares_space_with: Vec::new(),
     };
     let health = match runtime.load("check", &cfg).await {
         Ok(p) => PluginHealth::Ready {

@@ -101,6 +101,8 @@ pub(super) struct RawStep {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPlugin {
     pub(super) file: Spanned<String>,
+    /// A config key, or a list of them.
+    pub(super) shares_space_with: Option<Spanned<toml::Value>>,
     #[serde(default)]
     pub(super) limits: RawLimits,
     #[serde(default)]

@@ -4,31 +4,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::input::InputLimits;
 use crate::types::{SpaceId, StepKind};
-
-/// Limits applied to every input image before any plugin sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InputLimits {
-    /// Largest encoded image accepted, in bytes.
-    pub max_bytes: u64,
-    /// Largest width × height accepted, checked from the header before decoding.
-    pub max_pixels: u64,
-    /// Largest width or height accepted.
-    pub max_side: u32,
-    /// Deadline for downloading an image from a URL.
-    pub download_timeout: Duration,
-}
-
-impl Default for InputLimits {
-    fn default() -> Self {
-        InputLimits {
-            max_bytes: 64 << 20,
-            max_pixels: 50_000_000,
-            max_side: 30_000,
-            download_timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 /// One step of the priority chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +116,10 @@ pub struct PluginConfig {
     /// The plugin's own settings, as strings (numbers and booleans in their TOML spelling,
     /// arrays and tables as JSON).
     pub settings: BTreeMap<String, String>,
+    /// Config keys of plugins whose embedding spaces this one may write into
+    /// (`shares_space_with`): they compute the same vectors (one backend under two keys, an
+    /// OpenAI-compatible server serving Ollama's model). See [`Config::space_partners`].
+    pub shares_space_with: Vec<String>,
 }
 
 /// Per-plugin caps on what the plugin sends back to the host, from `[plugins.X.limits]`;
@@ -257,9 +238,41 @@ pub struct Config {
     /// The persistent cache of descriptions and vectors.
     pub cache: CacheSettings,
     /// `[models]`: where model files live and where `imbed models pull` fetches them.
-    pub models: crate::models::ModelSettings,
+    pub models: ModelSettings,
     /// `[nn]`: the native inference backend of the `wasi:nn` capability.
     pub nn: NnSettings,
+}
+
+impl Config {
+    /// The config keys that share embedding spaces with `key`: a space owned by one of them
+    /// takes vectors from `key`. One `shares_space_with` declaration links both keys (either
+    /// may have written first, depending on chain order and on which backend was up), and
+    /// links chain: keys that name a common partner share with each other too.
+    pub fn space_partners(&self, key: &str) -> Vec<String> {
+        let mut group = vec![key.to_string()];
+        let mut i = 0;
+        while i < group.len() {
+            let current = group[i].clone();
+            let neighbours = self.plugins.iter().flat_map(|(k, p)| {
+                if *k == current {
+                    p.shares_space_with.clone()
+                } else if p.shares_space_with.contains(&current) {
+                    vec![k.clone()]
+                } else {
+                    Vec::new()
+                }
+            });
+            for n in neighbours.collect::<Vec<_>>() {
+                if !group.contains(&n) {
+                    group.push(n);
+                }
+            }
+            i += 1;
+        }
+        group.remove(0);
+        group.sort();
+        group
+    }
 }
 
 /// `[cache]`: the database of descriptions, vectors and indexed files.
@@ -291,4 +304,17 @@ pub enum Database {
     /// A PostgreSQL database with pgvector: `database = "postgres://…"` or
     /// `IMBED_DATABASE_URL`.
     Postgres(String),
+}
+
+/// The `[models]` section of the config.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModelSettings {
+    /// Where model folders live (default `${IMBED_HOME}/models`).
+    pub dir: PathBuf,
+    /// A mirror: files are fetched from `<mirror>/<model>/<path>`.
+    pub mirror: Option<String>,
+    /// Per-model base URLs: the model's files are fetched from `<url>/<path>`.
+    pub urls: BTreeMap<String, String>,
+    /// An extra registry file whose models are added to (or replace) the built-in ones.
+    pub registry: Option<PathBuf>,
 }

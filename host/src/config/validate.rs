@@ -241,6 +241,34 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         );
     }
 
+    // Partners are checked once every plugin is known.
+    for (key, section) in &raw.plugins {
+        let Some(value) = &section.get_ref().shares_space_with else {
+            continue;
+        };
+        for partner in &plugins[key.get_ref()].shares_space_with {
+            if !plugins.contains_key(partner) {
+                let known: Vec<&str> = plugins
+                    .keys()
+                    .filter(|k| *k != key.get_ref())
+                    .map(String::as_str)
+                    .collect();
+                return ctx.err(
+                    Some(value.span()),
+                    format!(
+                        "plugin {:?}: shares_space_with names {partner:?}, which has no [plugins.{partner}] section: name the config key of the plugin whose space this one computes too{}",
+                        key.get_ref(),
+                        if known.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (configured: {})", known.join(", "))
+                        }
+                    ),
+                );
+            }
+        }
+    }
+
     let chain = raw.chain.get_ref();
     if chain.steps.is_empty() {
         // A chain TOML made implicitly (`chain.require_space = ...`) has no span of its own.
@@ -373,10 +401,7 @@ fn validate_nn(raw: &RawNn, ctx: &Ctx<'_>) -> Result<NnSettings, ConfigError> {
     })
 }
 
-fn validate_models(
-    raw: &RawModels,
-    ctx: &Ctx<'_>,
-) -> Result<crate::models::ModelSettings, ConfigError> {
+fn validate_models(raw: &RawModels, ctx: &Ctx<'_>) -> Result<ModelSettings, ConfigError> {
     let dir = match &raw.dir {
         Some(d) => ctx.path(d)?,
         None => PathBuf::from(ctx.env.get("IMBED_HOME").unwrap_or_default()).join("models"),
@@ -387,7 +412,7 @@ fn validate_models(
         if text.trim().is_empty() {
             return Ok(None);
         }
-        crate::models::check_base_url(text.trim())
+        normalize_base_url(text.trim())
             .map(Some)
             .or_else(|e| ctx.err(Some(value.span()), format!("[models] {what}: {e}")))
     };
@@ -402,7 +427,7 @@ fn validate_models(
         }
     }
     let registry = raw.registry.as_ref().map(|r| ctx.path(r)).transpose()?;
-    Ok(crate::models::ModelSettings {
+    Ok(ModelSettings {
         dir,
         mirror,
         urls,
@@ -639,6 +664,37 @@ fn validate_plugin(
         settings.insert(key.clone(), rendered);
     }
 
+    let mut shares_space_with = Vec::new();
+    if let Some(value) = &raw.shares_space_with {
+        let bad = || {
+            ctx.err(
+                Some(value.span()),
+                format!("plugin {name:?}: shares_space_with must be a plugin's config key or a list of them, e.g. shares_space_with = \"ollama\""),
+            )
+        };
+        let keys: Vec<&toml::Value> = match value.get_ref() {
+            toml::Value::Array(items) => items.iter().collect(),
+            one => vec![one],
+        };
+        for k in keys {
+            let Some(k) = k.as_str() else {
+                return bad();
+            };
+            if k == name {
+                return ctx.err(
+                    Some(value.span()),
+                    format!("plugin {name:?}: shares_space_with names the plugin itself; a plugin always writes its own spaces: remove it"),
+                );
+            }
+            if !shares_space_with.iter().any(|s| s == k) {
+                shares_space_with.push(k.to_string());
+            }
+        }
+        if shares_space_with.is_empty() {
+            return bad();
+        }
+    }
+
     Ok(PluginConfig {
         path,
         memory_bytes: memory_mb.0 << 20,
@@ -656,6 +712,7 @@ fn validate_plugin(
         nn_memory_bytes: nn_memory_mb.0 << 20,
         budgets,
         settings,
+        shares_space_with,
     })
 }
 
@@ -803,6 +860,21 @@ fn validate_step(
     })
 }
 
+/// An http(s) base URL without trailing slashes, or what is wrong with it. Shared with
+/// `models`, which checks the URLs of registry files and `IMBED_MODEL_MIRROR` the same way.
+pub(crate) fn normalize_base_url(url: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err("write it as http(s)://host[:port]/path".to_string());
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(
+            "a base URL has no ?query or #fragment: file paths are appended to it".to_string(),
+        );
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -921,6 +993,39 @@ file = "hash.wasm"
             msg,
             "c.toml:5: step 0 names plugin \"clip\", which has no [plugins.clip] section"
         );
+    }
+
+    #[test]
+    fn shares_space_with_takes_a_key_or_a_list_and_links_both_ways() {
+        let text = format!(
+            "{MINIMAL}\n[plugins.a]\nfile = \"a.wasm\"\nshares_space_with = \"hash\"\n\
+             [plugins.b]\nfile = \"b.wasm\"\nshares_space_with = [\"a\", \"a\"]\n\
+             [plugins.c]\nfile = \"c.wasm\"\n"
+        );
+        let cfg = Config::from_toml_str(&text, "c.toml", None, &Env::isolated()).unwrap();
+        assert_eq!(cfg.plugins["a"].shares_space_with, ["hash"]);
+        assert_eq!(cfg.plugins["b"].shares_space_with, ["a"]);
+        // One declaration links both keys, and links chain.
+        assert_eq!(cfg.space_partners("hash"), ["a", "b"]);
+        assert_eq!(cfg.space_partners("b"), ["a", "hash"]);
+        assert!(cfg.space_partners("c").is_empty());
+    }
+
+    #[test]
+    fn shares_space_with_must_name_another_configured_plugin() {
+        let err = |extra: &str| {
+            let text = format!("{MINIMAL}\n[plugins.a]\nfile = \"a.wasm\"\n{extra}\n");
+            Config::from_toml_str(&text, "c.toml", None, &Env::isolated())
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("shares_space_with = \"ollama\""),
+            "c.toml:12: plugin \"a\": shares_space_with names \"ollama\", which has no [plugins.ollama] section: name the config key of the plugin whose space this one computes too (configured: hash)"
+        );
+        assert!(err("shares_space_with = \"a\"").contains("names the plugin itself"));
+        assert!(err("shares_space_with = 3").contains("must be a plugin's config key"));
+        assert!(err("shares_space_with = []").contains("must be a plugin's config key"));
     }
 
     #[test]

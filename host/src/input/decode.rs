@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::complete;
 use super::InputError;
-use crate::config::InputLimits;
+use super::InputLimits;
 
 /// An image that passed validation: what plugins receive.
 #[derive(Debug, Clone)]

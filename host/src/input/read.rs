@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
+use super::InputLimits;
 use super::{InputError, UrlGuard};
-use crate::config::InputLimits;
 
 /// Where an image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -66,7 +66,7 @@ impl UrlGuard {
     /// drops non-public addresses, and reqwest connects to exactly the addresses it returns, so
     /// a DNS answer that changes between check and use (rebinding) cannot slip through.
     /// Redirects are checked hop by hop; proxies are not used (they would resolve for us).
-    pub fn client(&self, user_agent: &str) -> Result<reqwest::Client, crate::error::EngineError> {
+    pub fn client(&self, user_agent: &str) -> reqwest::Result<reqwest::Client> {
         let guard = std::sync::Arc::new(self.clone());
         let redirect_guard = guard.clone();
         reqwest::Client::builder()
@@ -86,10 +86,6 @@ impl UrlGuard {
                 }
             }))
             .build()
-            .map_err(|source| crate::error::EngineError::HttpClient {
-                what: "guarded",
-                source,
-            })
     }
 }
 

@@ -3,11 +3,10 @@
 
 use super::error::ModelError;
 use super::{BUILTIN_REGISTRY, MANIFEST};
+pub use crate::config::ModelSettings;
 use serde::Deserialize;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::path::PathBuf;
 
 /// Which format a file belongs to; files of no format are needed by every format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,20 +206,10 @@ fn valid_sha256(hex: &str) -> bool {
 
 /// Check an http(s) base URL and drop trailing slashes.
 pub fn check_base_url(url: &str) -> Result<String, ModelError> {
-    let bad = |message: &str| ModelError::BadUrl {
+    crate::config::normalize_base_url(url).map_err(|message| ModelError::BadUrl {
         url: url.to_string(),
-        message: message.to_string(),
-    };
-    let parsed = url::Url::parse(url).map_err(|e| bad(&format!("{e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        return Err(bad("write it as http(s)://host[:port]/path"));
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(bad(
-            "a base URL has no ?query or #fragment: file paths are appended to it",
-        ));
-    }
-    Ok(url.trim_end_matches('/').to_string())
+        message,
+    })
 }
 
 impl Registry {
@@ -333,17 +322,4 @@ impl Registry {
                 known: self.models.iter().map(|m| m.name.clone()).collect(),
             })
     }
-}
-
-/// The `[models]` section of the config.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ModelSettings {
-    /// Where model folders live (default `${IMBED_HOME}/models`).
-    pub dir: PathBuf,
-    /// A mirror: files are fetched from `<mirror>/<model>/<path>`.
-    pub mirror: Option<String>,
-    /// Per-model base URLs: the model's files are fetched from `<url>/<path>`.
-    pub urls: BTreeMap<String, String>,
-    /// An extra registry file whose models are added to (or replace) the built-in ones.
-    pub registry: Option<PathBuf>,
 }

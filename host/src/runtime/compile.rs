@@ -19,7 +19,15 @@ impl Runtime {
     /// Compile a component, or load it from the cache when this exact file was compiled before
     /// by this exact engine. Returns whether the cache answered.
     pub(crate) fn compile(&self, bytes: &[u8]) -> Result<(Component, bool), String> {
-        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        self.compile_digested(bytes, component_digest(bytes))
+    }
+
+    /// [`Runtime::compile`] when the caller has the component's SHA-256 already.
+    pub(crate) fn compile_digested(
+        &self,
+        bytes: &[u8],
+        digest: [u8; 32],
+    ) -> Result<(Component, bool), String> {
         let memo = self
             .compiled
             .lock()
@@ -72,6 +80,12 @@ impl Runtime {
         }
         Ok((component, false))
     }
+}
+
+/// A component file's SHA-256: the compile cache's key, and the identity the store records for
+/// each vector the component writes.
+pub(crate) fn component_digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// What `imbed plugins check` reports about a component file.

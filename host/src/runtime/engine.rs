@@ -145,15 +145,19 @@ impl Runtime {
             }
         }
         let this = self.clone();
-        let (component, from_cache) = tokio::task::spawn_blocking(move || this.compile(&bytes))
-            .await
-            .map_err(|e| not_installed(format!("compiling the plugin panicked: {e}")))?
-            .map_err(|e| {
-                not_installed(format!(
-                    "{} is not a valid WebAssembly component: {e}",
-                    cfg.path.display()
-                ))
-            })?;
+        let (component, from_cache, digest) = tokio::task::spawn_blocking(move || {
+            let digest = super::compile::component_digest(&bytes);
+            this.compile_digested(&bytes, digest)
+                .map(|(c, from_cache)| (c, from_cache, digest))
+        })
+        .await
+        .map_err(|e| not_installed(format!("compiling the plugin panicked: {e}")))?
+        .map_err(|e| {
+            not_installed(format!(
+                "{} is not a valid WebAssembly component: {e}",
+                cfg.path.display()
+            ))
+        })?;
         let found = contract_version(&self.engine, &component);
         if let Some(found) = &found {
             if !SUPPORTED.contains(&found.as_str()) {
@@ -223,6 +227,7 @@ impl Runtime {
             learned_dims: Mutex::new(HashMap::new()),
             identity: Mutex::new(None),
             from_cache,
+            component_sha256: crate::input::hex(&digest),
             load_time: Duration::ZERO,
         };
         let info = plugin.info().await?;

@@ -58,6 +58,9 @@ pub(crate) struct Plugin {
     /// version has none).
     pub(crate) identity: Mutex<Option<CacheIdentity>>,
     pub from_cache: bool,
+    /// SHA-256 of the component file, hex: what the store records as the writer of the
+    /// plugin's vectors.
+    pub component_sha256: String,
     pub load_time: Duration,
 }
 

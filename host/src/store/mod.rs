@@ -27,8 +27,9 @@ pub use keys::{describer_identity, describer_identity_of, file_stamp, text_key};
 use postgres::PostgresStore;
 pub use postgres::{is_postgres_url, PgOptions, PG_SCHEMA_VERSION};
 pub use records::{
-    CachedDescription, Entry, FileRecord, ImageMeta, PruneOptions, PruneReport, SpaceStats,
-    SpaceVectors, Stats, StoreError,
+    CachedDescription, Entry, FileRecord, ImageMeta, Ownership, PruneOptions, PruneReport,
+    SpaceClaim, SpaceOwner, SpaceStats, SpaceVectors, SpaceWriterStats, Stats, StoreError, Writer,
+    WriterFilter,
 };
 pub use sqlite::SCHEMA_VERSION;
 use sqlite::{Export, SqliteStore};
@@ -174,17 +175,26 @@ impl Cache {
         }
     }
 
-    /// Record many answers at once (one transaction for PostgreSQL).
-    pub fn put_entries(&self, items: &[(ImageMeta, crate::types::Embedding)]) -> Result<()> {
+    /// Record many answers by one writer at once (one transaction for PostgreSQL); `writer`
+    /// must hold a claim on each of their spaces.
+    pub fn put_entries(
+        &self,
+        items: &[(ImageMeta, crate::types::Embedding)],
+        writer: &Writer,
+    ) -> Result<()> {
         match &self.backend {
-            Backend::Sqlite(s) => items.iter().try_for_each(|(i, e)| s.put_entry(i, e)),
-            Backend::Postgres(s) => s.put_entries(items),
+            Backend::Sqlite(s) => items
+                .iter()
+                .try_for_each(|(i, e)| s.put_entry(i, e, writer)),
+            Backend::Postgres(s) => s.put_entries(items, writer),
         }
     }
 
-    /// Copy everything this SQLite cache holds into `to` (`imbed cache migrate`): the work
-    /// done is kept, nothing is recomputed. Copying again skips what is there. Search indexes
-    /// of `to` are built at the end.
+    /// Copy everything this SQLite cache holds into the PostgreSQL cache `to` (`imbed cache
+    /// migrate`): the work done is kept, nothing is recomputed, and each space keeps its owner
+    /// and writers, and each vector the writer it names. Copying again skips what is there;
+    /// a space owned by another plugin in `to` stops the copy before any vector is copied.
+    /// Search indexes of `to` are built at the end.
     pub fn copy_to(&self, to: &Cache) -> Result<CopyReport> {
         let Backend::Sqlite(from) = &self.backend else {
             return Err(StoreError::Connect {
@@ -192,12 +202,23 @@ impl Cache {
                 message: "only an SQLite cache can be copied: set [cache] database to the SQLite file to copy from".into(),
             });
         };
+        let Backend::Postgres(target) = &to.backend else {
+            return Err(StoreError::Connect {
+                location: to.location(),
+                message: "a cache is copied into PostgreSQL only: give a postgres:// URL".into(),
+            });
+        };
         let mut report = CopyReport::default();
         from.export(2_000, &mut |piece| {
             match piece {
+                Export::Space {
+                    space,
+                    owner,
+                    writers,
+                } => target.import_space(&space, owner.as_ref(), &writers)?,
                 Export::Entries(items) => {
                     report.entries += items.len() as u64;
-                    to.put_entries(&items)?;
+                    target.import_entries(&items)?;
                 }
                 Export::File {
                     path,
@@ -222,18 +243,32 @@ impl Cache {
                     space,
                     model,
                     vector,
+                    writer,
                 } => {
                     report.vectors += 1;
-                    to.put_text_vector(&key, &space, &model, &vector)?;
+                    let row = postgres::VectorRow {
+                        key: &key,
+                        space: &space,
+                        model: &model,
+                        vector: &vector,
+                    };
+                    target.import_vector(postgres::VectorTable::Text, row, &writer)?;
                 }
                 Export::ImageVector {
                     key,
                     space,
                     model,
                     vector,
+                    writer,
                 } => {
                     report.vectors += 1;
-                    to.put_image_vector(&key, &space, &model, &vector)?;
+                    let row = postgres::VectorRow {
+                        key: &key,
+                        space: &space,
+                        model: &model,
+                        vector: &vector,
+                    };
+                    target.import_vector(postgres::VectorTable::Image, row, &writer)?;
                 }
                 Export::Root(root) => to.put_root(&root)?,
             }
@@ -290,17 +325,28 @@ impl Cache {
             d: &CachedDescription) -> Result<()>;
         /// A cached vector of a text (by its SHA-256, see [`text_key`]) in `space`.
         fn text_vector(&self, text_sha: &str, space: &str) -> Result<Option<Vec<f32>>>;
-        /// Remember a text's vector.
-        fn put_text_vector(&self, text_sha: &str, space: &str, model: &str, vector: &[f32])
-            -> Result<()>;
+        /// Remember a text's vector, written by `writer`, which must hold a claim on `space`
+        /// ([`Cache::claim_space`]); otherwise nothing is written ([`StoreError::NotClaimed`]).
+        fn put_text_vector(&self, text_sha: &str, space: &str, model: &str, vector: &[f32],
+            writer: &Writer) -> Result<()>;
         /// A cached direct image vector in `space`.
         fn image_vector(&self, image: &str, space: &str) -> Result<Option<Vec<f32>>>;
-        /// Remember a direct image vector.
-        fn put_image_vector(&self, image: &str, space: &str, model: &str, vector: &[f32])
-            -> Result<()>;
-        /// Record the chain's answer for an image (and the image itself), all or nothing.
-        fn put_entry(&self, image: &ImageMeta, embedding: &crate::types::Embedding)
-            -> Result<()>;
+        /// Remember a direct image vector, written by `writer`, which must hold a claim on
+        /// `space`.
+        fn put_image_vector(&self, image: &str, space: &str, model: &str, vector: &[f32],
+            writer: &Writer) -> Result<()>;
+        /// Record the chain's answer for an image (and the image itself), all or nothing;
+        /// `writer` produced it and must hold a claim on its space.
+        fn put_entry(&self, image: &ImageMeta, embedding: &crate::types::Embedding,
+            writer: &Writer) -> Result<()>;
+        /// Ask to write into `space` as `claim.writer`. The first plugin to write into a space
+        /// owns it (this pins it); later claims are granted to the owner and to the keys the
+        /// config declares as sharing with it ([`SpaceClaim::allows`]), refused to everyone
+        /// else. A granted claim also records the claimant's component among the space's
+        /// writers. Atomic: of two processes racing to pin a space, exactly one wins.
+        fn claim_space(&self, space: &str, claim: &SpaceClaim) -> Result<Ownership>;
+        /// The plugin `space` is pinned to, if any (read only; pins nothing).
+        fn space_owner(&self, space: &str) -> Result<Option<SpaceOwner>>;
         /// Record that `path` (with this size and mtime) holds `image`.
         fn put_file(&self, path: &Path, image: &ImageMeta, size: u64, mtime_ns: i64)
             -> Result<()>;
@@ -317,7 +363,7 @@ impl Cache {
         fn load_space(&self, space: &str) -> Result<SpaceVectors>;
         /// Entries in `space` with an id above `after`, for bringing an index up to date.
         fn space_since(&self, space: &str, after: i64) -> Result<SpaceVectors>;
-        /// Spaces with stored entries, largest first.
+        /// Spaces with stored entries, largest first, with their owners and writers.
         fn spaces(&self) -> Result<Vec<SpaceStats>>;
         /// Known files whose image has only degraded entries, optionally only under `under`.
         fn degraded_files(&self, under: Option<&Path>) -> Result<Vec<PathBuf>>;

@@ -19,8 +19,12 @@
 //!   the search page, made again on demand), `ann_dir()` is unused (no index files).
 //! - Migrations are numbered in `schema_migrations` and run under a session advisory lock, so
 //!   any number of processes may start at once.
+//! - Space ownership keeps SQLite's rule (`SpaceClaim::allows`), but SQLite's one write lock
+//!   becomes row locks: the pin is an `INSERT … ON CONFLICT DO NOTHING` read back in the same
+//!   transaction, so of workers on several machines racing to pin a space exactly one wins,
+//!   and each write locks its claim (`FOR SHARE`) so a concurrent prune cannot drop it midway.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -38,7 +42,7 @@ use super::records::*;
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// The schema version this build writes (the number of `MIGRATIONS`).
-pub const PG_SCHEMA_VERSION: i64 = 1;
+pub const PG_SCHEMA_VERSION: i64 = 2;
 
 /// Each migration takes the database from version `index` to `index + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -110,8 +114,42 @@ const MIGRATIONS: &[&str] = &[
          path TEXT PRIMARY KEY,
          added_at BIGINT NOT NULL
      );",
-    // 1 -> 2 is kept for issue #20's `spaces` ownership table (ported from SQLite's), then the
-    // work queue's `jobs` table (issue #17, part 2).
+    // 1 -> 2: space ownership, as SQLite's 3 -> 4 (see there): each space pinned to the
+    // plugin that first wrote into it, every component that wrote into it listed, every
+    // vector row naming its writer. Older entries are attributed by the plugin key in their
+    // provenance; a space they attribute to several keys stays unpinned until the next write.
+    "CREATE TABLE spaces (
+         space TEXT PRIMARY KEY,
+         owner_key TEXT NOT NULL,
+         owner_name TEXT NOT NULL,
+         first_written BIGINT NOT NULL
+     );
+     CREATE TABLE space_writers (
+         space TEXT NOT NULL,
+         plugin_key TEXT NOT NULL,
+         plugin_name TEXT NOT NULL,
+         component TEXT NOT NULL,
+         first_seen BIGINT NOT NULL,
+         last_seen BIGINT NOT NULL,
+         PRIMARY KEY (space, plugin_key, component)
+     );
+     ALTER TABLE entries ADD COLUMN plugin_key TEXT, ADD COLUMN component TEXT;
+     ALTER TABLE text_vectors ADD COLUMN plugin_key TEXT, ADD COLUMN component TEXT;
+     ALTER TABLE image_vectors ADD COLUMN plugin_key TEXT, ADD COLUMN component TEXT;
+     UPDATE entries SET plugin_key = provenance::jsonb #>> '{plugin,key}';
+     INSERT INTO space_writers (space, plugin_key, plugin_name, component, first_seen, last_seen)
+         SELECT space, plugin_key,
+                COALESCE(MIN(provenance::jsonb #>> '{plugin,name}'), plugin_key), '',
+                MIN(created_at), MAX(created_at)
+         FROM entries WHERE plugin_key IS NOT NULL AND plugin_key <> ''
+         GROUP BY space, plugin_key;
+     INSERT INTO spaces (space, owner_key, owner_name, first_written)
+         SELECT w.space, MIN(w.plugin_key), MIN(w.plugin_name), MIN(w.first_seen)
+         FROM space_writers w GROUP BY w.space
+         HAVING COUNT(DISTINCT w.plugin_key) = 1
+            AND NOT EXISTS (SELECT 1 FROM entries e
+                            WHERE e.space = w.space AND e.plugin_key IS NULL);",
+    // 2 -> 3 is kept for the work queue's `jobs` table (issue #17, part 2).
 ];
 
 /// The key of the session advisory lock migrations run under ("imbed" in ASCII).
@@ -594,15 +632,22 @@ impl PostgresStore {
         self.vector("text_vectors", "text_sha", text_sha, space)
     }
 
-    /// Remember a text's vector.
+    /// Remember a text's vector, written by `writer` (which must hold a claim on `space`).
     pub fn put_text_vector(
         &self,
         text_sha: &str,
         space: &str,
         model: &str,
         v: &[f32],
+        writer: &Writer,
     ) -> Result<()> {
-        self.put_vector("text_vectors", "text_sha", text_sha, space, model, v)
+        let row = VectorRow {
+            key: text_sha,
+            space,
+            model,
+            vector: v,
+        };
+        self.put_vector(VectorTable::Text, row, &writer.into(), Some(writer))
     }
 
     /// A cached direct image vector.
@@ -610,9 +655,23 @@ impl PostgresStore {
         self.vector("image_vectors", "image", image, space)
     }
 
-    /// Remember a direct image vector.
-    pub fn put_image_vector(&self, image: &str, space: &str, model: &str, v: &[f32]) -> Result<()> {
-        self.put_vector("image_vectors", "image", image, space, model, v)
+    /// Remember a direct image vector, written by `writer` (which must hold a claim on
+    /// `space`).
+    pub fn put_image_vector(
+        &self,
+        image: &str,
+        space: &str,
+        model: &str,
+        v: &[f32],
+        writer: &Writer,
+    ) -> Result<()> {
+        let row = VectorRow {
+            key: image,
+            space,
+            model,
+            vector: v,
+        };
+        self.put_vector(VectorTable::Image, row, &writer.into(), Some(writer))
     }
 
     fn vector(
@@ -629,37 +688,112 @@ impl PostgresStore {
         Ok(rows.first().map(|r| r.get::<_, Vector>(0).to_vec()))
     }
 
+    /// Write one cached vector naming `row_writer`; with `claimant`, only while it holds a
+    /// claim on the space (checked in the write's transaction).
     fn put_vector(
         &self,
-        table: &str,
-        column: &str,
-        key: &str,
-        space: &str,
-        model: &str,
-        v: &[f32],
+        table: VectorTable,
+        row: VectorRow<'_>,
+        row_writer: &RowWriter,
+        claimant: Option<&Writer>,
     ) -> Result<()> {
-        self.execute(
-            &format!(
-                "INSERT INTO {table} ({column}, space, model, vector, created_at)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT ({column}, space) DO UPDATE SET model = EXCLUDED.model,
-                   vector = EXCLUDED.vector, created_at = EXCLUDED.created_at"
-            ),
-            &[&key, &space, &model, &Vector::from(v.to_vec()), &now()],
-        )
-        .map(drop)
-    }
-
-    /// Record the chain's answer for an image (and the image itself), in one transaction.
-    pub fn put_entry(&self, image: &ImageMeta, embedding: &crate::types::Embedding) -> Result<()> {
-        self.put_entries(std::slice::from_ref(&(image.clone(), embedding.clone())))
-    }
-
-    /// Record many answers in one transaction (`cache migrate`, bulk loads).
-    pub fn put_entries(&self, items: &[(ImageMeta, crate::types::Embedding)]) -> Result<()> {
+        let (table, column) = table.names();
+        let sql = format!(
+            "INSERT INTO {table} ({column}, space, model, vector, created_at, plugin_key, component)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT ({column}, space) DO UPDATE SET model = EXCLUDED.model,
+               vector = EXCLUDED.vector, created_at = EXCLUDED.created_at,
+               plugin_key = EXCLUDED.plugin_key, component = EXCLUDED.component"
+        );
         self.block_on(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| self.db(e))?;
+            if let Some(w) = claimant {
+                self.check_claim(&tx, row.space, w).await?;
+            }
+            tx.execute(
+                &sql,
+                &[
+                    &row.key,
+                    &row.space,
+                    &row.model,
+                    &Vector::from(row.vector.to_vec()),
+                    &now(),
+                    &row_writer.key,
+                    &row_writer.component,
+                ],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+            tx.commit().await.map_err(|e| self.db(e))
+        })
+    }
+
+    /// Record the chain's answer for an image (and the image itself), in one transaction;
+    /// `writer` produced it and must hold a claim on its space.
+    pub fn put_entry(
+        &self,
+        image: &ImageMeta,
+        embedding: &crate::types::Embedding,
+        writer: &Writer,
+    ) -> Result<()> {
+        self.put_entries(
+            std::slice::from_ref(&(image.clone(), embedding.clone())),
+            writer,
+        )
+    }
+
+    /// Record many answers by one writer in one transaction (bulk loads); `writer` must hold a
+    /// claim on each of their spaces, or nothing is written.
+    pub fn put_entries(
+        &self,
+        items: &[(ImageMeta, crate::types::Embedding)],
+        writer: &Writer,
+    ) -> Result<()> {
+        let row_writer = RowWriter::from(writer);
+        let rows: Vec<EntryRow<'_>> = items
+            .iter()
+            .map(|(image, embedding)| (image, embedding, &row_writer))
+            .collect();
+        self.write_entries(&rows, Some(writer))
+    }
+
+    /// Entries copied by `cache migrate`, each naming the writer its source row named. Not
+    /// checked against claims: the source store accepted them, and its owners and writers
+    /// were copied first ([`PostgresStore::import_space`]), unpinned spaces included.
+    pub(crate) fn import_entries(
+        &self,
+        items: &[(ImageMeta, crate::types::Embedding, RowWriter)],
+    ) -> Result<()> {
+        let rows: Vec<EntryRow<'_>> = items.iter().map(|(i, e, w)| (i, e, w)).collect();
+        self.write_entries(&rows, None)
+    }
+
+    /// A cached vector copied by `cache migrate`, naming the writer its source row named.
+    pub(crate) fn import_vector(
+        &self,
+        table: VectorTable,
+        row: VectorRow<'_>,
+        row_writer: &RowWriter,
+    ) -> Result<()> {
+        self.put_vector(table, row, row_writer, None)
+    }
+
+    /// Write entries in one transaction; with `claimant`, only if it holds a claim on every
+    /// space among them.
+    fn write_entries(&self, items: &[EntryRow<'_>], claimant: Option<&Writer>) -> Result<()> {
+        self.block_on(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(|e| self.db(e))?;
+            if let Some(w) = claimant {
+                let spaces: std::collections::BTreeSet<&str> = items
+                    .iter()
+                    .map(|(_, e, _)| e.provenance.space.as_str())
+                    .collect();
+                for space in spaces {
+                    self.check_claim(&tx, space, w).await?;
+                }
+            }
             let same = tx
                 .prepare_cached(
                     "SELECT embedding = $3 AND degraded = $4 FROM entries
@@ -673,8 +807,9 @@ impl PostgresStore {
                 .map_err(|e| self.db(e))?;
             let insert = tx
                 .prepare_cached(
-                    "INSERT INTO entries (image, space, dims, embedding, provenance, degraded, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO entries
+                     (image, space, dims, embedding, provenance, degraded, created_at, plugin_key, component)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .await
                 .map_err(|e| self.db(e))?;
@@ -682,7 +817,7 @@ impl PostgresStore {
             // keys distinct, the rows' statements may interleave, so they are pipelined (sent
             // without waiting for each answer): a bulk copy is not one round trip per statement.
             let mut last = std::collections::HashMap::new();
-            for (n, (image, embedding)) in items.iter().enumerate() {
+            for (n, (image, embedding, _)) in items.iter().enumerate() {
                 last.insert((image.sha256.as_str(), embedding.provenance.space.as_str()), n);
             }
             let mut order: Vec<usize> = last.into_values().collect();
@@ -691,7 +826,7 @@ impl PostgresStore {
             for chunk in order.chunks(256) {
                 let tx = txr;
                 futures::future::try_join_all(chunk.iter().map(|&n| async move {
-                    let (image, embedding) = &items[n];
+                    let (image, embedding, writer) = items[n];
                     insert_image(tx, image).await?;
                     let p = &embedding.provenance;
                     let provenance = serde_json::to_string(p).unwrap_or_else(|_| "{}".into());
@@ -715,6 +850,8 @@ impl PostgresStore {
                             &provenance,
                             &p.degraded,
                             &now(),
+                            &writer.key,
+                            &writer.component,
                         ],
                     )
                     .await
@@ -859,9 +996,16 @@ impl PostgresStore {
         Ok(out)
     }
 
-    /// Spaces with stored entries, largest first.
+    /// Spaces with stored entries, largest first, with their owners and writers.
     pub fn spaces(&self) -> Result<Vec<SpaceStats>> {
-        Ok(self
+        self.space_list(false)
+    }
+
+    /// Spaces with stored entries (and with `pinned`, also those with only an owner or
+    /// writers), largest first, with their owners and writers.
+    fn space_list(&self, pinned: bool) -> Result<Vec<SpaceStats>> {
+        let mut owners = self.ownership()?;
+        let mut out: Vec<SpaceStats> = self
             .query(
                 "SELECT space, MAX(dims), COUNT(*), COUNT(*) FILTER (WHERE degraded) FROM entries
                  GROUP BY space ORDER BY COUNT(*) DESC, space",
@@ -873,8 +1017,30 @@ impl PostgresStore {
                 dims: r.get::<_, i32>(1) as usize,
                 entries: r.get::<_, i64>(2) as u64,
                 degraded: r.get::<_, i64>(3) as u64,
+                owner: None,
+                writers: Vec::new(),
             })
-            .collect())
+            .collect();
+        for s in &mut out {
+            if let Some((owner, writers)) = owners.remove(&s.space) {
+                (s.owner, s.writers) = (owner, writers);
+            }
+        }
+        if pinned {
+            out.extend(
+                owners
+                    .into_iter()
+                    .map(|(space, (owner, writers))| SpaceStats {
+                        space,
+                        dims: 0,
+                        entries: 0,
+                        degraded: 0,
+                        owner,
+                        writers,
+                    }),
+            );
+        }
+        Ok(out)
     }
 
     /// Known files whose image has only degraded entries.
@@ -943,7 +1109,7 @@ impl PostgresStore {
             descriptions: count("descriptions")?,
             text_vectors: count("text_vectors")?,
             image_vectors: count("image_vectors")?,
-            spaces: self.spaces()?,
+            spaces: self.space_list(true)?,
         })
     }
 
@@ -1005,36 +1171,52 @@ impl PostgresStore {
             report.entries += entries;
             report.images += images;
         }
-        if !options.spaces.is_empty() || options.text_vectors {
-            let (entries, texts) = self.block_on(async {
+        if let Some(writer) = &options.writer {
+            self.prune_writer(&options.spaces, writer, &mut report)?;
+        }
+        let whole_spaces: &[String] = match options.writer {
+            Some(_) => &[],
+            None => &options.spaces,
+        };
+        if !whole_spaces.is_empty() || options.text_vectors {
+            self.block_on(async {
                 let mut client = self.client().await?;
                 let tx = client.transaction().await.map_err(|e| self.db(e))?;
-                let (mut entries, mut texts) = (0, 0);
-                for space in &options.spaces {
-                    entries += tx
+                for space in whole_spaces {
+                    report.entries += tx
                         .execute("DELETE FROM entries WHERE space = $1", &[space])
                         .await
                         .map_err(|e| self.db(e))?;
-                    tx.execute("DELETE FROM image_vectors WHERE space = $1", &[space])
+                    report.image_vectors += tx
+                        .execute("DELETE FROM image_vectors WHERE space = $1", &[space])
                         .await
                         .map_err(|e| self.db(e))?;
-                    texts += tx
+                    report.text_vectors += tx
                         .execute("DELETE FROM text_vectors WHERE space = $1", &[space])
                         .await
                         .map_err(|e| self.db(e))?;
+                    // Nothing is left of it: the next plugin to write into it owns it.
+                    tx.execute("DELETE FROM space_writers WHERE space = $1", &[space])
+                        .await
+                        .map_err(|e| self.db(e))?;
+                    if tx
+                        .execute("DELETE FROM spaces WHERE space = $1", &[space])
+                        .await
+                        .map_err(|e| self.db(e))?
+                        > 0
+                    {
+                        report.unpinned.push(space.clone());
+                    }
                 }
                 if options.text_vectors {
-                    texts += tx
+                    report.text_vectors += tx
                         .execute("DELETE FROM text_vectors", &[])
                         .await
                         .map_err(|e| self.db(e))?;
                 }
-                tx.commit().await.map_err(|e| self.db(e))?;
-                Ok::<_, StoreError>((entries, texts))
+                tx.commit().await.map_err(|e| self.db(e))
             })?;
-            report.entries += entries;
-            report.text_vectors += texts;
-            for space in &options.spaces {
+            for space in whole_spaces {
                 self.drop_search_index(space)?;
             }
         }
@@ -1251,6 +1433,364 @@ impl PostgresStore {
                 .collect::<Vec<_>>()
                 .join("\n"))
         })
+    }
+}
+
+/// A space's owner (if pinned) and its writers, oldest first.
+type SpaceOwnership = (Option<SpaceOwner>, Vec<SpaceWriterStats>);
+
+/// The tables that hold vectors, each naming its writer.
+const VECTOR_TABLES: [&str; 3] = ["entries", "text_vectors", "image_vectors"];
+
+/// The two caches of plugin outputs: vectors of texts and direct vectors of images.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum VectorTable {
+    Text,
+    Image,
+}
+
+impl VectorTable {
+    /// Table and key column.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            VectorTable::Text => ("text_vectors", "text_sha"),
+            VectorTable::Image => ("image_vectors", "image"),
+        }
+    }
+}
+
+/// One cached vector to write.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VectorRow<'a> {
+    pub key: &'a str,
+    pub space: &'a str,
+    pub model: &'a str,
+    pub vector: &'a [f32],
+}
+
+/// An entry to write and the writer its row names.
+type EntryRow<'a> = (&'a ImageMeta, &'a crate::types::Embedding, &'a RowWriter);
+
+fn owner_of(row: &tokio_postgres::Row) -> SpaceOwner {
+    SpaceOwner {
+        key: row.get(0),
+        name: row.get(1),
+        since: row.get(2),
+    }
+}
+
+/// Space ownership: the same rule as SQLite's (`sqlite/spaces.rs`), kept by PostgreSQL's row
+/// locks instead of SQLite's one write lock, so it holds across processes and machines.
+impl PostgresStore {
+    /// Ask to write into `space`. Pins the space to the claimant when nobody owns it yet, and
+    /// records the claimant's component among the space's writers when it may write. Of
+    /// processes racing to be first, the unique key lets one insert win: the others' inserts
+    /// wait for it to commit, then do nothing, and read back its pin.
+    pub fn claim_space(&self, space: &str, claim: &SpaceClaim) -> Result<Ownership> {
+        let w = &claim.writer;
+        // The common case, read-only: the space is owned, and this writer was recorded
+        // recently.
+        let rows = self.query(
+            "SELECT s.owner_key, s.owner_name, s.first_written, w.last_seen
+             FROM spaces s LEFT JOIN space_writers w
+               ON w.space = s.space AND w.plugin_key = $2 AND w.component = $3
+             WHERE s.space = $1",
+            &[&space, &w.key, &w.component],
+        )?;
+        if let Some(row) = rows.first() {
+            let owner = owner_of(row);
+            if !claim.allows(&owner.key) {
+                return Ok(Ownership::Refused { owner });
+            }
+            let seen: Option<i64> = row.get(3);
+            if seen.is_some_and(|t| now() - t < LAST_SEEN_EVERY_SECS) {
+                return Ok(Ownership::Granted { owner });
+            }
+        }
+        self.block_on(async {
+            let mut client = self.client().await?;
+            // A prune may drop the pin between the insert and the read: then claim again.
+            for _ in 0..5 {
+                let tx = client.transaction().await.map_err(|e| self.db(e))?;
+                let at = now();
+                tx.execute(
+                    "INSERT INTO spaces (space, owner_key, owner_name, first_written)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (space) DO NOTHING",
+                    &[&space, &w.key, &w.name, &at],
+                )
+                .await
+                .map_err(|e| self.db(e))?;
+                // FOR SHARE: the pin cannot be dropped under this claim before it commits.
+                let Some(row) = tx
+                    .query_opt(
+                        "SELECT owner_key, owner_name, first_written FROM spaces
+                         WHERE space = $1 FOR SHARE",
+                        &[&space],
+                    )
+                    .await
+                    .map_err(|e| self.db(e))?
+                else {
+                    continue;
+                };
+                let owner = owner_of(&row);
+                if !claim.allows(&owner.key) {
+                    return Ok(Ownership::Refused { owner });
+                }
+                tx.execute(
+                    "INSERT INTO space_writers
+                     (space, plugin_key, plugin_name, component, first_seen, last_seen)
+                     VALUES ($1, $2, $3, $4, $5, $5)
+                     ON CONFLICT (space, plugin_key, component)
+                     DO UPDATE SET last_seen = EXCLUDED.last_seen, plugin_name = EXCLUDED.plugin_name",
+                    &[&space, &w.key, &w.name, &w.component, &at],
+                )
+                .await
+                .map_err(|e| self.db(e))?;
+                tx.commit().await.map_err(|e| self.db(e))?;
+                return Ok(Ownership::Granted { owner });
+            }
+            Err(StoreError::Connect {
+                location: self.inner.location.clone(),
+                message: format!(
+                    "space {space:?} kept losing its owner while being claimed (a prune running \
+                     in a loop?): try again once it is done"
+                ),
+            })
+        })
+    }
+
+    /// The plugin `space` is pinned to, if any.
+    pub fn space_owner(&self, space: &str) -> Result<Option<SpaceOwner>> {
+        Ok(self
+            .query(
+                "SELECT owner_key, owner_name, first_written FROM spaces WHERE space = $1",
+                &[&space],
+            )?
+            .first()
+            .map(owner_of))
+    }
+
+    /// Refuse a write by `w` into `space` unless the space is pinned and `w` holds a claim on
+    /// it: the last line of defence, inside the write's own transaction. The rows are locked
+    /// (FOR SHARE) so a prune cannot drop the claim before the write commits.
+    async fn check_claim(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        space: &str,
+        w: &Writer,
+    ) -> Result<()> {
+        let claimed = tx
+            .query_opt(
+                "SELECT 1 FROM space_writers sw JOIN spaces s ON s.space = sw.space
+                 WHERE sw.space = $1 AND sw.plugin_key = $2 AND sw.component = $3
+                 FOR SHARE",
+                &[&space, &w.key, &w.component],
+            )
+            .await
+            .map_err(|e| self.db(e))?
+            .is_some();
+        if claimed {
+            Ok(())
+        } else {
+            Err(StoreError::NotClaimed {
+                space: space.to_string(),
+                key: w.key.clone(),
+                component: w.component.clone(),
+            })
+        }
+    }
+
+    /// Owners and writers of every space that has either.
+    fn ownership(&self) -> Result<BTreeMap<String, SpaceOwnership>> {
+        let mut out: BTreeMap<String, SpaceOwnership> = BTreeMap::new();
+        for row in self.query(
+            "SELECT owner_key, owner_name, first_written, space FROM spaces",
+            &[],
+        )? {
+            out.entry(row.get(3)).or_default().0 = Some(owner_of(&row));
+        }
+        for row in self.query(
+            "SELECT space, plugin_key, plugin_name, component, first_seen, last_seen
+             FROM space_writers ORDER BY space, first_seen, plugin_key, component",
+            &[],
+        )? {
+            out.entry(row.get(0)).or_default().1.push(SpaceWriterStats {
+                key: row.get(1),
+                name: row.get(2),
+                component: row.get(3),
+                first_seen: row.get(4),
+                last_seen: row.get(5),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Copy a space's owner and writers from another cache (`cache migrate`), before its
+    /// vectors. A space pinned here to another plugin is refused: copying would mix two
+    /// plugins' vectors under one id.
+    pub(crate) fn import_space(
+        &self,
+        space: &str,
+        owner: Option<&SpaceOwner>,
+        writers: &[SpaceWriterStats],
+    ) -> Result<()> {
+        self.block_on(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(|e| self.db(e))?;
+            if let Some(o) = owner {
+                tx.execute(
+                    "INSERT INTO spaces (space, owner_key, owner_name, first_written)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (space) DO NOTHING",
+                    &[&space, &o.key, &o.name, &o.since],
+                )
+                .await
+                .map_err(|e| self.db(e))?;
+                let here: String = tx
+                    .query_one(
+                        "SELECT owner_key FROM spaces WHERE space = $1 FOR SHARE",
+                        &[&space],
+                    )
+                    .await
+                    .map_err(|e| self.db(e))?
+                    .get(0);
+                if here != o.key {
+                    return Err(StoreError::OwnerConflict {
+                        space: space.to_string(),
+                        source_owner: o.key.clone(),
+                        target_owner: here,
+                        target: self.inner.location.clone(),
+                    });
+                }
+            }
+            for w in writers {
+                tx.execute(
+                    "INSERT INTO space_writers
+                     (space, plugin_key, plugin_name, component, first_seen, last_seen)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (space, plugin_key, component) DO UPDATE SET
+                       first_seen = LEAST(space_writers.first_seen, EXCLUDED.first_seen),
+                       last_seen = GREATEST(space_writers.last_seen, EXCLUDED.last_seen)",
+                    &[
+                        &space,
+                        &w.key,
+                        &w.name,
+                        &w.component,
+                        &w.first_seen,
+                        &w.last_seen,
+                    ],
+                )
+                .await
+                .map_err(|e| self.db(e))?;
+            }
+            tx.commit().await.map_err(|e| self.db(e))
+        })
+    }
+
+    /// Drop what one writer wrote, in `spaces` (every space with writers when empty), and the
+    /// writer's records. A space whose owner has nothing left recorded in it loses its pin.
+    fn prune_writer(
+        &self,
+        spaces: &[String],
+        filter: &WriterFilter,
+        report: &mut PruneReport,
+    ) -> Result<()> {
+        self.block_on(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(|e| self.db(e))?;
+            let targets: Vec<String> = if spaces.is_empty() {
+                tx.query(
+                    "SELECT DISTINCT space FROM space_writers ORDER BY space",
+                    &[],
+                )
+                .await
+                .map_err(|e| self.db(e))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+            } else {
+                spaces.to_vec()
+            };
+            let (column, value) = match filter {
+                WriterFilter::Plugin(key) => ("plugin_key", key.clone()),
+                WriterFilter::Component(prefix) => (
+                    "component",
+                    self.resolve_component(&tx, &targets, prefix).await?,
+                ),
+            };
+            for space in &targets {
+                for table in VECTOR_TABLES {
+                    let n = tx
+                        .execute(
+                            &format!("DELETE FROM {table} WHERE space = $1 AND {column} = $2"),
+                            &[space, &value],
+                        )
+                        .await
+                        .map_err(|e| self.db(e))?;
+                    match table {
+                        "entries" => report.entries += n,
+                        "text_vectors" => report.text_vectors += n,
+                        _ => report.image_vectors += n,
+                    }
+                }
+                tx.execute(
+                    &format!("DELETE FROM space_writers WHERE space = $1 AND {column} = $2"),
+                    &[space, &value],
+                )
+                .await
+                .map_err(|e| self.db(e))?;
+                let unpinned = tx
+                    .execute(
+                        "DELETE FROM spaces WHERE space = $1 AND NOT EXISTS
+                         (SELECT 1 FROM space_writers w
+                          WHERE w.space = spaces.space AND w.plugin_key = spaces.owner_key)",
+                        &[space],
+                    )
+                    .await
+                    .map_err(|e| self.db(e))?;
+                if unpinned > 0 {
+                    report.unpinned.push(space.clone());
+                }
+            }
+            tx.commit().await.map_err(|e| self.db(e))
+        })
+    }
+
+    /// The one component among the writers of `spaces` whose SHA-256 starts with `prefix`.
+    async fn resolve_component(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        spaces: &[String],
+        prefix: &str,
+    ) -> Result<String> {
+        let prefix = prefix.trim().to_ascii_lowercase();
+        if prefix.len() < 6 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::PruneTarget(format!(
+                "component {prefix:?} is not a SHA-256 prefix: give at least 6 hex digits, as `imbed cache stats` lists them"
+            )));
+        }
+        let found: BTreeSet<String> = tx
+            .query(
+                "SELECT DISTINCT component FROM space_writers
+                 WHERE space = ANY($1) AND component <> '' AND left(component, $3) = $2",
+                &[&spaces, &prefix, &(prefix.len() as i32)],
+            )
+            .await
+            .map_err(|e| self.db(e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut found = found.into_iter();
+        match (found.next(), found.next()) {
+            (Some(one), None) => Ok(one),
+            (None, _) => Err(StoreError::PruneTarget(format!(
+                "no component starting with {prefix} wrote into {}: `imbed cache stats` lists each space's writers",
+                if spaces.is_empty() { "any space".to_string() } else { format!("{spaces:?}") }
+            ))),
+            (Some(a), Some(b)) => Err(StoreError::PruneTarget(format!(
+                "component prefix {prefix} matches more than one component ({a}, {b}{}): give more digits",
+                if found.next().is_some() { ", ..." } else { "" }
+            ))),
+        }
     }
 }
 

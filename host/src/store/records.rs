@@ -53,6 +53,132 @@ pub enum StoreError {
     /// A cache task run off the async threads ended without an answer (it panicked).
     #[error("a cache task failed: {0}; please report this")]
     Task(String),
+    /// A vector was to be written into a space by a plugin that holds no claim on it (see
+    /// [`Cache::claim_space`](super::Cache::claim_space)): refused, nothing written.
+    #[error("plugin {key:?} (component {component}) holds no claim on space {space:?}: nothing was written")]
+    NotClaimed {
+        /// The space.
+        space: String,
+        /// The writer's config key.
+        key: String,
+        /// The writer's component SHA-256.
+        component: String,
+    },
+    /// `prune` was asked to drop what a component wrote, by a prefix that names no component
+    /// or more than one.
+    #[error("{0}")]
+    PruneTarget(String),
+    /// `cache migrate` found a space pinned to one plugin in the source and to another in the
+    /// target: copying would mix two plugins' vectors under one space id.
+    #[error("space {space:?} is owned by plugin {source_owner:?} in the cache being copied but by {target_owner:?} in {target}: the copy stopped there, before any vector was copied; drop the space from one of them first (`imbed cache prune --space`)")]
+    OwnerConflict {
+        /// The space.
+        space: String,
+        /// Its owner in the source.
+        source_owner: String,
+        /// Its owner in the target.
+        target_owner: String,
+        /// The target database, without its password.
+        target: String,
+    },
+}
+
+/// Who writes a vector into a space: a plugin as the config and its component file identify
+/// it. The config key is what ownership is decided by (the plugin cannot choose it); the name
+/// is what the plugin reports (kept for messages); the component SHA-256 traces which build of
+/// the plugin wrote what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Writer {
+    /// The config key (`[plugins.<key>]`).
+    pub key: String,
+    /// The name the plugin reports for itself.
+    pub name: String,
+    /// SHA-256 of the component file, hex.
+    pub component: String,
+}
+
+/// A plugin asking to write into a space: itself, and the config keys whose spaces it shares
+/// (`shares_space_with`, taken both ways; see `Config::space_partners`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpaceClaim {
+    /// The plugin.
+    pub writer: Writer,
+    /// Config keys that may own a space this plugin writes into.
+    pub shares_with: Vec<String>,
+}
+
+impl SpaceClaim {
+    /// The rule every backend applies: a space owned by `owner_key` takes vectors from its
+    /// owner and from the keys the config declares as sharing with it, from nobody else.
+    pub fn allows(&self, owner_key: &str) -> bool {
+        owner_key == self.writer.key || self.shares_with.iter().any(|k| k == owner_key)
+    }
+}
+
+/// A writer's `last_seen` is refreshed at most this often: a claim is made before every
+/// write, and rewriting the row each time would turn every cache read into a write.
+pub(crate) const LAST_SEEN_EVERY_SECS: i64 = 60;
+
+/// The writer a stored vector row names: the claimant's config key and component, or, for a
+/// row copied by `cache migrate`, whatever the source row said (nothing for rows written
+/// before ownership was recorded).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RowWriter {
+    /// The config key.
+    pub key: Option<String>,
+    /// The component SHA-256.
+    pub component: Option<String>,
+}
+
+impl From<&Writer> for RowWriter {
+    fn from(w: &Writer) -> Self {
+        RowWriter {
+            key: Some(w.key.clone()),
+            component: Some(w.component.clone()),
+        }
+    }
+}
+
+/// The plugin a space is pinned to: the first one that wrote into it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpaceOwner {
+    /// Its config key.
+    pub key: String,
+    /// The name it reported.
+    pub name: String,
+    /// When it first wrote, in seconds since the epoch.
+    pub since: i64,
+}
+
+/// The answer to a [`SpaceClaim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// The claimant may write: it owns the space (perhaps from this very claim) or shares it.
+    Granted {
+        /// The space's owner.
+        owner: SpaceOwner,
+    },
+    /// Another plugin owns the space and the claimant is not declared as sharing it.
+    Refused {
+        /// The space's owner.
+        owner: SpaceOwner,
+    },
+}
+
+/// One component of one plugin that wrote into a space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpaceWriterStats {
+    /// The plugin's config key.
+    pub key: String,
+    /// The name it reported.
+    pub name: String,
+    /// SHA-256 of its component file; empty for writes made before ownership was recorded
+    /// (schema 3 and older), whose component is unknown.
+    pub component: String,
+    /// First write, in seconds since the epoch.
+    pub first_seen: i64,
+    /// Last claim to write (recorded at most once a minute), in seconds since the epoch.
+    pub last_seen: i64,
 }
 
 /// PostgreSQL's own words (tokio-postgres's `Display` says only "db error").
@@ -171,6 +297,12 @@ pub struct SpaceStats {
     pub entries: u64,
     /// Of those, how many came from a fallback step.
     pub degraded: u64,
+    /// The plugin the space is pinned to; `None` while nobody has written into it since
+    /// ownership was recorded (a cache from before schema 4 whose entries came from several
+    /// plugins is left unpinned until the next write).
+    pub owner: Option<SpaceOwner>,
+    /// Every plugin component that wrote into the space, oldest first.
+    pub writers: Vec<SpaceWriterStats>,
 }
 
 /// `imbed cache stats`.
@@ -192,7 +324,8 @@ pub struct Stats {
     pub text_vectors: u64,
     /// Cached direct image vectors.
     pub image_vectors: u64,
-    /// Stored chain answers by space.
+    /// Spaces with stored chain answers or an owner, largest first (a space holding only
+    /// query vectors has 0 entries).
     pub spaces: Vec<SpaceStats>,
 }
 
@@ -202,8 +335,11 @@ pub struct Stats {
 pub struct PruneOptions {
     /// Forget paths whose file is gone (or changed), then content no path refers to.
     pub missing_files: bool,
-    /// Drop everything stored in these spaces.
+    /// Drop everything stored in these spaces (with `writer`: only what that writer wrote).
     pub spaces: Vec<String>,
+    /// Drop only what one plugin or component wrote, in `spaces` (in every space when
+    /// `spaces` is empty).
+    pub writer: Option<WriterFilter>,
     /// Drop cached text vectors (queries); they are cheap to recompute.
     pub text_vectors: bool,
     /// Rewrite the file to give freed space back to the file system.
@@ -223,6 +359,12 @@ impl PruneOptions {
         self
     }
 
+    /// Drop only what `writer` wrote.
+    pub fn writer(mut self, writer: WriterFilter) -> Self {
+        self.writer = Some(writer);
+        self
+    }
+
     /// Drop cached text vectors.
     pub fn text_vectors(mut self) -> Self {
         self.text_vectors = true;
@@ -236,6 +378,16 @@ impl PruneOptions {
     }
 }
 
+/// Which writer's vectors `prune` drops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriterFilter {
+    /// Everything a config key wrote, whatever its component.
+    Plugin(String),
+    /// Everything one component wrote, named by a prefix of its SHA-256 (hex) that matches
+    /// exactly one component among the writers of the spaces pruned.
+    Component(String),
+}
+
 /// What `prune` removed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PruneReport {
@@ -247,6 +399,11 @@ pub struct PruneReport {
     pub entries: u64,
     /// Text vectors removed.
     pub text_vectors: u64,
+    /// Direct image vectors removed (counted when a space or a writer is pruned).
+    pub image_vectors: u64,
+    /// Spaces whose owner pin was dropped with what it wrote: the next plugin to write into
+    /// one of them owns it.
+    pub unpinned: Vec<String>,
     /// Bytes on disk before and after.
     pub bytes_before: u64,
     /// Bytes on disk after.

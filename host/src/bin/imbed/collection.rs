@@ -9,7 +9,7 @@ use futures::StreamExt;
 use imbed::config::Database;
 use imbed::index::{IndexOptions, Outcome, Summary};
 use imbed::search::Method;
-use imbed::store::{Cache, Location, PgOptions, PruneOptions};
+use imbed::store::{Cache, Location, PgOptions, PruneOptions, WriterFilter};
 use imbed::{Config, ImageSource, Imbed, ImbedOptions};
 use serde_json::json;
 
@@ -393,17 +393,33 @@ pub async fn cache_stats(config: Config, json_out: bool) -> anyhow::Result<u8> {
         println!("  no indexed images yet: `imbed index <folder>`");
     }
     for s in &stats.spaces {
-        println!(
-            "  space {}: {} images, {} dims{}",
-            s.space,
-            s.entries,
-            s.dims,
-            if s.degraded > 0 {
-                format!(", {} from a fallback step", s.degraded)
+        if s.entries > 0 {
+            println!(
+                "  space {}: {} images, {} dims{}",
+                s.space,
+                s.entries,
+                s.dims,
+                if s.degraded > 0 {
+                    format!(", {} from a fallback step", s.degraded)
+                } else {
+                    String::new()
+                }
+            );
+        } else {
+            println!("  space {}: no images (query vectors only)", s.space);
+        }
+        match &s.owner {
+            Some(o) => println!("    owner: plugin {:?} ({})", o.key, o.name),
+            None => println!("    owner: none yet (the next plugin to write into it owns it)"),
+        }
+        for w in &s.writers {
+            let component = if w.component.is_empty() {
+                "unknown component (written before ownership was recorded)".to_string()
             } else {
-                String::new()
-            }
-        );
+                format!("component {}", w.component)
+            };
+            println!("    written by {:?} ({}), {component}", w.key, w.name);
+        }
     }
     Ok(exit::OK)
 }
@@ -411,6 +427,7 @@ pub async fn cache_stats(config: Config, json_out: bool) -> anyhow::Result<u8> {
 pub async fn cache_prune(
     config: Config,
     spaces: Vec<String>,
+    writer: Option<WriterFilter>,
     queries: bool,
     json_out: bool,
 ) -> anyhow::Result<u8> {
@@ -418,6 +435,9 @@ pub async fn cache_prune(
     let mut options = PruneOptions::default().missing_files().vacuum();
     for s in spaces {
         options = options.space(s);
+    }
+    if let Some(w) = writer {
+        options = options.writer(w);
     }
     if queries {
         options = options.text_vectors();
@@ -427,14 +447,18 @@ pub async fn cache_prune(
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "pruned: {} vanished file paths, {} images no path refers to, {} entries, {} text vectors; {} -> {}",
+            "pruned: {} vanished file paths, {} images no path refers to, {} entries, {} text vectors, {} image vectors; {} -> {}",
             report.files,
             report.images,
             report.entries,
             report.text_vectors,
+            report.image_vectors,
             mib(report.bytes_before),
             mib(report.bytes_after)
         );
+        for space in &report.unpinned {
+            println!("space {space} has no owner now: the next plugin to write into it owns it");
+        }
     }
     Ok(exit::OK)
 }

@@ -182,11 +182,21 @@ enum CacheCommand {
         json: bool,
     },
     /// Forget files that are gone or changed (and content no path refers to), optionally
-    /// whole spaces and cached queries, then compact the file.
+    /// whole spaces, what one plugin or component wrote, and cached queries, then compact the
+    /// file.
     Prune {
-        /// Also drop everything stored in this embedding space (may repeat).
+        /// Also drop everything stored in this embedding space (may repeat); with --plugin or
+        /// --component, only what that writer stored there.
         #[arg(long = "space")]
         spaces: Vec<String>,
+        /// Drop only what the plugin with this config key wrote (in the --space given, else in
+        /// every space).
+        #[arg(long, conflicts_with = "component")]
+        plugin: Option<String>,
+        /// Drop only what the component whose SHA-256 starts with this wrote (at least 6 hex
+        /// digits; `imbed cache stats` lists each space's components).
+        #[arg(long)]
+        component: Option<String>,
         /// Also drop cached query vectors.
         #[arg(long)]
         queries: bool,
@@ -280,6 +290,14 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(Error::Engine(_)) => exit::ENGINE,
         _ if e.downcast_ref::<imbed::ConfigError>().is_some() => exit::USAGE,
         _ if e.downcast_ref::<Usage>().is_some() => exit::USAGE,
+        // A prune target that names no writer (or several) is the user's to fix.
+        _ if matches!(
+            e.downcast_ref::<imbed::store::StoreError>(),
+            Some(imbed::store::StoreError::PruneTarget(_))
+        ) =>
+        {
+            exit::USAGE
+        }
         _ => exit::EXHAUSTED,
     }
 }
@@ -358,10 +376,19 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             command:
                 CacheCommand::Prune {
                     spaces,
+                    plugin,
+                    component,
                     queries,
                     json,
                 },
-        } => collection::cache_prune(config()?, spaces, queries, json).await,
+        } => {
+            let writer = match (plugin, component) {
+                (Some(key), _) => Some(imbed::store::WriterFilter::Plugin(key)),
+                (None, Some(prefix)) => Some(imbed::store::WriterFilter::Component(prefix)),
+                (None, None) => None,
+            };
+            collection::cache_prune(config()?, spaces, writer, queries, json).await
+        }
         Command::Cache {
             command: CacheCommand::Migrate { to, json },
         } => collection::cache_migrate(config()?, to, json).await,

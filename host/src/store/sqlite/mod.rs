@@ -17,6 +17,10 @@
 //!   that did not change without reading them. Keys are always content hashes; a path is only
 //!   a way to find content.
 //!
+//! - `spaces` and `space_writers` (`spaces.rs`): which plugin owns each embedding space, and
+//!   every plugin component that wrote into it. Every vector row also names its writer (config
+//!   key and component SHA-256), so what one component wrote can be dropped.
+//!
 //! Vectors are little-endian f32 blobs, checked against their recorded length when read.
 
 use std::path::{Path, PathBuf};
@@ -28,9 +32,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::keys::file_stamp;
 use super::records::*;
 
+mod spaces;
+
 /// The schema version this build writes. Older databases are migrated on open; newer ones are
 /// refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Each migration takes the database from version `index` to `index + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -106,6 +112,47 @@ const MIGRATIONS: &[&str] = &[
          path TEXT PRIMARY KEY,
          added_at INTEGER NOT NULL
      );",
+    // 3 -> 4: space ownership. Each space is pinned to the plugin (config key) that first
+    // wrote into it, every component that wrote into it is listed, and every vector row names
+    // its writer. Entries written before this carry their plugin in their provenance: a space
+    // whose entries all name one key is pinned to it; a space whose entries name several is
+    // left unpinned (the next write pins it), since picking one would be a guess. Components
+    // of older writes are unknown: recorded as ''.
+    "CREATE TABLE spaces (
+         space TEXT PRIMARY KEY,
+         owner_key TEXT NOT NULL,
+         owner_name TEXT NOT NULL,
+         first_written INTEGER NOT NULL
+     );
+     CREATE TABLE space_writers (
+         space TEXT NOT NULL,
+         plugin_key TEXT NOT NULL,
+         plugin_name TEXT NOT NULL,
+         component TEXT NOT NULL,
+         first_seen INTEGER NOT NULL,
+         last_seen INTEGER NOT NULL,
+         PRIMARY KEY (space, plugin_key, component)
+     );
+     ALTER TABLE entries ADD COLUMN plugin_key TEXT;
+     ALTER TABLE entries ADD COLUMN component TEXT;
+     ALTER TABLE text_vectors ADD COLUMN plugin_key TEXT;
+     ALTER TABLE text_vectors ADD COLUMN component TEXT;
+     ALTER TABLE image_vectors ADD COLUMN plugin_key TEXT;
+     ALTER TABLE image_vectors ADD COLUMN component TEXT;
+     UPDATE entries SET plugin_key = json_extract(provenance, '$.plugin.key')
+         WHERE json_valid(provenance);
+     INSERT INTO space_writers (space, plugin_key, plugin_name, component, first_seen, last_seen)
+         SELECT space, plugin_key,
+                COALESCE(MIN(json_extract(provenance, '$.plugin.name')), plugin_key), '',
+                MIN(created_at), MAX(created_at)
+         FROM entries WHERE plugin_key IS NOT NULL AND plugin_key <> ''
+         GROUP BY space, plugin_key;
+     INSERT INTO spaces (space, owner_key, owner_name, first_written)
+         SELECT space, MIN(plugin_key), MIN(plugin_name), MIN(first_seen)
+         FROM space_writers GROUP BY space
+         HAVING COUNT(DISTINCT plugin_key) = 1
+            AND NOT EXISTS (SELECT 1 FROM entries e
+                            WHERE e.space = space_writers.space AND e.plugin_key IS NULL);",
 ];
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -402,15 +449,16 @@ impl SqliteStore {
         self.vector(VectorTable::Text, text_sha, space)
     }
 
-    /// Remember a text's vector.
+    /// Remember a text's vector, written by `writer` (which must hold a claim on `space`).
     pub fn put_text_vector(
         &self,
         text_sha: &str,
         space: &str,
         model: &str,
         vector: &[f32],
+        writer: &Writer,
     ) -> Result<()> {
-        self.put_vector(VectorTable::Text, text_sha, space, model, vector)
+        self.put_vector(VectorTable::Text, text_sha, space, model, vector, writer)
     }
 
     /// A cached direct image vector in `space`.
@@ -418,15 +466,17 @@ impl SqliteStore {
         self.vector(VectorTable::Image, image, space)
     }
 
-    /// Remember a direct image vector.
+    /// Remember a direct image vector, written by `writer` (which must hold a claim on
+    /// `space`).
     pub fn put_image_vector(
         &self,
         image: &str,
         space: &str,
         model: &str,
         vector: &[f32],
+        writer: &Writer,
     ) -> Result<()> {
-        self.put_vector(VectorTable::Image, image, space, model, vector)
+        self.put_vector(VectorTable::Image, image, space, model, vector, writer)
     }
 
     fn vector(&self, table: VectorTable, key: &str, space: &str) -> Result<Option<Vec<f32>>> {
@@ -450,26 +500,45 @@ impl SqliteStore {
         space: &str,
         model: &str,
         vector: &[f32],
+        writer: &Writer,
     ) -> Result<()> {
         let (table, column) = table.names();
-        self.conn()
-            .execute(
-                &format!(
-                    "INSERT OR REPLACE INTO {table} ({column}, space, model, vector, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)"
-                ),
-                params![key, space, model, to_blob(vector), now()],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        self.check_claim(&tx, space, writer)?;
+        tx.execute(
+            &format!(
+                "INSERT OR REPLACE INTO {table}
+                 ({column}, space, model, vector, created_at, plugin_key, component)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ),
+            params![
+                key,
+                space,
+                model,
+                to_blob(vector),
+                now(),
+                writer.key,
+                writer.component
+            ],
+        )
+        .map_err(|e| self.sql(e))?;
+        tx.commit().map_err(|e| self.sql(e))
     }
 
     /// Record the chain's answer for an image (and the image itself), in one transaction.
-    pub fn put_entry(&self, image: &ImageMeta, embedding: &crate::types::Embedding) -> Result<()> {
+    /// `writer` is the plugin that produced it, which must hold a claim on its space.
+    pub fn put_entry(
+        &self,
+        image: &ImageMeta,
+        embedding: &crate::types::Embedding,
+        writer: &Writer,
+    ) -> Result<()> {
         let p = &embedding.provenance;
         let provenance = serde_json::to_string(p).unwrap_or_else(|_| "{}".into());
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        self.check_claim(&tx, p.space.as_str(), writer)?;
         insert_image(&tx, image).map_err(|e| self.sql(e))?;
         let blob = to_blob(&embedding.vector);
         let same: Option<bool> = tx
@@ -491,8 +560,9 @@ impl SqliteStore {
         )
         .map_err(|e| self.sql(e))?;
         tx.execute(
-            "INSERT INTO entries (image, space, dims, vector, provenance, degraded, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO entries
+             (image, space, dims, vector, provenance, degraded, created_at, plugin_key, component)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 image.sha256,
                 p.space.as_str(),
@@ -500,7 +570,9 @@ impl SqliteStore {
                 blob,
                 provenance,
                 p.degraded,
-                now()
+                now(),
+                writer.key,
+                writer.component
             ],
         )
         .map_err(|e| self.sql(e))?;
@@ -675,26 +747,58 @@ impl SqliteStore {
         Ok(all)
     }
 
-    /// Spaces with stored entries, largest first.
+    /// Spaces with stored entries, largest first, with their owners and writers.
     pub fn spaces(&self) -> Result<Vec<SpaceStats>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT space, MAX(dims), COUNT(*), SUM(degraded) FROM entries
-                 GROUP BY space ORDER BY COUNT(*) DESC, space",
-            )
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(SpaceStats {
-                    space: r.get(0)?,
-                    dims: r.get::<_, i64>(1)? as usize,
-                    entries: r.get::<_, i64>(2)? as u64,
-                    degraded: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
+        self.space_list(false)
+    }
+
+    /// Spaces with stored entries (and with `pinned`, also those with only an owner), largest
+    /// first, with their owners and writers.
+    fn space_list(&self, pinned: bool) -> Result<Vec<SpaceStats>> {
+        let mut owners = self.ownership()?;
+        let mut out: Vec<SpaceStats> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare(
+                    "SELECT space, MAX(dims), COUNT(*), SUM(degraded) FROM entries
+                     GROUP BY space ORDER BY COUNT(*) DESC, space",
+                )
+                .map_err(|e| self.sql(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(SpaceStats {
+                        space: r.get(0)?,
+                        dims: r.get::<_, i64>(1)? as usize,
+                        entries: r.get::<_, i64>(2)? as u64,
+                        degraded: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
+                        owner: None,
+                        writers: Vec::new(),
+                    })
                 })
-            })
-            .map_err(|e| self.sql(e))?;
-        rows.map(|r| r.map_err(|e| self.sql(e))).collect()
+                .map_err(|e| self.sql(e))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(|e| self.sql(e))?
+        };
+        for s in &mut out {
+            if let Some((owner, writers)) = owners.remove(&s.space) {
+                (s.owner, s.writers) = (owner, writers);
+            }
+        }
+        if pinned {
+            out.extend(
+                owners
+                    .into_iter()
+                    .map(|(space, (owner, writers))| SpaceStats {
+                        space,
+                        dims: 0,
+                        entries: 0,
+                        degraded: 0,
+                        owner,
+                        writers,
+                    }),
+            );
+        }
+        Ok(out)
     }
 
     /// Known files whose image has no entry from a first-choice step (only degraded ones),
@@ -795,7 +899,7 @@ impl SqliteStore {
             descriptions: count("descriptions")?,
             text_vectors: count("text_vectors")?,
             image_vectors: count("image_vectors")?,
-            spaces: self.spaces()?,
+            spaces: self.space_list(true)?,
         })
     }
 
@@ -856,18 +960,30 @@ impl SqliteStore {
                 .map_err(|e| self.sql(e))? as u64;
             tx.commit().map_err(|e| self.sql(e))?;
         }
-        if !options.spaces.is_empty() || options.text_vectors {
+        if let Some(writer) = &options.writer {
+            self.prune_writer(&options.spaces, writer, &mut report)?;
+        }
+        let whole_spaces: &[String] = match options.writer {
+            Some(_) => &[],
+            None => &options.spaces,
+        };
+        if !whole_spaces.is_empty() || options.text_vectors {
             let mut conn = self.conn();
             let tx = conn.transaction().map_err(|e| self.sql(e))?;
-            for space in &options.spaces {
+            for space in whole_spaces {
                 report.entries += tx
                     .execute("DELETE FROM entries WHERE space = ?1", params![space])
                     .map_err(|e| self.sql(e))? as u64;
-                tx.execute("DELETE FROM image_vectors WHERE space = ?1", params![space])
-                    .map_err(|e| self.sql(e))?;
+                report.image_vectors += tx
+                    .execute("DELETE FROM image_vectors WHERE space = ?1", params![space])
+                    .map_err(|e| self.sql(e))? as u64;
                 report.text_vectors += tx
                     .execute("DELETE FROM text_vectors WHERE space = ?1", params![space])
                     .map_err(|e| self.sql(e))? as u64;
+                // Nothing is left of it: the next plugin to write into it owns it.
+                if self.unpin(&tx, space)? {
+                    report.unpinned.push(space.clone());
+                }
             }
             if options.text_vectors {
                 report.text_vectors += tx
@@ -902,14 +1018,24 @@ impl SqliteStore {
     /// Every image, file, description, cached vector, root and entry, in `batch`-sized
     /// pieces handed to `sink` (for `imbed cache migrate`): never the whole file in memory.
     pub fn export(&self, batch: usize, sink: &mut dyn FnMut(Export) -> Result<()>) -> Result<()> {
+        // Owners and writers first: the target must know who owns a space before taking
+        // its vectors.
+        for (space, (owner, writers)) in self.ownership()? {
+            sink(Export::Space {
+                space,
+                owner,
+                writers,
+            })?;
+        }
         let batch = batch.max(1) as i64;
         let mut after = 0i64;
         loop {
-            let rows: Vec<(i64, ImageMeta, crate::types::Embedding)> = {
+            let rows: Vec<(i64, ImageMeta, crate::types::Embedding, RowWriter)> = {
                 let conn = self.conn();
                 let mut stmt = conn
                     .prepare_cached(
-                        "SELECT e.id, i.sha256, i.mime, i.width, i.height, i.bytes, e.vector, e.provenance
+                        "SELECT e.id, i.sha256, i.mime, i.width, i.height, i.bytes, e.vector, e.provenance,
+                                e.plugin_key, e.component
                          FROM entries e JOIN images i ON i.sha256 = e.image
                          WHERE e.id > ?1 ORDER BY e.id LIMIT ?2",
                     )
@@ -927,17 +1053,24 @@ impl SqliteStore {
                             },
                             r.get::<_, Vec<u8>>(6)?,
                             r.get::<_, String>(7)?,
+                            RowWriter {
+                                key: r.get(8)?,
+                                component: r.get(9)?,
+                            },
                         ))
                     })
                     .map_err(|e| self.sql(e))?;
                 let mut out = Vec::new();
                 for row in rows {
-                    let (id, meta, blob, prov) = row.map_err(|e| self.sql(e))?;
+                    let (id, meta, blob, prov, writer) = row.map_err(|e| self.sql(e))?;
                     after = id;
                     match (from_blob(&blob), serde_json::from_str(&prov)) {
-                        (Some(vector), Ok(provenance)) => {
-                            out.push((id, meta, crate::types::Embedding { vector, provenance }))
-                        }
+                        (Some(vector), Ok(provenance)) => out.push((
+                            id,
+                            meta,
+                            crate::types::Embedding { vector, provenance },
+                            writer,
+                        )),
                         _ => tracing::warn!(
                             "not copying entry {id}: its vector or provenance is damaged"
                         ),
@@ -949,7 +1082,7 @@ impl SqliteStore {
                 break;
             }
             sink(Export::Entries(
-                rows.into_iter().map(|(_, m, e)| (m, e)).collect(),
+                rows.into_iter().map(|(_, m, e, w)| (m, e, w)).collect(),
             ))?;
         }
         {
@@ -1011,20 +1144,31 @@ impl SqliteStore {
         }
         for table in [VectorTable::Text, VectorTable::Image] {
             let (name, column) = table.names();
-            let vectors: Vec<(String, String, String, Vec<u8>)> = {
+            let vectors: Vec<(String, String, String, Vec<u8>, RowWriter)> = {
                 let conn = self.conn();
                 let mut stmt = conn
                     .prepare(&format!(
-                        "SELECT {column}, space, model, vector FROM {name}"
+                        "SELECT {column}, space, model, vector, plugin_key, component FROM {name}"
                     ))
                     .map_err(|e| self.sql(e))?;
                 let rows = stmt
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .query_map([], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            RowWriter {
+                                key: r.get(4)?,
+                                component: r.get(5)?,
+                            },
+                        ))
+                    })
                     .map_err(|e| self.sql(e))?;
                 rows.collect::<std::result::Result<_, _>>()
                     .map_err(|e| self.sql(e))?
             };
-            for (key, space, model, blob) in vectors {
+            for (key, space, model, blob, writer) in vectors {
                 let Some(vector) = from_blob(&blob) else {
                     continue;
                 };
@@ -1034,12 +1178,14 @@ impl SqliteStore {
                         space,
                         model,
                         vector,
+                        writer,
                     },
                     VectorTable::Image => Export::ImageVector {
                         key,
                         space,
                         model,
                         vector,
+                        writer,
                     },
                 })?;
             }
@@ -1063,8 +1209,17 @@ impl SqliteStore {
 
 /// One piece of an SQLite cache, as [`SqliteStore::export`] hands it over.
 pub enum Export {
-    /// Entries with their images.
-    Entries(Vec<(ImageMeta, crate::types::Embedding)>),
+    /// Who owns a space and who wrote into it (every space with either, before any vector).
+    Space {
+        /// The space.
+        space: String,
+        /// The plugin it is pinned to, if any.
+        owner: Option<SpaceOwner>,
+        /// Every component that wrote into it.
+        writers: Vec<SpaceWriterStats>,
+    },
+    /// Entries with their images and the writer each names.
+    Entries(Vec<(ImageMeta, crate::types::Embedding, RowWriter)>),
     /// A known file.
     File {
         /// Its path.
@@ -1097,6 +1252,8 @@ pub enum Export {
         model: String,
         /// Vector.
         vector: Vec<f32>,
+        /// The writer it names.
+        writer: RowWriter,
     },
     /// A direct image vector.
     ImageVector {
@@ -1108,6 +1265,8 @@ pub enum Export {
         model: String,
         /// Vector.
         vector: Vec<f32>,
+        /// The writer it names.
+        writer: RowWriter,
     },
     /// A folder `imbed index` was given.
     Root(PathBuf),
