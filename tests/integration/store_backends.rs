@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use imbed::search::Method;
 use imbed::store::{
     Cache, CachedDescription, ImageMeta, Ownership, PgOptions, PruneOptions, SpaceClaim,
-    StoreError, Writer,
+    SpaceOwner, StoreError, Writer, WriterFilter,
 };
 use imbed_tests::postgres::{self, TestDb};
 
@@ -586,4 +586,365 @@ fn halfvec_indexes_and_exact_rerank_are_used_when_configured() {
     let approx = imbed::search::search(c, space, q, 3, Method::Approximate, None).unwrap();
     assert_eq!(exact.hits[0].image, approx.hits[0].image);
     assert_eq!(exact.hits[0].score, approx.hits[0].score);
+}
+
+fn writer(key: &str, component: &str) -> Writer {
+    Writer {
+        key: key.into(),
+        name: format!("{key}-name"),
+        component: component.into(),
+    }
+}
+
+fn claim(key: &str, component: &str, shares: &[&str]) -> SpaceClaim {
+    SpaceClaim {
+        writer: writer(key, component),
+        shares_with: shares.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[track_caller]
+fn granted(o: Ownership) -> SpaceOwner {
+    match o {
+        Ownership::Granted { owner } => owner,
+        Ownership::Refused { owner } => panic!("refused, owned by {owner:?}"),
+    }
+}
+
+#[track_caller]
+fn refused(o: Ownership) -> SpaceOwner {
+    match o {
+        Ownership::Refused { owner } => owner,
+        Ownership::Granted { owner } => panic!("granted, owned by {owner:?}"),
+    }
+}
+
+/// An answer reported by plugin `key`.
+fn embedding_by(key: &str, space: &str) -> imbed::Embedding {
+    let mut e = embedding(vec![0.6, 0.8], space, false);
+    e.provenance.plugin.key = key.into();
+    e.provenance.plugin.name = key.into();
+    e
+}
+
+#[test]
+fn the_first_writer_owns_a_space_and_others_are_refused_unless_sharing() {
+    on_both(|b| {
+        let c = &b.cache;
+        assert_eq!(c.space_owner("s").unwrap(), None);
+        let owner = granted(c.claim_space("s", &claim("clip", "aaaa", &[])).unwrap());
+        assert_eq!(
+            (owner.key.as_str(), owner.name.as_str()),
+            ("clip", "clip-name")
+        );
+        assert_eq!(
+            c.space_owner("s").unwrap(),
+            Some(owner.clone()),
+            "{}",
+            b.name
+        );
+
+        let rogue = writer("rogue", "bbbb");
+        assert_eq!(
+            refused(c.claim_space("s", &claim("rogue", "bbbb", &[])).unwrap()),
+            owner
+        );
+        // Sharing declared with another key does not help.
+        refused(
+            c.claim_space("s", &claim("rogue", "bbbb", &["hash"]))
+                .unwrap(),
+        );
+        // A refused claimant writes nothing, even by calling the store directly.
+        let err = c
+            .put_entry(&meta(1), &embedding_by("rogue", "s"), &rogue)
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::NotClaimed { .. }),
+            "{}: {err}",
+            b.name
+        );
+        let err = c
+            .put_entries(&[(meta(2), embedding_by("rogue", "s"))], &rogue)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
+        assert!(c.put_image_vector("img", "s", "m", &[1.0], &rogue).is_err());
+        assert!(c.put_text_vector("txt", "s", "m", &[1.0], &rogue).is_err());
+        assert!(c.load_space("s").unwrap().is_empty(), "{}", b.name);
+        assert_eq!(c.image_vector("img", "s").unwrap(), None);
+        assert_eq!(c.text_vector("txt", "s").unwrap(), None);
+        assert!(c.entries_of(&meta(1).sha256).unwrap().is_empty());
+
+        // Declared as sharing with the owner: granted, and recorded as a writer.
+        assert_eq!(
+            granted(
+                c.claim_space("s", &claim("clip-2", "cccc", &["clip"]))
+                    .unwrap()
+            ),
+            owner
+        );
+        // The owner with a new component (an upgrade) keeps its space.
+        granted(c.claim_space("s", &claim("clip", "dddd", &[])).unwrap());
+        c.put_entry(
+            &meta(1),
+            &embedding_by("clip", "s"),
+            &writer("clip", "dddd"),
+        )
+        .unwrap();
+        c.put_entry(
+            &meta(2),
+            &embedding_by("clip-2", "s"),
+            &writer("clip-2", "cccc"),
+        )
+        .unwrap();
+        assert_eq!(c.load_space("s").unwrap().len(), 2);
+
+        let spaces = c.spaces().unwrap();
+        assert_eq!(spaces[0].owner, Some(owner.clone()), "{}", b.name);
+        let writers: Vec<(&str, &str)> = spaces[0]
+            .writers
+            .iter()
+            .map(|w| (w.key.as_str(), w.component.as_str()))
+            .collect();
+        assert_eq!(writers.len(), 3, "{}: {writers:?}", b.name);
+        for w in [("clip", "aaaa"), ("clip-2", "cccc"), ("clip", "dddd")] {
+            assert!(writers.contains(&w), "{}: {writers:?}", b.name);
+        }
+        // A writer claimed elsewhere holds no claim on this space.
+        assert!(c
+            .put_entry(
+                &meta(3),
+                &embedding_by("clip", "t"),
+                &writer("clip", "dddd")
+            )
+            .is_err());
+        // A space pinned but still empty is listed by stats with its owner.
+        granted(c.claim_space("empty", &claim("hash", "eeee", &[])).unwrap());
+        let stats = c.stats().unwrap();
+        let empty = stats.spaces.iter().find(|s| s.space == "empty").unwrap();
+        assert_eq!(empty.entries, 0);
+        assert_eq!(empty.owner.as_ref().unwrap().key, "hash", "{}", b.name);
+    });
+}
+
+#[test]
+fn of_many_connections_racing_to_pin_a_space_exactly_one_wins() {
+    on_both(|b| {
+        // Each thread opens its own store (its own connection, or pool), as separate
+        // processes would.
+        let open = || match &b.db {
+            Some(db) => Cache::open_postgres(db.url(), PgOptions::default()).unwrap(),
+            None => Cache::open(b.cache.path()).unwrap(),
+        };
+        for round in 0..8 {
+            let space = format!("space-{round}");
+            let barrier = std::sync::Barrier::new(6);
+            let results: Vec<(String, Ownership)> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..6)
+                    .map(|i| {
+                        let (space, barrier, open) = (&space, &barrier, &open);
+                        s.spawn(move || {
+                            let cache = open();
+                            let key = format!("p{i}");
+                            barrier.wait();
+                            let o = cache.claim_space(space, &claim(&key, "ab", &[])).unwrap();
+                            // Whoever won can write at once; the others cannot.
+                            let wrote = cache
+                                .put_entry(
+                                    &meta(i),
+                                    &embedding_by(&key, space),
+                                    &writer(&key, "ab"),
+                                )
+                                .is_ok();
+                            assert_eq!(wrote, matches!(o, Ownership::Granted { .. }));
+                            (key, o)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let winners: Vec<&String> = results
+                .iter()
+                .filter(|(_, o)| matches!(o, Ownership::Granted { .. }))
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(winners.len(), 1, "{} round {round}: {results:?}", b.name);
+            for (_, o) in &results {
+                let (Ownership::Granted { owner } | Ownership::Refused { owner }) = o;
+                assert_eq!(&owner.key, winners[0], "{}", b.name);
+            }
+            assert_eq!(
+                b.cache.space_owner(&space).unwrap().unwrap().key,
+                *winners[0]
+            );
+            let stored = b.cache.load_space(&space).unwrap();
+            assert_eq!(stored.len(), 1, "{} round {round}", b.name);
+            let spaces = b.cache.spaces().unwrap();
+            let stats = spaces.iter().find(|s| s.space == space).unwrap();
+            assert_eq!(stats.writers.len(), 1, "{}: {:?}", b.name, stats.writers);
+        }
+    });
+}
+
+#[test]
+fn pruning_a_component_drops_its_vectors_and_the_pin_goes_with_the_owners_last_writes() {
+    on_both(|b| {
+        let c = &b.cache;
+        let rogue = writer("rogue", "badbad01");
+        granted(
+            c.claim_space("s", &claim("rogue", "badbad01", &[]))
+                .unwrap(),
+        );
+        granted(
+            c.claim_space("s", &claim("rogue", "badbad02", &[]))
+                .unwrap(),
+        );
+        c.put_entry(&meta(1), &embedding_by("rogue", "s"), &rogue)
+            .unwrap();
+        c.put_text_vector("t", "s", "m", &[1.0], &rogue).unwrap();
+        c.put_image_vector("i", "s", "m", &[1.0], &rogue).unwrap();
+        let prune =
+            |filter: WriterFilter| c.prune(&PruneOptions::default().space("s").writer(filter));
+        // Too short, or matching two components: refused, nothing dropped.
+        assert!(matches!(
+            prune(WriterFilter::Component("bad".into())),
+            Err(StoreError::PruneTarget(_))
+        ));
+        let err = prune(WriterFilter::Component("badbad".into())).unwrap_err();
+        assert!(
+            err.to_string().contains("more than one"),
+            "{}: {err}",
+            b.name
+        );
+        assert_eq!(c.load_space("s").unwrap().len(), 1);
+
+        let report = prune(WriterFilter::Component("BADBAD01".into())).unwrap();
+        assert_eq!(
+            (report.entries, report.text_vectors, report.image_vectors),
+            (1, 1, 1),
+            "{}",
+            b.name
+        );
+        // The owner still has a component recorded there: the pin stays.
+        assert!(report.unpinned.is_empty());
+        assert_eq!(c.space_owner("s").unwrap().unwrap().key, "rogue");
+        let report = prune(WriterFilter::Component("badbad02".into())).unwrap();
+        assert_eq!(report.unpinned, ["s"], "{}", b.name);
+        assert_eq!(c.space_owner("s").unwrap(), None);
+        granted(c.claim_space("s", &claim("clip", "c0ffee", &[])).unwrap());
+        assert_eq!(c.space_owner("s").unwrap().unwrap().key, "clip");
+
+        // By plugin, in every space; then a whole space, which takes its pin with it.
+        let clip = writer("clip", "c0ffee");
+        granted(c.claim_space("u", &claim("clip", "c0ffee", &[])).unwrap());
+        c.put_entry(&meta(2), &embedding_by("clip", "s"), &clip)
+            .unwrap();
+        c.put_entry(&meta(3), &embedding_by("clip", "u"), &clip)
+            .unwrap();
+        let report = c
+            .prune(&PruneOptions::default().writer(WriterFilter::Plugin("clip".into())))
+            .unwrap();
+        assert_eq!(report.entries, 2, "{}", b.name);
+        assert_eq!(report.unpinned, ["s", "u"], "{}", b.name);
+        granted(c.claim_space("v", &claim("hash", "0a0a0a", &[])).unwrap());
+        let report = c.prune(&PruneOptions::default().space("v")).unwrap();
+        assert_eq!(report.unpinned, ["v"], "{}", b.name);
+        assert_eq!(c.space_owner("v").unwrap(), None);
+    });
+}
+
+#[test]
+fn a_postgres_cache_of_schema_1_pins_each_space_its_entries_agree_on() {
+    let db = postgres::database();
+    let old = Cache::open_postgres_at_schema(db.url(), 1).unwrap();
+    assert_eq!(old.schema_version().unwrap(), 1);
+    drop(old);
+    let put = |image: usize, key: &str, space: &str| {
+        let p = serde_json::to_string(&embedding_by(key, space).provenance).unwrap();
+        db.psql(&format!(
+            "INSERT INTO entries (image, space, dims, embedding, provenance, degraded, created_at)
+             VALUES ('{}', '{space}', 2, '[0.6,0.8]', '{}', false, 100)",
+            meta(image).sha256,
+            p.replace('\'', "''")
+        ));
+    };
+    put(1, "hash", "one");
+    put(2, "hash", "one");
+    put(1, "hash", "mixed");
+    put(2, "rogue", "mixed");
+    let c = Cache::open_postgres(db.url(), PgOptions::default()).unwrap();
+    assert_eq!(c.schema_version().unwrap(), imbed::store::PG_SCHEMA_VERSION);
+    let spaces = c.spaces().unwrap();
+    let one = spaces.iter().find(|s| s.space == "one").unwrap();
+    assert_eq!(one.owner.as_ref().map(|o| o.key.as_str()), Some("hash"));
+    assert_eq!(one.writers.len(), 1);
+    assert_eq!(one.writers[0].component, "");
+    let mixed = spaces.iter().find(|s| s.space == "mixed").unwrap();
+    assert_eq!(mixed.owner, None);
+    assert_eq!(mixed.writers.len(), 2);
+    // Unpinned until the next write, which pins it.
+    granted(c.claim_space("mixed", &claim("hash", "ee", &[])).unwrap());
+    refused(c.claim_space("mixed", &claim("rogue", "ff", &[])).unwrap());
+    // Entries from before name their plugin, so a plugin's old rows can be pruned.
+    let report = c
+        .prune(
+            &PruneOptions::default()
+                .space("mixed")
+                .writer(WriterFilter::Plugin("rogue".into())),
+        )
+        .unwrap();
+    assert_eq!(report.entries, 1);
+    assert_eq!(c.load_space("mixed").unwrap().len(), 1);
+}
+
+#[test]
+fn cache_migrate_copies_owners_and_writers_and_stops_at_a_space_owned_by_another_plugin() {
+    let from = sqlite();
+    granted(
+        from.cache
+            .claim_space("s", &claim("clip", "aa", &[]))
+            .unwrap(),
+    );
+    from.cache
+        .put_entry(&meta(1), &embedding_by("clip", "s"), &writer("clip", "aa"))
+        .unwrap();
+    from.cache
+        .put_text_vector("q", "s", "m", &[1.0, 0.0], &writer("clip", "aa"))
+        .unwrap();
+
+    let taken = pg();
+    granted(
+        taken
+            .cache
+            .claim_space("s", &claim("rogue", "bb", &[]))
+            .unwrap(),
+    );
+    let err = from.cache.copy_to(&taken.cache).unwrap_err();
+    assert!(matches!(err, StoreError::OwnerConflict { .. }), "{err}");
+    assert!(
+        err.to_string().contains("imbed cache prune --space"),
+        "{err}"
+    );
+    assert!(taken.cache.load_space("s").unwrap().is_empty());
+
+    let fresh = pg();
+    let report = from.cache.copy_to(&fresh.cache).unwrap();
+    assert_eq!((report.entries, report.vectors), (1, 1));
+    assert_eq!(fresh.cache.spaces().unwrap(), from.cache.spaces().unwrap());
+    refused(
+        fresh
+            .cache
+            .claim_space("s", &claim("rogue", "bb", &[]))
+            .unwrap(),
+    );
+    // The copied rows name their writer: pruning it empties the space and unpins it.
+    let report = fresh
+        .cache
+        .prune(
+            &PruneOptions::default()
+                .space("s")
+                .writer(WriterFilter::Plugin("clip".into())),
+        )
+        .unwrap();
+    assert_eq!((report.entries, report.text_vectors), (1, 1));
+    assert_eq!(report.unpinned, ["s"]);
 }

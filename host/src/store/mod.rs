@@ -289,6 +289,15 @@ impl Cache {
         })
     }
 
+    /// Create (or open) a PostgreSQL cache at an older schema version, as an older imbed left
+    /// it. For testing migrations; not for use otherwise.
+    #[doc(hidden)]
+    pub fn open_postgres_at_schema(url: &str, version: i64) -> Result<Cache> {
+        Ok(Cache {
+            backend: Backend::Postgres(PostgresStore::open_at(url, PgOptions::default(), version)?),
+        })
+    }
+
     /// Run `op` on the cache from async code, off the async threads (see the module's opening
     /// comment for why every backend is reached this way).
     pub async fn run<T: Send + 'static>(

@@ -280,6 +280,12 @@ fn tls_connector() -> std::result::Result<tokio_postgres_rustls::MakeRustlsConne
 impl PostgresStore {
     /// Connect to the database at `url`, check pgvector, and bring the schema up to date.
     pub fn open(url: &str, options: PgOptions) -> Result<PostgresStore> {
+        PostgresStore::open_at(url, options, PG_SCHEMA_VERSION)
+    }
+
+    /// Open, migrating no further than `version`: a database as an older imbed left it, for
+    /// testing migrations.
+    pub fn open_at(url: &str, options: PgOptions, version: i64) -> Result<PostgresStore> {
         let location = redact(url);
         let fail = |message: String| StoreError::Connect {
             location: location.clone(),
@@ -338,7 +344,7 @@ impl PostgresStore {
             config.get_dbname().unwrap_or("").to_string(),
         );
         std::thread::scope(|s| {
-            s.spawn(|| store.prepare(&user, &db))
+            s.spawn(|| store.prepare(&user, &db, version))
                 .join()
                 .unwrap_or_else(|_| Err(StoreError::Task("opening PostgreSQL panicked".into())))
         })?;
@@ -408,7 +414,7 @@ impl PostgresStore {
     }
 
     /// Connect once, check pgvector, migrate.
-    fn prepare(&self, user: &str, db: &str) -> Result<()> {
+    fn prepare(&self, user: &str, db: &str, version: i64) -> Result<()> {
         self.block_on(async {
             let mut client = match self.inner.pool.get().await {
                 Ok(c) => c,
@@ -442,16 +448,16 @@ impl PostgresStore {
                     });
                 }
             }
-            self.migrate(&mut client).await
+            self.migrate(&mut client, version).await
         })
     }
 
-    async fn migrate(&self, client: &mut deadpool_postgres::Object) -> Result<()> {
+    async fn migrate(&self, client: &mut deadpool_postgres::Object, upto: i64) -> Result<()> {
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(|e| self.db(e))?;
-        let result = self.migrate_locked(client).await;
+        let result = self.migrate_locked(client, upto).await;
         // Always let go, also after a failed step: the lock belongs to a pooled session.
         let unlock = client
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
@@ -460,7 +466,11 @@ impl PostgresStore {
         result.and(unlock.map(drop))
     }
 
-    async fn migrate_locked(&self, client: &mut deadpool_postgres::Object) -> Result<()> {
+    async fn migrate_locked(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        upto: i64,
+    ) -> Result<()> {
         client
             .batch_execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -486,7 +496,7 @@ impl PostgresStore {
                     supported: PG_SCHEMA_VERSION,
                 });
             }
-            let Some(sql) = MIGRATIONS.get(found as usize) else {
+            let Some(sql) = MIGRATIONS.get(found as usize).filter(|_| found < upto) else {
                 return Ok(());
             };
             let tx = client.transaction().await.map_err(|e| self.db(e))?;
