@@ -381,7 +381,7 @@ impl PostgresStore {
             ),
             other => other.to_string(),
         };
-        StoreError::Connect {
+        StoreError::Unavailable {
             location: self.inner.location.clone(),
             message,
         }
@@ -401,11 +401,17 @@ impl PostgresStore {
                 "database {db:?} does not exist: create it (`CREATE DATABASE {db}`) or fix the URL"
             ),
             Some(_) => return StoreError::Postgres { location, source: e },
-            None => format!(
-                "cannot connect ({e}): is PostgreSQL running there and accepting connections \
-                 (listen_addresses, pg_hba.conf, a firewall)? imbed gives up after {} s",
-                CONNECT_TIMEOUT.as_secs()
-            ),
+            None => {
+                return StoreError::Unavailable {
+                    location,
+                    message: format!(
+                        "cannot connect ({e}): is PostgreSQL running there and accepting \
+                         connections (listen_addresses, pg_hba.conf, a firewall)? imbed gives up \
+                         after {} s",
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
+                }
+            }
         };
         StoreError::Connect {
             location,

@@ -42,6 +42,15 @@ pub enum StoreError {
         /// What went wrong and what to do.
         message: String,
     },
+    /// The PostgreSQL server cannot be reached now (down, restarting, the network cut, no
+    /// free connection): worth trying again later. `message` says what was tried.
+    #[error("the cache database {location} cannot be reached: {message}")]
+    Unavailable {
+        /// The database URL, without its password.
+        location: String,
+        /// What went wrong and what to check.
+        message: String,
+    },
     /// PostgreSQL reported an error.
     #[error("cache database {location}: {}", pg_message(source))]
     Postgres {
@@ -179,6 +188,27 @@ pub struct SpaceWriterStats {
     pub first_seen: i64,
     /// Last claim to write (recorded at most once a minute), in seconds since the epoch.
     pub last_seen: i64,
+}
+
+impl StoreError {
+    /// Whether the database could not be reached or went away (a restart, a failover, a cut
+    /// connection) rather than refusing what was asked: the same request may succeed later,
+    /// so a server answers 503, not 500.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable { .. } => true,
+            StoreError::Postgres { source, .. } => {
+                // SQLSTATE classes 08 (connection exception) and 57P (the server shutting
+                // down, crashed, or not accepting connections yet); or the socket failed.
+                let class = source.code().map(|c| c.code()).unwrap_or("");
+                source.is_closed()
+                    || class.starts_with("08")
+                    || class.starts_with("57P")
+                    || std::error::Error::source(source).is_some_and(|s| s.is::<std::io::Error>())
+            }
+            _ => false,
+        }
+    }
 }
 
 /// PostgreSQL's own words (tokio-postgres's `Display` says only "db error").

@@ -191,6 +191,9 @@ fn page_hits(store: &Cache, space: &str, hits: &[Hit]) -> Result<Vec<PageHit>, S
 }
 
 fn search_failure(e: SearchError) -> Failure {
+    if let SearchError::Store(e) = e {
+        return store_failure(e);
+    }
     Failure {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         message: e.to_string(),

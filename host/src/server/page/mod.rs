@@ -55,10 +55,15 @@ pub(super) fn store_of(state: &AppState) -> Result<crate::store::Cache, Failure>
     })
 }
 
-/// The cache failed: the server's fault, not the caller's.
+/// The cache failed: the server's fault, not the caller's. A database that cannot be reached
+/// (restarting, say) is 503, so a client or balancer tries again rather than giving up.
 pub(super) fn store_failure(e: crate::store::StoreError) -> Failure {
     Failure {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
+        status: if e.is_unavailable() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        },
         message: e.to_string(),
         attempts: vec![],
     }
