@@ -19,6 +19,7 @@ mod ollama_standin;
 mod openai;
 mod ownership;
 mod page;
+mod pg_restart;
 mod postgres;
 mod python_plugin;
 mod sandbox;

@@ -45,6 +45,34 @@ pub struct PgServer {
     port: u16,
     dir: PathBuf,
     user: Option<String>,
+    /// The server's command-line options (`pg_ctl -o`), to start it again as it was.
+    options: String,
+}
+
+/// A server of one test's own, which it may stop and start (the shared [`server`] must stay
+/// up for the tests running beside it); stopped and removed when dropped.
+#[derive(Debug)]
+pub struct OwnServer(PgServer);
+
+impl std::ops::Deref for OwnServer {
+    type Target = PgServer;
+    fn deref(&self) -> &PgServer {
+        &self.0
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["stop", "-m", "immediate"]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A new server for one test, with a database `imbed` (with pgvector) in it.
+pub fn own_server() -> OwnServer {
+    let server = OwnServer(PgServer::start());
+    server.psql("postgres", "CREATE DATABASE imbed");
+    server
 }
 
 /// The server of this test process, started on first use. Panics with what to do when
@@ -333,6 +361,7 @@ impl PgServer {
                     port,
                     dir,
                     user: user.map(str::to_string),
+                    options,
                 };
                 // Every test database is made from template1: give it the extension once.
                 server.psql("template1", "CREATE EXTENSION IF NOT EXISTS vector");
@@ -354,6 +383,32 @@ impl PgServer {
             );
         }
         panic!("cannot start the test PostgreSQL server:\n{last}");
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let mut cmd = as_user(self.user.as_deref(), &bin_dir().join("pg_ctl"));
+        cmd.arg("-D").arg(self.dir.join("data")).args(args);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Stop it the way an administrator restarting it does (`pg_ctl stop -m fast`: open
+    /// sessions are ended), and wait until it is down.
+    #[track_caller]
+    pub fn stop(&self) {
+        run(self.pg_ctl(&["stop", "-m", "fast", "-w"]), "pg_ctl stop");
+    }
+
+    /// Start it again after [`PgServer::stop`], on the same port, and wait until it accepts
+    /// connections.
+    #[track_caller]
+    pub fn start_again(&self) {
+        let log = self.dir.join("log");
+        let log = log.to_str().expect("a UTF-8 temp dir");
+        run(
+            self.pg_ctl(&["-l", log, "-o", &self.options, "-w", "-t", "60", "start"]),
+            "pg_ctl start",
+        );
     }
 
     /// Its port on 127.0.0.1.
