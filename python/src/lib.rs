@@ -79,19 +79,35 @@ impl PyImbed {
 }
 
 async fn load(config: Config) -> imbed::Result<imbed::Imbed> {
-    let options = match &config.cache.database {
-        Some(path) => match imbed::Cache::open(path) {
-            Ok(store) => ImbedOptions::default().store(store),
-            Err(e) => {
-                // As the CLI does for embedding: the cache only speeds things up here; search
-                // and index say it is missing when they need it.
-                tracing_warn(&format!(
-                    "the cache {} cannot be opened: {e}",
-                    path.display()
-                ));
-                ImbedOptions::default()
-            }
-        },
+    let opened = match &config.cache.database {
+        Some(imbed::config::Database::Sqlite(path)) => Some(imbed::Cache::open(path)),
+        Some(imbed::config::Database::Postgres(url)) => {
+            // As the CLI does: the search settings of [cache] apply to PostgreSQL.
+            let settings = &config.cache;
+            let mut options = imbed::store::PgOptions::default();
+            options.ef_search = settings.ef_search;
+            options.halfvec = settings.halfvec;
+            options.exact_rerank = settings.exact_rerank;
+            options.pool_size = settings.pool_size;
+            options.local_dir = settings.local_dir.clone();
+            let url = url.clone();
+            // Opening blocks (it connects and migrates): off the async threads.
+            Some(
+                tokio::task::spawn_blocking(move || imbed::Cache::open_postgres(&url, options))
+                    .await
+                    .unwrap_or_else(|e| Err(imbed::store::StoreError::Task(e.to_string()))),
+            )
+        }
+        None => None,
+    };
+    let options = match opened {
+        Some(Ok(store)) => ImbedOptions::default().store(store),
+        Some(Err(e)) => {
+            // As the CLI does for embedding: the cache only speeds things up here; search
+            // and index say it is missing when they need it.
+            tracing_warn(&format!("the cache cannot be opened: {e}"));
+            ImbedOptions::default()
+        }
         None => ImbedOptions::default(),
     };
     imbed::Imbed::with_options(config, options).await
