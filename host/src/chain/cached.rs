@@ -9,7 +9,9 @@
 //! declares the two as sharing (`shares_space_with`). A plugin's own claim on its space can
 //! only come from the config, never from what the plugin says.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::backend::Backend;
 use super::imbed::Imbed;
@@ -32,7 +34,13 @@ impl Imbed {
         store
             .run(op)
             .await
-            .inspect_err(|e| tracing::warn!("cache: {e}"))
+            .inspect_err(|e| {
+                tracing::warn!("cache: {e}");
+                // Pruned meanwhile (perhaps by another process): ask the store next time.
+                if let StoreError::NotClaimed { space, key, .. } = e {
+                    self.inner.claims.forget(space, key);
+                }
+            })
             .ok()
     }
 }
@@ -61,6 +69,40 @@ fn not_the_owner(plugin: &Plugin, space: &SpaceId, owner: &SpaceOwner) -> CallEr
     )
 }
 
+/// How long a granted claim is taken as still granted without asking the store again. The
+/// store asks itself the same question inside every write's transaction, so this only spares
+/// the round trips to it (two per call, a third of a small request's time on `imbed serve`); it
+/// is the store's own interval for refreshing a writer's `last_seen`, so `cache stats` keeps
+/// showing when a writer was last active. A pin pruned by another process meanwhile is
+/// noticed at this runtime's next write (refused there, then forgotten here) or after this
+/// interval, whichever comes first.
+const CLAIM_MEMO: Duration = Duration::from_secs(60);
+
+/// Claims granted to this runtime, by (space, plugin key), with when the store granted them.
+/// Refusals are not remembered: a refused plugin asks the store every time, so a later
+/// `shares_space_with` (a reload) or a prune of the owner takes effect at once.
+#[derive(Default)]
+pub(super) struct GrantedClaims(Mutex<HashMap<(String, String), Instant>>);
+
+impl GrantedClaims {
+    fn fresh(&self, space: &SpaceId, key: &str) -> bool {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&(space.to_string(), key.to_string()))
+            .is_some_and(|at| at.elapsed() < CLAIM_MEMO)
+    }
+
+    fn granted(&self, space: &SpaceId, key: &str) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.insert((space.to_string(), key.to_string()), Instant::now());
+    }
+
+    /// Forget a claim the store no longer holds (its pin was pruned meanwhile).
+    fn forget(&self, space: &str, key: &str) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.remove(&(space.to_string(), key.to_string()));
+    }
+}
+
 impl Imbed {
     /// What `plugin` asks for when it writes into a space.
     fn claim_of(&self, plugin: &Plugin) -> SpaceClaim {
@@ -74,6 +116,9 @@ impl Imbed {
     /// owns that space, rather than after a (possibly slow) call whose answer would be dropped.
     /// Pins nothing.
     async fn check_owner(&self, plugin: &Plugin, space: &SpaceId) -> Result<(), CallError> {
+        if self.inner.claims.fresh(space, &plugin.key) {
+            return Ok(());
+        }
         let s = space.to_string();
         let claim = self.claim_of(plugin);
         match self.cache(move |c| c.space_owner(&s)).await.flatten() {
@@ -87,10 +132,14 @@ impl Imbed {
     /// cache never makes imbed fail): the vectors are returned, and the store, finding no
     /// claim, writes none of them.
     async fn claim(&self, plugin: &Arc<Plugin>, space: &SpaceId) -> Result<(), CallError> {
+        if self.inner.claims.fresh(space, &plugin.key) {
+            return Ok(());
+        }
         let (s, claim) = (space.to_string(), self.claim_of(plugin));
         match self.cache(move |c| c.claim_space(&s, &claim)).await {
             Some(Ownership::Refused { owner }) => Err(not_the_owner(plugin, space, &owner)),
             Some(Ownership::Granted { owner }) => {
+                self.inner.claims.granted(space, &plugin.key);
                 if owner.key != plugin.key {
                     tracing::debug!(
                         plugin = plugin.key.as_str(),

@@ -76,6 +76,9 @@ pub(super) struct Inner {
     pub(super) store: Option<Cache>,
     pub(super) plugins: BTreeMap<String, Slot>,
     pub(super) http: reqwest::Client,
+    /// Space claims the store granted this runtime lately, by (space, plugin key): see
+    /// `cached.rs`. A reload builds a new runtime, so a changed config starts afresh.
+    pub(super) claims: super::cached::GrantedClaims,
     // Declared last: dropped after the plugins that use its engine.
     _runtime: Arc<Runtime>,
 }
@@ -173,6 +176,7 @@ impl Imbed {
                 config,
                 plugins,
                 http,
+                claims: Default::default(),
                 _runtime: runtime,
             }),
         })

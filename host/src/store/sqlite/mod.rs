@@ -188,6 +188,14 @@ pub(crate) fn to_blob(v: &[f32]) -> Vec<u8> {
     out
 }
 
+/// A transaction that holds the write lock from its first statement. The writes check a claim
+/// (a read) before they write: begun deferred, the read would take a snapshot that another
+/// process's commit can make stale, and SQLite then refuses the upgrade to a write at once
+/// (BUSY, without waiting), which would drop the write. Begun immediate, it waits its turn.
+fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+}
+
 fn from_blob(b: &[u8]) -> Option<Vec<f32>> {
     if b.is_empty() || !b.len().is_multiple_of(4) {
         return None;
@@ -483,12 +491,14 @@ impl SqliteStore {
         let (table, column) = table.names();
         let blob: Option<Vec<u8>> = self
             .conn()
-            .query_row(
-                &format!("SELECT vector FROM {table} WHERE {column} = ?1 AND space = ?2"),
-                params![key, space],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached(&format!(
+                "SELECT vector FROM {table} WHERE {column} = ?1 AND space = ?2"
+            ))
+            .and_then(|mut select| {
+                select
+                    .query_row(params![key, space], |r| r.get(0))
+                    .optional()
+            })
             .map_err(|e| self.sql(e))?;
         Ok(blob.and_then(|b| from_blob(&b)))
     }
@@ -504,15 +514,15 @@ impl SqliteStore {
     ) -> Result<()> {
         let (table, column) = table.names();
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        let tx = write_transaction(&mut conn).map_err(|e| self.sql(e))?;
         self.check_claim(&tx, space, writer)?;
-        tx.execute(
-            &format!(
-                "INSERT OR REPLACE INTO {table}
+        tx.prepare_cached(&format!(
+            "INSERT OR REPLACE INTO {table}
                  ({column}, space, model, vector, created_at, plugin_key, component)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-            ),
-            params![
+        ))
+        .and_then(|mut insert| {
+            insert.execute(params![
                 key,
                 space,
                 model,
@@ -520,8 +530,8 @@ impl SqliteStore {
                 now(),
                 writer.key,
                 writer.component
-            ],
-        )
+            ])
+        })
         .map_err(|e| self.sql(e))?;
         tx.commit().map_err(|e| self.sql(e))
     }
@@ -537,7 +547,7 @@ impl SqliteStore {
         let p = &embedding.provenance;
         let provenance = serde_json::to_string(p).unwrap_or_else(|_| "{}".into());
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        let tx = write_transaction(&mut conn).map_err(|e| self.sql(e))?;
         self.check_claim(&tx, p.space.as_str(), writer)?;
         insert_image(&tx, image).map_err(|e| self.sql(e))?;
         let blob = to_blob(&embedding.vector);

@@ -102,12 +102,13 @@ impl SqliteStore {
     /// a claim on it: the last line of defence, inside the write's own transaction.
     pub(super) fn check_claim(&self, tx: &Transaction<'_>, space: &str, w: &Writer) -> Result<()> {
         let claimed: bool = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM space_writers sw JOIN spaces s ON s.space = sw.space
                  WHERE sw.space = ?1 AND sw.plugin_key = ?2 AND sw.component = ?3)",
-                params![space, w.key, w.component],
-                |r| r.get(0),
             )
+            .and_then(|mut select| {
+                select.query_row(params![space, w.key, w.component], |r| r.get(0))
+            })
             .map_err(|e| self.sql(e))?;
         if claimed {
             Ok(())
