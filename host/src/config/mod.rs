@@ -15,7 +15,7 @@ mod validate;
 pub use env::Env;
 pub use error::ConfigError;
 pub use settings::{
-    Budgets, CacheSettings, ChainConfig, Config, Grants, ModelSettings, NnSettings, PluginConfig,
+    Breaker, Budgets, CacheSettings, ChainConfig, Config, Endpoint, Grants, ModelSettings, NnSettings, PluginConfig,
     ServerSettings, Step,
 };
 pub(crate) use validate::normalize_base_url;

@@ -15,7 +15,9 @@ use crate::input::describe_reqwest;
 /// Largest HTTP response body handed to a plugin.
 const HTTP_BODY_CAP: usize = 256 << 20;
 
-/// What every instance of one plugin shares: its identity, settings and HTTP grants.
+/// What every instance of one plugin (of one pool endpoint) shares: its identity, settings and
+/// HTTP grants.
+#[derive(Clone)]
 pub(crate) struct Shared {
     pub(crate) key: String,
     pub(crate) settings: BTreeMap<String, String>,
@@ -26,7 +28,7 @@ pub(crate) struct Shared {
     /// The plugin's wasi-nn grants, budget and shared graph sessions.
     pub(crate) nn: Arc<nn::PluginNn>,
     /// The plugin's log budget (per-minute window shared by its instances).
-    pub(crate) log: budget::PluginLogBudget,
+    pub(crate) log: Arc<budget::PluginLogBudget>,
 }
 
 /// The setting a plugin granted a `model_dir` reads to learn the folder's name on the host (the
