@@ -19,6 +19,7 @@ mod ollama_standin;
 mod openai;
 mod ownership;
 mod page;
+mod pool;
 mod python_plugin;
 mod sandbox;
 mod server;

@@ -151,7 +151,7 @@ impl Shared {
             let text = format!("{} {}: {}", req.method, url, describe_reqwest(&e));
             if e.is_timeout() {
                 E::Timeout(text)
-            } else if e.is_connect() {
+            } else if e.is_connect() || dropped_connection(&e) {
                 E::Unreachable(text)
             } else if e.is_builder() {
                 E::Invalid(text)
@@ -198,4 +198,27 @@ impl Shared {
             ))),
         }
     }
+}
+
+/// A backend that went away while a request was on its connection (reset, closed before the
+/// answer): as unreachable as a refused connection, and worth trying elsewhere.
+fn dropped_connection(e: &reqwest::Error) -> bool {
+    use std::io::ErrorKind as K;
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        // hyper's IncompleteMessage carries no io::Error and is not a public type.
+        if s.to_string().contains("connection closed before message completed") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
