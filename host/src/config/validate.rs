@@ -1019,6 +1019,45 @@ file = "hash.wasm"
     }
 
     #[test]
+    fn endpoints_come_from_a_base_url_list_or_tables_and_must_be_granted() {
+        let parse = |extra: &str| {
+            let text = format!("{MINIMAL}[plugins.hash.limits]\ninstances = 3\nbreaker_failures = 2\n[plugins.hash.grants]\nhttp = [\"http://gpu1:11434\", \"http://gpu2:11434\"]\n{extra}");
+            Config::from_toml_str(&text, "pool.toml", None, &Env::isolated())
+        };
+        let cfg = parse("[plugins.hash.settings]\nbase_url = [\"http://gpu1:11434/\", \"http://gpu2:11434\"]\n").unwrap();
+        let p = &cfg.plugins["hash"];
+        let urls: Vec<(&str, usize)> = p
+            .endpoints
+            .iter()
+            .map(|e| (e.base_url.as_str(), e.concurrency))
+            .collect();
+        assert_eq!(urls, [("http://gpu1:11434", 3), ("http://gpu2:11434", 3)]);
+        // Each endpoint's instances get their own URL: the list is not a setting of its own.
+        assert!(!p.settings.contains_key("base_url"));
+        assert_eq!(p.breaker.failures, 2);
+
+        let cfg = parse("[[plugins.hash.endpoints]]\nbase_url = \"http://gpu1:11434\"\nconcurrency = 2\n[[plugins.hash.endpoints]]\nbase_url = \"http://gpu2:11434\"\n").unwrap();
+        let c: Vec<usize> = cfg.plugins["hash"].endpoints.iter().map(|e| e.concurrency).collect();
+        assert_eq!(c, [2, 3]);
+
+        let err = parse("[[plugins.hash.endpoints]]\nbase_url = \"http://gpu3:11434\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("add \"http://gpu3:11434\" to [plugins.hash.grants] http"),
+            "{err}"
+        );
+        let err = parse("[plugins.hash.settings]\nbase_url = \"http://gpu1:11434\"\n[[plugins.hash.endpoints]]\nbase_url = \"http://gpu2:11434\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("keep one"), "{err}");
+        // One URL stays a plain setting: no pool, no breaker.
+        let cfg = parse("[plugins.hash.settings]\nbase_url = \"http://gpu1:11434\"\n").unwrap();
+        assert!(cfg.plugins["hash"].endpoints.is_empty());
+        assert_eq!(cfg.plugins["hash"].settings["base_url"], "http://gpu1:11434");
+    }
+
+    #[test]
     fn unknown_keys_are_reported_with_file_and_line() {
         let text = MINIMAL.replace(
             "file = \"hash.wasm\"",
