@@ -40,8 +40,8 @@ mod layout_tests;
 
 pub use blocking::BlockingImbed;
 pub use chain::{
-    check_plugin, BackendCapacity, ImageRequest, Imbed, ImbedOptions, ModelName, PluginCheck, PluginHealth,
-    PluginStatus, StepCheck,
+    check_plugin, BackendCapacity, ImageRequest, Imbed, ImbedOptions, ModelName, PluginCheck,
+    PluginHealth, PluginStatus, StepCheck,
 };
 pub use config::{Budgets, Config, ConfigError, Env};
 pub use error::{EngineError, Error, Result, UsageError};

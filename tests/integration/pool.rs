@@ -17,7 +17,7 @@ fn pooled(a: &OllamaStandIn, b: &OllamaStandIn, concurrency: usize, failures: u3
         .endpoint(&b.base_url(), concurrency)
         .setting("vision_model", "llava")
         .setting("embed_model", "nomic-embed-text")
-        .timeout_ms(20_000)
+        .timeout_ms(60_000)
         .limit("breaker_failures", &failures.to_string())
         .limit("breaker_cooldown_ms", "100");
     TestConfig::new()
@@ -98,7 +98,10 @@ async fn an_endpoint_stopped_midway_loses_no_image_and_comes_back_after_its_prob
     a.reset_log();
     let results: Vec<_> = imbed.embed_images(requests(12, 100), 4).collect().await;
     all_described(&results);
-    assert!(a.vision_calls() > 0, "the endpoint that came back got no work");
+    assert!(
+        a.vision_calls() > 0,
+        "the endpoint that came back got no work"
+    );
     assert!(a.peak_in_flight() <= 2 && b.peak_in_flight() <= 2);
 }
 
@@ -123,23 +126,25 @@ async fn with_every_endpoint_down_capacity_says_so_and_the_chain_falls_through()
     assert_eq!((capacity.free_slots, capacity.up), (4, true));
     a.stop();
     b.stop();
-    let e = imbed
-        .embed_image(requests(1, 0).remove(0))
-        .await
-        .unwrap();
+    let e = imbed.embed_image(requests(1, 0).remove(0)).await.unwrap();
     assert_eq!(e.provenance.step_kind, StepKind::Hash);
     let attempt = &e.provenance.attempts[0];
-    assert_eq!(attempt.kind, FailureKind::Unavailable, "{}", attempt.message);
+    assert_eq!(
+        attempt.kind,
+        FailureKind::Unavailable,
+        "{}",
+        attempt.message
+    );
     let capacity = imbed.backend_capacity();
     assert_eq!((capacity.free_slots, capacity.up), (0, false));
     // Out of the pool: the next request falls through without trying them.
-    let e = imbed
-        .embed_image(requests(1, 1).remove(0))
-        .await
-        .unwrap();
+    let e = imbed.embed_image(requests(1, 1).remove(0)).await.unwrap();
     assert_eq!(e.provenance.step_kind, StepKind::Hash);
     let message = &e.provenance.attempts[0].message;
     assert!(message.contains("out of the pool"), "{message}");
+    let report = imbed::doctor::run(&imbed).await;
+    let states: Vec<EndpointState> = report.endpoints["ollama"].iter().map(|e| e.state).collect();
+    assert_eq!(states, [EndpointState::Down, EndpointState::Down]);
 }
 
 #[tokio::test]
@@ -159,13 +164,15 @@ async fn endpoints_with_different_embedding_weights_are_refused() {
     );
     assert_ne!(space_a, space_b);
     let imbed = Imbed::new(pooled(&a, &b, 2, 3).build()).await.unwrap();
-    let e = imbed
-        .embed_image(requests(1, 0).remove(0))
-        .await
-        .unwrap();
+    let e = imbed.embed_image(requests(1, 0).remove(0)).await.unwrap();
     assert_eq!(e.provenance.step_kind, StepKind::Hash);
     let attempt = &e.provenance.attempts[0];
-    assert_eq!(attempt.kind, FailureKind::SpaceMismatch, "{}", attempt.message);
+    assert_eq!(
+        attempt.kind,
+        FailureKind::SpaceMismatch,
+        "{}",
+        attempt.message
+    );
     // Bare spaces (without the task-prefix tag) are what the stand-ins report.
     for needle in [
         a.base_url(),
@@ -185,14 +192,31 @@ async fn endpoints_with_different_embedding_weights_are_refused() {
 async fn the_endpoint_with_fewer_requests_in_flight_gets_the_work() {
     let slow = OllamaStandIn::start();
     let fast = OllamaStandIn::start();
-    let imbed = Imbed::new(pooled(&slow, &fast, 2, 3).build())
+    let imbed = Imbed::new(pooled(&slow, &fast, 4, 3).build())
         .await
         .unwrap();
     imbed.embed_text("warm").await.unwrap();
-    slow.set_latency(Duration::from_millis(300));
-    let results: Vec<_> = imbed.embed_images(requests(16, 0), 2).collect().await;
-    all_described(&results);
+    // The slow box holds what it gets until told to answer: with three images in flight it can
+    // hold at most two before it has more in flight than the fast one, which then gets all the
+    // rest. No clock decides this, only the counts.
+    slow.set_hang(true);
+    let run = {
+        let imbed = imbed.clone();
+        tokio::spawn(async move {
+            // Unordered: `embed_images` yields in input order, so a held image would keep its
+            // slot busy and stall the others behind it.
+            futures::stream::iter(requests(16, 0))
+                .map(|r| imbed.embed_image(r))
+                .buffer_unordered(3)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+    // Every image's description has been asked for (each of exactly one endpoint).
+    until(|| fast.vision_calls() + slow.vision_calls() >= 16).await;
     let (s, f) = (slow.vision_calls(), fast.vision_calls());
-    assert_eq!(s + f, 16);
-    assert!(f > s, "fast {f}, slow {s}");
+    assert!(s <= 2 && f >= 14, "fast {f}, slow {s}");
+    slow.set_hang(false);
+    let results = run.await.unwrap();
+    all_described(&results);
 }

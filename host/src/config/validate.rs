@@ -731,7 +731,11 @@ fn validate_endpoints(
             Some(n) => *n.get_ref(),
             None => default_concurrency,
         };
-        wanted.push((ctx.expand(&e.base_url)?, concurrency, Some(e.base_url.span())));
+        wanted.push((
+            ctx.expand(&e.base_url)?,
+            concurrency,
+            Some(e.base_url.span()),
+        ));
     }
     let mut endpoints: Vec<Endpoint> = Vec::new();
     for (url, concurrency, span) in wanted {
@@ -1024,7 +1028,10 @@ file = "hash.wasm"
             let text = format!("{MINIMAL}[plugins.hash.limits]\ninstances = 3\nbreaker_failures = 2\n[plugins.hash.grants]\nhttp = [\"http://gpu1:11434\", \"http://gpu2:11434\"]\n{extra}");
             Config::from_toml_str(&text, "pool.toml", None, &Env::isolated())
         };
-        let cfg = parse("[plugins.hash.settings]\nbase_url = [\"http://gpu1:11434/\", \"http://gpu2:11434\"]\n").unwrap();
+        let cfg = parse(
+            "[plugins.hash.settings]\nbase_url = [\"http://gpu1:11434/\", \"http://gpu2:11434\"]\n",
+        )
+        .unwrap();
         let p = &cfg.plugins["hash"];
         let urls: Vec<(&str, usize)> = p
             .endpoints
@@ -1037,7 +1044,11 @@ file = "hash.wasm"
         assert_eq!(p.breaker.failures, 2);
 
         let cfg = parse("[[plugins.hash.endpoints]]\nbase_url = \"http://gpu1:11434\"\nconcurrency = 2\n[[plugins.hash.endpoints]]\nbase_url = \"http://gpu2:11434\"\n").unwrap();
-        let c: Vec<usize> = cfg.plugins["hash"].endpoints.iter().map(|e| e.concurrency).collect();
+        let c: Vec<usize> = cfg.plugins["hash"]
+            .endpoints
+            .iter()
+            .map(|e| e.concurrency)
+            .collect();
         assert_eq!(c, [2, 3]);
 
         let err = parse("[[plugins.hash.endpoints]]\nbase_url = \"http://gpu3:11434\"\n")
@@ -1054,7 +1065,10 @@ file = "hash.wasm"
         // One URL stays a plain setting: no pool, no breaker.
         let cfg = parse("[plugins.hash.settings]\nbase_url = \"http://gpu1:11434\"\n").unwrap();
         assert!(cfg.plugins["hash"].endpoints.is_empty());
-        assert_eq!(cfg.plugins["hash"].settings["base_url"], "http://gpu1:11434");
+        assert_eq!(
+            cfg.plugins["hash"].settings["base_url"],
+            "http://gpu1:11434"
+        );
     }
 
     #[test]

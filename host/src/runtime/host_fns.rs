@@ -215,7 +215,9 @@ fn dropped_connection(e: &reqwest::Error) -> bool {
             }
         }
         // hyper's IncompleteMessage carries no io::Error and is not a public type.
-        if s.to_string().contains("connection closed before message completed") {
+        if s.to_string()
+            .contains("connection closed before message completed")
+        {
             return true;
         }
         source = s.source();

@@ -16,7 +16,7 @@ use super::call::{CallError, HealthReport, ItemResult, ModelInfo, PluginDescript
 use super::contract::{Exports, Indices};
 use super::engine::{Runtime, TICK};
 use super::nn;
-use super::pool::{Lease, Learned, Pool};
+use super::pool::{Learned, Lease, Pool};
 use super::sandbox::PluginState;
 use crate::config::{Budgets, PluginConfig};
 use crate::input::ValidImage;
@@ -399,7 +399,7 @@ impl Plugin {
             "describer identity",
             |l| &mut l.identity,
             |at| Box::pin(self.cache_identity_on(at)),
-            |ids| differing_pairs(ids),
+            differing_pairs,
         )
         .await
     }
@@ -540,7 +540,8 @@ impl Plugin {
             |at| {
                 Box::pin(async move {
                     let only = |i: usize| i == at;
-                    let info = guest_call!(self, text_embedder, "a text embedder", &only, text_model())?;
+                    let info =
+                        guest_call!(self, text_embedder, "a text embedder", &only, text_model())?;
                     check_model(&self.key, &info)?;
                     Ok(info)
                 })
@@ -557,7 +558,13 @@ impl Plugin {
             |at| {
                 Box::pin(async move {
                     let only = |i: usize| i == at;
-                    let info = guest_call!(self, image_embedder, "an image embedder", &only, image_model())?;
+                    let info = guest_call!(
+                        self,
+                        image_embedder,
+                        "an image embedder",
+                        &only,
+                        image_model()
+                    )?;
                     check_model(&self.key, &info)?;
                     Ok(info)
                 })
@@ -640,7 +647,13 @@ impl Plugin {
         };
         // The version's conversion moved the lifted strings into the domain type, copying
         // nothing: checking it holds every contract version's describer to the same caps.
-        let d = guest_call!(self, describer, "a describer", &serving, describe(&image, prompt))?;
+        let d = guest_call!(
+            self,
+            describer,
+            "a describer",
+            &serving,
+            describe(&image, prompt)
+        )?;
         check_description(&self.key, &self.config.budgets, &d)?;
         if d.text.trim().is_empty() {
             return Err(CallError::new(
@@ -738,7 +751,10 @@ fn check_description(key: &str, budgets: &Budgets, d: &PluginDescription) -> Res
 
 /// Each answer's space id.
 fn spaces(models: &[&ModelInfo]) -> Vec<String> {
-    models.iter().map(|m| format!("space {}", m.space)).collect()
+    models
+        .iter()
+        .map(|m| format!("space {}", m.space))
+        .collect()
 }
 
 /// Each identity shown by the pairs in which the identities differ (the digest, usually).
@@ -749,9 +765,7 @@ fn differing_pairs(ids: &[&CacheIdentity]) -> Vec<String> {
     keys.sort();
     keys.dedup();
     let value = |p: &[(String, String)], k: &str| {
-        p.iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
+        p.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
     };
     let differing: Vec<&String> = keys
         .into_iter()

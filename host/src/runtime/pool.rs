@@ -108,7 +108,9 @@ impl Endpoint {
     }
 
     pub(crate) fn label(&self) -> &str {
-        self.base_url.as_deref().unwrap_or("(its configured backend)")
+        self.base_url
+            .as_deref()
+            .unwrap_or("(its configured backend)")
     }
 
     fn in_flight(&self) -> usize {
