@@ -22,6 +22,9 @@ pub struct Report {
     pub model_dirs: Vec<ModelDirCheck>,
     /// Each chain step, tried on a small test image.
     pub steps: Vec<StepCheck>,
+    /// The endpoints of each pooled plugin, after the steps were tried: in the pool or out,
+    /// and the requests in flight.
+    pub endpoints: std::collections::BTreeMap<String, Vec<crate::EndpointStatus>>,
 }
 
 impl Report {
@@ -108,5 +111,6 @@ pub async fn run(imbed: &Imbed) -> Report {
         health,
         model_dirs,
         steps: imbed.check_steps().await,
+        endpoints: imbed.endpoints(),
     }
 }

@@ -40,14 +40,14 @@ mod layout_tests;
 
 pub use blocking::BlockingImbed;
 pub use chain::{
-    check_plugin, ImageRequest, Imbed, ImbedOptions, ModelName, PluginCheck, PluginHealth,
-    PluginStatus, StepCheck,
+    check_plugin, BackendCapacity, ImageRequest, Imbed, ImbedOptions, ModelName, PluginCheck,
+    PluginHealth, PluginStatus, StepCheck,
 };
 pub use config::{Budgets, Config, ConfigError, Env};
 pub use error::{EngineError, Error, Result, UsageError};
 pub use input::{ImageSource, InputError, UrlGuard, ValidImage};
 pub use runtime::nn::{GraphStatus, LibraryStatus, NnStatus};
-pub use runtime::{ComponentReport, Roles};
+pub use runtime::{ComponentReport, EndpointState, EndpointStatus, Roles};
 pub use store::{Cache, StoreError};
 pub use types::{
     Attempt, Description, DescriptionSource, Embedding, FailureKind, HealthCheck, HealthStatus,

@@ -20,6 +20,7 @@ mod openai;
 mod ownership;
 mod page;
 mod pg_restart;
+mod pool;
 mod postgres;
 mod python_plugin;
 mod sandbox;

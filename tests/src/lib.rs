@@ -108,6 +108,7 @@ pub struct PluginSpec {
     nn: Vec<String>,
     settings: Vec<(String, String)>,
     shares_space_with: Vec<String>,
+    endpoints: Vec<(String, usize)>,
 }
 
 impl PluginSpec {
@@ -126,6 +127,7 @@ impl PluginSpec {
             nn: vec![],
             settings: vec![],
             shares_space_with: vec![],
+            endpoints: vec![],
         }
     }
 
@@ -180,6 +182,13 @@ impl PluginSpec {
     /// Any other `[limits]` key, as a TOML literal.
     pub fn limit(mut self, key: &str, toml_literal: &str) -> Self {
         self.limits.push(format!("{key} = {toml_literal}"));
+        self
+    }
+
+    /// Add a pooled endpoint (`[[plugins.X.endpoints]]`) with its concurrency. Grants nothing:
+    /// pair it with [`PluginSpec::grant_http`].
+    pub fn endpoint(mut self, base_url: &str, concurrency: usize) -> Self {
+        self.endpoints.push((base_url.into(), concurrency));
         self
     }
 
@@ -410,6 +419,12 @@ impl TestConfig {
             t.push_str(&format!("[plugins.{key}.settings]\n"));
             for (k, v) in &p.settings {
                 t.push_str(&format!("{k} = {v}\n"));
+            }
+            for (url, concurrency) in &p.endpoints {
+                t.push_str(&format!(
+                    "[[plugins.{key}.endpoints]]\nbase_url = {}\nconcurrency = {concurrency}\n",
+                    toml_string(url)
+                ));
             }
         }
         t

@@ -10,7 +10,7 @@ use super::walk::Walk;
 use crate::config::{Config, Step};
 use crate::error::{EngineError, Error, Internal, Result};
 use crate::input::{self, ImageSource, ValidImage};
-use crate::runtime::{CallError, Plugin, Runtime};
+use crate::runtime::{CallError, EndpointStatus, Plugin, Runtime};
 use crate::store::Cache;
 use crate::types::{Description, Embedding, FailureKind, Purpose, SpaceId};
 
@@ -83,6 +83,39 @@ pub(super) struct Inner {
     _runtime: Arc<Runtime>,
 }
 
+/// How much work the chain's first step can take now: what a work queue asks before it claims
+/// jobs (a worker claims only as many as there are free slots, and none while the step is down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendCapacity {
+    /// Requests the step's plugins can start at once without waiting: for each plugin, the
+    /// free slots of its endpoints that are in the pool, the smaller over the step's describer
+    /// and embedder.
+    pub free_slots: usize,
+    /// Whether each of the step's plugins is loaded and has an endpoint in the pool.
+    pub up: bool,
+}
+
+/// Bring endpoints that the breaker took out back through their health probe, after the
+/// cool-down. Ends when the plugin is dropped (a reload builds new plugins).
+fn spawn_prober(plugin: &Arc<Plugin>) {
+    let weak = Arc::downgrade(plugin);
+    let tick = (plugin.pool.breaker.cooldown / 4).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    );
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(tick).await;
+            let Some(plugin) = weak.upgrade() else {
+                break;
+            };
+            for at in plugin.pool.due_for_probe() {
+                plugin.probe(at).await;
+            }
+        }
+    });
+}
+
 /// The embedding runtime: loaded plugins and the chain that uses them. Cheap to clone.
 #[derive(Clone)]
 pub struct Imbed {
@@ -125,6 +158,9 @@ impl Imbed {
             futures::future::join_all(loads).await.into_iter().collect();
         for (key, slot) in &plugins {
             if let Slot::Ready(plugin) = slot {
+                if plugin.pool.pooled {
+                    spawn_prober(plugin);
+                }
                 if plugin.config.warm {
                     // In the background: warming may take as long as loading a model, and the
                     // first request should not wait behind it when it needs another plugin.
@@ -212,6 +248,43 @@ impl Imbed {
             out.push(space);
         }
         out
+    }
+
+    /// How much work the chain's first step can take now (synchronous and cheap: it reads
+    /// counters, it calls no backend). No step, or a plugin that did not load: not up.
+    pub fn backend_capacity(&self) -> BackendCapacity {
+        let Some(step) = self.inner.config.chain.steps.first() else {
+            return BackendCapacity {
+                free_slots: 0,
+                up: false,
+            };
+        };
+        let mut capacity = BackendCapacity {
+            free_slots: usize::MAX,
+            up: true,
+        };
+        for key in step.plugins() {
+            let (free, up) = match self.plugin(key) {
+                Ok(p) => p.pool.capacity(),
+                Err(_) => (0, false),
+            };
+            capacity.free_slots = capacity.free_slots.min(free);
+            capacity.up &= up;
+        }
+        capacity
+    }
+
+    /// The endpoints of each pooled plugin (`[[plugins.X.endpoints]]` or a `base_url` list):
+    /// whether each is in the pool, and its requests in flight.
+    pub fn endpoints(&self) -> BTreeMap<String, Vec<EndpointStatus>> {
+        self.inner
+            .plugins
+            .iter()
+            .filter_map(|(key, slot)| match slot {
+                Slot::Ready(p) if p.pool.pooled => Some((key.clone(), p.pool.status())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The persistent cache, when one is in use.

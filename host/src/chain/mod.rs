@@ -10,5 +10,5 @@ mod imbed;
 mod status;
 mod walk;
 
-pub use imbed::{ImageRequest, Imbed, ImbedOptions};
+pub use imbed::{BackendCapacity, ImageRequest, Imbed, ImbedOptions};
 pub use status::{check_plugin, ModelName, PluginCheck, PluginHealth, PluginStatus, StepCheck};

@@ -110,6 +110,8 @@ pub async fn check_plugin(
         budgets: Default::default(),
         settings: Default::default(),
         shares_space_with: Vec::new(),
+        endpoints: Vec::new(),
+        breaker: Default::default(),
     };
     let health = match runtime.load("check", &cfg).await {
         Ok(p) => PluginHealth::Ready {

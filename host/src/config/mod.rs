@@ -15,8 +15,8 @@ mod validate;
 pub use env::Env;
 pub use error::ConfigError;
 pub use settings::{
-    Budgets, CacheSettings, ChainConfig, Config, Database, Grants, ModelSettings, NnSettings,
-    PluginConfig, ServerSettings, Step,
+    Breaker, Budgets, CacheSettings, ChainConfig, Config, Database, Endpoint, Grants,
+    ModelSettings, NnSettings, PluginConfig, ServerSettings, Step,
 };
 pub(crate) use validate::normalize_base_url;
 // Defined with the input it caps; the config is where users set it.

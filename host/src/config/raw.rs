@@ -109,6 +109,16 @@ pub(super) struct RawPlugin {
     pub(super) grants: RawGrants,
     #[serde(default)]
     pub(super) settings: BTreeMap<String, Located<toml::Value>>,
+    #[serde(default)]
+    pub(super) endpoints: Vec<Located<RawEndpoint>>,
+}
+
+/// `[[plugins.X.endpoints]]`: one backend of a pool.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEndpoint {
+    pub(super) base_url: Spanned<String>,
+    pub(super) concurrency: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -127,6 +137,8 @@ pub(super) struct RawLimits {
     pub(super) log_line_max_bytes: Option<Spanned<usize>>,
     pub(super) description_max_bytes: Option<Spanned<usize>>,
     pub(super) structured_max_fields: Option<Spanned<usize>>,
+    pub(super) breaker_failures: Option<Spanned<u32>>,
+    pub(super) breaker_cooldown_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]

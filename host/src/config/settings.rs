@@ -120,6 +120,44 @@ pub struct PluginConfig {
     /// (`shares_space_with`): they compute the same vectors (one backend under two keys, an
     /// OpenAI-compatible server serving Ollama's model). See [`Config::space_partners`].
     pub shares_space_with: Vec<String>,
+    /// The backend endpoints the plugin's calls are spread over (`[[plugins.X.endpoints]]`, or a
+    /// list in `settings.base_url`); empty: the plugin reaches what its settings say, as one
+    /// endpoint with `pool_size` instances and no circuit breaker.
+    pub endpoints: Vec<Endpoint>,
+    /// When a pooled endpoint is taken out and when it is probed again (`limits.breaker_*`).
+    pub breaker: Breaker,
+}
+
+/// One backend of a pooled plugin. Its instances get `base_url` as their `base_url` setting
+/// and may reach only its origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The backend's base URL, handed to the plugin as its `base_url` setting.
+    pub base_url: String,
+    /// The origin of `base_url`: the only HTTP grant this endpoint's instances get.
+    pub origin: url::Origin,
+    /// Requests in flight to this endpoint at most (match the box's `OLLAMA_NUM_PARALLEL`).
+    pub concurrency: usize,
+}
+
+/// The circuit breaker of a pooled plugin's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breaker {
+    /// Consecutive failures that say the backend is unavailable (connection refused, 503,
+    /// timeout) after which an endpoint is taken out (`limits.breaker_failures`, default 3).
+    pub failures: u32,
+    /// How long a taken-out endpoint rests before its health probe may bring it back
+    /// (`limits.breaker_cooldown_ms`, default 10 s).
+    pub cooldown: Duration,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            failures: 3,
+            cooldown: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Per-plugin caps on what the plugin sends back to the host, from `[plugins.X.limits]`;

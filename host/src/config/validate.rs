@@ -650,7 +650,24 @@ fn validate_plugin(
     let budgets = validate_budgets(name, &raw.limits, ctx)?;
 
     let mut settings = BTreeMap::new();
+    let mut listed: Vec<(String, Option<std::ops::Range<usize>>)> = Vec::new();
     for (key, value) in &raw.settings {
+        if let (POOLED_SETTING, toml::Value::Array(urls)) = (key.as_str(), value.get_ref()) {
+            for url in urls {
+                let Some(url) = url.as_str() else {
+                    return ctx.err(value.span(), format!("plugin {name:?}: base_url takes a URL or a list of URLs, e.g. base_url = [\"http://gpu1:11434\", \"http://gpu2:11434\"]"));
+                };
+                let url = expand_vars(url, ctx.env).or_else(|m| ctx.err(value.span(), m))?;
+                listed.push((url, value.span()));
+            }
+            if urls.is_empty() {
+                return ctx.err(
+                    value.span(),
+                    format!("plugin {name:?}: base_url is an empty list: give at least one URL"),
+                );
+            }
+            continue;
+        }
         let rendered = match value.get_ref() {
             toml::Value::String(s) => {
                 expand_vars(s, ctx.env).or_else(|m| ctx.err(value.span(), m))?
@@ -695,6 +712,9 @@ fn validate_plugin(
         }
     }
 
+    let endpoints = validate_endpoints(name, raw, listed, pool_size, &settings, &http, ctx)?;
+    let breaker = validate_breaker(name, &raw.limits, ctx)?;
+
     Ok(PluginConfig {
         path,
         memory_bytes: memory_mb.0 << 20,
@@ -713,7 +733,112 @@ fn validate_plugin(
         budgets,
         settings,
         shares_space_with,
+        endpoints,
+        breaker,
     })
+}
+
+/// The setting each pooled endpoint's instances get their endpoint's URL in.
+const POOLED_SETTING: &str = "base_url";
+
+/// The endpoints of a pool, from `[[plugins.X.endpoints]]` or a `base_url` list: each a valid
+/// base URL, named once, and covered by the plugin's HTTP grants (its instances are granted only
+/// their own endpoint, which the config must already allow).
+fn validate_endpoints(
+    name: &str,
+    raw: &RawPlugin,
+    listed: Vec<(String, Option<std::ops::Range<usize>>)>,
+    default_concurrency: usize,
+    settings: &BTreeMap<String, String>,
+    http: &[url::Origin],
+    ctx: &Ctx<'_>,
+) -> Result<Vec<Endpoint>, ConfigError> {
+    let mut wanted: Vec<(String, usize, Option<std::ops::Range<usize>>)> = listed
+        .into_iter()
+        .map(|(url, span)| (url, default_concurrency, span))
+        .collect();
+    if let Some(first) = raw.endpoints.first() {
+        if !wanted.is_empty() || settings.contains_key(POOLED_SETTING) {
+            return ctx.err(
+                first.span(),
+                format!("plugin {name:?}: both [[plugins.{name}.endpoints]] and settings.base_url are set: keep one (each endpoint's base_url is given to the plugin as its setting)"),
+            );
+        }
+    }
+    for e in &raw.endpoints {
+        let e = e.get_ref();
+        let concurrency = match &e.concurrency {
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > 256 => {
+                return ctx.err(
+                    Some(n.span()),
+                    format!("plugin {name:?}: an endpoint's concurrency must be from 1 to 256"),
+                )
+            }
+            Some(n) => *n.get_ref(),
+            None => default_concurrency,
+        };
+        wanted.push((
+            ctx.expand(&e.base_url)?,
+            concurrency,
+            Some(e.base_url.span()),
+        ));
+    }
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    for (url, concurrency, span) in wanted {
+        let base_url = normalize_base_url(&url).or_else(|m| {
+            ctx.err(
+                span.clone(),
+                format!("plugin {name:?}: endpoint {url:?} is not a base URL: {m}"),
+            )
+        })?;
+        if endpoints.iter().any(|e| e.base_url == base_url) {
+            return ctx.err(
+                span,
+                format!("plugin {name:?}: endpoint {base_url} is listed twice: raise its concurrency instead"),
+            );
+        }
+        let origin = url::Url::parse(&base_url)
+            .map(|u| u.origin())
+            .or_else(|e| ctx.err(span.clone(), format!("plugin {name:?}: {e}")))?;
+        if !http.contains(&origin) {
+            return ctx.err(
+                span,
+                format!(
+                    "plugin {name:?}: endpoint {base_url} is not covered by its http grant: add {:?} to [plugins.{name}.grants] http",
+                    origin.ascii_serialization()
+                ),
+            );
+        }
+        endpoints.push(Endpoint {
+            base_url,
+            origin,
+            concurrency,
+        });
+    }
+    Ok(endpoints)
+}
+
+fn validate_breaker(name: &str, limits: &RawLimits, ctx: &Ctx<'_>) -> Result<Breaker, ConfigError> {
+    let mut breaker = Breaker::default();
+    if let Some(n) = &limits.breaker_failures {
+        if *n.get_ref() == 0 {
+            return ctx.err(
+                Some(n.span()),
+                format!("plugin {name:?}: breaker_failures must be at least 1"),
+            );
+        }
+        breaker.failures = *n.get_ref();
+    }
+    if let Some(ms) = &limits.breaker_cooldown_ms {
+        if *ms.get_ref() == 0 {
+            return ctx.err(
+                Some(ms.span()),
+                format!("plugin {name:?}: breaker_cooldown_ms must be greater than zero"),
+            );
+        }
+        breaker.cooldown = Duration::from_millis(*ms.get_ref());
+    }
+    Ok(breaker)
 }
 
 /// The log and output budgets of `[plugins.X.limits]`: each at least 1 (a cap of 0 would
@@ -940,6 +1065,55 @@ file = "hash.wasm"
         assert_eq!(
             ollama.grants.http[0].ascii_serialization(),
             "http://gpu-box:11434"
+        );
+    }
+
+    #[test]
+    fn endpoints_come_from_a_base_url_list_or_tables_and_must_be_granted() {
+        let parse = |extra: &str| {
+            let text = format!("{MINIMAL}[plugins.hash.limits]\ninstances = 3\nbreaker_failures = 2\n[plugins.hash.grants]\nhttp = [\"http://gpu1:11434\", \"http://gpu2:11434\"]\n{extra}");
+            Config::from_toml_str(&text, "pool.toml", None, &Env::isolated())
+        };
+        let cfg = parse(
+            "[plugins.hash.settings]\nbase_url = [\"http://gpu1:11434/\", \"http://gpu2:11434\"]\n",
+        )
+        .unwrap();
+        let p = &cfg.plugins["hash"];
+        let urls: Vec<(&str, usize)> = p
+            .endpoints
+            .iter()
+            .map(|e| (e.base_url.as_str(), e.concurrency))
+            .collect();
+        assert_eq!(urls, [("http://gpu1:11434", 3), ("http://gpu2:11434", 3)]);
+        // Each endpoint's instances get their own URL: the list is not a setting of its own.
+        assert!(!p.settings.contains_key("base_url"));
+        assert_eq!(p.breaker.failures, 2);
+
+        let cfg = parse("[[plugins.hash.endpoints]]\nbase_url = \"http://gpu1:11434\"\nconcurrency = 2\n[[plugins.hash.endpoints]]\nbase_url = \"http://gpu2:11434\"\n").unwrap();
+        let c: Vec<usize> = cfg.plugins["hash"]
+            .endpoints
+            .iter()
+            .map(|e| e.concurrency)
+            .collect();
+        assert_eq!(c, [2, 3]);
+
+        let err = parse("[[plugins.hash.endpoints]]\nbase_url = \"http://gpu3:11434\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("add \"http://gpu3:11434\" to [plugins.hash.grants] http"),
+            "{err}"
+        );
+        let err = parse("[plugins.hash.settings]\nbase_url = \"http://gpu1:11434\"\n[[plugins.hash.endpoints]]\nbase_url = \"http://gpu2:11434\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("keep one"), "{err}");
+        // One URL stays a plain setting: no pool, no breaker.
+        let cfg = parse("[plugins.hash.settings]\nbase_url = \"http://gpu1:11434\"\n").unwrap();
+        assert!(cfg.plugins["hash"].endpoints.is_empty());
+        assert_eq!(
+            cfg.plugins["hash"].settings["base_url"],
+            "http://gpu1:11434"
         );
     }
 

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
@@ -17,6 +16,7 @@ use super::contract::{self, contract_version, supported_list, Indices, NEWEST, S
 use super::host_fns::{model_dir_name, Shared};
 use super::nn;
 use super::plugin::Plugin;
+use super::pool::{Endpoint, Pool};
 use super::sandbox::{nn_view, PluginState};
 use crate::config::PluginConfig;
 use crate::error::EngineError;
@@ -184,15 +184,19 @@ impl Runtime {
                 cfg.path.display()
             ))
         })?;
-        let shared = Arc::new(Shared {
+        let shared = Shared {
             key: key.to_string(),
             settings: cfg.settings.clone(),
             model_dir_name: cfg.grants.model_dir.as_deref().and_then(model_dir_name),
             http_origins: cfg.grants.http.clone(),
             client: self.client.clone(),
             nn: self.nn.plugin(key, cfg),
-            log: budget::PluginLogBudget::new(key, cfg.budgets, self.log_drops.clone()),
-        });
+            log: Arc::new(budget::PluginLogBudget::new(
+                key,
+                cfg.budgets,
+                self.log_drops.clone(),
+            )),
+        };
         // A plugin that can reach no network only computes: more instances than cores would
         // just take turns on them, each holding its own memory (a CLIP instance is ~600 MB).
         let mut cfg = cfg.clone();
@@ -208,6 +212,26 @@ impl Runtime {
             }
         }
         let cfg = &cfg;
+        let endpoints = if cfg.endpoints.is_empty() {
+            vec![Endpoint::new(None, Arc::new(shared), cfg.pool_size)]
+        } else {
+            // The same component and sandbox for each, told its own backend and granted only
+            // that backend's origin.
+            cfg.endpoints
+                .iter()
+                .map(|e| {
+                    let mut settings = shared.settings.clone();
+                    settings.insert("base_url".to_string(), e.base_url.clone());
+                    let own = Shared {
+                        settings,
+                        http_origins: vec![e.origin.clone()],
+                        ..shared.clone()
+                    };
+                    Endpoint::new(Some(e.base_url.clone()), Arc::new(own), e.concurrency)
+                })
+                .collect()
+        };
+        let pool = Pool::new(endpoints, !cfg.endpoints.is_empty(), cfg.breaker);
         let mut plugin = Plugin {
             key: key.to_string(),
             id: PluginId {
@@ -219,13 +243,8 @@ impl Runtime {
             runtime: self.clone(),
             pre,
             indices,
-            shared,
-            permits: Arc::new(Semaphore::new(cfg.pool_size.max(1))),
-            idle: Mutex::new(Vec::new()),
-            text_model: Mutex::new(None),
-            image_model: Mutex::new(None),
+            pool,
             learned_dims: Mutex::new(HashMap::new()),
-            identity: Mutex::new(None),
             from_cache,
             component_sha256: crate::input::hex(&digest),
             load_time: Duration::ZERO,

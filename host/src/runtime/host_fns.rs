@@ -15,7 +15,9 @@ use crate::input::describe_reqwest;
 /// Largest HTTP response body handed to a plugin.
 const HTTP_BODY_CAP: usize = 256 << 20;
 
-/// What every instance of one plugin shares: its identity, settings and HTTP grants.
+/// What every instance of one plugin (of one pool endpoint) shares: its identity, settings and
+/// HTTP grants.
+#[derive(Clone)]
 pub(crate) struct Shared {
     pub(crate) key: String,
     pub(crate) settings: BTreeMap<String, String>,
@@ -26,7 +28,7 @@ pub(crate) struct Shared {
     /// The plugin's wasi-nn grants, budget and shared graph sessions.
     pub(crate) nn: Arc<nn::PluginNn>,
     /// The plugin's log budget (per-minute window shared by its instances).
-    pub(crate) log: budget::PluginLogBudget,
+    pub(crate) log: Arc<budget::PluginLogBudget>,
 }
 
 /// The setting a plugin granted a `model_dir` reads to learn the folder's name on the host (the
@@ -149,7 +151,7 @@ impl Shared {
             let text = format!("{} {}: {}", req.method, url, describe_reqwest(&e));
             if e.is_timeout() {
                 E::Timeout(text)
-            } else if e.is_connect() {
+            } else if e.is_connect() || dropped_connection(&e) {
                 E::Unreachable(text)
             } else if e.is_builder() {
                 E::Invalid(text)
@@ -196,4 +198,29 @@ impl Shared {
             ))),
         }
     }
+}
+
+/// A backend that went away while a request was on its connection (reset, closed before the
+/// answer): as unreachable as a refused connection, and worth trying elsewhere.
+fn dropped_connection(e: &reqwest::Error) -> bool {
+    use std::io::ErrorKind as K;
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        // hyper's IncompleteMessage carries no io::Error and is not a public type.
+        if s.to_string()
+            .contains("connection closed before message completed")
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }

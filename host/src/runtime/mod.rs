@@ -17,6 +17,7 @@ mod engine;
 mod host_fns;
 pub(crate) mod nn;
 mod plugin;
+mod pool;
 mod sandbox;
 
 pub use call::Roles;
@@ -25,3 +26,4 @@ pub use compile::ComponentReport;
 pub(crate) use engine::Runtime;
 pub(crate) use host_fns::model_dir_name;
 pub(crate) use plugin::Plugin;
+pub use pool::{EndpointState, EndpointStatus};

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::InstancePre;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -16,8 +15,8 @@ use super::budget;
 use super::call::{CallError, HealthReport, ItemResult, ModelInfo, PluginDescription, Roles};
 use super::contract::{Exports, Indices};
 use super::engine::{Runtime, TICK};
-use super::host_fns::Shared;
 use super::nn;
+use super::pool::{Learned, Lease, Pool};
 use super::sandbox::PluginState;
 use crate::config::{Budgets, PluginConfig};
 use crate::input::ValidImage;
@@ -31,13 +30,15 @@ const DESCRIBER_MAX_SIDE: u32 = 1024;
 /// A describer's cache identity as its contract version answers it (`None`: no such export).
 pub(crate) type CacheIdentity = Option<Vec<(String, String)>>;
 
-/// A live instance, with its store and the permit that counts it against the plugin's limit.
+/// A live instance, with its store and the slot that counts it against its endpoint's limit.
 pub(crate) struct Instance {
     store: Store<PluginState>,
     exports: Exports,
     stderr: MemoryOutputPipe,
     /// Held while the instance is leased; an idle instance holds none.
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Lease>,
+    /// The pool endpoint whose backend the instance is set up to reach.
+    endpoint: usize,
 }
 
 /// One loaded plugin.
@@ -48,15 +49,10 @@ pub(crate) struct Plugin {
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) pre: InstancePre<PluginState>,
     pub(crate) indices: Indices,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) permits: Arc<Semaphore>,
-    pub(crate) idle: Mutex<Vec<Instance>>,
-    pub(crate) text_model: Mutex<Option<ModelInfo>>,
-    pub(crate) image_model: Mutex<Option<ModelInfo>>,
+    /// The backends the plugin's calls go to, each with its own instances (one for a plugin
+    /// that is not pooled). What each answered for its models is kept there.
+    pub(crate) pool: Pool,
     pub(crate) learned_dims: Mutex<HashMap<SpaceId, usize>>,
-    /// The describer's cache identity, asked once like the models (`Some(None)`: the contract
-    /// version has none).
-    pub(crate) identity: Mutex<Option<CacheIdentity>>,
     pub from_cache: bool,
     /// SHA-256 of the component file, hex: what the store records as the writer of the
     /// plugin's vectors.
@@ -66,38 +62,68 @@ pub(crate) struct Plugin {
 
 /// Runs one guest function of one role on a leased instance and settles the outcome (`settle`,
 /// or with `traced`, `settle_traced`: also what ran natively during the call). A role the
-/// component does not export is refused before an instance is leased.
+/// component does not export is refused before an instance is leased. In a pool the call goes
+/// to an endpoint `$eligible` accepts, and a failure that says that backend is unavailable is
+/// tried again on another one.
 macro_rules! guest_call {
-    (traced $self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {
-        guest_call!(@with settle_traced, $self, $role, $what, $method($($arg),*))
+    (traced $self:ident, $role:ident, $what:literal, $eligible:expr, $method:ident ( $($arg:expr),* )) => {
+        guest_call!(@with settle_traced, $self, $role, $what, $eligible, $method($($arg),*))
     };
-    ($self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {
-        guest_call!(@with settle, $self, $role, $what, $method($($arg),*))
+    ($self:ident, $role:ident, $what:literal, $eligible:expr, $method:ident ( $($arg:expr),* )) => {
+        guest_call!(@with settle, $self, $role, $what, $eligible, $method($($arg),*))
     };
-    (@with $settle:ident, $self:ident, $role:ident, $what:literal, $method:ident ( $($arg:expr),* )) => {{
+    (@with $settle:ident, $self:ident, $role:ident, $what:literal, $eligible:expr, $method:ident ( $($arg:expr),* )) => {{
         if !$self.roles().$role {
             return Err(CallError::new(
                 FailureKind::NotApplicable,
                 format!("plugin {:?} does not export {}", $self.key, $what),
             ));
         }
-        let mut inst = $self.checkout().await?;
-        let budget = $self.arm(&mut inst.store);
-        let outcome =
-            tokio::time::timeout(budget, inst.exports.$method(&mut inst.store $(, $arg)*)).await;
-        $self.$settle(inst, outcome)
+        let mut tried: Vec<usize> = Vec::new();
+        let mut failed: Option<CallError> = None;
+        loop {
+            let mut inst = match $self.checkout(&tried, $eligible).await {
+                Ok(inst) => inst,
+                // Nowhere left to retry: the failure that sent the call on says more.
+                Err(e) => break Err(failed.unwrap_or(e)),
+            };
+            let at = inst.endpoint;
+            let budget = $self.arm(&mut inst.store);
+            let outcome =
+                tokio::time::timeout(budget, inst.exports.$method(&mut inst.store $(, $arg)*)).await;
+            let result = $self.$settle(inst, outcome);
+            if $self.pool.settle(&$self.key, at, result.as_ref().err()) {
+                if let Err(e) = result {
+                    tracing::info!(
+                        plugin = $self.key.as_str(),
+                        endpoint = $self.pool.endpoints[at].label(),
+                        "trying another endpoint: {}",
+                        e.message
+                    );
+                    tried.push(at);
+                    failed = Some(e);
+                    continue;
+                }
+            }
+            break result;
+        }
     }};
+}
+
+/// Any endpoint may take the call.
+fn anywhere(_: usize) -> bool {
+    true
 }
 
 impl Plugin {
     /// The wasi-nn side for `imbed plugins` (`None` without graph grants).
     pub(crate) fn nn_status(&self) -> Option<nn::NnStatus> {
-        self.shared.nn.status()
+        self.pool.endpoints[0].shared.nn.status()
     }
 
     /// Hash the granted graph files not hashed yet, so the status can say `verified`.
     pub(crate) async fn verify_nn_files(&self) {
-        self.shared.nn.verify_files().await
+        self.pool.endpoints[0].shared.nn.verify_files().await
     }
 
     pub(crate) fn roles(&self) -> Roles {
@@ -109,25 +135,41 @@ impl Plugin {
         self.indices.version()
     }
 
-    /// Lease an idle instance or make a new one, waiting while the plugin is at its limit.
-    async fn checkout(&self) -> Result<Instance, CallError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| CallError::new(FailureKind::Other, "the plugin is shutting down"))?;
-        if let Some(mut inst) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            inst.permit = Some(permit);
-            return Ok(inst);
-        }
-        self.instantiate(permit).await
+    /// Lease an idle instance or make a new one on the least busy endpoint that may take the
+    /// call, waiting while every such endpoint is at its limit.
+    async fn checkout(
+        &self,
+        tried: &[usize],
+        eligible: &(dyn Fn(usize) -> bool + Sync),
+    ) -> Result<Instance, CallError> {
+        let (at, lease) = self.pool.acquire(&self.key, tried, eligible).await?;
+        self.lease_on(at, lease).await
     }
 
-    async fn instantiate(&self, permit: OwnedSemaphorePermit) -> Result<Instance, CallError> {
+    /// Lease an instance on endpoint `at` whatever its state (the health probe, warming).
+    async fn checkout_on(&self, at: usize) -> Result<Instance, CallError> {
+        let lease = self.pool.acquire_on(at).await?;
+        self.lease_on(at, lease).await
+    }
+
+    async fn lease_on(&self, at: usize, lease: Lease) -> Result<Instance, CallError> {
+        let idle = self.pool.endpoints[at]
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        if let Some(mut inst) = idle {
+            inst.permit = Some(lease);
+            return Ok(inst);
+        }
+        self.instantiate(at, lease).await
+    }
+
+    async fn instantiate(&self, at: usize, permit: Lease) -> Result<Instance, CallError> {
         let cfg = &self.config;
         let stderr = MemoryOutputPipe::new(STDERR_CAP);
-        let state = PluginState::new(cfg, self.shared.clone(), stderr.clone())?;
+        let shared = self.pool.endpoints[at].shared.clone();
+        let state = PluginState::new(cfg, shared, stderr.clone())?;
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|ctx| {
@@ -167,6 +209,7 @@ impl Plugin {
             exports,
             stderr,
             permit: Some(permit),
+            endpoint: at,
         })
     }
 
@@ -278,24 +321,33 @@ impl Plugin {
         // An instance whose captured stderr is filling up is retired rather than reused: a full
         // pipe would make the guest's next write fail.
         if inst.stderr.contents().len() < STDERR_CAP / 2 {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < self.config.pool_size {
+            let endpoint = &self.pool.endpoints[inst.endpoint];
+            let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < endpoint.concurrency {
                 idle.push(inst);
             }
         }
     }
 
     pub(crate) async fn info(&self) -> Result<super::call::PluginInfo, CallError> {
-        let mut inst = self.checkout().await?;
+        let mut inst = self.checkout(&[], &anywhere).await?;
         let budget = self.arm(&mut inst.store);
         let outcome = tokio::time::timeout(budget, inst.exports.info(&mut inst.store)).await;
         self.settle(inst, outcome)
     }
 
     /// The plugin's own account of whether it can work now; `None` for a contract version
-    /// without the export (0.1.0).
+    /// without the export (0.1.0). In a pool: the account of the first endpoint that is up.
     pub(crate) async fn health(&self) -> Result<HealthReport, CallError> {
-        let mut inst = self.checkout().await?;
+        let at = (0..self.pool.endpoints.len())
+            .find(|&i| self.pool.endpoints[i].is_up())
+            .unwrap_or(0);
+        self.health_on(at).await
+    }
+
+    /// [`Plugin::health`] asked of endpoint `at`, whatever its state.
+    pub(crate) async fn health_on(&self, at: usize) -> Result<HealthReport, CallError> {
+        let mut inst = self.checkout_on(at).await?;
         let budget = self.arm(&mut inst.store);
         let outcome = tokio::time::timeout(budget, inst.exports.health(&mut inst.store)).await;
         let report = self.settle(inst, outcome)?;
@@ -321,19 +373,40 @@ impl Plugin {
         Ok(report)
     }
 
+    /// The health probe of an endpoint out of the pool: back in when its health export says
+    /// nothing is failing (a plugin without the export gets the benefit of the doubt: its next
+    /// failures take it out again).
+    pub(crate) async fn probe(&self, at: usize) {
+        let verdict = match self.health_on(at).await {
+            Ok(None) => Ok(()),
+            Ok(Some(checks)) => match checks
+                .iter()
+                .find(|c| c.status == crate::types::HealthStatus::Failing)
+            {
+                Some(c) => Err(format!("health probe: {}: {}", c.name, c.detail)),
+                None => Ok(()),
+            },
+            Err(e) => Err(format!("health probe: {}", e.message)),
+        };
+        self.pool.probed(&self.key, at, verdict);
+    }
+
     /// What determines the describer's descriptions, sorted by key; `None` for a contract
-    /// version without the export (0.1.0). Asked once per loaded plugin, as the models are: a
-    /// config change (hot reload) loads the plugin again.
+    /// version without the export (0.1.0). Asked once per endpoint, as the models are: a
+    /// config change (hot reload) loads the plugin again. Endpoints of a pool must agree.
     pub(crate) async fn cache_identity(&self) -> Result<CacheIdentity, CallError> {
-        if let Some(known) = self
-            .identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            return Ok(known);
-        }
-        let mut pairs = guest_call!(self, describer, "a describer", cache_identity())?;
+        self.agreed(
+            "describer identity",
+            |l| &mut l.identity,
+            |at| Box::pin(self.cache_identity_on(at)),
+            differing_pairs,
+        )
+        .await
+    }
+
+    async fn cache_identity_on(&self, at: usize) -> Result<CacheIdentity, CallError> {
+        let only = |i: usize| i == at;
+        let mut pairs = guest_call!(self, describer, "a describer", &only, cache_identity())?;
         if let Some(p) = pairs.as_mut() {
             p.sort();
             let longest = p.iter().map(|(k, v)| k.len().max(v.len())).max();
@@ -348,8 +421,79 @@ impl Plugin {
                 ));
             }
         }
-        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(pairs.clone());
         Ok(pairs)
+    }
+
+    /// What every endpoint that is up answers for one model question, learned once per
+    /// endpoint; the same answer from all of them, or a refusal naming each endpoint and its
+    /// answer: vectors (or descriptions) of different weights must never be pooled together.
+    async fn agreed<'a, T: Clone + PartialEq>(
+        &'a self,
+        what: &str,
+        slot: fn(&mut Learned) -> &mut Option<T>,
+        ask: impl Fn(usize) -> futures::future::BoxFuture<'a, Result<T, CallError>>,
+        show: fn(&[&T]) -> Vec<String>,
+    ) -> Result<T, CallError> {
+        let pool = &self.pool;
+        let mut answers: Vec<(usize, T)> = Vec::new();
+        let mut unavailable: Option<CallError> = None;
+        for (at, endpoint) in pool.endpoints.iter().enumerate() {
+            if pool.pooled && !endpoint.is_up() {
+                continue;
+            }
+            if let Some(known) = slot(&mut endpoint.learned()).clone() {
+                answers.push((at, known));
+                continue;
+            }
+            match ask(at).await {
+                Ok(answer) => {
+                    *slot(&mut endpoint.learned()) = Some(answer.clone());
+                    answers.push((at, answer));
+                }
+                // Counted against the endpoint already; the others may still answer.
+                Err(e)
+                    if pool.pooled
+                        && matches!(e.kind, FailureKind::Unavailable | FailureKind::Timeout) =>
+                {
+                    unavailable = Some(e)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some((_, first)) = answers.first() else {
+            return Err(unavailable.unwrap_or_else(|| {
+                CallError::new(
+                    FailureKind::Unavailable,
+                    format!(
+                        "every endpoint of plugin {:?} is out of the pool; each is probed again every {} ms",
+                        self.key,
+                        pool.breaker.cooldown.as_millis()
+                    ),
+                )
+            }));
+        };
+        if answers.iter().all(|(_, a)| a == first) {
+            return Ok(first.clone());
+        }
+        // Forgotten, so the next call asks again: an endpoint that answered while its backend
+        // was half up is not refused for ever.
+        for (at, _) in &answers {
+            *slot(&mut pool.endpoints[*at].learned()) = None;
+        }
+        let values: Vec<&T> = answers.iter().map(|(_, a)| a).collect();
+        let each: Vec<String> = answers
+            .iter()
+            .zip(show(&values))
+            .map(|((at, _), shown)| format!("{} has {shown}", pool.endpoints[*at].label()))
+            .collect();
+        Err(CallError::new(
+            FailureKind::SpaceMismatch,
+            format!(
+                "the endpoints of plugin {:?} do not serve the same model, so they are not pooled into one space: {} ({what}); pull the same model on every endpoint, or give them separate plugin sections",
+                self.key,
+                each.join(", ")
+            ),
+        ))
     }
 
     /// Ask every instance the plugin may run to get ready (load its models), as the contract
@@ -358,9 +502,13 @@ impl Plugin {
     /// then warmed at once, each on its own task (a model load is CPU work; tasks spread over
     /// the cores). One result per instance; failures are for the log.
     pub(crate) async fn warm_all(self: &Arc<Self>) -> Vec<Result<(), CallError>> {
-        let leases =
-            futures::future::join_all((0..self.config.pool_size.max(1)).map(|_| self.checkout()))
-                .await;
+        let slots = self
+            .pool
+            .endpoints
+            .iter()
+            .enumerate()
+            .flat_map(|(at, e)| std::iter::repeat_n(at, e.concurrency));
+        let leases = futures::future::join_all(slots.map(|at| self.checkout_on(at))).await;
         let warms = leases.into_iter().map(|lease| {
             let this = self.clone();
             tokio::spawn(async move {
@@ -386,33 +534,44 @@ impl Plugin {
     }
 
     pub(crate) async fn text_model(&self) -> Result<ModelInfo, CallError> {
-        if let Some(m) = self
-            .text_model
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            return Ok(m);
-        }
-        let info = guest_call!(self, text_embedder, "a text embedder", text_model())?;
-        check_model(&self.key, &info)?;
-        *self.text_model.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.clone());
-        Ok(info)
+        self.agreed(
+            "embedding space",
+            |l| &mut l.text_model,
+            |at| {
+                Box::pin(async move {
+                    let only = |i: usize| i == at;
+                    let info =
+                        guest_call!(self, text_embedder, "a text embedder", &only, text_model())?;
+                    check_model(&self.key, &info)?;
+                    Ok(info)
+                })
+            },
+            spaces,
+        )
+        .await
     }
 
     pub(crate) async fn image_model(&self) -> Result<ModelInfo, CallError> {
-        if let Some(m) = self
-            .image_model
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            return Ok(m);
-        }
-        let info = guest_call!(self, image_embedder, "an image embedder", image_model())?;
-        check_model(&self.key, &info)?;
-        *self.image_model.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.clone());
-        Ok(info)
+        self.agreed(
+            "embedding space",
+            |l| &mut l.image_model,
+            |at| {
+                Box::pin(async move {
+                    let only = |i: usize| i == at;
+                    let info = guest_call!(
+                        self,
+                        image_embedder,
+                        "an image embedder",
+                        &only,
+                        image_model()
+                    )?;
+                    check_model(&self.key, &info)?;
+                    Ok(info)
+                })
+            },
+            spaces,
+        )
+        .await
     }
 
     /// Embed a batch of texts for `purpose`: the outer error fails the batch, each item has its
@@ -423,7 +582,14 @@ impl Plugin {
         purpose: Purpose,
     ) -> Result<(ModelInfo, Vec<ItemResult>), CallError> {
         let mut model = self.text_model().await?;
-        let (items, inference) = guest_call!(traced self, text_embedder, "a text embedder", embed_texts(texts, purpose))?;
+        let serving = |i: usize| {
+            self.pool.endpoints[i]
+                .learned()
+                .text_model
+                .as_ref()
+                .is_some_and(|m| m.space == model.space)
+        };
+        let (items, inference) = guest_call!(traced self, text_embedder, "a text embedder", &serving, embed_texts(texts, purpose))?;
         let items = self.check_vectors(&model, texts.len(), items)?;
         model.inference = inference;
         Ok((model, items))
@@ -442,10 +608,18 @@ impl Plugin {
                 None => image.clone(),
             });
         }
+        let serving = |i: usize| {
+            self.pool.endpoints[i]
+                .learned()
+                .image_model
+                .as_ref()
+                .is_some_and(|m| m.space == model.space)
+        };
         let (vectors, inference) = guest_call!(traced
             self,
             image_embedder,
             "an image embedder",
+            &serving,
             embed_images(&fitted)
         )?;
         let vectors = self.check_vectors(&model, images.len(), vectors)?;
@@ -460,9 +634,26 @@ impl Plugin {
     ) -> Result<PluginDescription, CallError> {
         let max_side = self.config.image_max_side.unwrap_or(DESCRIBER_MAX_SIDE);
         let image = self.fit(image, max_side).await?;
+        // In a pool every endpoint must describe the same way (the same vision model and
+        // digest), or the description cache would mix them.
+        let identity = if self.pool.pooled {
+            Some(self.cache_identity().await?)
+        } else {
+            None
+        };
+        let serving = |i: usize| match &identity {
+            Some(agreed) => self.pool.endpoints[i].learned().identity.as_ref() == Some(agreed),
+            None => true,
+        };
         // The version's conversion moved the lifted strings into the domain type, copying
         // nothing: checking it holds every contract version's describer to the same caps.
-        let d = guest_call!(self, describer, "a describer", describe(&image, prompt))?;
+        let d = guest_call!(
+            self,
+            describer,
+            "a describer",
+            &serving,
+            describe(&image, prompt)
+        )?;
         check_description(&self.key, &self.config.budgets, &d)?;
         if d.text.trim().is_empty() {
             return Err(CallError::new(
@@ -556,6 +747,39 @@ fn check_description(key: &str, budgets: &Budgets, d: &PluginDescription) -> Res
     let longest = longest.max(d.model.len());
     budget::check_description(key, budgets, d.text.len(), fields, longest)
         .map_err(|m| CallError::new(FailureKind::Malformed, m))
+}
+
+/// Each answer's space id.
+fn spaces(models: &[&ModelInfo]) -> Vec<String> {
+    models
+        .iter()
+        .map(|m| format!("space {}", m.space))
+        .collect()
+}
+
+/// Each identity shown by the pairs in which the identities differ (the digest, usually).
+fn differing_pairs(ids: &[&CacheIdentity]) -> Vec<String> {
+    let pairs = |id: &CacheIdentity| id.clone().unwrap_or_default();
+    let all: Vec<Vec<(String, String)>> = ids.iter().map(|id| pairs(id)).collect();
+    let mut keys: Vec<&String> = all.iter().flatten().map(|(k, _)| k).collect();
+    keys.sort();
+    keys.dedup();
+    let value = |p: &[(String, String)], k: &str| {
+        p.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+    };
+    let differing: Vec<&String> = keys
+        .into_iter()
+        .filter(|k| all.iter().any(|p| value(p, k) != value(&all[0], k)))
+        .collect();
+    all.iter()
+        .map(|p| {
+            differing
+                .iter()
+                .map(|k| format!("{k}={}", value(p, k).unwrap_or_else(|| "(none)".into())))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
 }
 
 fn check_model(key: &str, info: &ModelInfo) -> Result<(), CallError> {

@@ -12,6 +12,7 @@ use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -25,7 +26,10 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
-    let text = state.metrics.render(&state.imbed().dropped_plugin_logs());
+    let imbed = state.imbed();
+    let text = state
+        .metrics
+        .render(&imbed.dropped_plugin_logs(), &imbed.endpoints());
     (headers, Body::from(text)).into_response()
 }
 
@@ -42,6 +46,12 @@ fn latency() -> Histogram {
 struct RouteStatus {
     route: String,
     status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginEndpoint {
+    plugin: String,
+    endpoint: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -193,8 +203,35 @@ impl Metrics {
     /// Everything, with the plugin log lines dropped past their budgets (`drops`, by plugin
     /// key). Those are counted by the runtime, which a config reload replaces: their counts then
     /// start again from zero, which Prometheus reads as a counter reset.
-    pub(super) fn render(&self, drops: &BTreeMap<String, u64>) -> String {
+    pub(super) fn render(
+        &self,
+        drops: &BTreeMap<String, u64>,
+        endpoints: &BTreeMap<String, Vec<crate::EndpointStatus>>,
+    ) -> String {
         let mut dropped = Registry::default();
+        let in_flight = Family::<PluginEndpoint, Gauge>::default();
+        let up = Family::<PluginEndpoint, Gauge>::default();
+        for (plugin, list) in endpoints {
+            for e in list {
+                let labels = PluginEndpoint {
+                    plugin: plugin.clone(),
+                    endpoint: e.base_url.clone().unwrap_or_default(),
+                };
+                in_flight.get_or_create(&labels).set(e.in_flight as i64);
+                up.get_or_create(&labels)
+                    .set(i64::from(e.state == crate::EndpointState::Up));
+            }
+        }
+        dropped.register(
+            "imbed_endpoint_in_flight",
+            "Requests in flight to each endpoint of a pooled plugin",
+            in_flight,
+        );
+        dropped.register(
+            "imbed_endpoint_up",
+            "Whether each endpoint of a pooled plugin is in the pool (1) or taken out by its circuit breaker (0)",
+            up,
+        );
         let family = Family::<Plugin, Counter>::default();
         for (plugin, n) in drops {
             family

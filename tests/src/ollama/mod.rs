@@ -423,17 +423,6 @@ impl OllamaStandInBuilder {
     pub fn start(self) -> OllamaStandIn {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
-        listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
-        // Its own runtime on its own thread, so that it serves the same from a plain #[test], from
-        // either flavour of #[tokio::test], and to child processes, whatever the caller blocks on.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("ollama-stand-in")
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
         let (hang, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             version: Mutex::new(self.version),
@@ -449,31 +438,7 @@ impl OllamaStandInBuilder {
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
         });
-        let router = app(shared.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("ollama-stand-in".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                        return;
-                    };
-                    // Streamed lines are small writes: without NODELAY they can sit in Nagle's
-                    // buffer and arrive together, hiding the streaming from the client.
-                    let listener = listener.tap_io(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    });
-                    let serve = std::future::IntoFuture::into_future(axum::serve(listener, router));
-                    tokio::select! {
-                        _ = serve => {}
-                        _ = stopped => {}
-                    }
-                });
-                // Dropping the runtime cancels every task, hung requests included; nothing
-                // here runs blocking work for long, so the wait is short.
-                runtime.shutdown_timeout(Duration::from_secs(1));
-            })
-            .expect("spawn the stand-in's thread");
+        let (stop, thread) = serve(listener, shared.clone());
         OllamaStandIn {
             addr,
             shared,
@@ -481,6 +446,47 @@ impl OllamaStandInBuilder {
             thread: Some(thread),
         }
     }
+}
+
+/// Serve `shared` on `listener` from a thread of its own, until the sender is used or dropped.
+fn serve(listener: TcpListener, shared: Arc<Shared>) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    // Its own runtime on its own thread, so that it serves the same from a plain #[test], from
+    // either flavour of #[tokio::test], and to child processes, whatever the caller blocks on.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ollama-stand-in")
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let router = app(shared);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("ollama-stand-in".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                // Streamed lines are small writes: without NODELAY they can sit in Nagle's
+                // buffer and arrive together, hiding the streaming from the client.
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                let serve = std::future::IntoFuture::into_future(axum::serve(listener, router));
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime cancels every task, hung requests included; nothing
+            // here runs blocking work for long, so the wait is short.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        })
+        .expect("spawn the stand-in's thread");
+    (stop, thread)
 }
 
 /// A running Ollama stand-in. Dropping it stops the server, hung requests included.
@@ -501,12 +507,7 @@ impl std::fmt::Debug for OllamaStandIn {
 
 impl Drop for OllamaStandIn {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop();
     }
 }
 
@@ -519,6 +520,31 @@ impl OllamaStandIn {
     /// Configure before starting.
     pub fn builder() -> OllamaStandInBuilder {
         OllamaStandInBuilder::default()
+    }
+
+    /// Stop serving, as a server that went away: requests in flight are cut off and new
+    /// connections are refused until [`OllamaStandIn::restart`]. Knobs, models and the request
+    /// log are kept.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Serve again on the same port after [`OllamaStandIn::stop`] (a no-op while serving).
+    ///
+    /// Panics if the port cannot be bound again: this is test setup.
+    pub fn restart(&mut self) {
+        if self.thread.is_some() {
+            return;
+        }
+        let listener = TcpListener::bind(self.addr).expect("bind the stand-in's port again");
+        let (stop, thread) = serve(listener, self.shared.clone());
+        self.stop = Some(stop);
+        self.thread = Some(thread);
     }
 
     /// `http://127.0.0.1:PORT`, no trailing slash.

@@ -111,6 +111,22 @@ pub(crate) async fn doctor(config: Config, json_out: bool) -> anyhow::Result<u8>
             }
         }
     }
+    for (plugin, endpoints) in &report.endpoints {
+        println!("endpoints of {plugin}:");
+        for e in endpoints {
+            let url = e.base_url.as_deref().unwrap_or("-");
+            match e.state {
+                imbed::EndpointState::Up => println!(
+                    "  {url}: up, {} of {} in flight, {} calls",
+                    e.in_flight, e.concurrency, e.calls
+                ),
+                _ => println!(
+                    "  {url}: DOWN (out of the pool until its health probe passes) — {}",
+                    e.last_error.as_deref().unwrap_or("no error recorded")
+                ),
+            }
+        }
+    }
     for d in &report.model_dirs {
         if let (Some(model), Some(state)) = (&d.model, d.state) {
             use imbed::models::ModelState;

@@ -1,0 +1,222 @@
+//! A pool of Ollama endpoints: the real plugin, the host's pool, and two stand-ins on two ports.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use imbed::{EndpointState, FailureKind, ImageRequest, ImageSource, Imbed, StepKind};
+use imbed_tests::ollama::OllamaStandIn;
+use imbed_tests::{images, PluginSpec, TestConfig};
+
+/// The Ollama plugin pooled over `a` and `b`, `concurrency` requests each; an endpoint is taken
+/// out after `failures` consecutive failures and probed again 100 ms later.
+fn pooled(a: &OllamaStandIn, b: &OllamaStandIn, concurrency: usize, failures: u32) -> TestConfig {
+    let plugin = PluginSpec::file(imbed_tests::component("ollama"))
+        .grant_http(&a.base_url())
+        .grant_http(&b.base_url())
+        .endpoint(&a.base_url(), concurrency)
+        .endpoint(&b.base_url(), concurrency)
+        .setting("vision_model", "llava")
+        .setting("embed_model", "nomic-embed-text")
+        .timeout_ms(60_000)
+        .limit("breaker_failures", &failures.to_string())
+        .limit("breaker_cooldown_ms", "100");
+    TestConfig::new()
+        .plugin("ollama", plugin)
+        .plugin("hash", PluginSpec::hash())
+        .describe_then_embed("ollama", "ollama")
+        .hash("hash")
+}
+
+fn requests(n: u32, seed: u32) -> Vec<ImageRequest> {
+    (0..n)
+        .map(|i| ImageRequest::new(ImageSource::Bytes(images::png(16, 16, seed + i))))
+        .collect()
+}
+
+#[track_caller]
+fn all_described(results: &[imbed::Result<imbed::Embedding>]) {
+    for r in results {
+        let e = r.as_ref().expect("every image is answered");
+        assert_eq!(
+            (e.provenance.step_kind, e.provenance.degraded),
+            (StepKind::DescribeThenEmbed, false),
+            "{:?}",
+            e.provenance.attempts
+        );
+        assert!(e.provenance.description.is_some());
+    }
+}
+
+/// Wait (polling, no deadline asserted on speed) until `done` holds; gives up after a minute.
+async fn until(mut done: impl FnMut() -> bool) {
+    for _ in 0..6000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the condition never held");
+}
+
+fn state(imbed: &Imbed, at: usize) -> EndpointState {
+    imbed.endpoints()["ollama"][at].state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_stopped_midway_loses_no_image_and_comes_back_after_its_probe() {
+    let mut a = OllamaStandIn::start();
+    let b = OllamaStandIn::start();
+    let imbed = Imbed::new(pooled(&a, &b, 2, 2).build()).await.unwrap();
+    a.set_latency(Duration::from_millis(50));
+    b.set_latency(Duration::from_millis(50));
+    let run = {
+        let imbed = imbed.clone();
+        tokio::spawn(async move {
+            imbed
+                .embed_images(requests(24, 0), 6)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+    until(|| a.vision_calls() >= 3).await;
+    a.stop();
+    let results = run.await.unwrap();
+    assert_eq!(results.len(), 24);
+    all_described(&results);
+    // Six requests at once, two slots per endpoint: each stand-in saw at most two.
+    assert!(a.peak_in_flight() <= 2, "a: {}", a.peak_in_flight());
+    assert!(b.peak_in_flight() <= 2, "b: {}", b.peak_in_flight());
+    assert!(b.vision_calls() > 0);
+    assert_eq!(state(&imbed, 0), EndpointState::Down);
+    let capacity = imbed.backend_capacity();
+    assert!(capacity.up);
+    assert!(capacity.free_slots <= 2, "{capacity:?}");
+
+    // Back: the health probe returns it to the pool and it gets work again.
+    a.restart();
+    until(|| state(&imbed, 0) == EndpointState::Up).await;
+    a.reset_log();
+    let results: Vec<_> = imbed.embed_images(requests(12, 100), 4).collect().await;
+    all_described(&results);
+    assert!(
+        a.vision_calls() > 0,
+        "the endpoint that came back got no work"
+    );
+    assert!(a.peak_in_flight() <= 2 && b.peak_in_flight() <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_answering_503_is_taken_out_and_the_request_retried_on_the_other() {
+    let a = OllamaStandIn::start();
+    let b = OllamaStandIn::start();
+    let imbed = Imbed::new(pooled(&a, &b, 2, 2).build()).await.unwrap();
+    imbed.embed_text("warm").await.unwrap();
+    a.set_failure_rate(1.0);
+    let results: Vec<_> = imbed.embed_images(requests(10, 0), 4).collect().await;
+    all_described(&results);
+    assert!(b.peak_in_flight() <= 2 && a.peak_in_flight() <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_endpoint_down_capacity_says_so_and_the_chain_falls_through() {
+    let mut a = OllamaStandIn::start();
+    let mut b = OllamaStandIn::start();
+    let imbed = Imbed::new(pooled(&a, &b, 2, 1).build()).await.unwrap();
+    let capacity = imbed.backend_capacity();
+    assert_eq!((capacity.free_slots, capacity.up), (4, true));
+    a.stop();
+    b.stop();
+    let e = imbed.embed_image(requests(1, 0).remove(0)).await.unwrap();
+    assert_eq!(e.provenance.step_kind, StepKind::Hash);
+    let attempt = &e.provenance.attempts[0];
+    assert_eq!(
+        attempt.kind,
+        FailureKind::Unavailable,
+        "{}",
+        attempt.message
+    );
+    let capacity = imbed.backend_capacity();
+    assert_eq!((capacity.free_slots, capacity.up), (0, false));
+    // Out of the pool: the next request falls through without trying them.
+    let e = imbed.embed_image(requests(1, 1).remove(0)).await.unwrap();
+    assert_eq!(e.provenance.step_kind, StepKind::Hash);
+    let message = &e.provenance.attempts[0].message;
+    assert!(message.contains("out of the pool"), "{message}");
+    let report = imbed::doctor::run(&imbed).await;
+    let states: Vec<EndpointState> = report.endpoints["ollama"].iter().map(|e| e.state).collect();
+    assert_eq!(states, [EndpointState::Down, EndpointState::Down]);
+}
+
+#[tokio::test]
+async fn endpoints_with_different_embedding_weights_are_refused() {
+    let a = OllamaStandIn::start();
+    let b = OllamaStandIn::start();
+    let retrained = b
+        .models()
+        .into_iter()
+        .find(|m| m.name.starts_with("nomic-embed-text"))
+        .unwrap()
+        .with_revision("retrained");
+    b.add_model(retrained);
+    let (space_a, space_b) = (
+        a.space("nomic-embed-text").unwrap(),
+        b.space("nomic-embed-text").unwrap(),
+    );
+    assert_ne!(space_a, space_b);
+    let imbed = Imbed::new(pooled(&a, &b, 2, 3).build()).await.unwrap();
+    let e = imbed.embed_image(requests(1, 0).remove(0)).await.unwrap();
+    assert_eq!(e.provenance.step_kind, StepKind::Hash);
+    let attempt = &e.provenance.attempts[0];
+    assert_eq!(
+        attempt.kind,
+        FailureKind::SpaceMismatch,
+        "{}",
+        attempt.message
+    );
+    // Bare spaces (without the task-prefix tag) are what the stand-ins report.
+    for needle in [
+        a.base_url(),
+        b.base_url(),
+        a.bare_space("nomic-embed-text").unwrap(),
+        b.bare_space("nomic-embed-text").unwrap(),
+    ] {
+        assert!(
+            attempt.message.contains(&needle),
+            "{needle:?} not in {:?}",
+            attempt.message
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_with_fewer_requests_in_flight_gets_the_work() {
+    let slow = OllamaStandIn::start();
+    let fast = OllamaStandIn::start();
+    let imbed = Imbed::new(pooled(&slow, &fast, 4, 3).build())
+        .await
+        .unwrap();
+    imbed.embed_text("warm").await.unwrap();
+    // The slow box holds what it gets until told to answer: with three images in flight it can
+    // hold at most two before it has more in flight than the fast one, which then gets all the
+    // rest. No clock decides this, only the counts.
+    slow.set_hang(true);
+    let run = {
+        let imbed = imbed.clone();
+        tokio::spawn(async move {
+            // Unordered: `embed_images` yields in input order, so a held image would keep its
+            // slot busy and stall the others behind it.
+            futures::stream::iter(requests(16, 0))
+                .map(|r| imbed.embed_image(r))
+                .buffer_unordered(3)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+    // Every image's description has been asked for (each of exactly one endpoint).
+    until(|| fast.vision_calls() + slow.vision_calls() >= 16).await;
+    let (s, f) = (slow.vision_calls(), fast.vision_calls());
+    assert!(s <= 2 && f >= 14, "fast {f}, slow {s}");
+    slow.set_hang(false);
+    let results = run.await.unwrap();
+    all_described(&results);
+}
