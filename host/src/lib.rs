@@ -28,6 +28,7 @@ pub mod error;
 pub mod index;
 pub mod input;
 pub mod models;
+pub mod queue;
 mod runtime;
 pub mod search;
 pub mod server;
@@ -37,8 +38,8 @@ pub mod types;
 
 pub use blocking::BlockingImbed;
 pub use chain::{
-    check_plugin, ImageRequest, Imbed, ImbedOptions, ModelName, PluginCheck, PluginHealth,
-    PluginStatus, StepCheck,
+    check_plugin, BackendCapacity, ImageRequest, Imbed, ImbedOptions, ModelName, PluginCheck,
+    PluginHealth, PluginStatus, StepCheck,
 };
 pub use config::{Budgets, Config, ConfigError, Env};
 pub use error::{EngineError, Error, Result, UsageError};

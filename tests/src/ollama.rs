@@ -52,6 +52,8 @@ use tokio::sync::{oneshot, watch, OnceCell};
 pub const DEFAULT_VERSION: &str = "0.33.0";
 /// 503: the scheduler's queue is full (two spaces after the full stop, as Ollama sends it).
 pub const QUEUE_FULL: &str = "server busy, please try again.  maximum pending requests exceeded";
+/// 503 on every route while the stand-in is down ([`OllamaStandIn::set_down`]).
+pub const DOWN: &str = "no healthy upstream";
 /// 501 on `/api/embed` (500 on `/api/embeddings`) for a model that cannot embed.
 pub const NO_EMBEDDINGS: &str =
     "This server does not support embeddings. Start it with `--embeddings`";
@@ -636,6 +638,12 @@ impl OllamaStandIn {
         lock(&self.shared.knobs).max_queue = max;
     }
 
+    /// Down: every route, `/api/version` included, answers 503 [`DOWN`], as a proxy in front
+    /// of a stopped Ollama does; the requests are still recorded.
+    pub fn set_down(&self, down: bool) {
+        lock(&self.shared.knobs).down = down;
+    }
+
     /// Requests received on a route, errors included.
     pub fn hits(&self, route: Route) -> usize {
         self.shared.log.count(|r| r.route == Some(route))
@@ -756,6 +764,7 @@ struct Knobs {
     error_mid_stream: bool,
     nan_mode: NanMode,
     max_queue: Option<usize>,
+    down: bool,
 }
 
 impl Default for Knobs {
@@ -773,6 +782,7 @@ impl Default for Knobs {
             error_mid_stream: false,
             nan_mode: NanMode::Reject,
             max_queue: None,
+            down: false,
         }
     }
 }
@@ -956,7 +966,17 @@ async fn dispatch(
     let Some(route) = route else {
         return not_found();
     };
-    let legacy = lock(&shared.knobs).legacy;
+    let (legacy, down) = {
+        let k = lock(&shared.knobs);
+        (k.legacy, k.down)
+    };
+    if down {
+        let i = shared
+            .log
+            .record(Some(route), &method, &uri, &headers, &body, None);
+        shared.log.set_status(i, StatusCode::SERVICE_UNAVAILABLE);
+        return error_resp(503, DOWN);
+    }
     if route == Route::Embed && legacy {
         let i = shared
             .log

@@ -76,6 +76,8 @@ pub(super) struct Inner {
     pub(super) store: Option<Cache>,
     pub(super) plugins: BTreeMap<String, Slot>,
     pub(super) http: reqwest::Client,
+    /// Whether the first step's backend answers (`backend_capacity`).
+    pub(super) first_step: super::capacity::FirstStep,
     // Declared last: dropped after the plugins that use its engine.
     _runtime: Arc<Runtime>,
 }
@@ -168,6 +170,7 @@ impl Imbed {
                 config,
                 plugins,
                 http,
+                first_step: Default::default(),
                 _runtime: runtime,
             }),
         })
@@ -300,7 +303,19 @@ impl Imbed {
         image: &ValidImage,
         description: Option<&str>,
     ) -> Result<Embedding> {
-        self.walk().image(image, description).await
+        let result = self.walk().image(image, description, true).await;
+        self.note_first_step(&result);
+        result
+    }
+
+    /// Walk the chain for an image without recording the answer in the cache: the work
+    /// queue records it in the transaction that completes the job. Descriptions and vectors
+    /// are still cached as they are made (they are keyed by content, so writing one twice is
+    /// harmless).
+    pub(crate) async fn embed_unrecorded(&self, image: &ValidImage) -> Result<Embedding> {
+        let result = self.walk().image(image, None, false).await;
+        self.note_first_step(&result);
+        result
     }
 
     /// Describe an image with the chain's describers, in chain order, without embedding.

@@ -38,7 +38,7 @@ use super::records::*;
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// The schema version this build writes (the number of `MIGRATIONS`).
-pub const PG_SCHEMA_VERSION: i64 = 1;
+pub const PG_SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Each migration takes the database from version `index` to `index + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -110,8 +110,8 @@ const MIGRATIONS: &[&str] = &[
          path TEXT PRIMARY KEY,
          added_at BIGINT NOT NULL
      );",
-    // 1 -> 2 is kept for issue #20's `spaces` ownership table (ported from SQLite's), then the
-    // work queue's `jobs` table (issue #17, part 2).
+    // The work queue's `jobs` table (issue #17, part 2); its SQL lives with the queue.
+    crate::queue::JOBS_MIGRATION,
 ];
 
 /// The key of the session advisory lock migrations run under ("imbed" in ASCII).
@@ -307,6 +307,18 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// Run `work` with a pooled connection on the store's runtime, blocking this thread like
+    /// every method of the store: the work queue's own SQL (`queue/`) goes through here.
+    pub(crate) fn with_client<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T>,
+    ) -> Result<T> {
+        self.block_on(async {
+            let mut client = self.client().await?;
+            work(&mut client).await
+        })
+    }
+
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.inner
             .runtime
@@ -315,7 +327,7 @@ impl PostgresStore {
             .block_on(f)
     }
 
-    fn db(&self, source: tokio_postgres::Error) -> StoreError {
+    pub(crate) fn db(&self, source: tokio_postgres::Error) -> StoreError {
         StoreError::Postgres {
             location: self.inner.location.clone(),
             source,
@@ -660,6 +672,19 @@ impl PostgresStore {
         self.block_on(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| self.db(e))?;
+            self.write_entries(&tx, items).await?;
+            tx.commit().await.map_err(|e| self.db(e))
+        })
+    }
+
+    /// Write answers inside `tx`, which the caller commits: `put_entries`, and the work queue,
+    /// which completes a job in the same transaction as its answer.
+    pub(crate) async fn write_entries(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        items: &[(ImageMeta, crate::types::Embedding)],
+    ) -> Result<()> {
+        {
             let same = tx
                 .prepare_cached(
                     "SELECT embedding = $3 AND degraded = $4 FROM entries
@@ -683,11 +708,14 @@ impl PostgresStore {
             // without waiting for each answer): a bulk copy is not one round trip per statement.
             let mut last = std::collections::HashMap::new();
             for (n, (image, embedding)) in items.iter().enumerate() {
-                last.insert((image.sha256.as_str(), embedding.provenance.space.as_str()), n);
+                last.insert(
+                    (image.sha256.as_str(), embedding.provenance.space.as_str()),
+                    n,
+                );
             }
             let mut order: Vec<usize> = last.into_values().collect();
             order.sort_unstable();
-            let (txr, same, delete, insert) = (&tx, &same, &delete, &insert);
+            let (txr, same, delete, insert) = (tx, &same, &delete, &insert);
             for chunk in order.chunks(256) {
                 let tx = txr;
                 futures::future::try_join_all(chunk.iter().map(|&n| async move {
@@ -723,8 +751,8 @@ impl PostgresStore {
                 .await
                 .map_err(|e| self.db(e))?;
             }
-            tx.commit().await.map_err(|e| self.db(e))
-        })
+            Ok(())
+        }
     }
 
     /// Record that `path` holds `image`.
