@@ -20,6 +20,7 @@ mod openai;
 mod page;
 mod postgres;
 mod python_plugin;
+mod queue;
 mod sandbox;
 mod server;
 mod store_backends;
