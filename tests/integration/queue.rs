@@ -508,3 +508,98 @@ fn the_queue_on_an_sqlite_cache_is_an_error_saying_it_needs_postgres() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queue_gauges_are_in_the_metrics_of_serve_and_of_a_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = postgres::database();
+    let config = hash_config(dir.path(), db.url());
+    let folder = photos(dir.path(), 2);
+    let enqueue = run(dir.path(), &config, &["enqueue", folder.to_str().unwrap()]);
+    ok(enqueue);
+    let port = imbed_tests::free_local_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut worker = Worker::start(dir.path(), &config, "w", &["--metrics", &addr]);
+    let done = || count(&db, "SELECT count(*) FROM jobs WHERE state = 'done'") == 2;
+    tokio::task::block_in_place(|| wait_for("both jobs done", done));
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "imbed_queue_jobs{state=\"done\"} 2",
+        "imbed_queue_jobs{state=\"queued\"} 0",
+        "imbed_worker_jobs_done_total 2",
+    ] {
+        assert!(text.contains(line), "{line:?} not in:\n{text}");
+    }
+    assert_eq!(worker.terminate(), 0, "{}", worker.stderr());
+
+    let cache = Cache::open_postgres(db.url(), PgOptions::default()).unwrap();
+    let built = TestConfig::new()
+        .plugin("hash", PluginSpec::hash())
+        .hash("hash")
+        .build();
+    let state = imbed::server::AppState::build_with_store(built, Some(cache))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(imbed::server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    server.abort();
+    for line in [
+        "imbed_queue_jobs{state=\"done\"} 2",
+        "imbed_queue_jobs{state=\"failed\"} 0",
+        "imbed_queue_workers 0",
+    ] {
+        assert!(text.contains(line), "{line:?} not in:\n{text}");
+    }
+}
+
+#[test]
+fn heartbeats_keep_a_lease_shorter_than_the_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = postgres::database();
+    let ollama = OllamaStandIn::start();
+    let config = ollama_config(dir.path(), &ollama, &db, 2);
+    let folder = photos(dir.path(), 2);
+    ok(run(
+        dir.path(),
+        &config,
+        &["enqueue", folder.to_str().unwrap()],
+    ));
+    // Each describe call outlasts the lease several times over.
+    ollama.set_latency(Duration::from_secs(6));
+    let mut w = Worker::start(
+        dir.path(),
+        &config,
+        "w",
+        &["--lease", "2s", "--until-empty"],
+    );
+    assert_eq!(w.wait(), 0, "{}", w.stderr());
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM jobs WHERE state = 'done' AND attempts = 1"
+        ),
+        2
+    );
+    assert_eq!(ollama.vision_calls(), 2);
+    assert!(
+        !w.events().iter().any(|e| e["event"] == "lease-lost"),
+        "{:?}",
+        w.events()
+    );
+}

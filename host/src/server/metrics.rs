@@ -25,7 +25,21 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
-    let text = state.metrics.render(&state.imbed().dropped_plugin_logs());
+    let imbed = state.imbed();
+    // The work queue's gauges when the cache is PostgreSQL: every replica reports the same
+    // fleet-wide numbers (scrape one, or take the max). A database that cannot answer now
+    // leaves them out rather than failing the page.
+    let queue = match imbed.store().map(crate::queue::JobQueue::open) {
+        Some(Ok(queue)) => queue
+            .run(|q| q.status())
+            .await
+            .inspect_err(|e| tracing::warn!("metrics: the work queue's status: {e}"))
+            .ok(),
+        _ => None,
+    };
+    let text = state
+        .metrics
+        .render(&imbed.dropped_plugin_logs(), queue.as_ref());
     (headers, Body::from(text)).into_response()
 }
 
@@ -192,9 +206,15 @@ impl Metrics {
 
     /// Everything, with the plugin log lines dropped past their budgets (`drops`, by plugin
     /// key). Those are counted by the runtime, which a config reload replaces: their counts then
-    /// start again from zero, which Prometheus reads as a counter reset.
-    pub(super) fn render(&self, drops: &BTreeMap<String, u64>) -> String {
-        let mut dropped = Registry::default();
+    /// start again from zero, which Prometheus reads as a counter reset. With `queue` (a
+    /// PostgreSQL cache), the work queue's gauges too.
+    pub(super) fn render(
+        &self,
+        drops: &BTreeMap<String, u64>,
+        queue: Option<&crate::queue::QueueStatus>,
+    ) -> String {
+        // Values read now: the plugins' dropped log lines, the work queue.
+        let mut snapshot = Registry::default();
         let family = Family::<Plugin, Counter>::default();
         for (plugin, n) in drops {
             family
@@ -203,15 +223,18 @@ impl Metrics {
                 })
                 .inc_by(*n);
         }
-        dropped.register(
+        snapshot.register(
             "imbed_plugin_log_lines_dropped",
             "Plugin log lines dropped past the plugin's log budget, by plugin",
             family,
         );
+        if let Some(queue) = queue {
+            queue.register(&mut snapshot);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry)
-            .and_then(|()| encode_registry(&mut out, &dropped))
+            .and_then(|()| encode_registry(&mut out, &snapshot))
             .and_then(|()| encode_eof(&mut out));
         out
     }
