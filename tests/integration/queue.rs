@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use imbed::queue::{Claim, JobQueue, Settled};
 use imbed::store::{Cache, ImageMeta, PgOptions};
-use imbed_tests::ollama::{OllamaStandIn, Route};
+use imbed_tests::ollama::{Failure, OllamaStandIn, Route};
 use imbed_tests::postgres::{self, TestDb};
 use imbed_tests::{component, images, PluginSpec, TestConfig};
 use serde_json::Value;
@@ -601,5 +601,70 @@ fn heartbeats_keep_a_lease_shorter_than_the_work() {
         !w.events().iter().any(|e| e["event"] == "lease-lost"),
         "{:?}",
         w.events()
+    );
+}
+
+#[test]
+fn degraded_answers_are_kept_as_imbed_index_keeps_them_and_upgrade_queues_them_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = postgres::database();
+    let ollama = OllamaStandIn::start();
+    let config = TestConfig::new()
+        .plugin(
+            "ollama",
+            PluginSpec::file(component("ollama"))
+                .grant_http(&ollama.base_url())
+                .setting("base_url", &ollama.base_url())
+                .setting("vision_model", "llava")
+                .setting("embed_model", "nomic-embed-text")
+                .timeout_ms(120_000),
+        )
+        .plugin("hash", PluginSpec::hash())
+        .describe_then_embed("ollama", "ollama")
+        .hash("hash")
+        .database(db.url())
+        .write(dir.path());
+    let folder = photos(dir.path(), 3);
+    ok(run(
+        dir.path(),
+        &config,
+        &["enqueue", folder.to_str().unwrap()],
+    ));
+    // The vision model fails (not "unavailable"): the chain falls back to the hash step.
+    ollama.set_failure(Failure::Status {
+        status: 500,
+        error: "model runner crashed".into(),
+    });
+    ollama.set_failure_rate(1.0);
+    let mut w = Worker::start(dir.path(), &config, "w", &["--until-empty"]);
+    assert_eq!(w.wait(), 0, "{}", w.stderr());
+    assert!(w.stderr().contains("fallback step"), "{}", w.stderr());
+    let s = status(dir.path(), &config);
+    assert_eq!(
+        (s["done"].as_u64(), s["degraded"].as_u64()),
+        (Some(3), Some(3)),
+        "{s}"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM entries WHERE degraded"), 3);
+
+    // The vision model is back: --upgrade alone queues every degraded image again.
+    ollama.set_failure_rate(0.0);
+    let up = json(&ok(run(
+        dir.path(),
+        &config,
+        &["index", "--queue", "--upgrade", "--json"],
+    )));
+    assert_eq!(up["queued"], 3, "{up}");
+    let mut w = Worker::start(dir.path(), &config, "w2", &["--until-empty"]);
+    assert_eq!(w.wait(), 0, "{}", w.stderr());
+    let s = status(dir.path(), &config);
+    assert_eq!(
+        (s["done"].as_u64(), s["degraded"].as_u64()),
+        (Some(3), Some(0)),
+        "{s}"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM entries WHERE NOT degraded"),
+        3
     );
 }

@@ -2,42 +2,6 @@
 
 use serde::Serialize;
 
-/// Where a job stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    /// Waiting for a worker (also after a retry, or a lease that ran out).
-    Queued,
-    /// Claimed by a worker that holds its lease.
-    Running,
-    /// Its answer is in the cache.
-    Done,
-    /// Parked after its last allowed attempt; `imbed queue retry` queues it again.
-    Failed,
-}
-
-impl JobState {
-    /// The name stored in the `jobs` table.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Done => "done",
-            JobState::Failed => "failed",
-        }
-    }
-
-    pub(super) fn parse(s: &str) -> Option<JobState> {
-        Some(match s {
-            "queued" => JobState::Queued,
-            "running" => JobState::Running,
-            "done" => JobState::Done,
-            "failed" => JobState::Failed,
-            _ => return None,
-        })
-    }
-}
-
 /// A job a worker claimed: what to read, what it must hash to, and the lease token that every
 /// later statement on the job must show.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_postgres::types::ToSql;
 
-use super::job::{Claim, FailedJob, JobState, QueueStatus};
+use super::job::{Claim, FailedJob, QueueStatus};
 use super::QueueError;
 use crate::store::{Cache, ImageMeta, PostgresStore, StoreError};
 use crate::types::Embedding;
@@ -321,14 +321,6 @@ impl JobQueue {
             &[],
         )?[0]
             .get(0))
-    }
-
-    /// The state of the job with this id.
-    pub fn state(&self, id: i64) -> Result<Option<JobState>> {
-        Ok(self
-            .query("SELECT state FROM jobs WHERE id = $1", &[&id])?
-            .first()
-            .and_then(|r| JobState::parse(r.get(0))))
     }
 
     /// Counts, rate and ETA for the whole queue, and the failed jobs.

@@ -3,6 +3,7 @@
 //! the leases while the work goes on.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -217,8 +218,12 @@ pub async fn run_worker(
         options.lease,
         lost_tx,
     ));
-    let mut tasks: JoinSet<(Claim, Option<WorkerEvent>)> = JoinSet::new();
+    let mut tasks: JoinSet<(Claim, WorkerEvent)> = JoinSet::new();
     let mut aborts: HashMap<i64, AbortHandle> = HashMap::new();
+    // Jobs claimed that have not reached the backend yet (reading their image): the backend's
+    // free slots do not count them, so the next claim leaves room for them.
+    let pending = Arc::new(AtomicUsize::new(0));
+    let mut stop_open = true;
     let mut was_up: Option<bool> = None;
     let mut down_at_start = 0u32;
     loop {
@@ -250,7 +255,10 @@ pub async fn run_worker(
             }
             let room = options.jobs.saturating_sub(tasks.len());
             let n = if capacity.up {
-                capacity.free_slots.min(room)
+                let free = capacity
+                    .free_slots
+                    .saturating_sub(pending.load(Ordering::Acquire));
+                free.min(room)
             } else {
                 0
             };
@@ -268,8 +276,9 @@ pub async fn run_worker(
                             let (imbed, queue, options) =
                                 (imbed.clone(), queue.clone(), options.clone());
                             let id = claim.id;
+                            let reading = Pending::new(&pending);
                             let handle = tasks.spawn(async move {
-                                let event = work(&imbed, &queue, &claim, &options).await;
+                                let event = work(&imbed, &queue, &claim, &options, reading).await;
                                 (claim, event)
                             });
                             aborts.insert(id, handle);
@@ -306,14 +315,19 @@ pub async fn run_worker(
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok((claim, event)) = joined {
                     held.lock().unwrap_or_else(|p| p.into_inner()).remove(&claim.id);
-                    aborts.remove(&claim.id);
-                    if let Some(event) = event {
+                    // Not ours any more when the heartbeat already reported its lease lost.
+                    if aborts.remove(&claim.id).is_some() {
                         emit(event, &mut summary);
                     }
                 }
             }
             Some(lost) = lost_rx.recv() => {
                 for id in lost {
+                    // A task that finished settled its job itself (the heartbeat may have missed
+                    // it by a moment): its own event says how.
+                    if aborts.get(&id).is_none_or(|h| h.is_finished()) {
+                        continue;
+                    }
                     let claim = held.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                     if let (Some(claim), Some(handle)) = (claim, aborts.remove(&id)) {
                         handle.abort();
@@ -322,7 +336,10 @@ pub async fn run_worker(
                 }
             }
             _ = tokio::time::sleep(options.poll) => {}
-            _ = stop.changed() => {}
+            changed = stop.changed(), if stop_open => {
+                // Whoever could ask for a stop is gone: nobody will.
+                stop_open = changed.is_ok();
+            }
         }
     }
     // A second stop: drop the work in hand and give its jobs back for another worker.
@@ -401,15 +418,31 @@ async fn heartbeats(
     }
 }
 
-/// One job: read it, check its content, embed it, settle it. `None` when settling found the
-/// lease lost (the loop learns that from the heartbeat too).
+/// Counts a job as claimed but not at the backend yet, until dropped.
+struct Pending(Arc<AtomicUsize>);
+
+impl Pending {
+    fn new(count: &Arc<AtomicUsize>) -> Pending {
+        count.fetch_add(1, Ordering::AcqRel);
+        Pending(count.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One job: read it, check its content, embed it, settle it.
 async fn work(
     imbed: &Imbed,
     queue: &JobQueue,
     claim: &Claim,
     options: &WorkerOptions,
-) -> Option<WorkerEvent> {
-    let answer = attempt(imbed, claim).await;
+    reading: Pending,
+) -> WorkerEvent {
+    let answer = attempt(imbed, claim, reading).await;
     let (id, locator) = (claim.id, claim.locator.clone());
     let c = claim.clone();
     let settled = match answer {
@@ -466,17 +499,21 @@ async fn work(
         }
     };
     match settled {
-        Ok((Settled::LeaseLost, _)) => Some(WorkerEvent::LeaseLost { id, locator }),
-        Ok((_, event)) => Some(event),
+        Ok((Settled::LeaseLost, _)) => WorkerEvent::LeaseLost { id, locator },
+        Ok((_, event)) => event,
         // Nothing was written: the lease runs out and another worker takes the job.
-        Err(e) => Some(WorkerEvent::DatabaseError {
+        Err(e) => WorkerEvent::DatabaseError {
             message: format!("job {id} ({locator}) could not be settled: {e}"),
-        }),
+        },
     }
 }
 
 /// Read the job's image, check it is the content enqueued, and walk the chain.
-async fn attempt(imbed: &Imbed, claim: &Claim) -> Result<(ImageMeta, crate::Embedding), Miss> {
+async fn attempt(
+    imbed: &Imbed,
+    claim: &Claim,
+    reading: Pending,
+) -> Result<(ImageMeta, crate::Embedding), Miss> {
     let source = if claim.locator.starts_with("http://") || claim.locator.starts_with("https://") {
         ImageSource::Url(claim.locator.clone())
     } else {
@@ -492,6 +529,7 @@ async fn attempt(imbed: &Imbed, claim: &Claim) -> Result<(ImageMeta, crate::Embe
             claim.locator, image.sha256, claim.sha256
         )));
     }
+    drop(reading);
     match imbed.embed_unrecorded(&image).await {
         Ok(embedding) => Ok((ImageMeta::of(&image), embedding)),
         Err(Error::Exhausted { attempts })

@@ -167,7 +167,8 @@ enum Command {
         /// Images read at once while hashing them.
         #[arg(long)]
         jobs: Option<usize>,
-        /// Also queue (again) images whose only answers came from a fallback step.
+        /// Also queue (again) images whose only answers came from a fallback step (every such
+        /// file the cache knows when no input is given).
         #[arg(long)]
         upgrade: bool,
         /// Print the report as JSON.

@@ -117,11 +117,18 @@ pub async fn enqueue(
     upgrade: bool,
     json_out: bool,
 ) -> anyhow::Result<u8> {
-    if inputs.is_empty() {
+    if inputs.is_empty() && !upgrade {
         return Err(Usage::NothingToIndex.into());
     }
     let queue = open_queue(&config)?;
     let imbed = imbed_over(config, &queue).await?;
+    let inputs = if inputs.is_empty() {
+        // --upgrade alone: every known file whose content has only degraded answers.
+        let files = queue.cache().run(|s| s.degraded_files(None)).await?;
+        files.iter().map(|p| p.display().to_string()).collect()
+    } else {
+        inputs
+    };
     let sources = inputs
         .into_iter()
         .map(|i| {
