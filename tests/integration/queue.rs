@@ -668,3 +668,73 @@ fn degraded_answers_are_kept_as_imbed_index_keeps_them_and_upgrade_queues_them_a
         3
     );
 }
+
+#[test]
+fn a_stopped_worker_claims_nothing_more_finishes_what_it_holds_and_a_second_stop_gives_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = postgres::database();
+    let ollama = OllamaStandIn::start();
+    let config = ollama_config(dir.path(), &ollama, &db, 2);
+    let folder = photos(dir.path(), 4);
+    ok(run(
+        dir.path(),
+        &config,
+        &["enqueue", folder.to_str().unwrap()],
+    ));
+    let holding_two = || {
+        ollama.in_flight() == 2
+            && count(&db, "SELECT count(*) FROM jobs WHERE state = 'running'") == 2
+    };
+    let signal = |w: &Worker| {
+        Command::new("kill")
+            .args(["-TERM", &w.child.id().to_string()])
+            .status()
+            .unwrap();
+    };
+
+    ollama.set_hang(true);
+    let mut first = Worker::start(dir.path(), &config, "first", &["--jobs", "2"]);
+    wait_for("two jobs held", holding_two);
+    signal(&first);
+    wait_for("the stop to be seen", || {
+        first.stderr().contains("claiming nothing more")
+    });
+    ollama.set_hang(false);
+    assert_eq!(first.wait(), 0, "{}", first.stderr());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'done'"),
+        2
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM jobs WHERE state = 'queued' AND attempts = 0"
+        ),
+        2
+    );
+
+    ollama.set_hang(true);
+    let mut second = Worker::start(dir.path(), &config, "second", &["--jobs", "2"]);
+    wait_for("two jobs held", holding_two);
+    signal(&second);
+    wait_for("the stop to be seen", || {
+        second.stderr().contains("claiming nothing more")
+    });
+    signal(&second);
+    assert_eq!(second.wait(), 0, "{}", second.stderr());
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM jobs WHERE state = 'queued' AND attempts = 0"
+        ),
+        2,
+        "given back without spending an attempt"
+    );
+    let released = second
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "released")
+        .count();
+    assert_eq!(released, 2);
+    ollama.set_hang(false);
+}

@@ -105,3 +105,38 @@ impl QueueStatus {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_is_exported_as_gauges() {
+        let status = QueueStatus {
+            queued: 5,
+            in_flight: 2,
+            done: 7,
+            degraded: 1,
+            failed: 3,
+            total: 17,
+            workers: 2,
+            rate_per_second: Some(0.5),
+            ..QueueStatus::default()
+        };
+        let mut registry = prometheus_client::registry::Registry::default();
+        status.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "imbed_queue_jobs{state=\"queued\"} 5",
+            "imbed_queue_jobs{state=\"in_flight\"} 2",
+            "imbed_queue_jobs{state=\"done\"} 7",
+            "imbed_queue_jobs{state=\"degraded\"} 1",
+            "imbed_queue_jobs{state=\"failed\"} 3",
+            "imbed_queue_workers 2",
+            "imbed_queue_rate 0.5",
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+    }
+}

@@ -1311,8 +1311,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_schema_version_is_the_number_of_migrations() {
-        assert_eq!(PG_SCHEMA_VERSION as usize, MIGRATIONS.len());
+    fn each_table_is_created_once_and_the_queue_after_the_cache() {
+        let created_by = |table: &str| {
+            let create = format!("CREATE TABLE {table} (");
+            let found: Vec<usize> = (0..MIGRATIONS.len())
+                .filter(|&i| MIGRATIONS[i].contains(&create))
+                .collect();
+            assert_eq!(found.len(), 1, "{table} is created by migrations {found:?}");
+            found[0]
+        };
+        assert_eq!(created_by("entries"), 0);
+        assert!(created_by("jobs") > created_by("entries"));
     }
 
     #[test]

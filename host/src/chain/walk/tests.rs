@@ -470,6 +470,11 @@ fn the_text_walk_embeds_the_query_and_the_image_walk_describes_first() {
     assert_eq!(d.plugin.as_ref().unwrap().key, "ollama");
     assert_eq!(i.vector, vector("minilm", "a cat, as ollama sees it"));
     assert_eq!(*fake.recorded.lock().unwrap(), vec![i.clone()]);
+
+    // The work queue records the answer itself, with the job's completion.
+    let unrecorded = run(walk.image(&image(), None, false)).unwrap();
+    assert_eq!(unrecorded.vector, i.vector);
+    assert_eq!(fake.recorded.lock().unwrap().len(), 1);
 }
 
 #[test]
