@@ -220,6 +220,7 @@ pub async fn run_worker(
     ));
     let mut tasks: JoinSet<(Claim, WorkerEvent)> = JoinSet::new();
     let mut aborts: HashMap<i64, AbortHandle> = HashMap::new();
+    let mut by_task: HashMap<tokio::task::Id, i64> = HashMap::new();
     // Jobs claimed that have not reached the backend yet (reading their image): the backend's
     // free slots do not count them, so the next claim leaves room for them.
     let pending = Arc::new(AtomicUsize::new(0));
@@ -281,6 +282,7 @@ pub async fn run_worker(
                                 let event = work(&imbed, &queue, &claim, &options, reading).await;
                                 (claim, event)
                             });
+                            by_task.insert(handle.id(), id);
                             aborts.insert(id, handle);
                         }
                     }
@@ -312,15 +314,40 @@ pub async fn run_worker(
             break;
         }
         tokio::select! {
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok((claim, event)) = joined {
+            Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => match joined {
+                Ok((task, (claim, event))) => {
+                    by_task.remove(&task);
                     held.lock().unwrap_or_else(|p| p.into_inner()).remove(&claim.id);
                     // Not ours any more when the heartbeat already reported its lease lost.
                     if aborts.remove(&claim.id).is_some() {
                         emit(event, &mut summary);
                     }
                 }
-            }
+                Err(e) => {
+                    let id = by_task.remove(&e.id());
+                    let claim =
+                        id.and_then(|id| held.lock().unwrap_or_else(|p| p.into_inner()).remove(&id));
+                    // A job whose work panicked would otherwise be renewed by the heartbeat for
+                    // as long as the worker lives: count it as a failed attempt.
+                    if let (Some(claim), true) = (claim, e.is_panic()) {
+                        aborts.remove(&claim.id);
+                        let error = "the worker's task for it panicked; please report this";
+                        let (c, max, delay) =
+                            (claim.clone(), options.max_attempts, options.retry_delay);
+                        let event = match queue.run(move |q| q.fail(&c, error, max, delay)).await {
+                            Ok(settled) => WorkerEvent::Failed {
+                                id: claim.id,
+                                locator: claim.locator,
+                                error: error.into(),
+                                attempts: claim.attempts,
+                                parked: settled == Settled::Failed,
+                            },
+                            Err(e) => WorkerEvent::DatabaseError { message: e.to_string() },
+                        };
+                        emit(event, &mut summary);
+                    }
+                }
+            },
             Some(lost) = lost_rx.recv() => {
                 for id in lost {
                     // A task that finished settled its job itself (the heartbeat may have missed
