@@ -738,3 +738,51 @@ fn a_stopped_worker_claims_nothing_more_finishes_what_it_holds_and_a_second_stop
     assert_eq!(released, 2);
     ollama.set_hang(false);
 }
+
+#[test]
+fn a_job_whose_worker_died_on_its_last_allowed_attempt_is_parked_as_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = postgres::database();
+    let ollama = OllamaStandIn::start();
+    let config = ollama_config(dir.path(), &ollama, &db, 2);
+    let folder = photos(dir.path(), 2);
+    ok(run(
+        dir.path(),
+        &config,
+        &["enqueue", folder.to_str().unwrap()],
+    ));
+    ollama.set_hang(true);
+    let one = ["--max-attempts", "1", "--lease", "1s"];
+    let mut killed = Worker::start(dir.path(), &config, "killed", &one);
+    wait_for("two jobs held", || {
+        ollama.in_flight() == 2
+            && count(&db, "SELECT count(*) FROM jobs WHERE state = 'running'") == 2
+    });
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    ollama.set_hang(false);
+
+    let mut next = Worker::start(
+        dir.path(),
+        &config,
+        "next",
+        &[&one[..], &["--until-empty"]].concat(),
+    );
+    assert_eq!(next.wait(), 0, "{}", next.stderr());
+    let s = status(dir.path(), &config);
+    assert_eq!(
+        (s["failed"].as_u64(), s["done"].as_u64()),
+        (Some(2), Some(0)),
+        "{s}"
+    );
+    for job in s["failed_jobs"].as_array().unwrap() {
+        assert!(
+            job["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("the lease ran out"),
+            "{job}"
+        );
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM entries"), 0);
+}
