@@ -208,19 +208,8 @@ pub fn index_files(
         .cloned()
         .ok_or(crate::error::UsageError::IndexWithoutCache)?;
     let (imbed, upgrade, jobs) = (imbed.clone(), options.upgrade, options.jobs.max(1));
-    // What counts as done depends on the chain as configured now: after the embedding model
-    // is swapped, answers in the old space are not answers of this chain.
     let targets = async move {
-        let spaces = imbed.step_spaces().await;
-        for (i, s) in spaces.iter().enumerate() {
-            if s.is_none() {
-                tracing::info!("chain step {i} cannot tell its embedding space now (its plugin or backend is down); images done in that space are only recognised through the other steps");
-            }
-        }
-        let targets = Targets {
-            first: spaces.first().cloned().flatten(),
-            all: spaces.into_iter().flatten().collect(),
-        };
+        let targets = Targets::of(&imbed).await;
         (imbed, targets)
     };
     Ok(stream::once(targets)
@@ -240,9 +229,26 @@ pub fn index_files(
 }
 
 /// The spaces this chain answers in: its first step's, and every step's it could learn.
-struct Targets {
+pub(crate) struct Targets {
     first: Option<SpaceId>,
     all: Vec<SpaceId>,
+}
+
+impl Targets {
+    /// What counts as done depends on the chain as configured now: after the embedding model
+    /// is swapped, answers in the old space are not answers of this chain.
+    pub(crate) async fn of(imbed: &Imbed) -> Targets {
+        let spaces = imbed.step_spaces().await;
+        for (i, s) in spaces.iter().enumerate() {
+            if s.is_none() {
+                tracing::info!("chain step {i} cannot tell its embedding space now (its plugin or backend is down); images done in that space are only recognised through the other steps");
+            }
+        }
+        Targets {
+            first: spaces.first().cloned().flatten(),
+            all: spaces.into_iter().flatten().collect(),
+        }
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -254,7 +260,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Whether stored entries make the image done for this chain: an entry in one of its spaces,
 /// or with `upgrade`, one in its first step's space.
-fn done(entries: &[store::Entry], upgrade: bool, targets: &Targets) -> bool {
+pub(crate) fn done(entries: &[store::Entry], upgrade: bool, targets: &Targets) -> bool {
     entries.iter().any(|e| {
         if upgrade {
             targets.first.as_deref() == Some(e.space.as_str()) && !e.degraded

@@ -28,6 +28,7 @@ pub mod error;
 pub mod index;
 pub mod input;
 pub mod models;
+pub mod queue;
 mod runtime;
 pub mod search;
 pub mod server;

@@ -23,6 +23,7 @@ mod pg_restart;
 mod pool;
 mod postgres;
 mod python_plugin;
+mod queue;
 mod sandbox;
 mod server;
 mod store_backends;

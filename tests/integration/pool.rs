@@ -122,6 +122,8 @@ async fn with_every_endpoint_down_capacity_says_so_and_the_chain_falls_through()
     let mut a = OllamaStandIn::start();
     let mut b = OllamaStandIn::start();
     let imbed = Imbed::new(pooled(&a, &b, 2, 1).build()).await.unwrap();
+    // Up once the first health probe (started by the first question) has answered.
+    until(|| imbed.backend_capacity().up).await;
     let capacity = imbed.backend_capacity();
     assert_eq!((capacity.free_slots, capacity.up), (4, true));
     a.stop();

@@ -344,6 +344,7 @@ impl Backend for Imbed {
     }
 
     async fn record(&self, image: &ValidImage, embedding: &Embedding) {
+        // (The work queue records its answers itself, through `writer_of_answer`.)
         // Recorded before the answer is returned, so a caller that saw it (an index run that
         // is then killed) finds it in the cache next time.
         // The plugin that produced it, which claimed the space when it answered (the store
@@ -354,5 +355,16 @@ impl Backend for Imbed {
         let (meta, entry, writer) = (ImageMeta::of(image), embedding.clone(), writer_of(plugin));
         self.cache(move |s| s.put_entry(&meta, &entry, &writer))
             .await;
+    }
+}
+
+impl Imbed {
+    /// The store's name for the plugin that produced `embedding`: the work queue records the
+    /// answer as written by it (the store checks that it claimed the space, which it did when
+    /// it answered). `None` if no such plugin is loaded.
+    pub(crate) fn writer_of_answer(&self, embedding: &Embedding) -> Option<Writer> {
+        self.plugin(&embedding.provenance.plugin.key)
+            .ok()
+            .map(|p| writer_of(p))
     }
 }

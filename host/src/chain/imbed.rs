@@ -79,20 +79,10 @@ pub(super) struct Inner {
     /// Space claims the store granted this runtime lately, by (space, plugin key): see
     /// `cached.rs`. A reload builds a new runtime, so a changed config starts afresh.
     pub(super) claims: super::cached::GrantedClaims,
+    /// Whether the first step's backend answers (`backend_capacity`).
+    pub(super) first_step: super::capacity::FirstStep,
     // Declared last: dropped after the plugins that use its engine.
     _runtime: Arc<Runtime>,
-}
-
-/// How much work the chain's first step can take now: what a work queue asks before it claims
-/// jobs (a worker claims only as many as there are free slots, and none while the step is down).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackendCapacity {
-    /// Requests the step's plugins can start at once without waiting: for each plugin, the
-    /// free slots of its endpoints that are in the pool, the smaller over the step's describer
-    /// and embedder.
-    pub free_slots: usize,
-    /// Whether each of the step's plugins is loaded and has an endpoint in the pool.
-    pub up: bool,
 }
 
 /// Bring endpoints that the breaker took out back through their health probe, after the
@@ -213,6 +203,7 @@ impl Imbed {
                 plugins,
                 http,
                 claims: Default::default(),
+                first_step: Default::default(),
                 _runtime: runtime,
             }),
         })
@@ -248,30 +239,6 @@ impl Imbed {
             out.push(space);
         }
         out
-    }
-
-    /// How much work the chain's first step can take now (synchronous and cheap: it reads
-    /// counters, it calls no backend). No step, or a plugin that did not load: not up.
-    pub fn backend_capacity(&self) -> BackendCapacity {
-        let Some(step) = self.inner.config.chain.steps.first() else {
-            return BackendCapacity {
-                free_slots: 0,
-                up: false,
-            };
-        };
-        let mut capacity = BackendCapacity {
-            free_slots: usize::MAX,
-            up: true,
-        };
-        for key in step.plugins() {
-            let (free, up) = match self.plugin(key) {
-                Ok(p) => p.pool.capacity(),
-                Err(_) => (0, false),
-            };
-            capacity.free_slots = capacity.free_slots.min(free);
-            capacity.up &= up;
-        }
-        capacity
     }
 
     /// The endpoints of each pooled plugin (`[[plugins.X.endpoints]]` or a `base_url` list):
@@ -382,7 +349,19 @@ impl Imbed {
         image: &ValidImage,
         description: Option<&str>,
     ) -> Result<Embedding> {
-        self.walk().image(image, description).await
+        let result = self.walk().image(image, description, true).await;
+        self.note_first_step(&result);
+        result
+    }
+
+    /// Walk the chain for an image without recording the answer in the cache: the work
+    /// queue records it in the transaction that completes the job. Descriptions and vectors
+    /// are still cached as they are made (they are keyed by content, so writing one twice is
+    /// harmless).
+    pub(crate) async fn embed_unrecorded(&self, image: &ValidImage) -> Result<Embedding> {
+        let result = self.walk().image(image, None, false).await;
+        self.note_first_step(&result);
+        result
     }
 
     /// Describe an image with the chain's describers, in chain order, without embedding.

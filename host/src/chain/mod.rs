@@ -6,9 +6,11 @@
 
 mod backend;
 mod cached;
+mod capacity;
 mod imbed;
 mod status;
 mod walk;
 
-pub use imbed::{BackendCapacity, ImageRequest, Imbed, ImbedOptions};
+pub use capacity::BackendCapacity;
+pub use imbed::{ImageRequest, Imbed, ImbedOptions};
 pub use status::{check_plugin, ModelName, PluginCheck, PluginHealth, PluginStatus, StepCheck};

@@ -166,12 +166,13 @@ impl<'a, B: Backend> Walk<'a, B> {
         self.backend.loaded(key).map_err(|e| StepError::of(key, e))
     }
 
-    /// Walk the chain for an image that has already been validated; the answer is recorded
-    /// before it is returned.
+    /// Walk the chain for an image that has already been validated; with `record`, the answer
+    /// is recorded before it is returned.
     pub(super) async fn image(
         &self,
         image: &ValidImage,
         description: Option<&str>,
+        record: bool,
     ) -> Result<Embedding> {
         let description = description.map(str::trim).filter(|d| !d.is_empty());
         let mut attempts = Vec::new();
@@ -183,7 +184,9 @@ impl<'a, B: Backend> Walk<'a, B> {
             };
             note_dead(index, &outcome, &mut dead);
             if let Some(embedding) = self.accept(index, step.kind(), outcome, &mut attempts) {
-                self.backend.record(image, &embedding).await;
+                if record {
+                    self.backend.record(image, &embedding).await;
+                }
                 return Ok(embedding);
             }
         }

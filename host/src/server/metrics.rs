@@ -27,9 +27,22 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
     let imbed = state.imbed();
-    let text = state
-        .metrics
-        .render(&imbed.dropped_plugin_logs(), &imbed.endpoints());
+    // The work queue's gauges when the cache is PostgreSQL: every replica reports the same
+    // fleet-wide numbers (scrape one, or take the max). A database that cannot answer now
+    // leaves them out rather than failing the page.
+    let queue = match imbed.store().map(crate::queue::JobQueue::open) {
+        Some(Ok(queue)) => queue
+            .run(|q| q.status())
+            .await
+            .inspect_err(|e| tracing::warn!("metrics: the work queue's status: {e}"))
+            .ok(),
+        _ => None,
+    };
+    let text = state.metrics.render(
+        &imbed.dropped_plugin_logs(),
+        &imbed.endpoints(),
+        queue.as_ref(),
+    );
     (headers, Body::from(text)).into_response()
 }
 
@@ -202,13 +215,16 @@ impl Metrics {
 
     /// Everything, with the plugin log lines dropped past their budgets (`drops`, by plugin
     /// key). Those are counted by the runtime, which a config reload replaces: their counts then
-    /// start again from zero, which Prometheus reads as a counter reset.
+    /// start again from zero, which Prometheus reads as a counter reset. With `queue` (a
+    /// PostgreSQL cache), the work queue's gauges too.
     pub(super) fn render(
         &self,
         drops: &BTreeMap<String, u64>,
         endpoints: &BTreeMap<String, Vec<crate::EndpointStatus>>,
+        queue: Option<&crate::queue::QueueStatus>,
     ) -> String {
-        let mut dropped = Registry::default();
+        // Values read now: the plugins' dropped log lines, the endpoints, the work queue.
+        let mut snapshot = Registry::default();
         let in_flight = Family::<PluginEndpoint, Gauge>::default();
         let up = Family::<PluginEndpoint, Gauge>::default();
         for (plugin, list) in endpoints {
@@ -222,12 +238,12 @@ impl Metrics {
                     .set(i64::from(e.state == crate::EndpointState::Up));
             }
         }
-        dropped.register(
+        snapshot.register(
             "imbed_endpoint_in_flight",
             "Requests in flight to each endpoint of a pooled plugin",
             in_flight,
         );
-        dropped.register(
+        snapshot.register(
             "imbed_endpoint_up",
             "Whether each endpoint of a pooled plugin is in the pool (1) or taken out by its circuit breaker (0)",
             up,
@@ -240,15 +256,18 @@ impl Metrics {
                 })
                 .inc_by(*n);
         }
-        dropped.register(
+        snapshot.register(
             "imbed_plugin_log_lines_dropped",
             "Plugin log lines dropped past the plugin's log budget, by plugin",
             family,
         );
+        if let Some(queue) = queue {
+            queue.register(&mut snapshot);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry)
-            .and_then(|()| encode_registry(&mut out, &dropped))
+            .and_then(|()| encode_registry(&mut out, &snapshot))
             .and_then(|()| encode_eof(&mut out));
         out
     }

@@ -16,7 +16,7 @@
 //! The room: `state` (the shared state, the router), one module per API (`openai`, `ollama`,
 //! `native`), `items` (what they share), `errors`, `middleware`, `health`, `metrics`, `reload`
 //! and `page/` (the search page). It uses the library's public face (`chain`, `config`,
-//! `input`, `types`, and for the page `search` and `store`) only.
+//! `input`, `types`, for the page `search` and `store`, for `/metrics` `queue`) only.
 
 mod errors;
 mod health;

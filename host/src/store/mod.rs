@@ -24,8 +24,9 @@ mod sqlite;
 use std::path::{Path, PathBuf};
 
 pub use keys::{describer_identity, describer_identity_of, file_stamp, text_key};
-use postgres::PostgresStore;
+pub(crate) use postgres::PostgresStore;
 pub use postgres::{is_postgres_url, PgOptions, PG_SCHEMA_VERSION};
+pub(crate) use records::RowWriter;
 pub use records::{
     CachedDescription, Entry, FileRecord, ImageMeta, Ownership, PruneOptions, PruneReport,
     SpaceClaim, SpaceOwner, SpaceStats, SpaceVectors, SpaceWriterStats, Stats, StoreError, Writer,
@@ -120,6 +121,15 @@ impl Cache {
         match &self.backend {
             Backend::Sqlite(s) => s.path().display().to_string(),
             Backend::Postgres(s) => s.location().to_string(),
+        }
+    }
+
+    /// The PostgreSQL store behind this cache, for what only PostgreSQL holds (the work queue,
+    /// `queue/`); `None` for SQLite.
+    pub(crate) fn postgres(&self) -> Option<&PostgresStore> {
+        match &self.backend {
+            Backend::Postgres(s) => Some(s),
+            Backend::Sqlite(_) => None,
         }
     }
 

@@ -42,7 +42,7 @@ use super::records::*;
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// The schema version this build writes (the number of `MIGRATIONS`).
-pub const PG_SCHEMA_VERSION: i64 = 2;
+pub const PG_SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Each migration takes the database from version `index` to `index + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -149,7 +149,8 @@ const MIGRATIONS: &[&str] = &[
          HAVING COUNT(DISTINCT w.plugin_key) = 1
             AND NOT EXISTS (SELECT 1 FROM entries e
                             WHERE e.space = w.space AND e.plugin_key IS NULL);",
-    // 2 -> 3 is kept for the work queue's `jobs` table (issue #17, part 2).
+    // 2 -> 3: the work queue's `jobs` table (issue #17, part 2); its SQL lives with the queue.
+    crate::queue::JOBS_MIGRATION,
 ];
 
 /// The key of the session advisory lock migrations run under ("imbed" in ASCII).
@@ -351,6 +352,18 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// Run `work` with a pooled connection on the store's runtime, blocking this thread like
+    /// every method of the store: the work queue's own SQL (`queue/`) goes through here.
+    pub(crate) fn with_client<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T>,
+    ) -> Result<T> {
+        self.block_on(async {
+            let mut client = self.client().await?;
+            work(&mut client).await
+        })
+    }
+
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.inner
             .runtime
@@ -359,7 +372,7 @@ impl PostgresStore {
             .block_on(f)
     }
 
-    fn db(&self, source: tokio_postgres::Error) -> StoreError {
+    pub(crate) fn db(&self, source: tokio_postgres::Error) -> StoreError {
         StoreError::Postgres {
             location: self.inner.location.clone(),
             source,
@@ -801,13 +814,28 @@ impl PostgresStore {
         self.block_on(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| self.db(e))?;
+            self.write_entries_in(&tx, items, claimant).await?;
+            tx.commit().await.map_err(|e| self.db(e))
+        })
+    }
+
+    /// Write entries inside `tx`, which the caller commits (`write_entries`, and the work
+    /// queue, which completes a job in the same transaction as its answer); with `claimant`,
+    /// only if it holds a claim on every space among them.
+    pub(crate) async fn write_entries_in(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        items: &[EntryRow<'_>],
+        claimant: Option<&Writer>,
+    ) -> Result<()> {
+        {
             if let Some(w) = claimant {
                 let spaces: std::collections::BTreeSet<&str> = items
                     .iter()
                     .map(|(_, e, _)| e.provenance.space.as_str())
                     .collect();
                 for space in spaces {
-                    self.check_claim(&tx, space, w).await?;
+                    self.check_claim(tx, space, w).await?;
                 }
             }
             let same = tx
@@ -834,11 +862,14 @@ impl PostgresStore {
             // without waiting for each answer): a bulk copy is not one round trip per statement.
             let mut last = std::collections::HashMap::new();
             for (n, (image, embedding, _)) in items.iter().enumerate() {
-                last.insert((image.sha256.as_str(), embedding.provenance.space.as_str()), n);
+                last.insert(
+                    (image.sha256.as_str(), embedding.provenance.space.as_str()),
+                    n,
+                );
             }
             let mut order: Vec<usize> = last.into_values().collect();
             order.sort_unstable();
-            let (txr, same, delete, insert) = (&tx, &same, &delete, &insert);
+            let (txr, same, delete, insert) = (tx, &same, &delete, &insert);
             for chunk in order.chunks(256) {
                 let tx = txr;
                 futures::future::try_join_all(chunk.iter().map(|&n| async move {
@@ -876,8 +907,8 @@ impl PostgresStore {
                 .await
                 .map_err(|e| self.db(e))?;
             }
-            tx.commit().await.map_err(|e| self.db(e))
-        })
+            Ok(())
+        }
     }
 
     /// Record that `path` holds `image`.
@@ -1839,8 +1870,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_schema_version_is_the_number_of_migrations() {
-        assert_eq!(PG_SCHEMA_VERSION as usize, MIGRATIONS.len());
+    fn each_table_is_created_once_and_the_queue_after_the_cache() {
+        let created_by = |table: &str| {
+            let create = format!("CREATE TABLE {table} (");
+            let found: Vec<usize> = (0..MIGRATIONS.len())
+                .filter(|&i| MIGRATIONS[i].contains(&create))
+                .collect();
+            assert_eq!(found.len(), 1, "{table} is created by migrations {found:?}");
+            found[0]
+        };
+        assert_eq!(created_by("entries"), 0);
+        assert_eq!(created_by("spaces"), 1);
+        assert!(created_by("jobs") > created_by("spaces"));
     }
 
     #[test]

@@ -60,7 +60,17 @@ pub(super) async fn dispatch(
     let Some(route) = route else {
         return not_found();
     };
-    let legacy = lock(&shared.knobs).legacy;
+    let (legacy, down) = {
+        let k = lock(&shared.knobs);
+        (k.legacy, k.down)
+    };
+    if down {
+        let i = shared
+            .log
+            .record(Some(route), &method, &uri, &headers, &body, None);
+        shared.log.set_status(i, StatusCode::SERVICE_UNAVAILABLE);
+        return error_resp(503, DOWN);
+    }
     if route == Route::Embed && legacy {
         let i = shared
             .log

@@ -52,6 +52,8 @@ use tokio::sync::{oneshot, watch, OnceCell};
 pub const DEFAULT_VERSION: &str = "0.33.0";
 /// 503: the scheduler's queue is full (two spaces after the full stop, as Ollama sends it).
 pub const QUEUE_FULL: &str = "server busy, please try again.  maximum pending requests exceeded";
+/// 503 on every route while the stand-in is down ([`OllamaStandIn::set_down`]).
+pub const DOWN: &str = "no healthy upstream";
 /// 501 on `/api/embed` (500 on `/api/embeddings`) for a model that cannot embed.
 pub const NO_EMBEDDINGS: &str =
     "This server does not support embeddings. Start it with `--embeddings`";
@@ -660,6 +662,12 @@ impl OllamaStandIn {
     /// cold start); one more is refused with 503 [`QUEUE_FULL`]. `None`: no limit (default).
     pub fn set_max_queue(&self, max: Option<usize>) {
         lock(&self.shared.knobs).max_queue = max;
+    }
+
+    /// Down: every route, `/api/version` included, answers 503 [`DOWN`], as a proxy in front
+    /// of a stopped Ollama does; the requests are still recorded.
+    pub fn set_down(&self, down: bool) {
+        lock(&self.shared.knobs).down = down;
     }
 
     /// Requests received on a route, errors included.

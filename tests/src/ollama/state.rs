@@ -16,6 +16,7 @@ pub(super) struct Knobs {
     pub(super) error_mid_stream: bool,
     pub(super) nan_mode: NanMode,
     pub(super) max_queue: Option<usize>,
+    pub(super) down: bool,
 }
 
 impl Default for Knobs {
@@ -33,6 +34,7 @@ impl Default for Knobs {
             error_mid_stream: false,
             nan_mode: NanMode::Reject,
             max_queue: None,
+            down: false,
         }
     }
 }

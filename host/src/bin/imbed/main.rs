@@ -20,6 +20,8 @@ mod models;
 mod plugins;
 // `imbed plugins new`.
 mod plugins_new;
+// `imbed enqueue`, `imbed worker`, `imbed queue ...`: the work queue.
+mod queue;
 // `imbed serve`.
 mod serve;
 
@@ -148,9 +150,43 @@ enum Command {
         /// the cache when no path is given).
         #[arg(long)]
         upgrade: bool,
+        /// Record jobs in the work queue instead (PostgreSQL cache): `imbed worker` processes,
+        /// on any machines, do them. Same as `imbed enqueue`.
+        #[arg(long)]
+        queue: bool,
         /// Print one JSON line per file and a summary line.
         #[arg(long)]
         json: bool,
+    },
+    /// Record one job per image content in the work queue (needs a PostgreSQL cache): folders,
+    /// image files (at the same path on every worker: a shared mount) and http(s) URLs.
+    /// Enqueueing again changes nothing; images the cache already has are skipped.
+    Enqueue {
+        /// Folders, image files and URLs.
+        inputs: Vec<String>,
+        /// Images read at once while hashing them.
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Also queue (again) images whose only answers came from a fallback step (every such
+        /// file the cache knows when no input is given).
+        #[arg(long)]
+        upgrade: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Do the work queue's jobs (needs a PostgreSQL cache): claim as many as the chain's first
+    /// step has free, embed them, write each answer and complete its job together. Run any
+    /// number, on any machines. Ctrl-C or SIGTERM: claim nothing more, finish the jobs in hand,
+    /// exit (a second time: give them back now).
+    Worker {
+        #[command(flatten)]
+        args: queue::WorkerArgs,
+    },
+    /// The work queue: status, retrying failed jobs.
+    Queue {
+        #[command(subcommand)]
+        command: queue::QueueCommand,
     },
     /// Find indexed images closest to a text, in the space the chain embeds the text into.
     Search {
@@ -298,6 +334,15 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         {
             exit::USAGE
         }
+        _ if matches!(
+            e.downcast_ref::<imbed::queue::QueueError>(),
+            Some(
+                imbed::queue::QueueError::NeedsPostgres { .. } | imbed::queue::QueueError::NoCache
+            )
+        ) =>
+        {
+            exit::USAGE
+        }
         _ => exit::EXHAUSTED,
     }
 }
@@ -365,8 +410,27 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             paths,
             jobs,
             upgrade,
+            queue: true,
+            json,
+        } => {
+            let inputs = paths.iter().map(|p| p.display().to_string()).collect();
+            queue::enqueue(config()?, inputs, jobs, upgrade, json).await
+        }
+        Command::Index {
+            paths,
+            jobs,
+            upgrade,
+            queue: false,
             json,
         } => collection::index(config()?, paths, jobs, upgrade, json).await,
+        Command::Enqueue {
+            inputs,
+            jobs,
+            upgrade,
+            json,
+        } => queue::enqueue(config()?, inputs, jobs, upgrade, json).await,
+        Command::Worker { args } => queue::worker(config()?, args).await,
+        Command::Queue { command } => queue::queue(config()?, command).await,
         Command::Search { query, how } => collection::search(config()?, query, how).await,
         Command::Similar { image, how } => collection::similar(config()?, image, how).await,
         Command::Cache {

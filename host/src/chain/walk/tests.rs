@@ -272,7 +272,7 @@ fn a_describer_that_timed_out_is_not_asked_again_in_the_same_walk() {
         describe_then_embed("ollama", "nomic"),
         hash("hash"),
     ]);
-    let e = run(Walk::new(&fake, &chain).image(&image(), None)).unwrap();
+    let e = run(Walk::new(&fake, &chain).image(&image(), None, true)).unwrap();
     assert_eq!(fake.count("describe ollama"), 1, "{:?}", fake.calls());
     assert_eq!(e.provenance.step, 2);
     assert_eq!(e.provenance.plugin.key, "hash");
@@ -307,7 +307,7 @@ fn a_failure_that_may_not_repeat_is_asked_again() {
         describe_then_embed("ollama", "minilm"),
         hash("hash"),
     ]);
-    let e = run(Walk::new(&fake, &chain).image(&image(), None)).unwrap();
+    let e = run(Walk::new(&fake, &chain).image(&image(), None, true)).unwrap();
     assert_eq!(fake.count("describe ollama"), 2, "{:?}", fake.calls());
     assert!(e
         .provenance
@@ -329,7 +329,7 @@ fn a_dead_role_leaves_the_plugins_other_roles_alive() {
         image_embed("clip"),
         describe_then_embed("ollama", "clip"),
     ]);
-    let e = run(Walk::new(&fake, &chain).image(&image(), None)).unwrap();
+    let e = run(Walk::new(&fake, &chain).image(&image(), None, true)).unwrap();
     assert_eq!(e.provenance.step, 1);
     assert_eq!(e.provenance.plugin.key, "clip");
     assert_eq!(
@@ -358,7 +358,7 @@ fn every_attempt_is_recorded_in_step_order_and_nothing_is_stored() {
         image_embed("clip"),
         hash("hash"),
     ]);
-    let err = run(Walk::new(&fake, &chain).image(&image(), None)).unwrap_err();
+    let err = run(Walk::new(&fake, &chain).image(&image(), None, true)).unwrap_err();
     let Error::Exhausted { attempts } = &err else {
         panic!("expected every step to fail, got {err:?}");
     };
@@ -464,12 +464,17 @@ fn the_text_walk_embeds_the_query_and_the_image_walk_describes_first() {
         "queries are not stored"
     );
 
-    let i = run(walk.image(&image(), None)).unwrap();
+    let i = run(walk.image(&image(), None, true)).unwrap();
     let d = i.provenance.description.as_ref().unwrap();
     assert_eq!(d.source, DescriptionSource::Model);
     assert_eq!(d.plugin.as_ref().unwrap().key, "ollama");
     assert_eq!(i.vector, vector("minilm", "a cat, as ollama sees it"));
     assert_eq!(*fake.recorded.lock().unwrap(), vec![i.clone()]);
+
+    // The work queue records the answer itself, with the job's completion.
+    let unrecorded = run(walk.image(&image(), None, false)).unwrap();
+    assert_eq!(unrecorded.vector, i.vector);
+    assert_eq!(fake.recorded.lock().unwrap().len(), 1);
 }
 
 #[test]
@@ -494,10 +499,10 @@ fn only_an_answer_from_the_first_step_is_not_degraded() {
         )
         .with("hash", FakePlugin::image_embedder(false));
     let first = chain(vec![hash("hash")]);
-    let e = run(Walk::new(&fake, &first).image(&image(), None)).unwrap();
+    let e = run(Walk::new(&fake, &first).image(&image(), None, true)).unwrap();
     assert!(!e.provenance.degraded);
     let fallback = chain(vec![image_embed("clip"), hash("hash")]);
-    let e = run(Walk::new(&fake, &fallback).image(&image(), None)).unwrap();
+    let e = run(Walk::new(&fake, &fallback).image(&image(), None, true)).unwrap();
     assert!(e.provenance.degraded);
     assert_eq!(e.provenance.step, 1);
 }
@@ -513,7 +518,7 @@ fn a_required_space_refuses_a_step_before_anything_is_described() {
         describe_then_embed("ollama", "nomic"),
     ]);
     chain.require_space = Some(SpaceId::new("nomic"));
-    let e = run(Walk::new(&fake, &chain).image(&image(), None)).unwrap();
+    let e = run(Walk::new(&fake, &chain).image(&image(), None, true)).unwrap();
     assert_eq!(e.provenance.space, SpaceId::new("nomic"));
     assert_eq!(
         attempts_of(&e),
