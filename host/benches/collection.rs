@@ -17,6 +17,7 @@ use imbed::index::{IndexOptions, Summary};
 use imbed::search::{exact_top_k, AnnIndex};
 use imbed::store::{Cache, SpaceVectors};
 use imbed::{Config, Env, ImageRequest, ImageSource, Imbed, ImbedOptions};
+use imbed_tests::bench::structured_set;
 use imbed_tests::ollama::OllamaStandIn;
 
 fn quick() -> bool {
@@ -163,45 +164,6 @@ async fn indexing(compile_cache: &Path) {
             "ollama stand-in at 200 ms per request, {jobs} in flight, {count} images: {rate:.1} images/s (ideal {:.1})",
             jobs as f64 / 0.4
         );
-    }
-}
-
-/// Unit vectors with the structure real embeddings have: they lie near a low-dimensional
-/// subspace (here 24 latent dimensions projected into `dims`), so neighbourhoods mean
-/// something. (Uniform random vectors in 384 dimensions are all about equally far apart, which
-/// no real collection is and which no approximate method can rank.)
-fn structured_set(n: usize, dims: usize, seed: u64) -> SpaceVectors {
-    const LATENT: usize = 24;
-    let mut state = seed | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    };
-    let projection: Vec<f32> = (0..LATENT * dims).map(|_| next()).collect();
-    let mut data = Vec::with_capacity(n * dims);
-    for _ in 0..n {
-        let z: Vec<f32> = (0..LATENT).map(|_| next()).collect();
-        let mut v = vec![0f32; dims];
-        for (l, zl) in z.iter().enumerate() {
-            for (d, x) in v.iter_mut().enumerate() {
-                *x += zl * projection[l * dims + d];
-            }
-        }
-        // A little noise off the subspace, as real vectors have.
-        for x in v.iter_mut() {
-            *x += 0.05 * next();
-        }
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        data.extend(v.into_iter().map(|x| x / norm));
-    }
-    SpaceVectors {
-        space: format!("bench/structured:{dims}"),
-        dims,
-        ids: (1..=n as i64).collect(),
-        images: (0..n).map(|i| i.to_string()).collect(),
-        data,
     }
 }
 

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
+use imbed::store::{Cache, ImageMeta, Ownership, SpaceClaim, SpaceVectors, Writer};
 use imbed::{Config, Env};
 
 use crate::ollama::OllamaStandIn;
@@ -51,4 +52,87 @@ where
         }
     }
     hi
+}
+
+/// Unit vectors with the structure real embeddings have: they lie near a low-dimensional
+/// subspace (here 24 latent dimensions projected into `dims`), so neighbourhoods mean
+/// something. (Uniform random vectors in 384 dimensions are all about equally far apart, which
+/// no real collection is and which no approximate method can rank.)
+pub fn structured_set(n: usize, dims: usize, seed: u64) -> SpaceVectors {
+    const LATENT: usize = 24;
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let projection: Vec<f32> = (0..LATENT * dims).map(|_| next()).collect();
+    let mut data = Vec::with_capacity(n * dims);
+    for _ in 0..n {
+        let z: Vec<f32> = (0..LATENT).map(|_| next()).collect();
+        let mut v = vec![0f32; dims];
+        for (l, zl) in z.iter().enumerate() {
+            for (d, x) in v.iter_mut().enumerate() {
+                *x += zl * projection[l * dims + d];
+            }
+        }
+        // A little noise off the subspace, as real vectors have.
+        for x in v.iter_mut() {
+            *x += 0.05 * next();
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        data.extend(v.into_iter().map(|x| x / norm));
+    }
+    SpaceVectors {
+        space: format!("bench/structured:{dims}"),
+        dims,
+        ids: (1..=n as i64).collect(),
+        images: (0..n).map(|i| i.to_string()).collect(),
+        data,
+    }
+}
+
+/// Load the first `n` vectors of `set` into `cache` as answers of a bench plugin `bench` in
+/// `set.space` (claimed first, as a plugin's first write does), in batches; image `i` is
+/// `format!("{i:064x}")`.
+pub fn load_space(cache: &Cache, set: &SpaceVectors, n: usize) {
+    let writer = Writer {
+        key: "bench".into(),
+        name: "bench".into(),
+        component: "0".repeat(64),
+    };
+    let claim = SpaceClaim {
+        writer: writer.clone(),
+        shares_with: Vec::new(),
+    };
+    let granted = cache.claim_space(&set.space, &claim).expect("claim");
+    assert!(matches!(granted, Ownership::Granted { .. }), "{granted:?}");
+    let template = serde_json::json!({
+        "vector": [],
+        "provenance": {
+            "step": 0, "step_kind": "image-embed",
+            "plugin": {"key": "bench", "name": "bench", "version": "0"},
+            "model": "bench", "space": set.space, "dimensions": set.dims,
+            "degraded": false, "attempts": []
+        }
+    });
+    let template: imbed::Embedding = serde_json::from_value(template).expect("an embedding");
+    for start in (0..n).step_by(2_000) {
+        let items: Vec<(ImageMeta, imbed::Embedding)> = (start..n.min(start + 2_000))
+            .map(|i| {
+                let mut e = template.clone();
+                e.vector = set.vector(i).to_vec();
+                let meta = ImageMeta {
+                    sha256: format!("{i:064x}"),
+                    mime: "image/png".into(),
+                    width: 1,
+                    height: 1,
+                    bytes: 1,
+                };
+                (meta, e)
+            })
+            .collect();
+        cache.put_entries(&items, &writer).expect("load");
+    }
 }

@@ -20,7 +20,6 @@ mod worker;
 
 pub use enqueue::{enqueue, EnqueueReport, EnqueueSource};
 pub use job::{Claim, FailedJob, QueueStatus};
-pub(crate) use sql::JOBS_MIGRATION;
 pub use sql::{JobQueue, Settled};
 pub use worker::{run_worker, WorkerEvent, WorkerOptions, WorkerSummary};
 

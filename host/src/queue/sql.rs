@@ -13,35 +13,6 @@ use crate::types::Embedding;
 
 type Result<T> = std::result::Result<T, QueueError>;
 
-/// The `jobs` table: the PostgreSQL store's next migration after the cache's own tables.
-///
-/// One row per image content (`sha256` is unique: enqueueing again changes nothing). Leases
-/// and retry times are the database's `now()`, so workers' clocks never matter. The partial
-/// indexes keep the claim's scan to the jobs that can be claimed.
-pub(crate) const JOBS_MIGRATION: &str = "
-    CREATE TABLE jobs (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        sha256 TEXT NOT NULL UNIQUE,
-        locator TEXT NOT NULL,
-        size BIGINT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'queued'
-            CHECK (state IN ('queued', 'running', 'done', 'failed')),
-        attempts INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT,
-        worker TEXT,
-        lease_token TEXT,
-        lease_until TIMESTAMPTZ,
-        run_after TIMESTAMPTZ NOT NULL DEFAULT now(),
-        enqueued_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-        started_at TIMESTAMPTZ,
-        finished_at TIMESTAMPTZ,
-        degraded BOOLEAN,
-        space TEXT
-    );
-    CREATE INDEX jobs_queued ON jobs (id) WHERE state = 'queued';
-    CREATE INDEX jobs_leases ON jobs (lease_until) WHERE state = 'running';
-    CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state = 'done';";
-
 /// What became of a job a worker gave back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {

@@ -149,8 +149,32 @@ const MIGRATIONS: &[&str] = &[
          HAVING COUNT(DISTINCT w.plugin_key) = 1
             AND NOT EXISTS (SELECT 1 FROM entries e
                             WHERE e.space = w.space AND e.plugin_key IS NULL);",
-    // 2 -> 3: the work queue's `jobs` table (issue #17, part 2); its SQL lives with the queue.
-    crate::queue::JOBS_MIGRATION,
+    // 2 -> 3: the work queue's `jobs` table (issue #17, part 2; its statements are in
+    // `queue/sql.rs`). One row per image content (`sha256` is unique: enqueueing again changes
+    // nothing). Leases and retry times are the database's `now()`, so workers' clocks never
+    // matter. The partial indexes keep the claim's scan to the jobs that can be claimed.
+    "CREATE TABLE jobs (
+         id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+         sha256 TEXT NOT NULL UNIQUE,
+         locator TEXT NOT NULL,
+         size BIGINT NOT NULL,
+         state TEXT NOT NULL DEFAULT 'queued'
+             CHECK (state IN ('queued', 'running', 'done', 'failed')),
+         attempts INTEGER NOT NULL DEFAULT 0,
+         last_error TEXT,
+         worker TEXT,
+         lease_token TEXT,
+         lease_until TIMESTAMPTZ,
+         run_after TIMESTAMPTZ NOT NULL DEFAULT now(),
+         enqueued_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+         started_at TIMESTAMPTZ,
+         finished_at TIMESTAMPTZ,
+         degraded BOOLEAN,
+         space TEXT
+     );
+     CREATE INDEX jobs_queued ON jobs (id) WHERE state = 'queued';
+     CREATE INDEX jobs_leases ON jobs (lease_until) WHERE state = 'running';
+     CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state = 'done';",
 ];
 
 /// The key of the session advisory lock migrations run under ("imbed" in ASCII).

@@ -38,8 +38,8 @@ pub enum QueueCommand {
 /// `imbed worker`'s settings.
 #[derive(Args)]
 pub struct WorkerArgs {
-    /// Jobs held at once, at most (default: the instances of the chain's first step); the
-    /// worker also claims no more than the first step has free.
+    /// Jobs held at once, at most (default: what the chain's first step can run at once, its
+    /// instances or its endpoints' concurrency); the worker also claims no more than it has free.
     #[arg(long)]
     jobs: Option<usize>,
     /// How long a claim holds without a heartbeat (e.g. 60s, 2m, 500ms); another worker takes
@@ -222,8 +222,13 @@ fn human_seconds(s: f64) -> String {
     }
 }
 
-/// The instances of the chain's first step: what it can run at once.
+/// What the chain's first step can run at once: for each of its plugins, its instances, or
+/// for a pooled plugin the sum of its endpoints' concurrency; the smaller over the step.
 fn first_step_instances(config: &Config) -> usize {
+    let slots = |c: &imbed::config::PluginConfig| match c.endpoints.as_slice() {
+        [] => c.pool_size,
+        endpoints => endpoints.iter().map(|e| e.concurrency).sum(),
+    };
     config
         .chain
         .steps
@@ -231,7 +236,7 @@ fn first_step_instances(config: &Config) -> usize {
         .map(|step| {
             step.plugins()
                 .iter()
-                .filter_map(|p| config.plugins.get(*p).map(|c| c.pool_size))
+                .filter_map(|p| config.plugins.get(*p).map(slots))
                 .min()
                 .unwrap_or(1)
         })
