@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::imbed::Imbed;
 use crate::error::Error;
+use crate::runtime::Plugin;
 use crate::types::{Embedding, FailureKind, HealthStatus};
 
 /// How long a failed probe waits before the next may run.
@@ -49,6 +50,26 @@ impl FirstStep {
     fn get(&self) -> Option<bool> {
         *self.up.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Whether any endpoint of `plugin` that is in its pool answers its health check with nothing
+/// failing (a plugin without a health export cannot say, and counts as healthy: its next call
+/// tells). Each is asked in turn: one endpoint that is down must not hide another that is up.
+async fn any_endpoint_healthy(key: &str, plugin: &Arc<Plugin>) -> bool {
+    for (at, endpoint) in plugin.pool.endpoints.iter().enumerate() {
+        if !endpoint.is_up() {
+            continue;
+        }
+        match plugin.health_on(at).await {
+            Ok(Some(checks)) if checks.iter().all(|c| c.status != HealthStatus::Failing) => {
+                return true
+            }
+            Ok(None) => return true,
+            Ok(Some(_)) => tracing::debug!(plugin = key, endpoint = at, "health probe: failing"),
+            Err(e) => tracing::debug!(plugin = key, endpoint = at, "health probe: {}", e.message),
+        }
+    }
+    false
 }
 
 impl Imbed {
@@ -130,17 +151,9 @@ impl Imbed {
                 if seen.contains(&key) {
                     continue;
                 }
-                let answer = match this.plugin(&key) {
-                    Ok(p) => Arc::clone(p).health().await,
-                    Err(e) => Err(e),
-                };
-                let healthy = match answer {
-                    Ok(Some(checks)) => checks.iter().all(|c| c.status != HealthStatus::Failing),
-                    Ok(None) => true,
-                    Err(e) => {
-                        tracing::debug!(plugin = key.as_str(), "health probe: {}", e.message);
-                        false
-                    }
+                let healthy = match this.plugin(&key) {
+                    Ok(p) => any_endpoint_healthy(&key, p).await,
+                    Err(_) => false,
                 };
                 up &= healthy;
                 seen.push(key);

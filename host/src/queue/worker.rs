@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -489,60 +489,91 @@ async fn work(
                 embedding.provenance.space.to_string(),
                 embedding.provenance.degraded,
             );
-            queue
-                .run(move |q| q.complete(&c, &meta, &embedding, &writer))
-                .await
-                .map(|s| {
-                    (
-                        s,
-                        WorkerEvent::Done {
-                            id,
-                            locator: locator.clone(),
-                            space,
-                            degraded,
-                        },
-                    )
-                })
-        }
-        Err(Miss::Unavailable(why)) => {
-            let reason = why.clone();
-            queue.run(move |q| q.release(&c, &reason)).await.map(|s| {
+            settle(queue, options.lease, move |q| {
+                q.complete(&c, &meta, &embedding, &writer)
+            })
+            .await
+            .map(|s| {
                 (
                     s,
-                    WorkerEvent::Released {
+                    WorkerEvent::Done {
                         id,
                         locator: locator.clone(),
-                        why,
+                        space,
+                        degraded,
                     },
                 )
             })
         }
-        Err(Miss::Attempt(error)) => {
-            let (max, delay, message) = (options.max_attempts, options.retry_delay, error.clone());
-            queue
-                .run(move |q| q.fail(&c, &message, max, delay))
+        Err(Miss::Unavailable(why)) => {
+            let reason = why.clone();
+            settle(queue, options.lease, move |q| q.release(&c, &reason))
                 .await
                 .map(|s| {
                     (
                         s,
-                        WorkerEvent::Failed {
+                        WorkerEvent::Released {
                             id,
                             locator: locator.clone(),
-                            error,
-                            attempts: claim.attempts,
-                            parked: s == Settled::Failed,
+                            why,
                         },
                     )
                 })
+        }
+        Err(Miss::Attempt(error)) => {
+            let (max, delay, message) = (options.max_attempts, options.retry_delay, error.clone());
+            settle(queue, options.lease, move |q| {
+                q.fail(&c, &message, max, delay)
+            })
+            .await
+            .map(|s| {
+                (
+                    s,
+                    WorkerEvent::Failed {
+                        id,
+                        locator: locator.clone(),
+                        error,
+                        attempts: claim.attempts,
+                        parked: s == Settled::Failed,
+                    },
+                )
+            })
         }
     };
     match settled {
         Ok((Settled::LeaseLost, _)) => WorkerEvent::LeaseLost { id, locator },
         Ok((_, event)) => event,
-        // Nothing was written: the lease runs out and another worker takes the job.
+        // Nothing was written, for as long as a lease lasts: the lease runs out and another
+        // worker takes the job.
         Err(e) => WorkerEvent::DatabaseError {
             message: format!("job {id} ({locator}) could not be settled: {e}"),
         },
+    }
+}
+
+/// Settle a job with `op`, trying again while the database cannot be reached (restarting,
+/// failing over), for up to one lease: the work is in hand, and giving up would leave the job
+/// to be done again once its lease ran out. Each try checks the lease in its own transaction,
+/// so one that comes too late changes nothing.
+async fn settle(
+    queue: &JobQueue,
+    lease: Duration,
+    op: impl Fn(&JobQueue) -> Result<Settled, QueueError> + Clone + Send + 'static,
+) -> Result<Settled, QueueError> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let once = op.clone();
+        match queue.run(move |q| once(q)).await {
+            Err(QueueError::Store(e))
+                if e.is_unavailable() && started.elapsed() + pause < lease =>
+            {
+                tracing::warn!("work queue: settling a job: {e}; trying again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
     }
 }
 
