@@ -376,7 +376,8 @@ pub fn search(
     if store.searches_in_database() {
         return search_in_database(store, space, query, k, method, exclude);
     }
-    let set = store.load_space(space)?;
+    let resident = store.resident_space(space)?;
+    let set = &resident.vectors;
     if set.is_empty() {
         return Err(SearchError::EmptySpace {
             space: space.to_string(),
@@ -397,7 +398,7 @@ pub fn search(
     };
     let hits: Vec<(String, f32)> = match method {
         Method::Approximate => {
-            let index = AnnIndex::for_space(store, &set)?;
+            let index = resident.index(|set| AnnIndex::for_space(store, set))?;
             // One more than asked, in case the excluded image is among them.
             let found = index
                 .search(query, k + usize::from(exclude.is_some()))
@@ -415,7 +416,7 @@ pub fn search(
                 .take(k)
                 .collect()
         }
-        _ => exact_top_k(&set, query, k, &|i| Some(set.images[i].as_str()) == exclude)
+        _ => exact_top_k(set, query, k, &|i| Some(set.images[i].as_str()) == exclude)
             .into_iter()
             .map(|(i, score)| (set.images[i].clone(), score))
             .collect(),

@@ -932,6 +932,67 @@ fn approximate_search_agrees_with_exact_search_and_stays_up_to_date() {
 }
 
 #[test]
+fn a_long_lived_cache_sees_what_another_process_adds_replaces_and_removes() {
+    // `imbed serve` keeps a space in memory between searches; `imbed index` (another process,
+    // another connection) writes the same file meanwhile. Every search must see the file as
+    // it is, exact or approximate.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let serving = Cache::open(&path).unwrap();
+    let indexing = Cache::open(&path).unwrap();
+    let space = "test/random:32";
+    let vectors = random_unit_vectors(600, 32, 3);
+    let writer = test_writer(&indexing, space);
+    for (i, v) in vectors.iter().enumerate() {
+        indexing
+            .put_entry(&meta(i), &fake_embedding(v.clone(), space), &writer)
+            .unwrap();
+    }
+    let top = |q: &[f32], method: Method| {
+        let found = imbed::search::search(&serving, space, q, 1, method, None).unwrap();
+        (found.searched, found.hits[0].image.clone())
+    };
+    let methods = [Method::Exact, Method::Approximate];
+    for method in methods {
+        assert_eq!(top(&vectors[7], method), (600, meta(7).sha256));
+    }
+
+    let extra = random_unit_vectors(1, 32, 77).remove(0);
+    indexing
+        .put_entry(&meta(900), &fake_embedding(extra.clone(), space), &writer)
+        .unwrap();
+    for method in methods {
+        assert_eq!(top(&extra, method), (601, meta(900).sha256), "{method:?}");
+    }
+
+    // Image 7's answer replaced by another vector: it no longer answers its old one.
+    indexing
+        .put_entry(
+            &meta(7),
+            &fake_embedding(vectors[8].clone(), space),
+            &writer,
+        )
+        .unwrap();
+    for method in methods {
+        let found = imbed::search::search(&serving, space, &vectors[7], 3, method, None).unwrap();
+        assert!(
+            found.hits.iter().all(|h| h.score < 0.999),
+            "{method:?}: the old vector is still found: {:?}",
+            found.hits
+        );
+    }
+
+    // The whole space dropped by `imbed cache prune --space`: nothing left to search.
+    let mut options = PruneOptions::default();
+    options.spaces = vec![space.to_string()];
+    indexing.prune(&options).unwrap();
+    for method in methods {
+        let err = imbed::search::search(&serving, space, &extra, 1, method, None).unwrap_err();
+        assert!(matches!(err, SearchError::EmptySpace { .. }), "{err}");
+    }
+}
+
+#[test]
 fn search_output_on_the_command_line_names_the_space() {
     let dir = tempfile::tempdir().unwrap();
     let photos = dir.path().join("photos");

@@ -19,6 +19,7 @@
 mod keys;
 mod postgres;
 mod records;
+mod resident;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ pub use records::{
     SpaceClaim, SpaceOwner, SpaceStats, SpaceVectors, SpaceWriterStats, Stats, StoreError, Writer,
     WriterFilter,
 };
+pub use resident::ResidentSpace;
 pub use sqlite::SCHEMA_VERSION;
 use sqlite::{Export, SqliteStore};
 
@@ -137,6 +139,18 @@ impl Cache {
     /// [`Cache::load_space`] in this process.
     pub fn searches_in_database(&self) -> bool {
         matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// `space`'s vectors for a search in this process, with the index search keeps beside
+    /// them. SQLite keeps them in memory while the space is unchanged (`resident`); PostgreSQL,
+    /// which searches in the database, loads them each time.
+    pub fn resident_space(&self, space: &str) -> Result<std::sync::Arc<ResidentSpace>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.resident_space(space),
+            Backend::Postgres(s) => Ok(std::sync::Arc::new(ResidentSpace::new(
+                s.load_space(space)?,
+            ))),
+        }
     }
 
     /// Entries in `space` and their length (0 when empty).

@@ -31,6 +31,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::keys::file_stamp;
 use super::records::*;
+use super::resident::{Resident, ResidentSpace};
 
 mod spaces;
 
@@ -162,6 +163,8 @@ type Result<T> = std::result::Result<T, StoreError>;
 pub struct SqliteStore {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
+    /// Spaces kept in memory between searches (see `store::resident`).
+    resident: Resident,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -268,6 +271,7 @@ impl SqliteStore {
         let store = SqliteStore {
             path,
             conn: Arc::new(Mutex::new(conn)),
+            resident: Resident::default(),
         };
         store.migrate()?;
         Ok(store)
@@ -285,6 +289,7 @@ impl SqliteStore {
         let store = SqliteStore {
             path,
             conn: Arc::new(Mutex::new(conn)),
+            resident: Resident::default(),
         };
         {
             let conn = store.conn();
@@ -740,6 +745,21 @@ impl SqliteStore {
             );
         }
         Ok(out)
+    }
+
+    /// `space` for search: kept in memory while unchanged, loaded again (see
+    /// [`SqliteStore::load_space`]) when an entry was added, replaced or removed since.
+    pub fn resident_space(&self, space: &str) -> Result<Arc<ResidentSpace>> {
+        let (entries, max_id): (i64, i64) = self
+            .conn()
+            .query_row(
+                "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM entries WHERE space = ?1",
+                params![space],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.sql(e))?;
+        self.resident
+            .get(space, (entries as u64, max_id), || self.load_space(space))
     }
 
     /// Entries in `space` with a row id above `after`, for bringing an index up to date.
