@@ -320,7 +320,7 @@ pub struct CacheSettings {
     /// under `IMBED_HOME`, not the cache directory: it holds hours of vision-model work that a
     /// cache cleaner should not throw away.
     pub database: Option<Database>,
-    /// PostgreSQL: HNSW candidates per search (`hnsw.ef_search`, 1 to 1000; default 40).
+    /// PostgreSQL: HNSW candidates per search (`hnsw.ef_search`, 1 to 1000; default 100).
     pub ef_search: u32,
     /// PostgreSQL: index vectors as `halfvec` (half the memory) at any size, not only above
     /// 2,000 dimensions.

@@ -330,7 +330,7 @@ fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
             )
         }
         Some(ef) => *ef.get_ref(),
-        None => 40,
+        None => 100,
     };
     let pool_size = match &raw.cache.pool_size {
         Some(n) if *n.get_ref() == 0 => {
@@ -1313,7 +1313,7 @@ file = "hash.wasm"
         let env = Env::isolated().set("IMBED_DATABASE_URL", url);
         let cfg = Config::from_toml_str(MINIMAL, "c.toml", None, &env).unwrap();
         assert_eq!(cfg.cache.database, Some(Database::Postgres(url.into())));
-        assert_eq!((cfg.cache.ef_search, cfg.cache.pool_size), (40, 16));
+        assert_eq!((cfg.cache.ef_search, cfg.cache.pool_size), (100, 16));
         // The config's own key wins over the variable.
         let file = format!(
             "{MINIMAL}\n[cache]\ndatabase = \"/x/imbed.db\"\nef_search = 200\nhalfvec = true\n"

@@ -54,7 +54,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PgOptions {
-    /// HNSW candidates per search (`hnsw.ef_search`); pgvector's default is 40.
+    /// HNSW candidates per search (`hnsw.ef_search`). 100, not pgvector's 40: measured at
+    /// 100,000 vectors of 768 dimensions (`cargo bench --bench scale`), 40 found 0.947 of the
+    /// true top 10 and 100 found 0.996, for 4 ms more a search.
     pub ef_search: u32,
     /// Index `halfvec` (half the memory) even at 2,000 dimensions or fewer.
     pub halfvec: bool,
@@ -69,7 +71,7 @@ pub struct PgOptions {
 impl Default for PgOptions {
     fn default() -> Self {
         PgOptions {
-            ef_search: 40,
+            ef_search: 100,
             halfvec: false,
             exact_rerank: false,
             pool_size: 16,

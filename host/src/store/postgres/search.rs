@@ -27,8 +27,12 @@ fn index_type(dims: usize, halfvec: bool) -> Option<&'static str> {
 impl PostgresStore {
     /// Number of entries in `space` and their length (0 when empty).
     pub fn space_size(&self, space: &str) -> Result<(usize, usize)> {
+        // The count reads only the (space, id) index once the table is vacuumed; the length
+        // comes from any one row (a space's vectors all have its length). `MAX(dims)` made every
+        // search read each of the space's rows, tens of milliseconds at 100,000.
         let row = &self.query(
-            "SELECT COUNT(*), COALESCE(MAX(dims), 0) FROM entries WHERE space = $1",
+            "SELECT (SELECT COUNT(*) FROM entries WHERE space = $1),
+                    COALESCE((SELECT dims FROM entries WHERE space = $1 LIMIT 1), 0)",
             &[&space],
         )?[0];
         Ok((row.get::<_, i64>(0) as usize, row.get::<_, i32>(1) as usize))
