@@ -1,7 +1,8 @@
 //! Beyond one machine (issue #17):
 //! - search p50/p99 of top 10 over 100,000 vectors of 768 dimensions: pgvector (exact scan and
-//!   its HNSW index at the default `ef_search`, 100, then at 40 and 200) next to the embedded SQLite cache (exact and
-//!   USearch HNSW), each approximate search with its recall@10 against the exact answer;
+//!   its HNSW index at the default `ef_search`, 100, then at 40 and 200) next to the embedded
+//!   SQLite cache (exact and USearch HNSW), each approximate search with its recall@10 against
+//!   the exact answer;
 //! - images per second through the work queue with 1, 2 and 4 `imbed worker` processes against
 //!   four Ollama stand-ins answering each request in 200 ms, with the ideal line.
 //!
