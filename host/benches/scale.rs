@@ -86,7 +86,7 @@ fn search() {
         load_space(cache, &set, n);
         let loaded = t.elapsed();
         let t = Instant::now();
-        cache.prepare_search(&space).unwrap();
+        imbed::search::prepare(cache).unwrap();
         let built = t.elapsed();
         let (exact, e0, e50, e99) = time_searches(cache, &space, &queries, Method::Exact);
         let (approx, a0, a50, a99) = time_searches(cache, &space, &queries, Method::Approximate);

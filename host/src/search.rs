@@ -362,6 +362,25 @@ fn tail(set: &SpaceVectors, start: usize) -> SpaceVectors {
     }
 }
 
+/// Get every space's approximate index ready after indexing, so that no search pays for
+/// building it: PostgreSQL builds its HNSW index in the database; the embedded cache builds (or
+/// brings up to date) its USearch file for spaces large enough to be searched approximately by
+/// default. At 100,000 vectors of 768 dimensions that build takes more than a minute on two
+/// cores, which the first search used to wait for.
+pub fn prepare(store: &Cache) -> Result<(), SearchError> {
+    for space in store.spaces()? {
+        if store.searches_in_database() {
+            store.prepare_search(&space.space)?;
+        } else if space.entries as usize >= AUTO_APPROXIMATE_FROM {
+            let resident = store.resident_space(&space.space)?;
+            if !resident.vectors.is_empty() {
+                resident.index(|set| AnnIndex::for_space(store, set))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Search the cache for the `k` images closest to `query` in `space` (the query's space: a
 /// vector is only ever compared with vectors of its own space). `exclude` leaves out one image
 /// (the query image itself, for "similar").

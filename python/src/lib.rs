@@ -517,6 +517,15 @@ impl PyImbed {
                 callback.call1((PyIndexReport::from(&report),))?;
             }
         }
+        if summary.embedded + summary.upgraded > 0 {
+            // As `imbed index` does: the search index is built now, not by the first search.
+            // Failing here loses nothing (the first search builds it), so it only warns.
+            if let Err(e) = py.detach(|| imbed::search::prepare(&store)) {
+                tracing_warn(&format!(
+                    "the search index could not be built now (the first search builds it): {e}"
+                ));
+            }
+        }
         Ok(PyIndexSummary::new(&summary, skipped))
     }
 

@@ -932,6 +932,42 @@ fn approximate_search_agrees_with_exact_search_and_stays_up_to_date() {
 }
 
 #[test]
+fn after_indexing_large_spaces_have_their_approximate_index_ready_and_small_ones_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Cache::open(dir.path().join("prep.db")).unwrap();
+    let (large, small) = ("test/large:8", "test/small:8");
+    let n = imbed::search::AUTO_APPROXIMATE_FROM;
+    for (space, count) in [(large, n), (small, 100)] {
+        let writer = test_writer(&store, space);
+        let items: Vec<_> = random_unit_vectors(count, 8, 5)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (meta(i), fake_embedding(v, space)))
+            .collect();
+        store.put_entries(&items, &writer).unwrap();
+    }
+    assert_eq!(store.ann_record(large).unwrap(), None);
+    imbed::search::prepare(&store).unwrap();
+    let (file, entries, _) = store
+        .ann_record(large)
+        .unwrap()
+        .expect("an index for the large space");
+    assert_eq!(entries, n as u64);
+    assert!(store.ann_dir().join(file).is_file());
+    assert_eq!(
+        store.ann_record(small).unwrap(),
+        None,
+        "small spaces are scanned"
+    );
+    // Another process (a fresh cache on the file) searches through the saved index.
+    let other = Cache::open(dir.path().join("prep.db")).unwrap();
+    let q = random_unit_vectors(1, 8, 5).remove(0);
+    let found = imbed::search::search(&other, large, &q, 1, Method::Auto, None).unwrap();
+    assert_eq!(found.method, Method::Approximate);
+    assert_eq!(found.hits[0].image, meta(0).sha256);
+}
+
+#[test]
 fn a_long_lived_cache_sees_what_another_process_adds_replaces_and_removes() {
     // `imbed serve` keeps a space in memory between searches; `imbed index` (another process,
     // another connection) writes the same file meanwhile. Every search must see the file as

@@ -180,9 +180,9 @@ impl Cache {
         }
     }
 
-    /// Build `space`'s search index in the database when it has none (PostgreSQL; `imbed
-    /// index` calls it at the end). Nothing to do for SQLite, whose index files are built on
-    /// first search.
+    /// Build `space`'s search index in the database when it has none (PostgreSQL). Nothing to
+    /// do here for SQLite, whose index files are search's (`search::prepare` builds both after
+    /// indexing).
     pub fn prepare_search(&self, space: &str) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(_) => Ok(()),

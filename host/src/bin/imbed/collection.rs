@@ -144,16 +144,18 @@ pub async fn index(
     drop(stream);
     progress.finish();
     if !interrupted && summary.embedded + summary.upgraded > 0 {
-        // PostgreSQL: build each space's search index over what is there now (later rows join
-        // it as they are written); nothing to do for SQLite.
-        if let Err(e) = store
-            .run(|s| {
-                s.spaces()?
-                    .iter()
-                    .try_for_each(|sp| s.prepare_search(&sp.space))
-            })
-            .await
-        {
+        // Each space's search index over what is there now, so no search waits for it to be
+        // built (PostgreSQL: later rows join it as they are written).
+        let prepared = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || imbed::search::prepare(&store)).await
+        };
+        let failed = match prepared {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = failed {
             eprintln!(
                 "imbed: the search index could not be built now (the first search builds it): {e}"
             );
