@@ -37,6 +37,11 @@ fn photos(dir: &Path, n: u32) -> PathBuf {
 }
 
 /// Ollama describe-then-embed as the only step: when it cannot answer, nothing does.
+/// `imbed enqueue FOLDER`, which must succeed.
+fn enqueue(dir: &Path, config: &Path, folder: &Path) {
+    ok(run(dir, config, &["enqueue", folder.to_str().unwrap()]));
+}
+
 fn ollama_config(dir: &Path, ollama: &OllamaStandIn, database: &str, instances: usize) -> PathBuf {
     TestConfig::new()
         .plugin(
@@ -282,11 +287,7 @@ fn a_killed_workers_jobs_are_finished_by_another_and_its_late_completion_changes
     let ollama = OllamaStandIn::start();
     let config = ollama_config(dir.path(), &ollama, db.url(), 2);
     let folder = photos(dir.path(), 4);
-    ok(run(
-        dir.path(),
-        &config,
-        &["enqueue", folder.to_str().unwrap()],
-    ));
+    enqueue(dir.path(), &config, &folder);
 
     // The describe calls hang, so the first worker holds its claims inside the backend call.
     ollama.set_hang(true);
@@ -394,11 +395,7 @@ fn with_the_backend_down_nothing_is_claimed_and_once_up_the_work_finishes() {
     ollama.set_down(true);
     let config = ollama_config(dir.path(), &ollama, db.url(), 2);
     let folder = photos(dir.path(), 3);
-    ok(run(
-        dir.path(),
-        &config,
-        &["enqueue", folder.to_str().unwrap()],
-    ));
+    enqueue(dir.path(), &config, &folder);
 
     let mut worker = Worker::start(dir.path(), &config, "w", &[]);
     let probes = ollama.hits(Route::Version);
@@ -439,11 +436,7 @@ fn failing_jobs_are_parked_after_their_attempts_with_the_last_error_and_retry_re
     let db = postgres::database();
     let config = hash_config(dir.path(), db.url());
     let folder = photos(dir.path(), 3);
-    ok(run(
-        dir.path(),
-        &config,
-        &["enqueue", folder.to_str().unwrap()],
-    ));
+    enqueue(dir.path(), &config, &folder);
     // One file changes after it was enqueued: the worker must not embed other content.
     let changed = folder.join("p01.png");
     let original = std::fs::read(&changed).unwrap();
@@ -607,11 +600,7 @@ fn heartbeats_keep_a_lease_shorter_than_the_work() {
     let ollama = OllamaStandIn::start();
     let config = ollama_config(dir.path(), &ollama, db.url(), 2);
     let folder = photos(dir.path(), 2);
-    ok(run(
-        dir.path(),
-        &config,
-        &["enqueue", folder.to_str().unwrap()],
-    ));
+    enqueue(dir.path(), &config, &folder);
     // Each describe call outlasts the lease several times over.
     ollama.set_latency(Duration::from_secs(6));
     let mut w = Worker::start(
@@ -657,11 +646,7 @@ fn degraded_answers_are_kept_as_imbed_index_keeps_them_and_upgrade_queues_them_a
         .database(db.url())
         .write(dir.path());
     let folder = photos(dir.path(), 3);
-    ok(run(
-        dir.path(),
-        &config,
-        &["enqueue", folder.to_str().unwrap()],
-    ));
+    enqueue(dir.path(), &config, &folder);
     // The vision model fails (not "unavailable"): the chain falls back to the hash step.
     ollama.set_failure(Failure::Status {
         status: 500,
@@ -708,11 +693,7 @@ fn a_stopped_worker_claims_nothing_more_finishes_what_it_holds_and_a_second_stop
     let ollama = OllamaStandIn::start();
     let config = ollama_config(dir.path(), &ollama, db.url(), 2);
     let folder = photos(dir.path(), 4);
-    ok(run(
-        dir.path(),
-        &config,
-        &["enqueue", folder.to_str().unwrap()],
-    ));
+    enqueue(dir.path(), &config, &folder);
     let holding_two = || {
         ollama.in_flight() == 2
             && count(&db, "SELECT count(*) FROM jobs WHERE state = 'running'") == 2
@@ -778,11 +759,7 @@ fn a_job_whose_worker_died_on_its_last_allowed_attempt_is_parked_as_failed() {
     let ollama = OllamaStandIn::start();
     let config = ollama_config(dir.path(), &ollama, db.url(), 2);
     let folder = photos(dir.path(), 2);
-    ok(run(
-        dir.path(),
-        &config,
-        &["enqueue", folder.to_str().unwrap()],
-    ));
+    enqueue(dir.path(), &config, &folder);
     ollama.set_hang(true);
     let one = ["--max-attempts", "1", "--lease", "1s"];
     let mut killed = Worker::start(dir.path(), &config, "killed", &one);
@@ -831,11 +808,7 @@ fn over_two_endpoints_one_stopped_midway_every_job_finishes_and_with_both_down_n
     }
     let config = pooled_config(dir.path(), &[&a, &b], db.url(), 2);
     let folder = photos(dir.path(), 16);
-    ok(run(
-        dir.path(),
-        &config,
-        &["enqueue", folder.to_str().unwrap()],
-    ));
+    enqueue(dir.path(), &config, &folder);
 
     // One worker: the pool's per-endpoint concurrency is per process.
     let mut worker = Worker::start(dir.path(), &config, "w", &[]);
@@ -918,11 +891,7 @@ fn workers_carry_on_across_a_postgres_restart_with_every_image_described_once() 
     ollama.set_latency(Duration::from_millis(150));
     let config = ollama_config(dir.path(), &ollama, &url, 2);
     let folder = photos(dir.path(), 12);
-    ok(run(
-        dir.path(),
-        &config,
-        &["enqueue", folder.to_str().unwrap()],
-    ));
+    enqueue(dir.path(), &config, &folder);
     let done = || -> i64 {
         server
             .psql("imbed", "SELECT count(*) FROM jobs WHERE state = 'done'")

@@ -260,7 +260,7 @@ pub async fn worker(config: Config, args: WorkerArgs) -> anyhow::Result<u8> {
     let (stop_tx, stop) = tokio::sync::watch::channel(0u32);
     tokio::spawn(async move {
         loop {
-            stop_signal().await;
+            crate::serve::stop_signal().await;
             let n = {
                 stop_tx.send_modify(|n| *n += 1);
                 *stop_tx.borrow()
@@ -349,28 +349,6 @@ fn default_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".into());
     format!("{host}:{}", std::process::id())
-}
-
-/// Ctrl-C or SIGTERM.
-async fn stop_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }
 
 /// This worker's own counts, for its `/metrics`.

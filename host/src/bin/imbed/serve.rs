@@ -29,15 +29,16 @@ pub(crate) async fn serve(config: Config, listen: Option<String>) -> anyhow::Res
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("imbed: serving on http://{}", listener.local_addr()?);
-    imbed::server::serve(listener, state, shutdown_signal())
+    imbed::server::serve(listener, state, stop_signal())
         .await
         .context("the server failed")?;
     eprintln!("imbed: stopped");
     Ok(exit::OK)
 }
 
-/// Ctrl-C or SIGTERM: the server stops accepting, finishes what is in flight, then exits.
-async fn shutdown_signal() {
+/// Ctrl-C or SIGTERM: the server stops accepting, finishes what is in flight, then exits; a
+/// worker claims nothing more and finishes the jobs it holds.
+pub(crate) async fn stop_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
