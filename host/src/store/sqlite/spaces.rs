@@ -1,7 +1,8 @@
 //! Space ownership in SQLite: each space is pinned to the plugin that first wrote into it
 //! (`spaces`), every component that wrote into it is listed (`space_writers`), and a vector is
 //! written only by a writer holding a claim on its space, checked in the write's transaction.
-//! Its behaviour is tested through `Cache` on both backends (`tests/integration/store_backends.rs`).
+//! Its behaviour is tested through `Cache` on both backends
+//! (`tests/integration/store_backends.rs`).
 
 use std::collections::BTreeMap;
 
