@@ -2,7 +2,8 @@
 //! (`spaces`), every component that wrote into it is listed (`space_writers`), and a vector is
 //! written only by a writer holding a claim on its space, checked in the write's transaction.
 //! Its behaviour is tested through `Cache` on both backends
-//! (`tests/integration/store_backends.rs`).
+//! (`tests/integration/store_backends.rs`); the migration of an SQLite cache from before
+//! ownership is tested here.
 
 use std::collections::BTreeMap;
 
@@ -290,5 +291,119 @@ impl SqliteStore {
             .execute("DELETE FROM spaces WHERE space = ?1", params![space])
             .map_err(|e| self.sql(e))?
             > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Embedding;
+
+    fn writer(key: &str, component: &str) -> Writer {
+        Writer {
+            key: key.into(),
+            name: format!("{key}-name"),
+            component: component.into(),
+        }
+    }
+
+    fn claim(key: &str, component: &str, shares: &[&str]) -> SpaceClaim {
+        SpaceClaim {
+            writer: writer(key, component),
+            shares_with: shares.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn granted(o: Ownership) -> SpaceOwner {
+        match o {
+            Ownership::Granted { owner } => owner,
+            Ownership::Refused { owner } => panic!("refused, owned by {owner:?}"),
+        }
+    }
+
+    fn refused(o: Ownership) -> SpaceOwner {
+        match o {
+            Ownership::Refused { owner } => owner,
+            Ownership::Granted { owner } => panic!("granted, owned by {owner:?}"),
+        }
+    }
+
+    fn embedding(key: &str, space: &str) -> Embedding {
+        serde_json::from_value(serde_json::json!({
+            "vector": [0.6, 0.8],
+            "provenance": {
+                "step": 0, "step_kind": "image-embed",
+                "plugin": {"key": key, "name": key, "version": "1"},
+                "model": "m", "space": space, "dimensions": 2,
+                "degraded": false, "attempts": []
+            }
+        }))
+        .unwrap()
+    }
+
+    fn meta(i: u8) -> ImageMeta {
+        ImageMeta {
+            sha256: format!("{i:064x}"),
+            mime: "image/png".into(),
+            width: 1,
+            height: 1,
+            bytes: 1,
+        }
+    }
+
+    #[test]
+    fn a_schema_3_cache_pins_each_space_its_entries_agree_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let old = SqliteStore::create_with_schema(&path, 3).unwrap();
+        {
+            let conn = old.conn();
+            let put = |image: u8, key: &str, space: &str| {
+                let p = serde_json::to_string(&embedding(key, space).provenance).unwrap();
+                conn.execute(
+                    "INSERT INTO entries (image, space, dims, vector, provenance, degraded, created_at)
+                     VALUES (?1, ?2, 2, ?3, ?4, 0, 100)",
+                    params![meta(image).sha256, space, super::super::to_blob(&[0.6, 0.8]), p],
+                )
+                .unwrap();
+            };
+            put(1, "hash", "one");
+            put(2, "hash", "one");
+            put(1, "hash", "mixed");
+            put(2, "rogue", "mixed");
+        }
+        drop(old);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 4);
+        let spaces = store.spaces().unwrap();
+        let one = spaces.iter().find(|s| s.space == "one").unwrap();
+        assert_eq!(one.owner.as_ref().map(|o| o.key.as_str()), Some("hash"));
+        assert_eq!(one.writers.len(), 1);
+        assert_eq!(one.writers[0].component, "");
+        let mixed = spaces.iter().find(|s| s.space == "mixed").unwrap();
+        assert_eq!(mixed.owner, None);
+        assert_eq!(mixed.writers.len(), 2);
+        // Unpinned until the next write, which pins it.
+        granted(
+            store
+                .claim_space("mixed", &claim("hash", "ee", &[]))
+                .unwrap(),
+        );
+        refused(
+            store
+                .claim_space("mixed", &claim("rogue", "ff", &[]))
+                .unwrap(),
+        );
+        // Entries from before name their plugin, so a plugin's old rows can be pruned.
+        let mut report = PruneReport::default();
+        store
+            .prune_writer(
+                &["mixed".to_string()],
+                &WriterFilter::Plugin("rogue".into()),
+                &mut report,
+            )
+            .unwrap();
+        assert_eq!(report.entries, 1);
+        assert_eq!(store.load_space("mixed").unwrap().len(), 1);
     }
 }
