@@ -298,9 +298,23 @@ impl Describer for Ollama {
     /// timeouts or the embedding side: those do not change what the model writes.
     fn cache_identity(&mut self) -> Result<Vec<(String, String)>, Error> {
         let s = settings()?;
+        // The host learns an endpoint's identity once and keys cached descriptions by it, and a
+        // pool refuses endpoints whose identities differ: an identity made while the server
+        // cannot answer (no digest) would be kept after it is back, and in a pool would differ
+        // from the others' and take them all out. So unreachable or busy is an error (not
+        // learned: asked again next time); a model not pulled has no digest, as before.
         let digest = match self.send(&s, "GET", "/api/tags", None, "") {
             Ok((200, body)) => protocol::model_revision(&body, &s.vision_model),
-            _ => None,
+            Ok((status @ (429 | 503), body)) => {
+                return Err(protocol::map_status(
+                    &s.base_url,
+                    &s.vision_model,
+                    status,
+                    &body,
+                ))
+            }
+            Ok(_) => None,
+            Err(e) => return Err(e),
         };
         let mut pairs = vec![
             ("vision_model".to_string(), s.vision_model.clone()),
