@@ -306,6 +306,24 @@ impl AnnIndex {
         Ok(AnnIndex { index })
     }
 
+    /// The name of `space`'s index file in the cache's `ann_dir`.
+    fn file_name(space: &str) -> String {
+        format!("{}.usearch", crate::store::text_key(space))
+    }
+
+    /// Whether `space`'s saved index holds exactly its `entries` entries as they are now:
+    /// nothing added, removed or replaced since it was saved (one indexed count).
+    fn saved_is_current(store: &Cache, space: &str, entries: u64) -> Result<bool, SearchError> {
+        let Some((recorded, indexed, built_max)) = store.ann_record(space)? else {
+            return Ok(false);
+        };
+        let file = Self::file_name(space);
+        Ok(recorded == file
+            && indexed == entries
+            && store.ann_dir().join(&file).is_file()
+            && !store.space_changed_below(space, indexed, built_max)?)
+    }
+
     /// The index for `set`'s space: loaded from beside the database and brought up to date,
     /// or built (and saved) when there is none or entries were removed or replaced since.
     pub fn for_space(store: &Cache, set: &SpaceVectors) -> Result<AnnIndex, SearchError> {
@@ -315,7 +333,7 @@ impl AnnIndex {
         };
         let dir = store.ann_dir();
         std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
-        let file = format!("{}.usearch", crate::store::text_key(&set.space));
+        let file = Self::file_name(&set.space);
         let path = dir.join(&file);
         let max_id = set.ids.iter().copied().max().unwrap_or(0);
         if let Some((recorded, entries, built_max)) = store.ann_record(&set.space)? {
@@ -371,7 +389,11 @@ pub fn prepare(store: &Cache) -> Result<(), SearchError> {
     for space in store.spaces()? {
         if store.searches_in_database() {
             store.prepare_search(&space.space)?;
-        } else if space.entries as usize >= AUTO_APPROXIMATE_FROM {
+        } else if space.entries as usize >= AUTO_APPROXIMATE_FROM
+            // An `imbed index` run that wrote into one space leaves the others' saved indexes
+            // as they are, without reading those spaces out of the database.
+            && !AnnIndex::saved_is_current(store, &space.space, space.entries)?
+        {
             let resident = store.resident_space(&space.space)?;
             if !resident.vectors.is_empty() {
                 resident.index(|set| AnnIndex::for_space(store, set))?;

@@ -959,6 +959,14 @@ fn after_indexing_large_spaces_have_their_approximate_index_ready_and_small_ones
         None,
         "small spaces are scanned"
     );
+    // A later run that adds to the space brings its saved index up to date.
+    let writer = test_writer(&store, large);
+    let extra = random_unit_vectors(1, 8, 6).remove(0);
+    store
+        .put_entry(&meta(n + 1), &fake_embedding(extra, large), &writer)
+        .unwrap();
+    imbed::search::prepare(&store).unwrap();
+    assert_eq!(store.ann_record(large).unwrap().unwrap().1, n as u64 + 1);
     // Another process (a fresh cache on the file) searches through the saved index.
     let other = Cache::open(dir.path().join("prep.db")).unwrap();
     let q = random_unit_vectors(1, 8, 5).remove(0);
