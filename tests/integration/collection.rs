@@ -326,6 +326,49 @@ async fn pulling_new_weights_under_the_same_name_starts_a_new_space() {
 }
 
 #[tokio::test]
+async fn a_vision_model_pulled_while_imbed_runs_keys_its_descriptions_by_its_digest() {
+    // The describer identity is learned once per endpoint. Asked while llava was not pulled, it
+    // came without the model's digest and stayed so after `ollama pull llava`: descriptions made
+    // then were keyed without the digest, and the next run (which sees it) described them again.
+    let ollama = OllamaStandIn::start();
+    assert!(ollama.remove_model("llava"));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("imbed.db");
+    let cfg = ollama_chain(&ollama, "nomic-embed-text", &db);
+    let request = || ImageRequest::new(ImageSource::Bytes(coloured_png([10, 120, 200], 1)));
+    let running = open(&cfg, &db).await;
+    let fallback = running.embed_image(request()).await.unwrap();
+    assert_eq!(fallback.provenance.step, 1, "{:?}", fallback.provenance);
+    let attempt = &fallback.provenance.attempts[0];
+    assert_eq!(
+        attempt.kind,
+        imbed::FailureKind::ModelNotFound,
+        "{attempt:?}"
+    );
+    assert!(
+        attempt.message.contains("run `ollama pull llava`"),
+        "{}",
+        attempt.message
+    );
+
+    ollama.add_model(ModelSpec::vision("llava"));
+    let described = running.embed_image(request()).await.unwrap();
+    assert_eq!(described.provenance.step, 0, "{:?}", described.provenance);
+    assert_eq!(ollama.vision_calls(), 1);
+    drop(running);
+
+    let next = open(&cfg, &db).await;
+    let again = next.embed_image(request()).await.unwrap();
+    assert_eq!(
+        ollama.vision_calls(),
+        1,
+        "the next run finds the description made after the pull"
+    );
+    assert!(again.provenance.cached, "{:?}", again.provenance);
+    assert_eq!(again.vector, described.vector);
+}
+
+#[tokio::test]
 async fn a_collection_embedded_bare_is_re_embedded_with_task_prefixes_without_vision_calls() {
     // Before contract 0.2.0 every description went to nomic-embed-text bare. The plugin asked
     // to keep texts bare (`task_prefixes = false`) embeds exactly as it did then.

@@ -33,18 +33,32 @@ fn settings() -> Result<Settings, Error> {
 }
 
 impl Ollama {
-    /// Which weights `embed_model` names right now, from `/api/tags`. A server that cannot list
-    /// it (a proxy passing only the inference routes) leaves the space without a revision.
-    fn revision(&mut self, s: &Settings) -> Result<Option<String>, Error> {
-        let (status, answer) = self.send(s, "GET", "/api/tags", None, &s.embed_model)?;
-        let revision = (200..300)
-            .contains(&status)
-            .then(|| protocol::model_revision(&answer, &s.embed_model))
+    /// Which weights `model` names right now: the first 12 hex digits of its digest in
+    /// `/api/tags`. The host learns what this feeds (a space id, a describer identity) once per
+    /// endpoint and keys stored answers by it, so an answer made while Ollama cannot tell is an
+    /// error, asked again next time, not `None` kept for good: unreachable, busy (429, 503), or
+    /// the model not pulled yet (after `ollama pull` its answers would have stayed keyed without
+    /// the digest). A server that lists no models (a proxy passing only the inference routes)
+    /// leaves it without a revision.
+    fn revision(&mut self, s: &Settings, model: &str) -> Result<Option<String>, Error> {
+        let (status, answer) = self.send(s, "GET", "/api/tags", None, "")?;
+        if matches!(status, 429 | 503) {
+            return Err(protocol::map_status(&s.base_url, model, status, &answer));
+        }
+        let listed = (200..300).contains(&status) && protocol::lists_models(&answer);
+        if listed && protocol::listed_capabilities(&answer, model).is_none() {
+            return Err(Error::ModelNotFound(format!(
+                "model \"{model}\" is not pulled on {}: run `ollama pull {model}`",
+                s.base_url
+            )));
+        }
+        let revision = listed
+            .then(|| protocol::model_revision(&answer, model))
             .flatten();
         if revision.is_none() {
             log::warn(format!(
-                "Ollama at {} did not list the digest of {:?} (GET /api/tags answered {status}); its space id has no revision",
-                s.base_url, s.embed_model
+                "Ollama at {} did not list the digest of {model:?} (GET /api/tags answered {status}); its answers are keyed without a revision",
+                s.base_url
             ));
         }
         Ok(revision)
@@ -298,24 +312,9 @@ impl Describer for Ollama {
     /// timeouts or the embedding side: those do not change what the model writes.
     fn cache_identity(&mut self) -> Result<Vec<(String, String)>, Error> {
         let s = settings()?;
-        // The host learns an endpoint's identity once and keys cached descriptions by it, and a
-        // pool refuses endpoints whose identities differ: an identity made while the server
-        // cannot answer (no digest) would be kept after it is back, and in a pool would differ
-        // from the others' and take them all out. So unreachable or busy is an error (not
-        // learned: asked again next time); a model not pulled has no digest, as before.
-        let digest = match self.send(&s, "GET", "/api/tags", None, "") {
-            Ok((200, body)) => protocol::model_revision(&body, &s.vision_model),
-            Ok((status @ (429 | 503), body)) => {
-                return Err(protocol::map_status(
-                    &s.base_url,
-                    &s.vision_model,
-                    status,
-                    &body,
-                ))
-            }
-            Ok(_) => None,
-            Err(e) => return Err(e),
-        };
+        // Not an identity without the digest while Ollama cannot tell it: learned once, it would
+        // stay after Ollama is back (and in a pool differ from the other endpoints').
+        let digest = self.revision(&s, &s.vision_model)?;
         let mut pairs = vec![
             ("vision_model".to_string(), s.vision_model.clone()),
             ("prompt".to_string(), s.prompt.clone()),
@@ -387,7 +386,7 @@ impl Embedder for Ollama {
         let s = settings()?;
         // The vector length is whatever the model actually returns: ask it once.
         let probe = single(self.embed_batch(&s, &["dimension probe"]))?;
-        let revision = self.revision(&s)?;
+        let revision = self.revision(&s, &s.embed_model)?;
         Ok(
             ModelInfo::new(s.embed_model.clone(), s.space_id(revision.as_deref()))
                 .with_dimensions(probe.len() as u32),

@@ -384,26 +384,33 @@ pub fn parse_structured(text: &str) -> Option<Structured> {
 }
 
 /// The first 12 hex digits of `model`'s digest in an `/api/tags` answer, or `None` when the
-/// answer does not list it with a digest. `x` and `x:latest` are the same model.
+/// answer does not list it with a digest.
 pub fn model_revision(tags_answer: &[u8], model: &str) -> Option<String> {
+    let v: Value = serde_json::from_slice(tags_answer).ok()?;
+    let digest = listed_entry(&v, model)?.get("digest")?.as_str()?;
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    (hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| hex[..12].to_ascii_lowercase())
+}
+
+/// `model`'s entry in a parsed `/api/tags` answer. `x` and `x:latest` are one model. Case is
+/// ignored: Ollama refuses a second model whose name differs only in case, so this never picks
+/// another model, and a name typed in other case is not reported as not pulled.
+fn listed_entry<'a>(tags: &'a Value, model: &str) -> Option<&'a Value> {
     let full = |name: &str| {
+        let name = name.to_ascii_lowercase();
         if name.contains(':') {
-            name.to_string()
+            name
         } else {
             format!("{name}:latest")
         }
     };
     let wanted = full(model);
-    let v: Value = serde_json::from_slice(tags_answer).ok()?;
-    let entry = v.get("models")?.as_array()?.iter().find(|m| {
+    tags.get("models")?.as_array()?.iter().find(|m| {
         ["name", "model"]
             .iter()
             .any(|k| m.get(*k).and_then(Value::as_str).map(full).as_deref() == Some(&wanted))
-    })?;
-    let digest = entry.get("digest")?.as_str()?;
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    (hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| hex[..12].to_ascii_lowercase())
+    })
 }
 
 /// The version in a `/api/version` answer.
@@ -415,25 +422,19 @@ pub fn version(body: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Whether an `/api/tags` answer is a model list, so that a model missing from it is not pulled.
+pub fn lists_models(tags_answer: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(tags_answer)
+        .ok()
+        .is_some_and(|v| v.get("models").is_some_and(Value::is_array))
+}
+
 /// The capabilities `/api/tags` lists for `model` (empty when the server does not say), or
-/// `None` when the model is not listed at all (not pulled). `x` and `x:latest` are one model.
+/// `None` when the model is not listed at all (not pulled).
 pub fn listed_capabilities(tags_answer: &[u8], model: &str) -> Option<Vec<String>> {
-    let full = |name: &str| {
-        if name.contains(':') {
-            name.to_string()
-        } else {
-            format!("{name}:latest")
-        }
-    };
-    let wanted = full(model);
     let v: Value = serde_json::from_slice(tags_answer).ok()?;
-    let entry = v.get("models")?.as_array()?.iter().find(|m| {
-        ["name", "model"]
-            .iter()
-            .any(|k| m.get(*k).and_then(Value::as_str).map(full).as_deref() == Some(&wanted))
-    })?;
     Some(
-        entry
+        listed_entry(&v, model)?
             .get("capabilities")
             .and_then(|c| serde_json::from_value::<Vec<String>>(c.clone()).ok())
             .unwrap_or_default(),
@@ -678,5 +679,16 @@ mod tests {
         assert_eq!(rev("all-minilm"), None);
         assert_eq!(rev("broken"), None);
         assert_eq!(model_revision(b"not json", "llava"), None);
+        assert_eq!(rev("LLaVA").as_deref(), Some("8dd30f6b0cb1"));
+    }
+
+    #[test]
+    fn a_model_missing_from_a_model_list_is_not_pulled_but_a_proxys_page_says_nothing() {
+        let tags = br#"{"models":[{"name":"llava:latest","digest":"8dd30f6b0cb19f555f2c7a7ebda861449ea2cc76bf1f44e262931f45fc81d081"}]}"#;
+        assert!(lists_models(tags) && lists_models(br#"{"models":[]}"#));
+        assert_eq!(listed_capabilities(tags, "bakllava"), None);
+        assert_eq!(listed_capabilities(tags, "llava"), Some(vec![]));
+        assert!(!lists_models(b"<html>404</html>"));
+        assert!(!lists_models(br#"{"error":"not found"}"#));
     }
 }
