@@ -214,6 +214,83 @@ async fn endpoints_with_different_embedding_weights_are_refused() {
     }
 }
 
+#[tokio::test]
+async fn endpoints_with_different_vision_weights_or_one_without_the_model_describe_nothing_until_they_agree(
+) {
+    // Descriptions are keyed by the describer's identity, which carries the vision model's
+    // digest: two endpoints with different weights would key different descriptions alike.
+    let a = OllamaStandIn::start();
+    let b = OllamaStandIn::start();
+    let llava = |o: &OllamaStandIn| {
+        o.models()
+            .into_iter()
+            .find(|m| m.name.starts_with("llava"))
+            .unwrap()
+    };
+    b.add_model(llava(&b).with_revision("retrained"));
+    // A breaker that never trips: each endpoint stays in the pool and is asked every time.
+    let imbed = Imbed::new(pooled(&a, &b, 2, 1000).build()).await.unwrap();
+    let refusal = |seed: u32| {
+        let imbed = imbed.clone();
+        async move {
+            let e = imbed
+                .embed_image(requests(1, seed).remove(0))
+                .await
+                .unwrap();
+            assert_eq!(e.provenance.step_kind, StepKind::Hash);
+            e.provenance.attempts[0].clone()
+        }
+    };
+    let attempt = refusal(0).await;
+    assert_eq!(
+        attempt.kind,
+        FailureKind::SpaceMismatch,
+        "{}",
+        attempt.message
+    );
+    for needle in [
+        format!(
+            "{} has vision_digest={}",
+            a.base_url(),
+            &llava(&a).digest()[..12]
+        ),
+        format!(
+            "{} has vision_digest={}",
+            b.base_url(),
+            &llava(&b).digest()[..12]
+        ),
+        "pull the same model on every endpoint".to_string(),
+    ] {
+        assert!(
+            attempt.message.contains(&needle),
+            "{needle:?} not in {:?}",
+            attempt.message
+        );
+    }
+    assert_eq!(a.vision_calls() + b.vision_calls(), 0);
+
+    // Removed from one: that endpoint is named, with the fix.
+    assert!(b.remove_model("llava"));
+    let attempt = refusal(1).await;
+    assert_eq!(
+        attempt.kind,
+        FailureKind::ModelNotFound,
+        "{}",
+        attempt.message
+    );
+    let fix = format!(
+        "model \"llava\" is not pulled on {}: run `ollama pull llava`",
+        b.base_url()
+    );
+    assert!(attempt.message.contains(&fix), "{}", attempt.message);
+
+    // The same weights on both: pooled, and both describe.
+    b.add_model(llava(&a));
+    let results: Vec<_> = imbed.embed_images(requests(12, 10), 4).collect().await;
+    all_described(&results);
+    assert!(a.vision_calls() > 0 && b.vision_calls() > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_endpoint_with_fewer_requests_in_flight_gets_the_work() {
     let slow = OllamaStandIn::start();
