@@ -62,6 +62,25 @@ fn state(imbed: &Imbed, at: usize) -> EndpointState {
     imbed.endpoints()["ollama"][at].state
 }
 
+/// One image, answered by the hash step because the pool refused it: the refusal is of `kind`
+/// and names each of `needles`.
+async fn assert_refused(imbed: &Imbed, seed: u32, kind: FailureKind, needles: &[String]) {
+    let e = imbed
+        .embed_image(requests(1, seed).remove(0))
+        .await
+        .unwrap();
+    assert_eq!(e.provenance.step_kind, StepKind::Hash);
+    let attempt = &e.provenance.attempts[0];
+    assert_eq!(attempt.kind, kind, "{}", attempt.message);
+    for needle in needles {
+        assert!(
+            attempt.message.contains(needle.as_str()),
+            "{needle:?} not in {:?}",
+            attempt.message
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_stopped_midway_loses_no_image_and_comes_back_after_its_probe() {
     let mut a = OllamaStandIn::start();
@@ -190,28 +209,14 @@ async fn endpoints_with_different_embedding_weights_are_refused() {
     );
     assert_ne!(space_a, space_b);
     let imbed = Imbed::new(pooled(&a, &b, 2, 3).build()).await.unwrap();
-    let e = imbed.embed_image(requests(1, 0).remove(0)).await.unwrap();
-    assert_eq!(e.provenance.step_kind, StepKind::Hash);
-    let attempt = &e.provenance.attempts[0];
-    assert_eq!(
-        attempt.kind,
-        FailureKind::SpaceMismatch,
-        "{}",
-        attempt.message
-    );
     // Bare spaces (without the task-prefix tag) are what the stand-ins report.
-    for needle in [
+    let needles = [
         a.base_url(),
         b.base_url(),
         a.bare_space("nomic-embed-text").unwrap(),
         b.bare_space("nomic-embed-text").unwrap(),
-    ] {
-        assert!(
-            attempt.message.contains(&needle),
-            "{needle:?} not in {:?}",
-            attempt.message
-        );
-    }
+    ];
+    assert_refused(&imbed, 0, FailureKind::SpaceMismatch, &needles).await;
 }
 
 #[tokio::test]
@@ -230,59 +235,28 @@ async fn endpoints_with_different_vision_weights_or_one_without_the_model_descri
     b.add_model(llava(&b).with_revision("retrained"));
     // A breaker that never trips: each endpoint stays in the pool and is asked every time.
     let imbed = Imbed::new(pooled(&a, &b, 2, 1000).build()).await.unwrap();
-    let refusal = |seed: u32| {
-        let imbed = imbed.clone();
-        async move {
-            let e = imbed
-                .embed_image(requests(1, seed).remove(0))
-                .await
-                .unwrap();
-            assert_eq!(e.provenance.step_kind, StepKind::Hash);
-            e.provenance.attempts[0].clone()
-        }
+    let digest = |o: &OllamaStandIn| {
+        format!(
+            "{} has vision_digest={}",
+            o.base_url(),
+            &llava(o).digest()[..12]
+        )
     };
-    let attempt = refusal(0).await;
-    assert_eq!(
-        attempt.kind,
-        FailureKind::SpaceMismatch,
-        "{}",
-        attempt.message
-    );
-    for needle in [
-        format!(
-            "{} has vision_digest={}",
-            a.base_url(),
-            &llava(&a).digest()[..12]
-        ),
-        format!(
-            "{} has vision_digest={}",
-            b.base_url(),
-            &llava(&b).digest()[..12]
-        ),
+    let needles = [
+        digest(&a),
+        digest(&b),
         "pull the same model on every endpoint".to_string(),
-    ] {
-        assert!(
-            attempt.message.contains(&needle),
-            "{needle:?} not in {:?}",
-            attempt.message
-        );
-    }
+    ];
+    assert_refused(&imbed, 0, FailureKind::SpaceMismatch, &needles).await;
     assert_eq!(a.vision_calls() + b.vision_calls(), 0);
 
     // Removed from one: that endpoint is named, with the fix.
     assert!(b.remove_model("llava"));
-    let attempt = refusal(1).await;
-    assert_eq!(
-        attempt.kind,
-        FailureKind::ModelNotFound,
-        "{}",
-        attempt.message
-    );
     let fix = format!(
         "model \"llava\" is not pulled on {}: run `ollama pull llava`",
         b.base_url()
     );
-    assert!(attempt.message.contains(&fix), "{}", attempt.message);
+    assert_refused(&imbed, 1, FailureKind::ModelNotFound, &[fix]).await;
 
     // The same weights on both: pooled, and both describe.
     b.add_model(llava(&a));
