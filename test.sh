@@ -19,7 +19,7 @@ free_gib="$(df -Pk "$root" | awk 'NR == 2 { printf "%d", $4 / 1048576 }')"
 low_disk=false
 if (( free_gib < 8 )); then
   low_disk=true
-  say "only $free_gib GB free on the disk holding target/: building without incremental data and removing each finished build"
+  say "only $free_gib GB free on the disk holding target/: building without incremental data, and removing the plugins' test build once it has passed"
   export CARGO_INCREMENTAL=0
 fi
 
